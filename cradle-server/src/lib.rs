@@ -1,0 +1,1 @@
+//! cradle-server: see DESIGN.md §1. Built in the issues after the foundation.

@@ -1,0 +1,1 @@
+//! Doorbells (DESIGN.md §6).

@@ -1,0 +1,1 @@
+//! The SPSC frame ring (DESIGN.md §5).

@@ -1,0 +1,1 @@
+//! Shared-memory segments (DESIGN.md §4).

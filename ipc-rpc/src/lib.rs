@@ -1,0 +1,1 @@
+//! ipc-rpc: see DESIGN.md §1. Built in the issues after the foundation.
