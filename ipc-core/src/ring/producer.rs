@@ -1,0 +1,263 @@
+//! The producing end of a ring.
+
+use super::frame::{FrameMeta, WriteWindow, header};
+use super::{
+    Corruption, CorruptionKind, FRAME_ALIGN, HEADER_LEN, PAD_FLAG, RingError, RingMemory,
+    frame_len, max_frame_len, stamp,
+};
+use crate::sync::{Atomics, Ordering, Word64};
+use core::cell::Cell;
+use core::marker::PhantomData;
+use core::{fmt, ptr};
+
+/// The producing end of a frame ring. `Send`, not `Sync`: one thread at a time.
+///
+/// ```
+/// use ipc_core::ring::{self, FrameMeta};
+///
+/// let (mut tx, mut rx) = ring::heap_channel(4096).unwrap();
+/// let mut w = tx.reserve(5).unwrap();
+/// w.write_at(0, b"hello").unwrap();
+/// w.commit(5, FrameMeta { request_id: 7, ..Default::default() }).unwrap();
+///
+/// let frame = rx.peek().unwrap().expect("a frame");
+/// assert_eq!(frame.meta().request_id, 7);
+/// assert_eq!(frame.payload().to_vec(), b"hello");
+/// frame.consume();
+/// rx.release();
+/// ```
+pub struct Producer<M: RingMemory> {
+    mem: M,
+    /// Absolute position of the next frame. Private truth: never re-read from
+    /// shared memory. Always a multiple of 16.
+    tail: u64,
+    /// The consumer's head as last read; `tail - capacity <= head_cache <= tail`.
+    head_cache: u64,
+    /// Set once the consumer was caught writing an impossible head.
+    poisoned: Option<Corruption>,
+    _not_sync: PhantomData<Cell<()>>,
+}
+
+impl<M: RingMemory> fmt::Debug for Producer<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Producer")
+            .field("capacity", &self.mem.capacity())
+            .field("tail", &self.tail)
+            .field("head_cache", &self.head_cache)
+            .field("poisoned", &self.poisoned)
+            .finish()
+    }
+}
+
+impl<M: RingMemory> Producer<M> {
+    /// Attaches the producing end to a ring's memory.
+    ///
+    /// The ring must be in its initial state (all zero) or have been left by a
+    /// previous producer of this process at position 0 — the producer starts
+    /// at position 0.
+    ///
+    /// # Safety
+    ///
+    /// No other `Producer` over the same memory exists anywhere while this one
+    /// lives (two producers would race on the frame bytes in this process).
+    pub unsafe fn attach(mem: M) -> Self {
+        Self {
+            mem,
+            tail: 0,
+            head_cache: 0,
+            poisoned: None,
+            _not_sync: PhantomData,
+        }
+    }
+
+    /// The ring's memory.
+    pub fn memory(&self) -> &M {
+        &self.mem
+    }
+
+    /// Frame-area capacity in bytes.
+    pub fn capacity(&self) -> usize {
+        self.mem.capacity()
+    }
+
+    /// The largest payload one frame carries.
+    pub fn max_payload(&self) -> usize {
+        super::max_payload_len(self.mem.capacity())
+    }
+
+    /// Absolute position of the next frame (bytes published so far).
+    pub fn position(&self) -> u64 {
+        self.tail
+    }
+
+    /// Reserves a window for a payload of up to `max_payload` bytes.
+    ///
+    /// Fails with [`RingError::TooLarge`] if such a frame can never fit,
+    /// [`RingError::Full`] if the consumer has not released enough room yet,
+    /// and [`RingError::Corrupt`] if the consumer wrote an impossible head.
+    #[inline]
+    pub fn reserve(&mut self, max_payload: usize) -> Result<WriteWindow<'_, M>, RingError> {
+        let (pad, need) = self.room_for(max_payload)?;
+        let cap = self.mem.capacity();
+        let offset = ((self.tail + pad as u64) as usize) & (cap - 1);
+        // SAFETY: offset + need <= capacity (room_for: the frame never wraps), so
+        // the payload area [offset + HEADER_LEN, offset + need) is inside the frame
+        // area that `data()` points to.
+        let ptr = unsafe { self.mem.data().add(offset + HEADER_LEN) };
+        Ok(WriteWindow {
+            producer: self,
+            ptr,
+            len: need - HEADER_LEN,
+            pad,
+        })
+    }
+
+    /// Whether a frame with `max_payload` bytes fits now (refreshes the cached
+    /// head if needed). For the poll closure of a wait on the space doorbell.
+    pub fn has_room(&mut self, max_payload: usize) -> Result<bool, RingError> {
+        match self.room_for(max_payload) {
+            Ok(_) => Ok(true),
+            Err(RingError::Full) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Returns (padding before the frame, padded frame length).
+    #[inline]
+    fn room_for(&mut self, max_payload: usize) -> Result<(usize, usize), RingError> {
+        if let Some(c) = self.poisoned {
+            return Err(RingError::Corrupt(c));
+        }
+        let cap = self.mem.capacity();
+        let max = max_frame_len(cap);
+        if max_payload > max {
+            return Err(RingError::TooLarge {
+                len: max_payload.saturating_add(HEADER_LEN),
+                max,
+            });
+        }
+        let need = frame_len(max_payload);
+        if need > max {
+            return Err(RingError::TooLarge { len: need, max });
+        }
+        let offset = (self.tail as usize) & (cap - 1);
+        let pad = if offset + need > cap { cap - offset } else { 0 };
+        // The frame, its padding, and the next commit word must all be free.
+        let required = (pad + need + FRAME_ALIGN) as u64;
+        if self.tail + required - self.head_cache > cap as u64 {
+            self.refresh_head()?;
+            if self.tail + required - self.head_cache > cap as u64 {
+                return Err(RingError::Full);
+            }
+        }
+        Ok((pad, need))
+    }
+
+    /// Re-reads the consumer's head and checks it.
+    #[cold]
+    fn refresh_head(&mut self) -> Result<(), RingError> {
+        // Acquire pairs with the Release store of `head` in `Consumer::release`:
+        // the consumer's reads of the frames it released happen before we
+        // overwrite those bytes.
+        let head = self.mem.head().load(Ordering::Acquire);
+        let cap = self.mem.capacity() as u64;
+        let valid = head >= self.head_cache
+            && head <= self.tail
+            && self.tail - head <= cap
+            && head.is_multiple_of(FRAME_ALIGN as u64);
+        if !valid {
+            let c = Corruption {
+                pos: self.tail,
+                kind: CorruptionKind::BadHead(head),
+            };
+            self.poisoned = Some(c);
+            return Err(RingError::Corrupt(c));
+        }
+        self.head_cache = head;
+        Ok(())
+    }
+
+    /// Publishes a frame whose payload was written at `payload` (called by
+    /// `WriteWindow::commit`, which checked `payload_len` against the window).
+    #[inline]
+    pub(crate) fn publish(
+        &mut self,
+        payload: *mut u8,
+        pad: usize,
+        payload_len: usize,
+        meta: FrameMeta,
+    ) {
+        let cap = self.mem.capacity();
+        let mask = cap - 1;
+        if pad > 0 {
+            self.publish_padding(pad);
+        }
+        let pos = self.tail;
+        let len = frame_len(payload_len);
+        // SAFETY: `payload` is the window's pointer, HEADER_LEN bytes past the frame
+        // start inside the frame area.
+        let frame = unsafe { payload.sub(HEADER_LEN) };
+        // SAFETY: the header fields lie inside the reserved frame (offsets 8..32,
+        // aligned for their types since the frame is 16-aligned); raw writes, no
+        // reference. The commit word (offset 0) is not touched here. Plain writes: the
+        // consumer reads them only after acquiring the commit word stored below.
+        unsafe {
+            ptr::write(frame.add(header::REQUEST_ID).cast::<u64>(), meta.request_id);
+            ptr::write(frame.add(header::TAG).cast::<u64>(), meta.tag);
+            ptr::write(
+                frame.add(header::PAYLOAD_LEN).cast::<u32>(),
+                payload_len as u32,
+            );
+            ptr::write(frame.add(header::KIND).cast::<u16>(), meta.kind);
+            ptr::write(frame.add(header::FLAGS).cast::<u16>(), meta.flags);
+        }
+        let next = pos + len as u64;
+        // Relaxed: ordered before the Release store of this frame's commit word
+        // below, which is what the consumer acquires before it reads `next`.
+        self.mem
+            .commit_word((next as usize) & mask)
+            .store(0, Ordering::Relaxed);
+        let word = ((stamp(pos) as u64) << 32) | len as u64;
+        // Release pairs with the Acquire load of the commit word in
+        // `Consumer::peek`: header, payload and the zeroed next commit word are
+        // visible to the consumer once it sees this word.
+        self.mem
+            .commit_word((pos as usize) & mask)
+            .store(word, Ordering::Release);
+        self.tail = next;
+        // Release: observers that read `tail` (stats) see the frames before it.
+        // The consumer never reads it.
+        self.mem.tail().store(next, Ordering::Release);
+    }
+
+    /// Publishes a padding frame of `pad` bytes at the tail (up to the end of
+    /// the ring).
+    #[cold]
+    fn publish_padding(&mut self, pad: usize) {
+        let mask = self.mem.capacity() - 1;
+        let pos = self.tail;
+        debug_assert_eq!(((pos as usize) & mask) + pad, self.mem.capacity());
+        // Relaxed: ordered before the Release store of the padding commit word,
+        // like the zeroing in `publish`. The next commit word is at offset 0.
+        self.mem.commit_word(0).store(0, Ordering::Relaxed);
+        let word = ((stamp(pos) as u64) << 32) | (pad as u64 | PAD_FLAG as u64);
+        // Release pairs with the Acquire load in `Consumer::peek` (the zeroed word
+        // at offset 0 is visible once the padding frame is).
+        self.mem
+            .commit_word((pos as usize) & mask)
+            .store(word, Ordering::Release);
+        self.tail = pos + pad as u64;
+    }
+
+    /// Sequence and waiting words of the "data available" doorbell, which the
+    /// producer rings after publishing: `(seq, waiting)`.
+    pub fn data_bell_words(&self) -> (&<M::A as Atomics>::U32, &<M::A as Atomics>::U32) {
+        (self.mem.data_seq(), self.mem.data_waiting())
+    }
+
+    /// Sequence and waiting words of the "space available" doorbell, on which
+    /// the producer sleeps when the ring is full: `(seq, waiting)`.
+    pub fn space_bell_words(&self) -> (&<M::A as Atomics>::U32, &<M::A as Atomics>::U32) {
+        (self.mem.space_seq(), self.mem.space_waiting())
+    }
+}
