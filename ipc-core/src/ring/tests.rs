@@ -85,7 +85,7 @@ fn peek_without_consume_sees_the_same_frame() {
     push(&mut tx, b"two", 2).unwrap();
     let f = rx.peek().unwrap().unwrap();
     assert_eq!(f.meta().request_id, 1);
-    drop(f);
+    let _ = f; // not consumed: the frame stays in the ring
     let f = rx.peek().unwrap().unwrap();
     assert_eq!(f.meta().request_id, 1);
     f.consume();
@@ -97,7 +97,7 @@ fn dropped_window_publishes_nothing() {
     let (mut tx, mut rx) = heap_channel(1024).unwrap();
     let mut w = tx.reserve(10).unwrap();
     w.write_at(0, b"ghost").unwrap();
-    drop(w);
+    let _ = w; // dropped without commit
     assert_eq!(pop(&mut rx).unwrap(), None);
     push(&mut tx, b"real", 9).unwrap();
     assert_eq!(pop(&mut rx).unwrap().unwrap().1, b"real");
@@ -145,8 +145,7 @@ fn too_large_is_refused_and_max_always_fits() {
         Err(RingError::TooLarge { .. })
     ));
     // From every 16-byte offset of an empty ring, a maximal frame fits.
-    let mut id = 0;
-    for _ in 0..(cap / 16) {
+    for id in 0..(cap / 16) as u64 {
         let bytes = vec![id as u8; max];
         push(&mut tx, &bytes, id).unwrap();
         assert_eq!(pop(&mut rx).unwrap().unwrap().1, bytes);
@@ -162,7 +161,6 @@ fn too_large_is_refused_and_max_always_fits() {
         }
         pop(&mut rx).unwrap().unwrap();
         rx.release();
-        id += 1;
     }
 }
 
