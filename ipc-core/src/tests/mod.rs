@@ -1,1 +1,2 @@
 //! loom models.
+mod loom_ring;
