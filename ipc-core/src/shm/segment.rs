@@ -76,6 +76,12 @@ impl Seals {
         self.0 == 0
     }
 
+    /// The seals in `self` or in `other` (`|` in `const` contexts).
+    #[inline]
+    pub const fn union(self, other: Seals) -> Seals {
+        Seals(self.0 | other.0)
+    }
+
     /// The seals in `self` that are not in `other`.
     #[inline]
     pub const fn difference(self, other: Seals) -> Seals {
