@@ -56,15 +56,6 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-// Shared-memory words are always the std atomics (see `crate::sync`), and
-// clippy's `disallowed-types` resolves the `crate::sync` re-exports to the std
-// paths it bans. Every atomic here is imported from `crate::sync`; none names
-// `std::sync::atomic` directly.
-#![allow(
-    clippy::disallowed_types,
-    reason = "crate::sync re-exports std atomics for shm layouts"
-)]
-
 mod error;
 mod header;
 mod mapping;
