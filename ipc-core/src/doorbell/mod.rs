@@ -210,19 +210,6 @@ impl<A: Atomics> fmt::Debug for Doorbell<'_, A> {
     }
 }
 
-/// Clears `waiting` when dropped, so every exit from the sleep loop (return,
-/// timeout, a panicking `poll`) leaves the flag at 0.
-struct WaitingFlag<'a, W: Word32>(&'a W);
-
-impl<W: Word32> Drop for WaitingFlag<'_, W> {
-    fn drop(&mut self) {
-        // Relaxed: a stale 1 seen by the waker costs it one useless wake
-        // syscall, never correctness; a waker that reads this 0 instead of the
-        // 1 of the waiter's next round is ruled out by the fences (module docs).
-        self.0.store(0, Ordering::Relaxed);
-    }
-}
-
 /// How the spin phase ended.
 enum SpinOutcome<T> {
     Ready(T),
@@ -295,7 +282,7 @@ impl<'a, A: Atomics> Doorbell<'a, A> {
     /// publication). With `deadline`, returns [`WaitTimeout`] once the
     /// deadline has passed and `poll` still returns `None`; every mode,
     /// [`WaitMode::Spin`] included, honours it. The `waiting` flag is 0 again
-    /// on every return (and if `poll` panics).
+    /// on every return.
     ///
     /// ```
     /// use std::time::{Duration, Instant};
@@ -337,6 +324,19 @@ impl<'a, A: Atomics> Doorbell<'a, A> {
         self.sleep_loop(poll, sleeper, deadline)
     }
 
+    /// `waiting = 0`, on every exit from a sleep round.
+    ///
+    /// Not a drop guard: a guard would also store while a panicking `poll`
+    /// unwinds, and loom unwinds blocked model threads that way when it
+    /// reports a deadlock (its atomics panic outside a running model). A flag
+    /// left at 1 by a panic only costs the waker useless wake syscalls.
+    fn clear_waiting(&self) {
+        // Relaxed: a stale 1 seen by the waker costs it one useless wake
+        // syscall, never correctness; a waker that reads this 0 instead of the
+        // 1 of the waiter's next round is ruled out by the fences (module docs).
+        self.waiting.store(0, Ordering::Relaxed);
+    }
+
     /// The sleep phase: the waiter column of the protocol, until `poll`
     /// succeeds or the deadline passes.
     fn sleep_loop<T, P, S>(
@@ -360,17 +360,16 @@ impl<'a, A: Atomics> Doorbell<'a, A> {
             let seen = self.seq.load(Ordering::Acquire);
             // Relaxed: ordered before the poll below by the SeqCst fence.
             self.waiting.store(1, Ordering::Relaxed);
-            let flag = WaitingFlag(self.waiting);
             // (F_s) Pairs with the SeqCst fence (F_w) in `ring`: either the
             // poll below sees the waker's commit store, or the waker's load
             // of `waiting` sees our 1 and it rings (see the module docs).
             A::fence(Ordering::SeqCst);
             if let Some(v) = poll() {
-                drop(flag);
+                self.clear_waiting();
                 return Ok(v);
             }
             sleeper.sleep(self.seq, seen, deadline);
-            drop(flag);
+            self.clear_waiting();
             if let Some(v) = poll() {
                 return Ok(v);
             }

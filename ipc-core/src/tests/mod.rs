@@ -1,1 +1,3 @@
 //! loom models.
+
+mod loom_doorbell;
