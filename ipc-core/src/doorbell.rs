@@ -1,1 +1,0 @@
-//! Doorbells (DESIGN.md §6).
