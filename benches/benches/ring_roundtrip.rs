@@ -19,8 +19,14 @@ fn send(tx: &mut Producer<RingRegion>, id: u64, bytes: &[u8]) {
         match tx.reserve(bytes.len()) {
             Ok(mut w) => {
                 w.write_at(0, bytes).expect("window fits");
-                w.commit(bytes.len(), FrameMeta { request_id: id, ..Default::default() })
-                    .expect("commit");
+                w.commit(
+                    bytes.len(),
+                    FrameMeta {
+                        request_id: id,
+                        ..Default::default()
+                    },
+                )
+                .expect("commit");
                 return;
             }
             Err(ipc_core::ring::RingError::Full) => std::hint::spin_loop(),
@@ -48,7 +54,9 @@ fn recv(rx: &mut Consumer<RingRegion>, buf: &mut Vec<u8>, stop: &AtomicBool) -> 
 
 fn round_trip(c: &mut Criterion) {
     let mut group = c.benchmark_group("ring_round_trip_two_threads");
-    group.measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
+    group
+        .measurement_time(Duration::from_secs(4))
+        .warm_up_time(Duration::from_secs(1));
     for size in [8usize, 64] {
         let (mut a_tx, mut a_rx) = heap_channel(1 << 16).expect("ring");
         let (mut b_tx, mut b_rx) = heap_channel(1 << 16).expect("ring");

@@ -441,10 +441,8 @@ fn count_wake_syscall() {
 
 /// A process-wide statistic counter (always std atomics: it is never shared
 /// with loom or with another process).
-#[allow(clippy::disallowed_types)] // a private statistic, not an algorithm word
 struct WakeCounter(crate::sync::AtomicU64);
 
-#[allow(clippy::disallowed_types)] // see `WakeCounter`
 impl WakeCounter {
     const fn new() -> Self {
         Self(crate::sync::AtomicU64::new(0))

@@ -6,10 +6,12 @@ use super::{
     Corruption, CorruptionKind, FRAME_ALIGN, HEADER_LEN, PAD_FLAG, RingError, RingMemory,
     max_frame_len, stamp,
 };
+use crate::doorbell::{Doorbell, Sleeper, WaitMode, Waker};
 use crate::sync::{Atomics, Ordering, Word64};
 use core::cell::Cell;
 use core::fmt;
 use core::marker::PhantomData;
+use std::time::Instant;
 
 /// The consuming end of a frame ring. `Send`, not `Sync`: one thread at a time.
 ///
@@ -254,6 +256,43 @@ impl<M: RingMemory> Consumer<M> {
         // before the producer reuses their bytes.
         self.mem.head().store(self.read, Ordering::Release);
         true
+    }
+
+    /// [`release`](Self::release), then rings the "space available" doorbell
+    /// if the producer sleeps on it. Returns whether it released anything.
+    #[inline]
+    pub fn release_and_notify<W: Waker<M::A> + ?Sized>(&mut self, waker: &W) -> bool {
+        if !self.release() {
+            return false;
+        }
+        Doorbell::<M::A>::new(self.mem.space_seq(), self.mem.space_waiting()).ring(waker);
+        true
+    }
+
+    /// Waits until a frame is published (or the ring is found corrupt; the
+    /// next [`peek`](Self::peek) says which), per `mode`, until `deadline`.
+    ///
+    /// It first releases what was consumed and wakes a producer waiting for
+    /// room (with `waker`): a consumer must never sleep on frames it holds
+    /// back, or both sides would wait for each other.
+    pub fn wait_for_frame<W, S>(
+        &mut self,
+        waker: &W,
+        sleeper: &S,
+        mode: WaitMode,
+        deadline: Option<Instant>,
+    ) -> Result<(), RingError>
+    where
+        W: Waker<M::A> + ?Sized,
+        S: Sleeper<M::A> + ?Sized,
+    {
+        self.release_and_notify(waker);
+        if self.has_frame() {
+            return Ok(());
+        }
+        let bell = Doorbell::<M::A>::new(self.mem.data_seq(), self.mem.data_waiting());
+        bell.wait(|| self.has_frame().then_some(()), sleeper, mode, deadline)
+            .map_err(|_| RingError::Timeout)
     }
 
     /// Sequence and waiting words of the "data available" doorbell, on which

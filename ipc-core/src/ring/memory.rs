@@ -1,6 +1,7 @@
 //! Where a ring's words and bytes live.
 
 use super::{CONTROL_LEN, RingError, check_capacity, region_len};
+use crate::shm::Mapping;
 use crate::sync::{AtomicU32, AtomicU64, Atomics, StdAtomics};
 use core::ptr::NonNull;
 use std::alloc::{Layout, alloc_zeroed, dealloc};
@@ -159,6 +160,39 @@ impl RingRegion {
             capacity,
             _owner: owner,
         })
+    }
+
+    /// The ring at `offset` of a read-write shared mapping (`offset` a multiple
+    /// of 128; the mapping stays alive as long as the region).
+    pub fn in_mapping(
+        map: Arc<Mapping>,
+        offset: usize,
+        capacity: usize,
+    ) -> Result<Self, RingError> {
+        check_capacity(capacity)?;
+        let len = region_len(capacity);
+        let bad = RingError::BadRegion {
+            offset,
+            len,
+            mapping_len: map.len(),
+        };
+        let Some(base) = map.as_mut_ptr() else {
+            return Err(RingError::BadRegion {
+                offset,
+                len,
+                mapping_len: 0,
+            });
+        };
+        if offset.checked_add(len).is_none_or(|end| end > map.len()) {
+            return Err(bad);
+        }
+        // SAFETY: offset + len <= map.len(): in bounds of the mapping.
+        let base = unsafe { base.add(offset) };
+        let base = NonNull::new(base).ok_or(bad)?;
+        // SAFETY: the range is inside a live read-write mapping that `map` (kept
+        // as the owner) keeps mapped; alignment is checked by `from_raw`. Exclusive
+        // use of the bytes is the business of the ends' `attach` contracts.
+        unsafe { Self::from_raw(base, capacity, map) }
     }
 
     /// Base address of the region (the control block).

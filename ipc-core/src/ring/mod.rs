@@ -148,6 +148,17 @@ pub enum RingError {
     BadCapacity(usize),
     /// The region's base address is not 128-byte aligned.
     Misaligned(usize),
+    /// The region does not fit in the mapping, or the mapping is read-only.
+    BadRegion {
+        /// Offset of the region in the mapping.
+        offset: usize,
+        /// Bytes the region needs.
+        len: usize,
+        /// Bytes the mapping has (0 if it is read-only).
+        mapping_len: usize,
+    },
+    /// The deadline passed before the peer made progress.
+    Timeout,
     /// The peer wrote something the protocol forbids. The ring end is poisoned:
     /// every later call returns the same error.
     Corrupt(Corruption),
@@ -229,6 +240,15 @@ impl fmt::Display for RingError {
                 f,
                 "ring capacity {c} is not a power of two in {MIN_CAPACITY}..={MAX_CAPACITY}"
             ),
+            Self::BadRegion {
+                offset,
+                len,
+                mapping_len,
+            } => write!(
+                f,
+                "ring region of {len} bytes at offset {offset} does not fit a writable mapping of {mapping_len} bytes"
+            ),
+            Self::Timeout => f.write_str("deadline passed before the peer made progress"),
             Self::Misaligned(a) => write!(f, "ring region at {a:#x} is not 128-byte aligned"),
             Self::Corrupt(c) => write!(
                 f,

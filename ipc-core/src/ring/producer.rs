@@ -5,10 +5,12 @@ use super::{
     Corruption, CorruptionKind, FRAME_ALIGN, HEADER_LEN, PAD_FLAG, RingError, RingMemory,
     frame_len, max_frame_len, stamp,
 };
+use crate::doorbell::{Doorbell, Sleeper, WaitMode, Waker};
 use crate::sync::{Atomics, Ordering, Word64};
 use core::cell::Cell;
 use core::marker::PhantomData;
 use core::{fmt, ptr};
+use std::time::Instant;
 
 /// The producing end of a frame ring. `Send`, not `Sync`: one thread at a time.
 ///
@@ -28,6 +30,14 @@ use core::{fmt, ptr};
 /// ```
 pub struct Producer<M: RingMemory> {
     mem: M,
+    st: Cursor,
+    _not_sync: PhantomData<Cell<()>>,
+}
+
+/// The producer's private positions (kept apart from `mem` so that a wait can
+/// borrow the doorbell words and the positions at once).
+#[derive(Debug)]
+struct Cursor {
     /// Absolute position of the next frame. Private truth: never re-read from
     /// shared memory. Always a multiple of 16.
     tail: u64,
@@ -35,16 +45,15 @@ pub struct Producer<M: RingMemory> {
     head_cache: u64,
     /// Set once the consumer was caught writing an impossible head.
     poisoned: Option<Corruption>,
-    _not_sync: PhantomData<Cell<()>>,
 }
 
 impl<M: RingMemory> fmt::Debug for Producer<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Producer")
             .field("capacity", &self.mem.capacity())
-            .field("tail", &self.tail)
-            .field("head_cache", &self.head_cache)
-            .field("poisoned", &self.poisoned)
+            .field("tail", &self.st.tail)
+            .field("head_cache", &self.st.head_cache)
+            .field("poisoned", &self.st.poisoned)
             .finish()
     }
 }
@@ -63,9 +72,11 @@ impl<M: RingMemory> Producer<M> {
     pub unsafe fn attach(mem: M) -> Self {
         Self {
             mem,
-            tail: 0,
-            head_cache: 0,
-            poisoned: None,
+            st: Cursor {
+                tail: 0,
+                head_cache: 0,
+                poisoned: None,
+            },
             _not_sync: PhantomData,
         }
     }
@@ -87,7 +98,7 @@ impl<M: RingMemory> Producer<M> {
 
     /// Absolute position of the next frame (bytes published so far).
     pub fn position(&self) -> u64 {
-        self.tail
+        self.st.tail
     }
 
     /// Reserves a window for a payload of up to `max_payload` bytes.
@@ -97,9 +108,9 @@ impl<M: RingMemory> Producer<M> {
     /// and [`RingError::Corrupt`] if the consumer wrote an impossible head.
     #[inline]
     pub fn reserve(&mut self, max_payload: usize) -> Result<WriteWindow<'_, M>, RingError> {
-        let (pad, need) = self.room_for(max_payload)?;
+        let (pad, need) = room_for(&self.mem, &mut self.st, max_payload)?;
         let cap = self.mem.capacity();
-        let offset = ((self.tail + pad as u64) as usize) & (cap - 1);
+        let offset = ((self.st.tail + pad as u64) as usize) & (cap - 1);
         // SAFETY: offset + need <= capacity (room_for: the frame never wraps), so
         // the payload area [offset + HEADER_LEN, offset + need) is inside the frame
         // area that `data()` points to.
@@ -115,66 +126,38 @@ impl<M: RingMemory> Producer<M> {
     /// Whether a frame with `max_payload` bytes fits now (refreshes the cached
     /// head if needed). For the poll closure of a wait on the space doorbell.
     pub fn has_room(&mut self, max_payload: usize) -> Result<bool, RingError> {
-        match self.room_for(max_payload) {
-            Ok(_) => Ok(true),
-            Err(RingError::Full) => Ok(false),
-            Err(e) => Err(e),
-        }
+        has_room(&self.mem, &mut self.st, max_payload)
     }
 
-    /// Returns (padding before the frame, padded frame length).
+    /// Rings the "data available" doorbell: wakes the consumer if it sleeps.
+    /// Call after publishing (one call may cover several frames). No syscall
+    /// while the consumer is awake.
     #[inline]
-    fn room_for(&mut self, max_payload: usize) -> Result<(usize, usize), RingError> {
-        if let Some(c) = self.poisoned {
-            return Err(RingError::Corrupt(c));
-        }
-        let cap = self.mem.capacity();
-        let max = max_frame_len(cap);
-        if max_payload > max {
-            return Err(RingError::TooLarge {
-                len: max_payload.saturating_add(HEADER_LEN),
-                max,
-            });
-        }
-        let need = frame_len(max_payload);
-        if need > max {
-            return Err(RingError::TooLarge { len: need, max });
-        }
-        let offset = (self.tail as usize) & (cap - 1);
-        let pad = if offset + need > cap { cap - offset } else { 0 };
-        // The frame, its padding, and the next commit word must all be free.
-        let required = (pad + need + FRAME_ALIGN) as u64;
-        if self.tail + required - self.head_cache > cap as u64 {
-            self.refresh_head()?;
-            if self.tail + required - self.head_cache > cap as u64 {
-                return Err(RingError::Full);
-            }
-        }
-        Ok((pad, need))
+    pub fn notify<W: Waker<M::A> + ?Sized>(&self, waker: &W) -> bool {
+        Doorbell::<M::A>::new(self.mem.data_seq(), self.mem.data_waiting()).ring(waker)
     }
 
-    /// Re-reads the consumer's head and checks it.
-    #[cold]
-    fn refresh_head(&mut self) -> Result<(), RingError> {
-        // Acquire pairs with the Release store of `head` in `Consumer::release`:
-        // the consumer's reads of the frames it released happen before we
-        // overwrite those bytes.
-        let head = self.mem.head().load(Ordering::Acquire);
-        let cap = self.mem.capacity() as u64;
-        let valid = head >= self.head_cache
-            && head <= self.tail
-            && self.tail - head <= cap
-            && head.is_multiple_of(FRAME_ALIGN as u64);
-        if !valid {
-            let c = Corruption {
-                pos: self.tail,
-                kind: CorruptionKind::BadHead(head),
-            };
-            self.poisoned = Some(c);
-            return Err(RingError::Corrupt(c));
-        }
-        self.head_cache = head;
-        Ok(())
+    /// Waits until a frame with `max_payload` bytes fits, sleeping on the
+    /// "space available" doorbell (which [`Consumer::release_and_notify`]
+    /// rings) per `mode`, until `deadline`.
+    ///
+    /// [`Consumer::release_and_notify`]: super::Consumer::release_and_notify
+    pub fn wait_for_room<S: Sleeper<M::A> + ?Sized>(
+        &mut self,
+        max_payload: usize,
+        sleeper: &S,
+        mode: WaitMode,
+        deadline: Option<Instant>,
+    ) -> Result<(), RingError> {
+        let (mem, st) = (&self.mem, &mut self.st);
+        let bell = Doorbell::<M::A>::new(mem.space_seq(), mem.space_waiting());
+        let poll = || match has_room(mem, st, max_payload) {
+            Ok(true) => Some(Ok(())),
+            Ok(false) => None,
+            Err(e) => Some(Err(e)),
+        };
+        bell.wait(poll, sleeper, mode, deadline)
+            .map_err(|_| RingError::Timeout)?
     }
 
     /// Publishes a frame whose payload was written at `payload` (called by
@@ -192,7 +175,7 @@ impl<M: RingMemory> Producer<M> {
         if pad > 0 {
             self.publish_padding(pad);
         }
-        let pos = self.tail;
+        let pos = self.st.tail;
         let len = frame_len(payload_len);
         // SAFETY: `payload` is the window's pointer, HEADER_LEN bytes past the frame
         // start inside the frame area.
@@ -224,7 +207,7 @@ impl<M: RingMemory> Producer<M> {
         self.mem
             .commit_word((pos as usize) & mask)
             .store(word, Ordering::Release);
-        self.tail = next;
+        self.st.tail = next;
         // Release: observers that read `tail` (stats) see the frames before it.
         // The consumer never reads it.
         self.mem.tail().store(next, Ordering::Release);
@@ -235,7 +218,7 @@ impl<M: RingMemory> Producer<M> {
     #[cold]
     fn publish_padding(&mut self, pad: usize) {
         let mask = self.mem.capacity() - 1;
-        let pos = self.tail;
+        let pos = self.st.tail;
         debug_assert_eq!(((pos as usize) & mask) + pad, self.mem.capacity());
         // Relaxed: ordered before the Release store of the padding commit word,
         // like the zeroing in `publish`. The next commit word is at offset 0.
@@ -246,7 +229,7 @@ impl<M: RingMemory> Producer<M> {
         self.mem
             .commit_word((pos as usize) & mask)
             .store(word, Ordering::Release);
-        self.tail = pos + pad as u64;
+        self.st.tail = pos + pad as u64;
     }
 
     /// Sequence and waiting words of the "data available" doorbell, which the
@@ -259,5 +242,78 @@ impl<M: RingMemory> Producer<M> {
     /// the producer sleeps when the ring is full: `(seq, waiting)`.
     pub fn space_bell_words(&self) -> (&<M::A as Atomics>::U32, &<M::A as Atomics>::U32) {
         (self.mem.space_seq(), self.mem.space_waiting())
+    }
+}
+
+/// Returns (padding before the frame, padded frame length).
+#[inline]
+fn room_for<M: RingMemory>(
+    mem: &M,
+    st: &mut Cursor,
+    max_payload: usize,
+) -> Result<(usize, usize), RingError> {
+    if let Some(c) = st.poisoned {
+        return Err(RingError::Corrupt(c));
+    }
+    let cap = mem.capacity();
+    let max = max_frame_len(cap);
+    if max_payload > max {
+        return Err(RingError::TooLarge {
+            len: max_payload.saturating_add(HEADER_LEN),
+            max,
+        });
+    }
+    let need = frame_len(max_payload);
+    if need > max {
+        return Err(RingError::TooLarge { len: need, max });
+    }
+    let offset = (st.tail as usize) & (cap - 1);
+    let pad = if offset + need > cap { cap - offset } else { 0 };
+    // The frame, its padding, and the next commit word must all be free.
+    let required = (pad + need + FRAME_ALIGN) as u64;
+    if st.tail + required - st.head_cache > cap as u64 {
+        refresh_head(mem, st)?;
+        if st.tail + required - st.head_cache > cap as u64 {
+            return Err(RingError::Full);
+        }
+    }
+    Ok((pad, need))
+}
+
+/// Re-reads the consumer's head and checks it.
+#[cold]
+fn refresh_head<M: RingMemory>(mem: &M, st: &mut Cursor) -> Result<(), RingError> {
+    // Acquire pairs with the Release store of `head` in `Consumer::release`:
+    // the consumer's reads of the frames it released happen before we
+    // overwrite those bytes.
+    let head = mem.head().load(Ordering::Acquire);
+    let cap = mem.capacity() as u64;
+    let valid = head >= st.head_cache
+        && head <= st.tail
+        && st.tail - head <= cap
+        && head.is_multiple_of(FRAME_ALIGN as u64);
+    if !valid {
+        let c = Corruption {
+            pos: st.tail,
+            kind: CorruptionKind::BadHead(head),
+        };
+        st.poisoned = Some(c);
+        return Err(RingError::Corrupt(c));
+    }
+    st.head_cache = head;
+    Ok(())
+}
+
+/// `room_for` as a yes/no, for polls.
+#[inline]
+fn has_room<M: RingMemory>(
+    mem: &M,
+    st: &mut Cursor,
+    max_payload: usize,
+) -> Result<bool, RingError> {
+    match room_for(mem, st, max_payload) {
+        Ok(_) => Ok(true),
+        Err(RingError::Full) => Ok(false),
+        Err(e) => Err(e),
     }
 }

@@ -1,0 +1,67 @@
+//! Shared helpers of the integration tests.
+#![allow(dead_code)]
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Aborts the whole test process if it is not dropped within `limit`, after
+/// killing the child processes registered with it: a deadlock fails fast
+/// instead of hanging CI. It asserts nothing about speed; the limits are
+/// generous multiples of the normal run time.
+pub(crate) struct Watchdog {
+    done: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pids: std::sync::Arc<std::sync::Mutex<Vec<u32>>>,
+}
+
+impl Watchdog {
+    pub(crate) fn arm(name: &'static str, limit: Duration) -> Self {
+        let (tx, rx) = mpsc::channel::<()>();
+        let pids = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
+        let pids2 = pids.clone();
+        let thread = std::thread::spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                eprintln!("watchdog: {name} still running after {limit:?}; aborting");
+                for pid in pids2.lock().map(|p| p.clone()).unwrap_or_default() {
+                    let _ = std::process::Command::new("kill")
+                        .args(["-9", &pid.to_string()])
+                        .status();
+                }
+                std::process::abort();
+            }
+        });
+        Self {
+            done: Some(tx),
+            thread: Some(thread),
+            pids,
+        }
+    }
+
+    /// Kill this child too if the watchdog fires.
+    pub(crate) fn watch_child(&self, pid: u32) {
+        if let Ok(mut p) = self.pids.lock() {
+            p.push(pid);
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        drop(self.done.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// SplitMix64, the generator shared with the helper binaries.
+pub(crate) struct SplitMix(pub(crate) u64);
+impl SplitMix {
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
