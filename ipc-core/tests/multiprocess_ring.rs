@@ -61,7 +61,7 @@ fn spawn_peer(seg: &Segment, mode: &str, cap: usize, n: u64, seed: u64) -> Child
 fn expected_payload(seed: u64, i: u64, max: usize, out: &mut Vec<u8>) {
     let mut r = SplitMix(seed ^ i.wrapping_mul(0x2545_F491_4F6C_DD1D));
     let pick = r.next_u64();
-    let len = if pick % 16 != 0 {
+    let len = if !pick.is_multiple_of(16) {
         (pick >> 8) as usize % 65
     } else {
         (pick >> 8) as usize % (max + 1)

@@ -37,7 +37,7 @@ impl SplitMix {
 fn payload(seed: u64, i: u64, max: usize, out: &mut Vec<u8>) {
     let mut r = SplitMix(seed ^ i.wrapping_mul(0x2545_F491_4F6C_DD1D));
     let pick = r.next_u64();
-    let len = if pick % 16 != 0 {
+    let len = if !pick.is_multiple_of(16) {
         (pick >> 8) as usize % 65
     } else {
         (pick >> 8) as usize % (max + 1)
@@ -176,7 +176,7 @@ fn scribble(map: &ipc_core::shm::Mapping, cap: usize, dur: Duration, seed: u64) 
     let end = Instant::now() + dur;
     let mut writes = 0u64;
     let put = |off: usize, word: u64| {
-        assert!(off % 8 == 0 && off + 8 <= len);
+        assert!(off.is_multiple_of(8) && off + 8 <= len);
         // SAFETY: off + 8 <= len (asserted) and 8-aligned: inside the ring region
         // of our read-write mapping; a volatile write, no reference is formed.
         // (This process is the hostile peer: another process reading these bytes
