@@ -8,9 +8,9 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ipc_core::ring::{Consumer, FrameMeta, Producer, RingRegion, heap_channel};
+use ipc_core::sync::{AtomicBool, Ordering};
 use std::hint::black_box;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Publishes `bytes` with id `id`, spinning while the ring is full.

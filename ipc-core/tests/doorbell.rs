@@ -6,42 +6,26 @@
 //! arms a [`Watchdog`] that aborts the process; no test asserts a speed.
 
 use std::os::fd::AsFd;
-use std::sync::mpsc;
 use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod support;
+use support::Watchdog;
+
 use ipc_core::doorbell::{
     DEFAULT_SPIN, Doorbell, EventFd, Futex, Sleeper, WaitMode, WaitTimeout, Waker, wake_syscalls,
 };
-use ipc_core::sync::{Atomics, Ordering, StdAtomics};
+use ipc_core::sync::{Ordering, StdAtomics};
 
-/// `ipc_core::sync::AtomicU32`, named through the family (`clippy.toml`).
-type U32 = <StdAtomics as Atomics>::U32;
-/// `ipc_core::sync::AtomicU64`, named through the family (`clippy.toml`).
-type U64 = <StdAtomics as Atomics>::U64;
+type U32 = ipc_core::sync::AtomicU32;
+type U64 = ipc_core::sync::AtomicU64;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> MutexGuard<'static, ()> {
     // A failed test poisons the lock; the others can still run.
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Aborts the process if it is not dropped within `limit`.
-struct Watchdog(#[allow(dead_code)] mpsc::Sender<()>);
-
-impl Watchdog {
-    fn arm(what: &'static str, limit: Duration) -> Self {
-        let (tx, rx) = mpsc::channel::<()>();
-        thread::spawn(move || {
-            if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
-                eprintln!("watchdog: `{what}` still running after {limit:?}: lost wake-up?");
-                std::process::abort();
-            }
-        });
-        Self(tx)
-    }
 }
 
 const WATCHDOG: Duration = Duration::from_secs(60);

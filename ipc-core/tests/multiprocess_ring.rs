@@ -116,7 +116,7 @@ fn produce_to_peer(count: u64, cap: usize, seed: u64, limit: Duration) {
         tx.notify(&Futex);
         // About every 8,000 frames, pause 0.2–1 ms: the consumer runs dry and
         // sleeps (its spin budget is 50 µs), so the futex path is exercised.
-        if r.next_u64() % 8192 == 0 {
+        if r.next_u64().is_multiple_of(8192) {
             std::thread::sleep(Duration::from_micros(200 + r.next_u64() % 800));
         }
     }

@@ -11,7 +11,7 @@ use rustix::io::Errno;
 use super::{Sleeper, Waker, count_wake_syscall};
 use crate::sync::{Atomics, Ordering, StdAtomics};
 
-/// The std futex word (named through the family: `clippy.toml` bans the type).
+/// The std futex word (what `StdAtomics` uses).
 type U32 = <StdAtomics as Atomics>::U32;
 
 /// The longest single `poll` timeout (a sleep may return early; the caller

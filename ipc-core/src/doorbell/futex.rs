@@ -7,7 +7,7 @@ use linux_futex::{AsFutex, Shared, TimedWaitError, WaitError};
 use super::{Sleeper, Waker, count_wake_syscall};
 use crate::sync::{Atomics, StdAtomics};
 
-/// The std futex word (named through the family: `clippy.toml` bans the type).
+/// The std futex word (what `StdAtomics` uses).
 type U32 = <StdAtomics as Atomics>::U32;
 
 /// The longest single `futex_wait` timeout. A sleep may return early, so a
