@@ -4,6 +4,9 @@
 //! arrives and checks it. Both sides spin: this is the ring's own cost with no
 //! wake-ups, i.e. what a spinning CRADLE call pays for its transport.
 //!
+//! `floor_cache_line` is measured in the same run: two threads bouncing one
+//! atomic each way, the physical limit of any shared-memory round trip here.
+//!
 //! `cargo bench -p cradle-benches --bench ring_roundtrip`
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -91,5 +94,53 @@ fn round_trip(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, round_trip);
+/// The floor: two threads bouncing one cache line (an `AtomicU64` each way,
+/// spinning), the least any shared-memory round trip can cost on this machine.
+fn floor(c: &mut Criterion) {
+    use ipc_core::sync::AtomicU64;
+    #[repr(align(128))]
+    struct Line(AtomicU64);
+    let ping = Arc::new((Line(AtomicU64::new(0)), Line(AtomicU64::new(0))));
+    let pong = ping.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let echo = std::thread::spawn(move || {
+        let mut last = 0;
+        while !stop2.load(Ordering::Relaxed) {
+            // Acquire pairs with the Release store of the caller below.
+            let v = pong.0.0.load(Ordering::Acquire);
+            if v != last {
+                last = v;
+                // Release pairs with the caller's Acquire load.
+                pong.1.0.store(v, Ordering::Release);
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    });
+    let mut group = c.benchmark_group("ring_round_trip_two_threads");
+    group
+        .measurement_time(Duration::from_secs(4))
+        .warm_up_time(Duration::from_secs(1));
+    let mut n = 0u64;
+    group.bench_function("floor_cache_line", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                n += 1;
+                // Release/Acquire pair with the echo thread's load/store above.
+                ping.0.0.store(n, Ordering::Release);
+                while ping.1.0.load(Ordering::Acquire) != n {
+                    std::hint::spin_loop();
+                }
+            }
+            start.elapsed()
+        })
+    });
+    group.finish();
+    stop.store(true, Ordering::Relaxed);
+    echo.join().expect("echo thread");
+}
+
+criterion_group!(benches, floor, round_trip);
 criterion_main!(benches);

@@ -525,3 +525,20 @@ proptest::proptest! {
         drain_hostile(&region, &mut rx);
     }
 }
+
+/// `Producer` and `Consumer` are `Send + !Sync` (checked at compile time: the
+/// `!Sync` half makes the call below ambiguous, a compile error, if either
+/// type ever becomes `Sync`).
+#[test]
+fn ends_are_send_but_not_sync() {
+    fn send<T: Send>() {}
+    send::<Producer<RingRegion>>();
+    send::<Consumer<RingRegion>>();
+    trait AmbiguousIfSync<A> {
+        fn check() {}
+    }
+    impl<T: ?Sized> AmbiguousIfSync<()> for T {}
+    impl<T: ?Sized + Sync> AmbiguousIfSync<u8> for T {}
+    <Producer<RingRegion> as AmbiguousIfSync<_>>::check();
+    <Consumer<RingRegion> as AmbiguousIfSync<_>>::check();
+}
