@@ -15,7 +15,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{SplitMix, Watchdog};
+use support::{SplitMix, Watchdog, payload};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"RINGTEST");
 const RING_OFFSET: usize = 128;
@@ -57,23 +57,6 @@ fn spawn_peer(seg: &Segment, mode: &str, cap: usize, n: u64, seed: u64) -> Child
     cmd.spawn().expect("spawn ring-peer")
 }
 
-/// The payload of frame `i` (same rule as `ring-peer`'s `payload`).
-fn expected_payload(seed: u64, i: u64, max: usize, out: &mut Vec<u8>) {
-    let mut r = SplitMix(seed ^ i.wrapping_mul(0x2545_F491_4F6C_DD1D));
-    let pick = r.next_u64();
-    let len = if !pick.is_multiple_of(16) {
-        (pick >> 8) as usize % 65
-    } else {
-        (pick >> 8) as usize % (max + 1)
-    };
-    out.clear();
-    while out.len() < len {
-        let w = r.next_u64().to_le_bytes();
-        let take = (len - out.len()).min(8);
-        out.extend_from_slice(&w[..take]);
-    }
-}
-
 /// Produces `count` frames of random sizes to a `ring-peer consume` process,
 /// pausing now and then so that the consumer goes to sleep on the doorbell.
 fn produce_to_peer(count: u64, cap: usize, seed: u64, limit: Duration) {
@@ -90,7 +73,7 @@ fn produce_to_peer(count: u64, cap: usize, seed: u64, limit: Duration) {
     let wakes_before = wake_syscalls();
     let started = Instant::now();
     for i in 0..count {
-        expected_payload(seed, i, max, &mut buf);
+        payload(seed, i, max, &mut buf);
         let deadline = Some(Instant::now() + Duration::from_secs(60));
         let mut w = loop {
             match tx.reserve(buf.len()) {

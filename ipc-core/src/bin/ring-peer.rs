@@ -20,35 +20,9 @@ use std::time::{Duration, Instant};
 const MAGIC: u64 = u64::from_le_bytes(*b"RINGTEST");
 const RING_OFFSET: usize = 128;
 
-/// SplitMix64 (the same generator as the test's, so payloads match).
-struct SplitMix(u64);
-impl SplitMix {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
-/// Payload of frame `i` for `seed`: 15 in 16 frames are short (0..=64 bytes),
-/// the rest up to the ring's limit. Must match `expected_payload` in the test.
-fn payload(seed: u64, i: u64, max: usize, out: &mut Vec<u8>) {
-    let mut r = SplitMix(seed ^ i.wrapping_mul(0x2545_F491_4F6C_DD1D));
-    let pick = r.next_u64();
-    let len = if !pick.is_multiple_of(16) {
-        (pick >> 8) as usize % 65
-    } else {
-        (pick >> 8) as usize % (max + 1)
-    };
-    out.clear();
-    while out.len() < len {
-        let w = r.next_u64().to_le_bytes();
-        let take = (len - out.len()).min(8);
-        out.extend_from_slice(&w[..take]);
-    }
-}
+#[path = "../../tests/support/mod.rs"]
+mod support;
+use support::{SplitMix, payload};
 
 fn fail(msg: String) -> ExitCode {
     eprintln!("ring-peer: {msg}");

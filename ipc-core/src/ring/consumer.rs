@@ -96,7 +96,9 @@ impl<M: RingMemory> Consumer<M> {
     /// # Safety
     ///
     /// No other `Consumer` over the same memory exists anywhere while this one
-    /// lives.
+    /// lives, and nothing else in this process accesses the region's bytes
+    /// except the one `Producer` (other processes may write anything: that is
+    /// checked).
     pub unsafe fn attach(mem: M) -> Self {
         Self {
             mem,

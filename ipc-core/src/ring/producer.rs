@@ -68,7 +68,9 @@ impl<M: RingMemory> Producer<M> {
     /// # Safety
     ///
     /// No other `Producer` over the same memory exists anywhere while this one
-    /// lives (two producers would race on the frame bytes in this process).
+    /// lives (two producers would race on the frame bytes in this process), and
+    /// nothing else in this process accesses the region's bytes except the one
+    /// `Consumer` (other processes may write anything: that is checked).
     pub unsafe fn attach(mem: M) -> Self {
         Self {
             mem,

@@ -4,22 +4,10 @@
 use super::*;
 use crate::sync::Ordering;
 
-/// SplitMix64: a tiny deterministic generator, so every failure names a seed
-/// that replays it.
-pub(crate) struct SplitMix(pub(crate) u64);
-
-impl SplitMix {
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-}
+/// SplitMix64 and friends, shared with the integration tests and `ring-peer`.
+#[path = "../../tests/support/mod.rs"]
+mod support;
+use support::SplitMix;
 
 /// The payload of message `i`: its length and bytes are a function of `i`.
 fn payload_of(i: u64, max: usize) -> Vec<u8> {

@@ -1,5 +1,8 @@
-//! Shared helpers of the integration tests.
-#![allow(dead_code)]
+//! Shared helpers of the tests: the integration tests use it as `mod support`,
+//! the `ring-peer` helper binary and the ring's unit tests include it with
+//! `#[path]`, so that both ends of a multi-process test generate the same
+//! payloads from one definition.
+#![allow(dead_code, unreachable_pub)]
 
 use std::sync::mpsc;
 use std::time::Duration;
@@ -63,5 +66,27 @@ impl SplitMix {
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
+    }
+
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+/// Payload of frame `i` for `seed` in the multi-process ring tests: 15 in 16
+/// frames are short (0..=64 bytes), the rest up to `max` bytes.
+pub(crate) fn payload(seed: u64, i: u64, max: usize, out: &mut Vec<u8>) {
+    let mut r = SplitMix(seed ^ i.wrapping_mul(0x2545_F491_4F6C_DD1D));
+    let pick = r.next_u64();
+    let len = if !pick.is_multiple_of(16) {
+        (pick >> 8) as usize % 65
+    } else {
+        (pick >> 8) as usize % (max + 1)
+    };
+    out.clear();
+    while out.len() < len {
+        let w = r.next_u64().to_le_bytes();
+        let take = (len - out.len()).min(8);
+        out.extend_from_slice(&w[..take]);
     }
 }
