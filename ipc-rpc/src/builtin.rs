@@ -1,0 +1,67 @@
+//! Methods every CRADLE server offers.
+
+use crate::Method;
+
+/// Echo: the response is the request's bytes.
+#[derive(Debug)]
+pub struct Ping;
+
+impl Method for Ping {
+    const NAME: &'static str = "cradle.ping";
+    const VERSION: u32 = 1;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+}
+
+/// Server figures.
+#[derive(Debug)]
+pub struct Stats;
+
+impl Method for Stats {
+    const NAME: &'static str = "cradle.stats";
+    const VERSION: u32 = 1;
+    type Request = ();
+    type Response = ServerStats;
+}
+
+/// The answer of [`Stats`].
+#[derive(
+    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq, Default,
+)]
+#[rkyv(crate = rkyv)]
+pub struct ServerStats {
+    /// The server's pid.
+    pub pid: u32,
+    /// Worker threads.
+    pub workers: u32,
+    /// Milliseconds since the server started.
+    pub uptime_ms: u64,
+    /// Sessions open now.
+    pub sessions: u64,
+    /// Sessions accepted since start.
+    pub sessions_total: u64,
+    /// Calls answered since start (all sessions, closed ones included).
+    pub calls_served: u64,
+    /// Sessions closed because the client broke the protocol.
+    pub sessions_killed: u64,
+    /// One entry per open session.
+    pub per_session: Vec<SessionStats>,
+}
+
+/// Per-session figures in [`ServerStats`].
+#[derive(
+    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq, Default,
+)]
+#[rkyv(crate = rkyv)]
+pub struct SessionStats {
+    /// Session id.
+    pub id: u64,
+    /// The client's pid (from `SO_PEERCRED`).
+    pub pid: u32,
+    /// Calls answered in this session.
+    pub calls: u64,
+    /// Requests taken but not yet answered (offloaded).
+    pub in_flight: u32,
+    /// Responses waiting for room in the response ring.
+    pub backlog: u32,
+}

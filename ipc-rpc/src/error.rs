@@ -1,0 +1,160 @@
+//! The error model of a call (DESIGN.md §7).
+
+use core::fmt;
+use std::time::Duration;
+
+/// Why the server answered a request with an error frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The server has no handler for the method id.
+    UnknownMethod,
+    /// The request did not validate as the method's request type.
+    Malformed,
+    /// The handler panicked; the message is the panic's.
+    HandlerPanicked,
+    /// The handler returned an application error.
+    Handler,
+    /// A per-session quota (requests in flight, ...) was exceeded.
+    QuotaExceeded,
+    /// The response did not fit in a frame.
+    ResponseTooLarge,
+    /// The server is shutting down.
+    Shutdown,
+    /// A code this build does not know (a newer server).
+    Other(u32),
+}
+
+impl ErrorCode {
+    /// The wire value.
+    pub const fn to_u32(self) -> u32 {
+        match self {
+            Self::UnknownMethod => 1,
+            Self::Malformed => 2,
+            Self::HandlerPanicked => 3,
+            Self::Handler => 4,
+            Self::QuotaExceeded => 5,
+            Self::ResponseTooLarge => 6,
+            Self::Shutdown => 7,
+            Self::Other(c) => c,
+        }
+    }
+
+    /// From the wire value.
+    pub const fn from_u32(c: u32) -> Self {
+        match c {
+            1 => Self::UnknownMethod,
+            2 => Self::Malformed,
+            3 => Self::HandlerPanicked,
+            4 => Self::Handler,
+            5 => Self::QuotaExceeded,
+            6 => Self::ResponseTooLarge,
+            7 => Self::Shutdown,
+            c => Self::Other(c),
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownMethod => f.write_str("unknown method"),
+            Self::Malformed => f.write_str("malformed request"),
+            Self::HandlerPanicked => f.write_str("handler panicked"),
+            Self::Handler => f.write_str("handler error"),
+            Self::QuotaExceeded => f.write_str("quota exceeded"),
+            Self::ResponseTooLarge => f.write_str("response too large"),
+            Self::Shutdown => f.write_str("server shutting down"),
+            Self::Other(c) => write!(f, "error code {c}"),
+        }
+    }
+}
+
+/// The payload of an [`ERROR`](crate::wire::ERROR) frame.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(crate = rkyv)]
+pub struct RemoteError {
+    /// [`ErrorCode::to_u32`].
+    pub code: u32,
+    /// A message a person can act on.
+    pub message: String,
+}
+
+/// Why a call failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CallError {
+    /// No response before the deadline.
+    Timeout(Duration),
+    /// The server died (its control socket hung up).
+    PeerDead,
+    /// The server shut down cleanly.
+    Shutdown,
+    /// `try_call`: the request ring has no room now.
+    RingFull,
+    /// The request does not fit in a frame: `len` bytes against `max`. Send
+    /// large data as a blob.
+    MessageTooLarge {
+        /// Bytes needed (at least).
+        len: usize,
+        /// The ring's payload limit.
+        max: usize,
+    },
+    /// The server's answer did not validate as the method's response, or the
+    /// response ring was corrupt; the session is unusable.
+    Malformed(String),
+    /// A per-session quota was exceeded.
+    QuotaExceeded(String),
+    /// The server answered with an error.
+    Remote {
+        /// What kind of error.
+        code: ErrorCode,
+        /// The server's message.
+        message: String,
+    },
+    /// This client was created in the parent of a `fork`; a child process
+    /// must connect its own client.
+    Forked,
+    /// The request could not be encoded.
+    Encode(String),
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Timeout(d) => write!(f, "no response within {d:?}"),
+            Self::PeerDead => f.write_str("the CRADLE server died (control socket hung up)"),
+            Self::Shutdown => f.write_str("the CRADLE server shut down"),
+            Self::RingFull => {
+                f.write_str("request ring full; retry, or use call() to wait for room")
+            }
+            Self::MessageTooLarge { len, max } => write!(
+                f,
+                "request of at least {len} bytes exceeds the frame limit of {max} bytes; send large data as a blob"
+            ),
+            Self::Malformed(m) => write!(f, "malformed message from the server: {m}"),
+            Self::QuotaExceeded(m) => write!(f, "quota exceeded: {m}"),
+            Self::Remote { code, message } => write!(f, "server error ({code}): {message}"),
+            Self::Forked => f.write_str(
+                "this client belongs to the parent process; connect a new client after fork()",
+            ),
+            Self::Encode(m) => write!(f, "could not encode the request: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for CallError {}
+
+impl CallError {
+    /// The error a client reports for a server error frame.
+    pub fn from_remote(e: RemoteError) -> Self {
+        match ErrorCode::from_u32(e.code) {
+            ErrorCode::QuotaExceeded => Self::QuotaExceeded(e.message),
+            ErrorCode::Shutdown => Self::Shutdown,
+            code => Self::Remote {
+                code,
+                message: e.message,
+            },
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! The control-socket handshake (see `docs/protocol.md`).
+//!
+//! The control socket is a Unix stream socket. It carries, in order:
+//!
+//! 1. client → server: one [`Hello`] (32 bytes);
+//! 2. server → client: one [`Welcome`] (64 bytes) with, when `status` is
+//!    [`STATUS_OK`], three descriptors in one `SCM_RIGHTS` message, in this
+//!    order: the session segment (read-write), the session's doorbell eventfd
+//!    (the client writes it to wake the server), the server's status segment
+//!    (read-only, sealed);
+//! 3. then nothing but liveness: either side closing it ends the session.
+//!    The server may send one [`Goodbye`] (16 bytes) before it closes on a
+//!    clean shutdown.
+//!
+//! All integers are little-endian (the structs are `#[repr(C)]` plain data on
+//! a little-endian machine; the format is pinned to little-endian).
+
+use bytemuck::{Pod, Zeroable};
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, recvmsg, sendmsg,
+};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+/// Version of this protocol (handshake, segment layouts, frame format).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// rkyv format features, as bits: little-endian (1), aligned (2), 32-bit
+/// relative pointers (4). The workspace pins exactly these.
+pub const FORMAT: u32 = 1 | 2 | 4;
+
+/// Hash of the core schema: the protocol version, the frame header layout
+/// and the built-in methods' ids. Peers with a different value cannot talk.
+/// Application methods are checked per call by their id (an unknown id gets
+/// an `UnknownMethod` error response).
+pub const SCHEMA_HASH: u64 = {
+    let mut h = crate::method_id("cradle.core", PROTOCOL_VERSION);
+    h ^= (ipc_core::ring::HEADER_LEN as u64) << 32 | ipc_core::ring::FRAME_ALIGN as u64;
+    h = h.rotate_left(17) ^ <crate::builtin::Ping as crate::Method>::ID;
+    h = h.rotate_left(17) ^ <crate::builtin::Stats as crate::Method>::ID;
+    h
+};
+
+/// `Hello::magic`.
+pub const HELLO_MAGIC: u64 = u64::from_le_bytes(*b"CRDLHELO");
+/// `Welcome::magic`.
+pub const WELCOME_MAGIC: u64 = u64::from_le_bytes(*b"CRDLWLCM");
+/// `Goodbye::magic`.
+pub const GOODBYE_MAGIC: u64 = u64::from_le_bytes(*b"CRDLBYE!");
+
+/// The session was created; three descriptors follow.
+pub const STATUS_OK: u32 = 0;
+/// `protocol` differs.
+pub const STATUS_PROTOCOL_MISMATCH: u32 = 1;
+/// `format` differs.
+pub const STATUS_FORMAT_MISMATCH: u32 = 2;
+/// `schema` differs.
+pub const STATUS_SCHEMA_MISMATCH: u32 = 3;
+/// The server has reached its session limit.
+pub const STATUS_TOO_MANY_SESSIONS: u32 = 4;
+/// The server is shutting down.
+pub const STATUS_SHUTTING_DOWN: u32 = 5;
+/// The server could not create the session (out of memory or descriptors).
+pub const STATUS_RESOURCES: u32 = 6;
+
+/// A person-readable reason for a `Welcome::status`.
+pub fn status_message(status: u32) -> &'static str {
+    match status {
+        STATUS_OK => "ok",
+        STATUS_PROTOCOL_MISMATCH => {
+            "protocol version mismatch (client and server are different CRADLE releases)"
+        }
+        STATUS_FORMAT_MISMATCH => {
+            "rkyv format mismatch (client and server were built with different wire formats)"
+        }
+        STATUS_SCHEMA_MISMATCH => {
+            "core schema mismatch (client and server are different CRADLE releases)"
+        }
+        STATUS_TOO_MANY_SESSIONS => "the server has reached its session limit",
+        STATUS_SHUTTING_DOWN => "the server is shutting down",
+        STATUS_RESOURCES => "the server could not allocate the session (memory or descriptors)",
+        _ => "unknown status",
+    }
+}
+
+/// Client → server, first message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+#[repr(C)]
+pub struct Hello {
+    /// [`HELLO_MAGIC`].
+    pub magic: u64,
+    /// [`PROTOCOL_VERSION`].
+    pub protocol: u32,
+    /// [`FORMAT`].
+    pub format: u32,
+    /// [`SCHEMA_HASH`].
+    pub schema: u64,
+    /// The client's pid (informative: stats and logs; the server trusts only
+    /// `SO_PEERCRED`).
+    pub pid: u32,
+    /// Reserved, 0.
+    pub flags: u32,
+}
+
+/// Server → client, the answer to [`Hello`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+#[repr(C)]
+pub struct Welcome {
+    /// [`WELCOME_MAGIC`].
+    pub magic: u64,
+    /// The server's [`PROTOCOL_VERSION`].
+    pub protocol: u32,
+    /// [`STATUS_OK`] or a `STATUS_*` error.
+    pub status: u32,
+    /// The server instance's epoch (random at start; handles carry it).
+    pub epoch: u64,
+    /// This session's id (unique within the server's life).
+    pub session_id: u64,
+    /// Capacity of each of the two rings in the session segment.
+    pub ring_capacity: u32,
+    /// Index of the worker that serves this session: its `waiting` word in the
+    /// status segment is at [`crate::session::worker_waiting_offset`]`(worker)`.
+    pub worker: u32,
+    /// Exact length of the session segment (the client checks it with fstat).
+    pub session_len: u64,
+    /// Exact length of the status segment.
+    pub status_len: u64,
+    /// The server's pid.
+    pub server_pid: u32,
+    /// Reserved, 0.
+    pub reserved: u32,
+}
+
+/// Server → client, optional, just before a clean close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+#[repr(C)]
+pub struct Goodbye {
+    /// [`GOODBYE_MAGIC`].
+    pub magic: u64,
+    /// Reserved, 0.
+    pub reason: u64,
+}
+
+const _: () = {
+    assert!(size_of::<Hello>() == 32);
+    assert!(size_of::<Welcome>() == 64);
+    assert!(size_of::<Goodbye>() == 16);
+};
+
+impl Hello {
+    /// This build's hello.
+    pub fn current() -> Self {
+        Self {
+            magic: HELLO_MAGIC,
+            protocol: PROTOCOL_VERSION,
+            format: FORMAT,
+            schema: SCHEMA_HASH,
+            pid: std::process::id(),
+            flags: 0,
+        }
+    }
+
+    /// The status a server of this build answers: [`STATUS_OK`] or the first
+    /// mismatch. `None` if the magic is wrong (not a CRADLE client).
+    pub fn check(&self) -> Option<u32> {
+        if self.magic != HELLO_MAGIC {
+            None
+        } else if self.protocol != PROTOCOL_VERSION {
+            Some(STATUS_PROTOCOL_MISMATCH)
+        } else if self.format != FORMAT {
+            Some(STATUS_FORMAT_MISMATCH)
+        } else if self.schema != SCHEMA_HASH {
+            Some(STATUS_SCHEMA_MISMATCH)
+        } else {
+            Some(STATUS_OK)
+        }
+    }
+}
+
+/// Sends `bytes` and, if any, `fds` in one `SCM_RIGHTS` message. Retries on
+/// EINTR; a short write of the bytes is an error (the messages are tiny).
+pub fn send_with_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(4))];
+    let mut anc = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !anc.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::other("too many descriptors for one message"));
+    }
+    loop {
+        match sendmsg(sock, &[IoSlice::new(bytes)], &mut anc, SendFlags::NOSIGNAL) {
+            Ok(n) if n == bytes.len() => return Ok(()),
+            Ok(n) => {
+                return Err(io::Error::other(format!(
+                    "short send: {n} of {} bytes",
+                    bytes.len()
+                )));
+            }
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Receives exactly `buf.len()` bytes, collecting any descriptors that come
+/// with them (at most 4; more are closed and reported as an error). Returns
+/// `Ok(None)` on a clean end of stream before the first byte.
+pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<Vec<OwnedFd>>> {
+    let mut fds = Vec::new();
+    let mut got = 0;
+    while got < buf.len() {
+        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(4))];
+        let mut anc = RecvAncillaryBuffer::new(&mut space);
+        let mut iov = [IoSliceMut::new(&mut buf[got..])];
+        let r = match recvmsg(sock, &mut iov, &mut anc, RecvFlags::CMSG_CLOEXEC) {
+            Ok(r) => r,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for msg in anc.drain() {
+            if let RecvAncillaryMessage::ScmRights(rights) = msg {
+                fds.extend(rights);
+            }
+        }
+        if r.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
+            return Err(io::Error::other(
+                "descriptors truncated (more than expected)",
+            ));
+        }
+        if r.bytes == 0 {
+            if got == 0 && fds.is_empty() {
+                return Ok(None);
+            }
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        got += r.bytes;
+    }
+    if fds.len() > 4 {
+        return Err(io::Error::other("too many descriptors"));
+    }
+    Ok(Some(fds))
+}
+
+/// Sends a plain-data message without descriptors.
+pub fn send_pod<T: Pod>(sock: impl AsFd, value: &T) -> io::Result<()> {
+    send_with_fds(sock.as_fd(), bytemuck::bytes_of(value), &[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
+
+    #[test]
+    fn hello_checks() {
+        let h = Hello::current();
+        assert_eq!(h.check(), Some(STATUS_OK));
+        assert_eq!(Hello { magic: 1, ..h }.check(), None);
+        assert_eq!(
+            Hello { protocol: 99, ..h }.check(),
+            Some(STATUS_PROTOCOL_MISMATCH)
+        );
+        assert_eq!(
+            Hello { format: 0, ..h }.check(),
+            Some(STATUS_FORMAT_MISMATCH)
+        );
+        assert_eq!(
+            Hello { schema: 0, ..h }.check(),
+            Some(STATUS_SCHEMA_MISMATCH)
+        );
+    }
+
+    #[test]
+    fn descriptors_travel_with_the_bytes() {
+        let (a, b) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let (p, _q) = rustix::pipe::pipe().unwrap();
+        let w = Welcome {
+            magic: WELCOME_MAGIC,
+            status: STATUS_OK,
+            ..Zeroable::zeroed()
+        };
+        send_with_fds(a.as_fd(), bytemuck::bytes_of(&w), &[p.as_fd(), p.as_fd()]).unwrap();
+        let mut buf = [0u8; size_of::<Welcome>()];
+        let fds = recv_with_fds(b.as_fd(), &mut buf).unwrap().unwrap();
+        assert_eq!(fds.len(), 2);
+        assert_eq!(bytemuck::pod_read_unaligned::<Welcome>(&buf), w);
+        drop(a);
+        assert!(
+            recv_with_fds(b.as_fd(), &mut buf).unwrap().is_none(),
+            "clean EOF"
+        );
+    }
+}
