@@ -1,1 +1,38 @@
-//! cradle-client: see DESIGN.md §1. Built in the issues after the foundation.
+//! The CRADLE client: connect to the per-user server and call its methods
+//! over shared-memory rings.
+//!
+//! ```no_run
+//! use cradle_client::Client;
+//! use ipc_rpc::builtin::Ping;
+//!
+//! let client = Client::connect_default()?;
+//! let echo = client.call::<Ping>(&b"hello".to_vec())?;
+//! assert_eq!(echo, b"hello");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! A call serializes its request straight into the session's request ring,
+//! wakes the server only if it sleeps, and waits for the response by spinning
+//! and then sleeping on a futex ([`WaitMode`]). Every wait has a deadline; the
+//! server's death is seen at once through the control socket
+//! ([`CallError::PeerDead`]).
+//!
+//! # Feature flags
+//!
+//! None yet (the tokio client comes with its own issue).
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks, clippy::unnecessary_safety_comment)]
+
+mod client;
+mod error;
+mod fork;
+
+pub use client::{
+    CONNECT_TIMEOUT, CallOptions, Client, ClientOptions, DEFAULT_TIMEOUT, Pending,
+    default_socket_path,
+};
+pub use error::ConnectError;
+pub use ipc_core::doorbell::WaitMode;
+pub use ipc_rpc::{CallError, ErrorCode, Method};

@@ -82,3 +82,18 @@ const _: () = {
     assert!(request_ring_offset().is_multiple_of(128));
     assert!(response_ring_offset(DEFAULT_RING_CAPACITY).is_multiple_of(128));
 };
+
+/// The control socket's default path: `$XDG_RUNTIME_DIR/cradle/cradle.sock`,
+/// else `/tmp/cradle-$UID/cradle.sock` (DESIGN.md §3). `CRADLE_SOCKET` and
+/// `--socket` override it in the binaries.
+pub fn default_socket_path() -> std::path::PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => std::path::PathBuf::from(dir)
+            .join("cradle")
+            .join("cradle.sock"),
+        None => {
+            let uid = rustix::process::geteuid().as_raw();
+            std::path::PathBuf::from(format!("/tmp/cradle-{uid}")).join("cradle.sock")
+        }
+    }
+}
