@@ -44,6 +44,9 @@ pub struct ServerStats {
     pub calls_served: u64,
     /// Sessions closed because the client broke the protocol.
     pub sessions_killed: u64,
+    /// Futex wakes and eventfd writes the server process has made
+    /// (`ipc_core::doorbell::wake_syscalls()`): stays flat while clients spin.
+    pub wake_syscalls: u64,
     /// One entry per open session.
     pub per_session: Vec<SessionStats>,
 }
