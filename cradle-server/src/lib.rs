@@ -1,1 +1,59 @@
-//! cradle-server: see DESIGN.md §1. Built in the issues after the foundation.
+//! The CRADLE server: a per-user shared-memory RPC runtime (DESIGN.md §3).
+//!
+//! Applications connect to a Unix control socket (see
+//! [`default_socket_path`]); after a handshake each gets a *session*: a sealed
+//! memfd holding a request ring and a response ring, an eventfd to wake the
+//! server, and the server's read-only status page. Requests and responses
+//! then move through shared memory only; the socket carries nothing but
+//! liveness.
+//!
+//! ```no_run
+//! use cradle_server::{HandlerError, Server};
+//! use ipc_rpc::Method;
+//!
+//! struct Add;
+//! impl Method for Add {
+//!     const NAME: &'static str = "example.add";
+//!     const VERSION: u32 = 1;
+//!     type Request = (u64, u64);
+//!     type Response = u64;
+//! }
+//!
+//! let server = Server::builder()
+//!     .inline::<Add, _>(|(a, b)| a.checked_add(b).ok_or(HandlerError::new("overflow")))
+//!     .bind()?;
+//! server.run()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! * Start-up ([`ServerBuilder::bind`]): socket directory checks, a
+//!   singleton lock, the listener, process hardening, the status segment.
+//! * The acceptor thread checks `SO_PEERCRED`, runs the handshake (never
+//!   blocking on one connection), creates sessions and hands each to a worker
+//!   round-robin.
+//! * Workers poll their sessions' rings, dispatch to handlers (inline, or the
+//!   offload pool), and sleep in `epoll_wait` when idle (DESIGN.md §6).
+//!
+//! # Feature flags
+//!
+//! None.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks, clippy::unnecessary_safety_comment)]
+
+mod acceptor;
+mod error;
+mod handlers;
+mod offload;
+mod server;
+mod startup;
+mod stats;
+mod worker;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::{HandlerError, ServerError, StartError};
+pub use server::{Server, ServerBuilder, ServerHandle};
+pub use startup::default_socket_path;

@@ -1,0 +1,360 @@
+//! Handler registry and the reply path of a session.
+//!
+//! A handler is registered by method type and erased into a closure that
+//! decodes the request, runs the user's function under `catch_unwind`, and
+//! encodes the answer: straight into the response ring for inline handlers
+//! (through a [`Replier`]), into an owned buffer for offloaded ones.
+
+use crate::error::HandlerError;
+use ipc_core::ring::{FrameMeta, RingError, RingRegion};
+use ipc_rpc::rkyv::ser::allocator::Arena;
+use ipc_rpc::rkyv::util::AlignedVec;
+use ipc_rpc::{ErrorCode, Method, Outbox, RemoteError, SendError, Wire, wire};
+use std::any::Any;
+use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+/// Longest error message sent to a client, in bytes.
+const MAX_ERROR_MESSAGE: usize = 1024;
+
+/// A response waiting for room in the response ring.
+pub(crate) type Queued = (FrameMeta, AlignedVec<16>);
+
+/// An inline handler, erased: request bytes, the request's header, the reply
+/// path. Returns whether the call was answered (always, today).
+pub(crate) type InlineFn = Box<dyn Fn(&[u8], FrameMeta, &mut Replier<'_>) + Send + Sync>;
+
+/// An offloaded handler, erased: request bytes, the request's header, an
+/// arena, the ring's payload limit → the encoded answer (`None` if not even
+/// an error frame fits the ring).
+pub(crate) type OffloadFn =
+    Arc<dyn Fn(&[u8], FrameMeta, &mut Arena, usize) -> Option<Queued> + Send + Sync>;
+
+/// How a method is served.
+pub(crate) enum Handler {
+    /// On the worker.
+    Inline(InlineFn),
+    /// On the offload pool.
+    Offload(OffloadFn),
+}
+
+impl std::fmt::Debug for Handler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Inline(_) => f.write_str("Inline"),
+            Self::Offload(_) => f.write_str("Offload"),
+        }
+    }
+}
+
+/// A registered method.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub(crate) id: u64,
+    pub(crate) name: &'static str,
+    pub(crate) handler: Handler,
+}
+
+/// The method table, sorted by id (binary search: a handful of methods).
+#[derive(Debug)]
+pub(crate) struct Registry {
+    entries: Vec<Entry>,
+}
+
+impl Registry {
+    /// Builds the table; fails on a duplicate id.
+    pub(crate) fn new(mut entries: Vec<Entry>) -> Result<Self, (&'static str, u64)> {
+        entries.sort_by_key(|e| e.id);
+        for w in entries.windows(2) {
+            if w[0].id == w[1].id {
+                return Err((w[1].name, w[1].id));
+            }
+        }
+        Ok(Self { entries })
+    }
+
+    /// The handler of `id`.
+    #[inline]
+    pub(crate) fn get(&self, id: u64) -> Option<&Handler> {
+        self.entries
+            .binary_search_by_key(&id, |e| e.id)
+            .ok()
+            .map(|i| &self.entries[i].handler)
+    }
+}
+
+/// What a handler run produced, short of encoding.
+type Outcome<R> = Result<R, (ErrorCode, String)>;
+
+/// Decodes the request and runs `f` under `catch_unwind`.
+fn invoke<M, F>(f: &F, bytes: &[u8]) -> Outcome<M::Response>
+where
+    M: Method,
+    F: Fn(M::Request) -> Result<M::Response, HandlerError>,
+{
+    let req = <M::Request as Wire>::decode(bytes).map_err(|e| {
+        (
+            ErrorCode::Malformed,
+            format!("request for {} did not validate: {e}", M::NAME),
+        )
+    })?;
+    match catch_unwind(AssertUnwindSafe(|| f(req))) {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err((ErrorCode::Handler, e.message)),
+        Err(payload) => Err((
+            ErrorCode::HandlerPanicked,
+            format!(
+                "the handler of {} panicked: {}",
+                M::NAME,
+                panic_message(payload.as_ref())
+            ),
+        )),
+    }
+}
+
+/// The text of a panic payload.
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(a panic payload that is not a string)".to_owned()
+    }
+}
+
+/// `message` cut to at most [`MAX_ERROR_MESSAGE`] bytes on a char boundary.
+fn truncated(mut message: String) -> String {
+    if message.len() > MAX_ERROR_MESSAGE {
+        let mut end = MAX_ERROR_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+    }
+    message
+}
+
+/// The header of an ERROR frame answering `req`: same request id, the
+/// method id as tag (0 for an unknown method, per `ipc_rpc::wire`).
+fn error_meta(req: FrameMeta, code: ErrorCode) -> FrameMeta {
+    FrameMeta {
+        request_id: req.request_id,
+        tag: if code == ErrorCode::UnknownMethod {
+            0
+        } else {
+            req.tag
+        },
+        kind: wire::ERROR,
+        flags: wire::NO_FLAGS,
+    }
+}
+
+/// The header of a RESPONSE frame answering `req`.
+fn response_meta(req: FrameMeta) -> FrameMeta {
+    FrameMeta {
+        request_id: req.request_id,
+        tag: req.tag,
+        kind: wire::RESPONSE,
+        flags: wire::NO_FLAGS,
+    }
+}
+
+/// Erases an inline handler.
+pub(crate) fn inline<M, F>(f: F) -> InlineFn
+where
+    M: Method,
+    F: Fn(M::Request) -> Result<M::Response, HandlerError> + Send + Sync + 'static,
+{
+    Box::new(move |bytes, req, out| match invoke::<M, F>(&f, bytes) {
+        Ok(resp) => out.respond(req, &resp),
+        Err((code, message)) => out.error(req, code, message),
+    })
+}
+
+/// Erases an offloaded handler.
+pub(crate) fn offload<M, F>(f: F) -> OffloadFn
+where
+    M: Method,
+    F: Fn(M::Request) -> Result<M::Response, HandlerError> + Send + Sync + 'static,
+{
+    Arc::new(move |bytes, req, arena, max| {
+        let (code, message) = match invoke::<M, F>(&f, bytes) {
+            Ok(resp) => match ipc_rpc::encode_to_vec(&resp, arena, max) {
+                Ok(v) => return Some((response_meta(req), v)),
+                Err(e) => unsendable(&e),
+            },
+            Err(ce) => ce,
+        };
+        encode_error(req, code, message, arena, max)
+    })
+}
+
+/// The error code and message for a response that could not be encoded.
+fn unsendable(e: &SendError) -> (ErrorCode, String) {
+    match e {
+        SendError::TooLarge { max, .. } => (
+            ErrorCode::ResponseTooLarge,
+            format!(
+                "the response does not fit in one frame (at most {max} bytes); return large data as a blob"
+            ),
+        ),
+        other => (
+            ErrorCode::Handler,
+            format!("the server could not encode the response: {other}"),
+        ),
+    }
+}
+
+/// An encoded ERROR frame, or `None` if even that does not fit the ring.
+pub(crate) fn encode_error(
+    req: FrameMeta,
+    code: ErrorCode,
+    message: String,
+    arena: &mut Arena,
+    max: usize,
+) -> Option<Queued> {
+    let err = RemoteError {
+        code: code.to_u32(),
+        message: truncated(message),
+    };
+    match ipc_rpc::encode_to_vec(&err, arena, max) {
+        Ok(v) => Some((error_meta(req, code), v)),
+        Err(e) => {
+            tracing::warn!(request_id = req.request_id, error = %e, "error response dropped: it does not fit the ring");
+            None
+        }
+    }
+}
+
+/// The reply path of one session during one round: the response ring, and
+/// the session's backlog for responses that find the ring full.
+///
+/// Responses go straight into the ring while the backlog is empty; once one
+/// is queued, later ones queue behind it until the backlog drains.
+pub(crate) struct Replier<'a> {
+    pub(crate) outbox: &'a mut Outbox<RingRegion>,
+    pub(crate) backlog: &'a mut VecDeque<Queued>,
+    /// A frame was published since the last data doorbell ring.
+    pub(crate) published: bool,
+    /// The response ring is unusable (the client corrupted its `head`).
+    pub(crate) broken: Option<RingError>,
+    /// Calls answered (responses and errors queued or published).
+    pub(crate) answered: u64,
+}
+
+impl std::fmt::Debug for Replier<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replier")
+            .field("backlog", &self.backlog.len())
+            .field("published", &self.published)
+            .finish()
+    }
+}
+
+impl Replier<'_> {
+    /// Sends `value` in a frame with `meta`, or queues it.
+    fn send<T: Wire>(&mut self, meta: FrameMeta, value: &T) -> Result<(), (ErrorCode, String)> {
+        if self.broken.is_some() {
+            return Ok(());
+        }
+        if self.backlog.is_empty() {
+            match self.outbox.try_send(meta, value) {
+                Ok(()) => {
+                    self.published = true;
+                    return Ok(());
+                }
+                Err(SendError::Full { .. }) => {}
+                Err(SendError::Ring(e)) => {
+                    self.broken = Some(e);
+                    return Ok(());
+                }
+                Err(e) => return Err(unsendable(&e)),
+            }
+        }
+        match self.outbox.encode_to_vec(value) {
+            Ok(bytes) => {
+                self.backlog.push_back((meta, bytes));
+                Ok(())
+            }
+            Err(e) => Err(unsendable(&e)),
+        }
+    }
+
+    /// Answers `req` with a RESPONSE frame carrying `value`.
+    pub(crate) fn respond<T: Wire>(&mut self, req: FrameMeta, value: &T) {
+        self.answered += 1;
+        if let Err((code, message)) = self.send(response_meta(req), value) {
+            self.send_error(req, code, message);
+        }
+    }
+
+    /// Answers `req` with an ERROR frame.
+    pub(crate) fn error(&mut self, req: FrameMeta, code: ErrorCode, message: String) {
+        self.answered += 1;
+        self.send_error(req, code, message);
+    }
+
+    fn send_error(&mut self, req: FrameMeta, code: ErrorCode, message: String) {
+        let err = RemoteError {
+            code: code.to_u32(),
+            message: truncated(message),
+        };
+        if let Err((_, why)) = self.send(error_meta(req, code), &err) {
+            tracing::warn!(request_id = req.request_id, error = %why, "error response dropped");
+        }
+    }
+
+    /// Sends an already-encoded frame (an offload completion), or queues it.
+    pub(crate) fn send_encoded(&mut self, meta: FrameMeta, bytes: AlignedVec<16>) {
+        self.answered += 1;
+        if self.broken.is_some() {
+            return;
+        }
+        if self.backlog.is_empty() {
+            match self.outbox.try_send_encoded(meta, &bytes) {
+                Ok(()) => {
+                    self.published = true;
+                    return;
+                }
+                Err(SendError::Full { .. }) => {}
+                Err(SendError::Ring(e)) => {
+                    self.broken = Some(e);
+                    return;
+                }
+                Err(e) => {
+                    // Encoded against the same limit: cannot happen.
+                    tracing::warn!(request_id = meta.request_id, error = %e, "response dropped");
+                    return;
+                }
+            }
+        }
+        self.backlog.push_back((meta, bytes));
+    }
+
+    /// Publishes queued responses, oldest first, while they fit. Returns
+    /// whether any was published.
+    pub(crate) fn flush(&mut self) -> bool {
+        let mut any = false;
+        while self.broken.is_none() {
+            let Some((meta, bytes)) = self.backlog.front() else {
+                break;
+            };
+            match self.outbox.try_send_encoded(*meta, bytes) {
+                Ok(()) => {
+                    self.backlog.pop_front();
+                    self.published = true;
+                    any = true;
+                }
+                Err(SendError::Full { .. }) => break,
+                Err(SendError::Ring(e)) => self.broken = Some(e),
+                Err(e) => {
+                    tracing::warn!(request_id = meta.request_id, error = %e, "queued response dropped");
+                    self.backlog.pop_front();
+                }
+            }
+        }
+        any
+    }
+}

@@ -1,0 +1,148 @@
+//! `cradle-server`: the per-user CRADLE server (thin wrapper over the library).
+
+use clap::Parser;
+use cradle_server::{Server, default_socket_path};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// CRADLE server: shared-memory RPC, memory cache and blob exchange for the
+/// applications of one user on this machine.
+///
+/// One server runs per user. Applications connect to its control socket,
+/// by default $XDG_RUNTIME_DIR/cradle/cradle.sock, or /tmp/cradle-$UID/cradle.sock
+/// when XDG_RUNTIME_DIR is not set. The socket's directory must belong to you
+/// and have mode 0700 (it is created so if missing). Requests and responses
+/// then travel through shared memory; the socket carries only the handshake
+/// and liveness.
+///
+/// Stop the server with SIGINT (Ctrl-C) or SIGTERM: it says goodbye to every
+/// client, removes its socket and exits 0.
+#[derive(Debug, Parser)]
+#[command(name = "cradle-server", version, about, long_about)]
+struct Args {
+    /// Control socket path [default: $XDG_RUNTIME_DIR/cradle/cradle.sock,
+    /// else /tmp/cradle-$UID/cradle.sock].
+    #[arg(long, env = "CRADLE_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
+
+    /// Worker threads that serve the sessions' rings.
+    #[arg(long, default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    workers: u16,
+
+    /// Capacity of each session ring in bytes (a power of two, 128 B to 1 GiB);
+    /// one message can carry up to about half of it.
+    #[arg(long, value_name = "N", default_value_t = ipc_rpc::session::DEFAULT_RING_CAPACITY)]
+    ring_bytes: usize,
+
+    /// Most client sessions open at once.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    max_sessions: usize,
+
+    /// Microseconds a worker keeps polling after its last request before it
+    /// sleeps. Raise it (e.g. 5000) when clients spin and must never pay a
+    /// wake-up; every burst then costs that much CPU.
+    #[arg(long, value_name = "US", default_value_t = 100)]
+    spin_us: u64,
+
+    /// Log level: error, warn, info, debug or trace (RUST_LOG, if set, wins).
+    #[arg(long, value_name = "LEVEL", default_value = "info",
+          value_parser = ["error", "warn", "info", "debug", "trace"])]
+    log_level: String,
+}
+
+fn init_logging(level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var_os("RUST_LOG") {
+        Some(v) if !v.is_empty() => {
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level))
+        }
+        _ => EnvFilter::new(level),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Blocks SIGINT and SIGTERM in this thread (and so in every thread spawned
+/// after), so that only `sigwait` in the signal thread receives them.
+fn block_signals() -> Result<libc::sigset_t, String> {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set it is given; sigaddset and
+    // pthread_sigmask read it after that; no other memory is involved.
+    let rc = unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(format!(
+            "cannot block SIGINT/SIGTERM: {}",
+            std::io::Error::from_raw_os_error(rc)
+        ));
+    }
+    // SAFETY: initialised by sigemptyset above.
+    Ok(unsafe { set.assume_init() })
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(&args.log_level);
+    let set = match block_signals() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cradle-server: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let socket = args.socket.unwrap_or_else(default_socket_path);
+    let server = match Server::builder()
+        .socket_path(socket)
+        .workers(usize::from(args.workers))
+        .ring_capacity(args.ring_bytes)
+        .max_sessions(args.max_sessions)
+        .spin(std::time::Duration::from_micros(args.spin_us))
+        .bind()
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cradle-server: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let handle = server.handle();
+    let spawned = std::thread::Builder::new()
+        .name("cradle-signals".into())
+        .spawn(move || {
+            loop {
+                let mut sig: libc::c_int = 0;
+                // SAFETY: `set` is an initialised signal set owned by this
+                // closure; `sig` is a valid out-pointer.
+                let rc = unsafe { libc::sigwait(&set, &mut sig) };
+                if rc == 0 {
+                    tracing::info!(signal = sig, "shutting down");
+                    handle.shutdown();
+                    return;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("cradle-server: cannot start the signal thread: {e}");
+        return ExitCode::from(1);
+    }
+    tracing::info!(
+        socket = %server.socket_path().display(),
+        pid = std::process::id(),
+        "cradle-server ready"
+    );
+    match server.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cradle-server: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

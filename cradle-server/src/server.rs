@@ -1,0 +1,512 @@
+//! The server: builder, start-up, run, shutdown.
+
+use crate::acceptor::{AcceptorCtx, run_acceptor};
+use crate::error::{HandlerError, ServerError, StartError};
+use crate::handlers::{self, Entry, Handler, Registry};
+use crate::startup;
+use crate::stats::Shared;
+use crate::worker::{WorkerCtx, WorkerLink, WorkerMsg, payload_limit, run_worker};
+use ipc_core::doorbell::EventFd;
+use ipc_core::sync::{AtomicBool, Ordering};
+use ipc_rpc::Method;
+use ipc_rpc::builtin::{Ping, Stats};
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+/// Configures and binds a [`Server`]. Created by [`Server::builder`].
+///
+/// ```no_run
+/// use cradle_server::{HandlerError, Server};
+/// use ipc_rpc::builtin::Ping;
+///
+/// let server = Server::builder()
+///     .socket_path("/tmp/cradle-demo/cradle.sock".into())
+///     .workers(2)
+///     .bind()?;
+/// let handle = server.handle();
+/// std::thread::spawn(move || { /* later */ handle.shutdown(); });
+/// server.run()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct ServerBuilder {
+    socket_path: Option<PathBuf>,
+    workers: usize,
+    ring_capacity: usize,
+    max_sessions: usize,
+    handshake_timeout: Duration,
+    max_in_flight: u32,
+    max_backlog: usize,
+    offload_threads: usize,
+    spin: Duration,
+    entries: Vec<Entry>,
+}
+
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("socket_path", &self.socket_path)
+            .field("workers", &self.workers)
+            .field("ring_capacity", &self.ring_capacity)
+            .field("max_sessions", &self.max_sessions)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("max_backlog", &self.max_backlog)
+            .field("offload_threads", &self.offload_threads)
+            .field("spin", &self.spin)
+            .field("methods", &self.entries.len())
+            .finish()
+    }
+}
+
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        Self {
+            socket_path: None,
+            workers: 1,
+            ring_capacity: ipc_rpc::session::DEFAULT_RING_CAPACITY,
+            max_sessions: 4096,
+            handshake_timeout: Duration::from_secs(2),
+            max_in_flight: 1024,
+            max_backlog: 1024,
+            offload_threads: 2,
+            spin: crate::worker::DEFAULT_SPIN,
+            entries: Vec::new(),
+        }
+    }
+}
+
+impl ServerBuilder {
+    /// The control socket (default [`default_socket_path`](crate::default_socket_path)).
+    pub fn socket_path(mut self, path: PathBuf) -> Self {
+        self.socket_path = Some(path);
+        self
+    }
+
+    /// Worker threads serving rings (default 1).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// Capacity of each of a session's two rings, a power of two (default
+    /// [`DEFAULT_RING_CAPACITY`](ipc_rpc::session::DEFAULT_RING_CAPACITY)).
+    pub fn ring_capacity(mut self, bytes: usize) -> Self {
+        self.ring_capacity = bytes;
+        self
+    }
+
+    /// Most sessions open at once (default 4096).
+    pub fn max_sessions(mut self, n: usize) -> Self {
+        self.max_sessions = n;
+        self
+    }
+
+    /// How long a new connection may take to send its Hello (default 2 s).
+    pub fn handshake_timeout(mut self, d: Duration) -> Self {
+        self.handshake_timeout = d;
+        self
+    }
+
+    /// Offloaded requests in flight per session (default 1024); beyond it a
+    /// request is answered `QuotaExceeded` at once.
+    pub fn max_in_flight(mut self, n: u32) -> Self {
+        self.max_in_flight = n;
+        self
+    }
+
+    /// Responses queued per session while its response ring is full (default
+    /// 1024); at this many the server stops taking the session's requests
+    /// until the client drains its responses.
+    pub fn max_backlog(mut self, n: usize) -> Self {
+        self.max_backlog = n;
+        self
+    }
+
+    /// How long a worker keeps polling after its last frame before it goes
+    /// to sleep in `epoll_wait` (default 100 µs). Longer keeps spinning
+    /// clients from ever needing a wake-up syscall on a noisy machine, at the
+    /// cost of that much CPU after every burst.
+    pub fn spin(mut self, d: Duration) -> Self {
+        self.spin = d;
+        self
+    }
+
+    /// Threads of the offload pool (default 2).
+    pub fn offload_threads(mut self, n: usize) -> Self {
+        self.offload_threads = n;
+        self
+    }
+
+    /// Serves method `M` on the worker thread. For short handlers that never
+    /// block. A panic is caught and answered `HandlerPanicked`.
+    pub fn inline<M, F>(mut self, f: F) -> Self
+    where
+        M: Method,
+        F: Fn(M::Request) -> Result<M::Response, HandlerError> + Send + Sync + 'static,
+    {
+        self.entries.push(Entry {
+            id: M::ID,
+            name: M::NAME,
+            handler: Handler::Inline(handlers::inline::<M, F>(f)),
+        });
+        self
+    }
+
+    /// Serves method `M` on the offload pool; the answer is published later
+    /// by request id. For handlers that block or take long.
+    pub fn offload<M, F>(mut self, f: F) -> Self
+    where
+        M: Method,
+        F: Fn(M::Request) -> Result<M::Response, HandlerError> + Send + Sync + 'static,
+    {
+        self.entries.push(Entry {
+            id: M::ID,
+            name: M::NAME,
+            handler: Handler::Offload(handlers::offload::<M, F>(f)),
+        });
+        self
+    }
+
+    fn validate(&self) -> Result<(), StartError> {
+        let bad = |m: String| Err(StartError::InvalidConfig(m));
+        if !(1..=1024).contains(&self.workers) {
+            return bad(format!("workers must be 1..=1024, not {}", self.workers));
+        }
+        if let Err(e) = ipc_core::ring::check_capacity(self.ring_capacity) {
+            return bad(format!("ring capacity: {e}"));
+        }
+        if self.max_sessions == 0 {
+            return bad("max_sessions must be at least 1".into());
+        }
+        if self.max_in_flight == 0 {
+            return bad("max_in_flight must be at least 1".into());
+        }
+        if self.max_backlog == 0 {
+            return bad("max_backlog must be at least 1".into());
+        }
+        if self.handshake_timeout.is_zero() {
+            return bad("handshake_timeout must be more than zero".into());
+        }
+        let offloads = self
+            .entries
+            .iter()
+            .any(|e| matches!(e.handler, Handler::Offload(_)));
+        if offloads && self.offload_threads == 0 {
+            return bad("offload handlers are registered but offload_threads is 0".into());
+        }
+        Ok(())
+    }
+
+    /// Runs every start-up check and binds the socket (DESIGN.md §3, §10):
+    /// socket directory (created 0700 if missing; must be ours, 0700, not a
+    /// symlink), singleton lock, stale socket removal, bind + listen,
+    /// `PR_SET_DUMPABLE 0`, `RLIMIT_NOFILE` raised, status segment sealed.
+    pub fn bind(self) -> Result<Server, StartError> {
+        self.validate()?;
+        let path = self
+            .socket_path
+            .clone()
+            .unwrap_or_else(startup::default_socket_path);
+        let (dir, name) = startup::split_socket_path(&path)?;
+        startup::set_not_dumpable()?;
+        startup::raise_nofile_limit();
+        let euid = rustix::process::geteuid().as_raw();
+        startup::ensure_socket_dir(&dir, euid)?;
+        let lock = startup::take_lock(&dir, &name, &path)?;
+        startup::remove_stale(&path)?;
+        let listener = startup::bind_listener(&path)?;
+        let socket_file = SocketFile::new(path.clone());
+
+        let epoch = startup::random_epoch();
+        let status = startup::create_status_segment(self.workers, epoch)?;
+        let shared = Arc::new(Shared::new(self.workers));
+
+        let mut entries = self.entries;
+        entries.push(Entry {
+            id: <Ping as Method>::ID,
+            name: <Ping as Method>::NAME,
+            handler: Handler::Inline(handlers::inline::<Ping, _>(Ok)),
+        });
+        let stats_shared = Arc::clone(&shared);
+        entries.push(Entry {
+            id: <Stats as Method>::ID,
+            name: <Stats as Method>::NAME,
+            handler: Handler::Inline(handlers::inline::<Stats, _>(move |()| {
+                Ok(stats_shared.snapshot())
+            })),
+        });
+        let registry = Registry::new(entries)
+            .map_err(|(name, id)| StartError::DuplicateMethod { name, id })?;
+
+        let sys =
+            |what: &'static str| move |e: std::io::Error| StartError::System { what, source: e };
+        let mut links = Vec::with_capacity(self.workers);
+        let mut receivers = Vec::with_capacity(self.workers);
+        for _ in 0..self.workers {
+            let (link, rx) = WorkerLink::new().map_err(sys("eventfd"))?;
+            links.push(link);
+            receivers.push(rx);
+        }
+        let handle = Arc::new(HandleInner {
+            shutdown: AtomicBool::new(false),
+            acceptor_bell: EventFd::new().map_err(sys("eventfd"))?,
+            links: links.into(),
+        });
+        Ok(Server {
+            path,
+            listener,
+            status,
+            epoch,
+            registry: Arc::new(registry),
+            shared,
+            handle,
+            receivers,
+            ring_capacity: self.ring_capacity,
+            max_sessions: self.max_sessions,
+            handshake_timeout: self.handshake_timeout,
+            max_in_flight: self.max_in_flight,
+            max_backlog: self.max_backlog,
+            offload_threads: self.offload_threads,
+            spin: self.spin,
+            euid,
+            socket_file,
+            _lock: lock,
+        })
+    }
+}
+
+/// Removes the socket file on drop, if it is still the one we bound.
+#[derive(Debug)]
+struct SocketFile {
+    path: PathBuf,
+    id: Option<(u64, u64)>,
+}
+
+impl SocketFile {
+    fn new(path: PathBuf) -> Self {
+        let id = std::fs::symlink_metadata(&path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        Self { path, id }
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let now = std::fs::symlink_metadata(&self.path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        if now.is_some() && now == self.id {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// State the [`ServerHandle`], the acceptor and the workers share.
+#[derive(Debug)]
+pub(crate) struct HandleInner {
+    /// Set once by `shutdown`.
+    pub(crate) shutdown: AtomicBool,
+    /// Wakes the acceptor.
+    pub(crate) acceptor_bell: EventFd,
+    /// The workers' channels and control eventfds.
+    pub(crate) links: Arc<[WorkerLink]>,
+}
+
+/// Stops a running server from any thread. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ServerHandle {
+    inner: Arc<HandleInner>,
+}
+
+impl ServerHandle {
+    /// Asks the server to shut down: every session gets a `Goodbye`, the
+    /// socket file is removed and [`Server::run`] returns `Ok`. Idempotent.
+    pub fn shutdown(&self) {
+        // Release: pairs with the Acquire loads in the acceptor and worker
+        // loops, which then see everything done before the request.
+        self.inner.shutdown.store(true, Ordering::Release);
+        if let Err(e) = self.inner.acceptor_bell.notify() {
+            tracing::error!(error = %e, "cannot wake the acceptor");
+        }
+        for link in self.inner.links.iter() {
+            link.wake();
+        }
+    }
+
+    /// Whether shutdown was requested.
+    pub fn is_shutting_down(&self) -> bool {
+        // Acquire: pairs with the Release store in `shutdown`.
+        self.inner.shutdown.load(Ordering::Acquire)
+    }
+}
+
+/// A bound server, ready to [`run`](Self::run).
+pub struct Server {
+    path: PathBuf,
+    listener: OwnedFd,
+    status: startup::StatusSegment,
+    epoch: u64,
+    registry: Arc<Registry>,
+    shared: Arc<Shared>,
+    handle: Arc<HandleInner>,
+    receivers: Vec<Receiver<WorkerMsg>>,
+    ring_capacity: usize,
+    max_sessions: usize,
+    handshake_timeout: Duration,
+    max_in_flight: u32,
+    max_backlog: usize,
+    offload_threads: usize,
+    spin: Duration,
+    euid: u32,
+    /// Dropped before the lock: the socket goes first.
+    socket_file: SocketFile,
+    _lock: File,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("path", &self.path)
+            .field("epoch", &self.epoch)
+            .field("workers", &self.receivers.len())
+            .finish()
+    }
+}
+
+impl Server {
+    /// A builder with the defaults.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    /// A handle that can stop [`run`](Self::run) from another thread.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            inner: Arc::clone(&self.handle),
+        }
+    }
+
+    /// The control socket's path.
+    pub fn socket_path(&self) -> &Path {
+        &self.path
+    }
+
+    /// This instance's epoch (random at start).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Serves until [`ServerHandle::shutdown`]; then says goodbye to every
+    /// session, removes the socket file and returns `Ok`.
+    pub fn run(self) -> Result<(), ServerError> {
+        let Server {
+            path,
+            listener,
+            status,
+            epoch,
+            registry,
+            shared,
+            handle,
+            receivers,
+            ring_capacity,
+            max_sessions,
+            handshake_timeout,
+            max_in_flight,
+            max_backlog,
+            offload_threads,
+            spin,
+            euid,
+            socket_file,
+            _lock,
+        } = self;
+        let stop = ServerHandle {
+            inner: Arc::clone(&handle),
+        };
+        let jobs = crate::offload::spawn_pool(offload_threads, Arc::clone(&handle.links))
+            .map_err(ServerError::Spawn)?;
+        let mut workers = Vec::with_capacity(receivers.len());
+        for (index, rx) in receivers.into_iter().enumerate() {
+            let ctx = WorkerCtx {
+                index,
+                registry: Arc::clone(&registry),
+                shared: Arc::clone(&shared),
+                handle: Arc::clone(&handle),
+                status: Arc::clone(&status.map),
+                jobs: jobs.clone(),
+                max_in_flight,
+                max_backlog,
+                max_payload: payload_limit(ring_capacity),
+                spin,
+            };
+            let stop_on_error = stop.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("cradle-worker-{index}"))
+                .spawn(move || {
+                    let r = run_worker(&ctx, &rx);
+                    if let Err(e) = &r {
+                        tracing::error!(worker = index, error = %e, "worker failed; shutting down");
+                        stop_on_error.shutdown();
+                    }
+                    r
+                });
+            match spawned {
+                Ok(j) => workers.push(j),
+                Err(e) => {
+                    stop.shutdown();
+                    for j in workers {
+                        let _ = j.join();
+                    }
+                    return Err(ServerError::Spawn(e));
+                }
+            }
+        }
+        // Only the workers hold job senders now: the pool stops after them.
+        drop(jobs);
+        tracing::debug!(socket = %path.display(), epoch, "serving");
+
+        let actx = AcceptorCtx {
+            listener,
+            handle: Arc::clone(&handle),
+            shared,
+            status_ro: status.ro_fd.try_clone().map_err(ServerError::Spawn)?,
+            status_len: status.len,
+            epoch,
+            euid,
+            ring_capacity,
+            max_sessions,
+            handshake_timeout,
+        };
+        let accepted = run_acceptor(&actx);
+        if let Err(e) = &accepted {
+            tracing::error!(error = %e, "acceptor failed; shutting down");
+        }
+        stop.shutdown();
+        let mut result = accepted.map_err(ServerError::Acceptor);
+        for (index, j) in workers.into_iter().enumerate() {
+            match j.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(message)) => {
+                    if result.is_ok() {
+                        result = Err(ServerError::Worker { index, message });
+                    }
+                }
+                Err(_) => {
+                    if result.is_ok() {
+                        result = Err(ServerError::Panicked("worker"));
+                    }
+                }
+            }
+        }
+        // Stop accepting before the socket file disappears.
+        drop(actx);
+        drop(socket_file);
+        tracing::info!(socket = %path.display(), "server stopped");
+        result
+    }
+}

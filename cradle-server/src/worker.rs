@@ -1,0 +1,660 @@
+//! Workers: each serves its sessions' rings, and sleeps in `epoll_wait` when
+//! none has work (DESIGN.md §6).
+//!
+//! # Serving
+//!
+//! A round over one session: publish queued responses (the backlog), take up
+//! to [`BATCH`] requests unless the backlog is full (throttling), dispatch
+//! each, release the request ring (ringing its space doorbell with a futex,
+//! for a client that waits for room), and ring the response ring's data
+//! doorbell (futex) if anything was published. While awake the worker polls
+//! only sessions active within the last the spin budget (`ServerBuilder::spin`); others are looked at when
+//! it is about to sleep, and every millisecond while it stays awake.
+//!
+//! # Sleeping
+//!
+//! ```text
+//! worker (no work for `spin`)                     client (after publishing a request)
+//!   waiting.store(1, Relaxed)                    commit word .store(Release)
+//!   fence(SeqCst)                  (F_s)         fence(SeqCst)                (F_w)
+//!   if no session has work:                      if waiting.load(Relaxed) != 0 {
+//!       epoll_wait(eventfds, sockets, control)       data_seq += 1; write(eventfd)
+//!   waiting.store(0, Relaxed)                    }
+//! ```
+//!
+//! `waiting` is this worker's word in the status segment. Either the fences
+//! order the client's commit before our re-check (we see the frame and do not
+//! sleep), or our `waiting = 1` before the client's load (it writes the
+//! eventfd, which stays readable until drained, so `epoll_wait` returns). The
+//! same argument covers the response ring's *space* doorbell while a backlog
+//! waits for room: we set its `space_waiting` word, fence, and re-check room;
+//! the client's release then writes the session eventfd.
+
+use crate::handlers::{Handler, Queued, Registry, Replier};
+use crate::offload::{Completion, Job};
+use crate::server::HandleInner;
+use crate::stats::{SessionCounters, Shared};
+use ipc_core::doorbell::{EventFd, Futex};
+use ipc_core::ring::{RingRegion, max_payload_len};
+use ipc_core::shm::{Mapping, Segment};
+use ipc_core::sync::{AtomicU32, Atomics, Ordering, StdAtomics};
+use ipc_rpc::handshake::{GOODBYE_MAGIC, Goodbye, send_pod};
+use ipc_rpc::rkyv::util::AlignedVec;
+use ipc_rpc::{ErrorCode, Inbox, Outbox, wire};
+use rustix::buffer::spare_capacity;
+use rustix::event::Timespec;
+use rustix::event::epoll::{self, CreateFlags, Event, EventData, EventFlags};
+use rustix::io::Errno;
+use rustix::net::RecvFlags;
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::time::{Duration, Instant};
+
+/// Requests taken from one session per round (fairness between sessions).
+pub(crate) const BATCH: usize = 64;
+
+/// How long a worker keeps polling after the last work it found, and how
+/// long a session stays in the polled set after its last frame.
+pub(crate) const DEFAULT_SPIN: Duration = Duration::from_micros(100);
+
+/// While awake, the worker checks its epoll set (deaths, space wake-ups) and
+/// looks at every session outside the polled set this often: a client
+/// writes the eventfd only while the worker sleeps, so a worker kept busy by
+/// other sessions would otherwise never notice a newly active one.
+const EPOLL_CHECK_EVERY: Duration = Duration::from_millis(1);
+
+/// Longest sleep: a safety net, nothing needs it.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+
+/// epoll token of the worker's control eventfd. Session tokens are
+/// `id << 1` (the session eventfd) and `id << 1 | 1` (its socket); ids start
+/// at 1, so they never collide with it.
+const CONTROL: u64 = 0;
+
+/// A message to a worker; sent with [`WorkerLink::send`].
+#[derive(Debug)]
+pub(crate) enum WorkerMsg {
+    /// A session the acceptor created for this worker.
+    Session(Box<NewSession>),
+    /// An offloaded call is answered.
+    Completion(Completion),
+}
+
+/// The way to a worker: its channel and the eventfd that wakes it.
+#[derive(Debug)]
+pub(crate) struct WorkerLink {
+    tx: Sender<WorkerMsg>,
+    pub(crate) bell: EventFd,
+}
+
+impl WorkerLink {
+    /// A link and the worker's receiving end.
+    pub(crate) fn new() -> std::io::Result<(Self, Receiver<WorkerMsg>)> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        Ok((
+            Self {
+                tx,
+                bell: EventFd::new()?,
+            },
+            rx,
+        ))
+    }
+
+    /// Sends `msg` and wakes the worker (always: the worker may be polling,
+    /// but a message must never wait for a session's traffic).
+    pub(crate) fn send(&self, msg: WorkerMsg) {
+        if self.tx.send(msg).is_ok() {
+            self.wake();
+        }
+    }
+
+    /// Wakes the worker.
+    pub(crate) fn wake(&self) {
+        if let Err(e) = self.bell.notify() {
+            tracing::error!(error = %e, "cannot wake a worker");
+        }
+    }
+}
+
+/// Everything a worker needs to adopt a session.
+#[derive(Debug)]
+pub(crate) struct NewSession {
+    pub(crate) id: u64,
+    pub(crate) sock: OwnedFd,
+    pub(crate) bell: EventFd,
+    pub(crate) segment: Segment,
+    pub(crate) inbox: Inbox<RingRegion>,
+    pub(crate) outbox: Outbox<RingRegion>,
+    pub(crate) counters: Arc<SessionCounters>,
+}
+
+/// Why a session ends.
+#[derive(Debug)]
+enum Close {
+    /// The client closed its socket (or died).
+    Hangup,
+    /// The client broke the protocol; counted in `sessions_killed`.
+    Violation(String),
+    /// A server-side failure.
+    Internal(String),
+    /// The server shuts down.
+    Shutdown,
+}
+
+impl Close {
+    fn reason(&self) -> &str {
+        match self {
+            Self::Hangup => "client closed the connection",
+            Self::Violation(m) | Self::Internal(m) => m,
+            Self::Shutdown => "server shutdown",
+        }
+    }
+}
+
+/// A session on its worker.
+struct Session {
+    id: u64,
+    sock: OwnedFd,
+    bell: EventFd,
+    inbox: Inbox<RingRegion>,
+    outbox: Outbox<RingRegion>,
+    backlog: VecDeque<Queued>,
+    in_flight: u32,
+    calls: u64,
+    counters: Arc<SessionCounters>,
+    /// Last figures written to `counters`.
+    published_stats: (u64, u32, u32),
+    /// In the polled set.
+    active: bool,
+    last_active: Instant,
+    /// We set the response ring's `space_waiting` word.
+    space_armed: bool,
+    close: Option<Close>,
+    /// Dropped last: the rings above point into its mapping.
+    _segment: Segment,
+}
+
+/// What a worker shares with the rest of the server.
+pub(crate) struct WorkerCtx {
+    pub(crate) index: usize,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) handle: Arc<HandleInner>,
+    pub(crate) status: Arc<Mapping>,
+    pub(crate) jobs: Sender<Job>,
+    pub(crate) max_in_flight: u32,
+    pub(crate) max_backlog: usize,
+    pub(crate) max_payload: usize,
+    /// Polling budget after the last frame before sleeping.
+    pub(crate) spin: Duration,
+}
+
+impl std::fmt::Debug for WorkerCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerCtx")
+            .field("index", &self.index)
+            .finish()
+    }
+}
+
+/// One round over session `s`; returns whether it did anything.
+fn serve(s: &mut Session, ctx: &WorkerCtx) -> bool {
+    let mut worked = false;
+    let mut out = Replier {
+        outbox: &mut s.outbox,
+        backlog: &mut s.backlog,
+        published: false,
+        broken: None,
+        answered: 0,
+    };
+    if !out.backlog.is_empty() && out.flush() {
+        worked = true;
+    }
+    let mut taken = 0;
+    while taken < BATCH && out.backlog.len() < ctx.max_backlog && out.broken.is_none() {
+        let msg = match s.inbox.try_recv() {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(session = s.id, error = %e, "request ring corrupt");
+                s.close = Some(Close::Violation(format!("request ring corrupt: {e}")));
+                break;
+            }
+        };
+        taken += 1;
+        let meta = msg.meta;
+        if meta.kind != wire::REQUEST {
+            tracing::warn!(
+                session = s.id,
+                kind = meta.kind,
+                "frame of a non-request kind"
+            );
+            s.close = Some(Close::Violation(format!(
+                "frame of kind {} in the request ring",
+                meta.kind
+            )));
+            break;
+        }
+        match ctx.registry.get(meta.tag) {
+            None => out.error(
+                meta,
+                ErrorCode::UnknownMethod,
+                format!("this server has no method with id {:#018x}", meta.tag),
+            ),
+            Some(Handler::Inline(f)) => f(msg.bytes, meta, &mut out),
+            Some(Handler::Offload(f)) => {
+                if s.in_flight >= ctx.max_in_flight {
+                    out.error(
+                        meta,
+                        ErrorCode::QuotaExceeded,
+                        format!(
+                            "{} offloaded requests already in flight on this session (limit {})",
+                            s.in_flight, ctx.max_in_flight
+                        ),
+                    );
+                } else {
+                    let mut bytes = AlignedVec::<16>::with_capacity(msg.bytes.len());
+                    bytes.extend_from_slice(msg.bytes);
+                    let job = Job {
+                        worker: ctx.index,
+                        session: s.id,
+                        meta,
+                        bytes,
+                        handler: Arc::clone(f),
+                        max_payload: ctx.max_payload,
+                    };
+                    match ctx.jobs.send(job) {
+                        Ok(()) => s.in_flight += 1,
+                        Err(_) => out.error(
+                            meta,
+                            ErrorCode::Shutdown,
+                            "the server's offload pool has stopped".to_owned(),
+                        ),
+                    }
+                }
+            }
+        }
+    }
+    if taken > 0 {
+        worked = true;
+    }
+    // The client may sleep on the request ring's space doorbell (futex).
+    s.inbox.consumer().release_and_notify(&Futex);
+
+    // While responses wait, ask the client to ring the session eventfd when it
+    // releases room in the response ring.
+    while out.broken.is_none() {
+        let space_waiting = out.outbox.producer().space_bell_words().1;
+        if out.backlog.is_empty() {
+            if s.space_armed {
+                // Relaxed: a stale 1 seen by the client only costs it one
+                // useless eventfd write (see `Doorbell::clear_waiting`).
+                space_waiting.store(0, Ordering::Relaxed);
+                s.space_armed = false;
+            }
+            break;
+        }
+        if !s.space_armed {
+            // Relaxed: ordered before the room re-check below by the fence.
+            space_waiting.store(1, Ordering::Relaxed);
+            // (F_s) Pairs with the SeqCst fence in the client's
+            // `Consumer::release_and_notify` (`Doorbell::ring`): either our
+            // re-check below sees its new `head`, or its load of
+            // `space_waiting` sees our 1 and it writes the session eventfd.
+            <StdAtomics as Atomics>::fence(Ordering::SeqCst);
+            s.space_armed = true;
+        }
+        if !out.flush() {
+            break;
+        }
+        worked = true;
+    }
+    let (published, broken, answered) = (out.published, out.broken.take(), out.answered);
+    if published {
+        // The sync client sleeps on the response ring's data doorbell (futex).
+        s.outbox.producer().notify(&Futex);
+    }
+    if let Some(e) = broken {
+        tracing::warn!(session = s.id, error = %e, "response ring corrupt");
+        s.close = Some(Close::Violation(format!("response ring corrupt: {e}")));
+    }
+    account(s, ctx, answered);
+    worked
+}
+
+/// Counts answered calls and publishes the session's figures if they changed.
+fn account(s: &mut Session, ctx: &WorkerCtx, answered: u64) {
+    if answered > 0 {
+        s.calls += answered;
+        // Relaxed: statistics.
+        ctx.shared
+            .calls_served
+            .fetch_add(answered, Ordering::Relaxed);
+    }
+    let now = (s.calls, s.in_flight, s.backlog.len() as u32);
+    if now != s.published_stats {
+        s.counters.publish(now.0, now.1, now.2);
+        s.published_stats = now;
+    }
+}
+
+/// Whether `s` has something to do now (checked before sleeping).
+fn has_work(s: &mut Session, max_backlog: usize) -> bool {
+    if s.close.is_some() {
+        return true;
+    }
+    let room = match s.backlog.front() {
+        // An error (a corrupt head) is work too: the next round closes.
+        Some((_, b)) => s.outbox.producer().has_room(b.len()).unwrap_or(true),
+        None => false,
+    };
+    room || (s.backlog.len() < max_backlog && s.inbox.consumer().has_frame())
+}
+
+/// Delivers an offload completion.
+fn complete(s: &mut Session, ctx: &WorkerCtx, c: Completion) {
+    s.in_flight = s.in_flight.saturating_sub(1);
+    let mut out = Replier {
+        outbox: &mut s.outbox,
+        backlog: &mut s.backlog,
+        published: false,
+        broken: None,
+        answered: 0,
+    };
+    match c.answer {
+        Some((meta, bytes)) => out.send_encoded(meta, bytes),
+        None => out.answered += 1,
+    }
+    let (published, broken, answered) = (out.published, out.broken.take(), out.answered);
+    if published {
+        s.outbox.producer().notify(&Futex);
+    }
+    if let Some(e) = broken {
+        s.close = Some(Close::Violation(format!("response ring corrupt: {e}")));
+    }
+    account(s, ctx, answered);
+}
+
+/// Reads and discards whatever the client sent on its control socket (only
+/// liveness is expected there); end of stream closes the session.
+fn read_control(s: &mut Session) {
+    let mut buf = [0u8; 256];
+    loop {
+        match rustix::net::recv(&s.sock, &mut buf[..], RecvFlags::DONTWAIT) {
+            Ok((0, _)) => {
+                s.close = Some(Close::Hangup);
+                return;
+            }
+            Ok((n, _)) => {
+                tracing::debug!(
+                    session = s.id,
+                    bytes = n,
+                    "ignored bytes on the control socket"
+                );
+            }
+            Err(Errno::AGAIN) => return,
+            Err(Errno::INTR) => continue,
+            Err(_) => {
+                s.close = Some(Close::Hangup);
+                return;
+            }
+        }
+    }
+}
+
+/// A worker's private state.
+struct Worker<'a> {
+    ctx: &'a WorkerCtx,
+    epoll: OwnedFd,
+    sessions: HashMap<u64, Session>,
+    events: Vec<Event>,
+}
+
+impl Worker<'_> {
+    fn adopt(&mut self, n: NewSession) {
+        let mut s = Session {
+            id: n.id,
+            sock: n.sock,
+            bell: n.bell,
+            inbox: n.inbox,
+            outbox: n.outbox,
+            backlog: VecDeque::new(),
+            in_flight: 0,
+            calls: 0,
+            counters: n.counters,
+            published_stats: (0, 0, 0),
+            active: true,
+            last_active: Instant::now(),
+            space_armed: false,
+            close: None,
+            _segment: n.segment,
+        };
+        let reg = epoll::add(
+            &self.epoll,
+            s.bell.as_fd(),
+            EventData::new_u64(s.id << 1),
+            EventFlags::IN,
+        )
+        .and_then(|()| {
+            epoll::add(
+                &self.epoll,
+                &s.sock,
+                EventData::new_u64(s.id << 1 | 1),
+                EventFlags::IN | EventFlags::RDHUP,
+            )
+        });
+        if let Err(e) = reg {
+            s.close = Some(Close::Internal(format!("epoll registration failed: {e}")));
+        }
+        self.sessions.insert(s.id, s);
+    }
+
+    fn handle_msgs(&mut self, rx: &Receiver<WorkerMsg>) -> Result<(), String> {
+        loop {
+            match rx.try_recv() {
+                Ok(WorkerMsg::Session(n)) => self.adopt(*n),
+                Ok(WorkerMsg::Completion(c)) => {
+                    if let Some(s) = self.sessions.get_mut(&c.session) {
+                        complete(s, self.ctx, c);
+                        s.active = true;
+                        s.last_active = Instant::now();
+                    }
+                }
+                Err(TryRecvError::Empty) => return Ok(()),
+                Err(TryRecvError::Disconnected) => {
+                    return Err("the worker's channel closed".to_owned());
+                }
+            }
+        }
+    }
+
+    /// Waits for epoll events (at most `timeout`) and handles them.
+    fn poll_events(&mut self, timeout: Duration) -> Result<(), String> {
+        self.events.clear();
+        let ts = Timespec::try_from(timeout).unwrap_or(Timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        });
+        match epoll::wait(&self.epoll, spare_capacity(&mut self.events), Some(&ts)) {
+            Ok(_) | Err(Errno::INTR) => {}
+            Err(e) => return Err(format!("epoll_wait failed: {e}")),
+        }
+        let now = Instant::now();
+        for i in 0..self.events.len() {
+            let ev = self.events[i];
+            let (token, flags) = (ev.data.u64(), ev.flags);
+            if token == CONTROL {
+                let _ = self.ctx.handle.links[self.ctx.index].bell.drain();
+                continue;
+            }
+            let Some(s) = self.sessions.get_mut(&(token >> 1)) else {
+                continue;
+            };
+            if token & 1 == 0 {
+                if let Err(e) = s.bell.drain() {
+                    s.close = Some(Close::Internal(format!("session eventfd failed: {e}")));
+                }
+                s.active = true;
+                s.last_active = now;
+            } else if flags.intersects(EventFlags::HUP | EventFlags::RDHUP | EventFlags::ERR) {
+                s.close = Some(Close::Hangup);
+            } else if flags.contains(EventFlags::IN) {
+                read_control(s);
+            }
+        }
+        Ok(())
+    }
+
+    /// Frees every session marked for closing.
+    fn reap(&mut self) {
+        if !self.sessions.values().any(|s| s.close.is_some()) {
+            return;
+        }
+        let closing: Vec<u64> = self
+            .sessions
+            .values()
+            .filter(|s| s.close.is_some())
+            .map(|s| s.id)
+            .collect();
+        for id in closing {
+            if let Some(s) = self.sessions.remove(&id) {
+                self.free(s);
+            }
+        }
+    }
+
+    /// Frees one session: its fds leave the epoll set explicitly (the client
+    /// shares the eventfd's file description, so closing ours would not
+    /// remove it), then rings, mapping, fds and quotas go with `s`.
+    fn free(&mut self, mut s: Session) {
+        let close = s.close.take().unwrap_or(Close::Shutdown);
+        let _ = epoll::delete(&self.epoll, s.bell.as_fd());
+        let _ = epoll::delete(&self.epoll, &s.sock);
+        if matches!(close, Close::Shutdown) {
+            let bye = Goodbye {
+                magic: GOODBYE_MAGIC,
+                reason: 0,
+            };
+            let _ = send_pod(&s.sock, &bye);
+        }
+        let killed = matches!(close, Close::Violation(_));
+        self.ctx.shared.session_closed(s.id, killed);
+        tracing::info!(
+            session = s.id,
+            calls = s.calls,
+            reason = close.reason(),
+            "session closed"
+        );
+    }
+}
+
+/// The worker thread's body; returns when the server shuts down.
+pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<(), String> {
+    let epoll = epoll::create(CreateFlags::CLOEXEC).map_err(|e| format!("epoll_create: {e}"))?;
+    let link = ctx
+        .handle
+        .links
+        .get(ctx.index)
+        .ok_or_else(|| "no link for this worker".to_owned())?;
+    epoll::add(
+        &epoll,
+        link.bell.as_fd(),
+        EventData::new_u64(CONTROL),
+        EventFlags::IN,
+    )
+    .map_err(|e| format!("epoll_ctl: {e}"))?;
+    let waiting: &AtomicU32 = ctx
+        .status
+        .atomic_u32(ipc_rpc::session::worker_waiting_offset(ctx.index))
+        .map_err(|e| format!("status segment: {e}"))?;
+    let mut w = Worker {
+        ctx,
+        epoll,
+        sessions: HashMap::new(),
+        events: Vec::with_capacity(256),
+    };
+    let mut last_work = Instant::now();
+    let mut next_check = Instant::now();
+    let result = loop {
+        // Acquire: pairs with the Release store in `ServerHandle::shutdown`.
+        if ctx.handle.shutdown.load(Ordering::Acquire) {
+            break Ok(());
+        }
+        if let Err(e) = w.handle_msgs(rx) {
+            break Err(e);
+        }
+        let now = Instant::now();
+        let mut worked = false;
+        for s in w.sessions.values_mut() {
+            if !s.active || s.close.is_some() {
+                continue;
+            }
+            if serve(s, ctx) {
+                s.last_active = now;
+                worked = true;
+            } else if now.duration_since(s.last_active) > ctx.spin {
+                s.active = false;
+            }
+        }
+        w.reap();
+        if worked {
+            last_work = now;
+        }
+        if now >= next_check {
+            if let Err(e) = w.poll_events(Duration::ZERO) {
+                break Err(e);
+            }
+            for s in w.sessions.values_mut() {
+                if !s.active && has_work(s, ctx.max_backlog) {
+                    s.active = true;
+                    s.last_active = now;
+                }
+            }
+            w.reap();
+            next_check = now + EPOLL_CHECK_EVERY;
+        }
+        if now.duration_since(last_work) < ctx.spin {
+            std::hint::spin_loop();
+            continue;
+        }
+
+        // About to sleep: the protocol in the module docs.
+        // Relaxed: ordered before the re-check below by the fence.
+        waiting.store(1, Ordering::Relaxed);
+        // (F_s) Pairs with the SeqCst fence of the client's `Doorbell::ring`
+        // after it publishes a request: either the re-check below sees the
+        // frame, or the client sees `waiting == 1` and writes the eventfd.
+        <StdAtomics as Atomics>::fence(Ordering::SeqCst);
+        let mut found = false;
+        for s in w.sessions.values_mut() {
+            if has_work(s, ctx.max_backlog) {
+                s.active = true;
+                s.last_active = now;
+                found = true;
+            }
+        }
+        if !found && let Err(e) = w.poll_events(MAX_SLEEP) {
+            // Relaxed: see below.
+            waiting.store(0, Ordering::Relaxed);
+            break Err(e);
+        }
+        // Relaxed: a stale 1 seen by a client only costs it one useless
+        // eventfd write; a 0 that hides a later 1 is ruled out by the fences.
+        waiting.store(0, Ordering::Relaxed);
+        last_work = Instant::now();
+        next_check = last_work + EPOLL_CHECK_EVERY;
+        w.reap();
+    };
+    for s in w.sessions.values_mut() {
+        s.close.get_or_insert(Close::Shutdown);
+    }
+    w.reap();
+    result
+}
+
+/// The payload limit of a ring of `capacity`.
+pub(crate) fn payload_limit(capacity: usize) -> usize {
+    max_payload_len(capacity)
+}

@@ -1,0 +1,125 @@
+//! Calls end to end: a real `cradle-server` process, clients in this process
+//! and in child processes. Every test arms a watchdog.
+
+mod support;
+
+use cradle_client::{CallOptions, Client, WaitMode};
+use ipc_rpc::builtin::{Ping, Stats};
+use std::collections::VecDeque;
+use std::time::Duration;
+use support::*;
+
+#[test]
+#[ignore = "entry point of the child client processes the other tests spawn"]
+fn child_entry() {
+    let Some((role, args)) = child_role() else {
+        return;
+    };
+    let client =
+        Client::connect_with(cradle_client::default_socket_path(), sleeping()).expect("connect");
+    match role.as_str() {
+        // N sequential echo calls, each response checked.
+        "caller" => {
+            let n: u64 = args[0].parse().expect("count");
+            for i in 0..n {
+                let p = (i ^ u64::from(std::process::id())).to_le_bytes().to_vec();
+                let r = client
+                    .call::<Ping>(&p)
+                    .unwrap_or_else(|e| panic!("call {i}: {e}"));
+                assert_eq!(r, p, "call {i}");
+            }
+            println!("RESULT ok {n}");
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+#[test]
+fn one_client_one_million_pipelined_calls() {
+    let dog = Watchdog::arm("1M pipelined calls", Duration::from_secs(600));
+    let dir = TempDir::new("pipelined");
+    let server = ServerProc::start(&dir.socket(), &[]);
+    dog.watch_child(server.pid());
+    let client = Client::connect(dir.socket()).unwrap();
+    const N: u64 = 1_000_000;
+    const WINDOW: usize = 256;
+    let mut pending = VecDeque::with_capacity(WINDOW);
+    let mut next_check = 0u64;
+    for i in 0..N {
+        if pending.len() == WINDOW {
+            let (j, p): (u64, cradle_client::Pending<'_, Ping>) = pending.pop_front().unwrap();
+            assert_eq!(p.wait().unwrap(), j.to_le_bytes(), "response {j}");
+            next_check += 1;
+        }
+        pending.push_back((i, client.send::<Ping>(&i.to_le_bytes().to_vec()).unwrap()));
+    }
+    for (j, p) in pending {
+        assert_eq!(p.wait().unwrap(), j.to_le_bytes(), "response {j}");
+        next_check += 1;
+    }
+    assert_eq!(next_check, N);
+    let stats = client.call::<Stats>(&()).unwrap();
+    assert!(
+        stats.calls_served >= N,
+        "server counted {} calls",
+        stats.calls_served
+    );
+}
+
+#[test]
+fn eight_client_processes_one_hundred_thousand_calls_each() {
+    let dog = Watchdog::arm("8 clients x 100k", Duration::from_secs(900));
+    let dir = TempDir::new("eight");
+    let server = ServerProc::start(&dir.socket(), &[]);
+    dog.watch_child(server.pid());
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            let c = spawn_child("caller", &dir.socket(), &["100000".into()]);
+            dog.watch_child(c.id());
+            c
+        })
+        .collect();
+    for c in children {
+        let (status, lines) = child_results(c);
+        assert!(status.success(), "child failed: {status:?}");
+        assert_eq!(lines, vec!["ok 100000".to_string()]);
+    }
+    let c = Client::connect(dir.socket()).unwrap();
+    let s = c.call::<Stats>(&()).unwrap();
+    assert!(
+        s.calls_served >= 800_000,
+        "server counted {} calls",
+        s.calls_served
+    );
+}
+
+#[test]
+fn idle_server_with_one_hundred_clients_uses_no_cpu() {
+    let dog = Watchdog::arm("idle CPU", Duration::from_secs(120));
+    let dir = TempDir::new("idle");
+    let server = ServerProc::start(&dir.socket(), &[]);
+    dog.watch_child(server.pid());
+    let clients: Vec<Client> = (0..100)
+        .map(|_| Client::connect_with(dir.socket(), sleeping()).unwrap())
+        .collect();
+    for c in &clients {
+        c.call_opts::<Ping>(
+            &vec![1],
+            CallOptions {
+                timeout: Duration::from_secs(30),
+                wait: WaitMode::Sleep,
+            },
+        )
+        .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let before = server.cpu_time();
+    std::thread::sleep(Duration::from_secs(10));
+    let used = server.cpu_time() - before;
+    eprintln!("server CPU over 10 s with 100 idle clients: {used:?}");
+    assert!(
+        used <= Duration::from_millis(100),
+        "idle server used {used:?} of CPU in 10 s"
+    );
+    drop(clients);
+}

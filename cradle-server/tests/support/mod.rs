@@ -1,0 +1,322 @@
+//! Harness of the end-to-end tests: temporary socket directories, a real
+//! `cradle-server` process per test, child client processes (this test binary
+//! re-executed with a role), raw sessions for hostile clients, and the
+//! watchdog shared with `ipc-core`'s tests.
+#![allow(dead_code, unreachable_pub)]
+
+#[path = "../../../ipc-core/tests/support/mod.rs"]
+mod core_support;
+#[allow(unused_imports)]
+pub(crate) use core_support::{SplitMix, Watchdog};
+
+use cradle_client::{Client, ClientOptions, ConnectError};
+use ipc_core::ring::{Consumer, Producer, RingRegion};
+use ipc_core::shm::{Access, Mapping, OpenExpect, Seals, Segment};
+use ipc_core::sync::{AtomicU32, Ordering};
+use ipc_rpc::handshake::{self, Hello, Welcome};
+use ipc_rpc::session::{
+    self, LAYOUT_VERSION, SESSION_KIND, SESSION_MAGIC, STATUS_KIND, STATUS_MAGIC,
+};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A private directory for one test's socket, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "cradle-test-{}-{}-{tag}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).expect("chmod 0700");
+        Self(p)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.0.join("cradle.sock")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A `cradle-server` process; killed (SIGKILL) on drop if still running.
+pub struct ServerProc {
+    pub child: Child,
+    pub socket: PathBuf,
+}
+
+pub fn server_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_cradle-server")
+}
+
+/// The `cradle` CLI, built by `cargo test --workspace` next to the server.
+pub fn cli_bin() -> PathBuf {
+    let p = Path::new(server_bin()).with_file_name("cradle");
+    assert!(
+        p.exists(),
+        "{} not built: run the tests with `cargo test --workspace` (it builds every binary)",
+        p.display()
+    );
+    p
+}
+
+impl ServerProc {
+    /// Starts a server on `socket` and waits until it accepts sessions.
+    pub fn start(socket: &Path, extra: &[&str]) -> Self {
+        let child = Command::new(server_bin())
+            .arg("--socket")
+            .arg(socket)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn cradle-server");
+        let me = Self {
+            child,
+            socket: socket.to_path_buf(),
+        };
+        me.wait_ready();
+        me
+    }
+
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match Client::connect(&self.socket) {
+                Ok(_) => return,
+                Err(ConnectError::NoServer { .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => panic!("server at {} not ready: {e}", self.socket.display()),
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        signal(self.pid(), libc::SIGTERM);
+        self.child.wait().expect("wait server")
+    }
+
+    /// CPU time (user + system) the server has used so far.
+    pub fn cpu_time(&self) -> Duration {
+        cpu_time(self.pid())
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) with a pid we spawned; no memory is involved.
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+/// utime + stime of a process, from /proc/PID/stat.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no memory arguments.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+/// Polls `f` until it returns true or `limit` passes; returns whether it did.
+pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+/// Sessions the server reports as open.
+pub fn open_sessions(socket: &Path) -> u64 {
+    let c = Client::connect(socket).expect("stats client");
+    // Minus the stats client itself.
+    c.call::<ipc_rpc::builtin::Stats>(&())
+        .expect("stats")
+        .sessions
+        - 1
+}
+
+pub fn sleeping() -> ClientOptions {
+    ClientOptions {
+        timeout: Duration::from_secs(60),
+        wait: cradle_client::WaitMode::Sleep,
+    }
+}
+
+// ---- child processes -------------------------------------------------------
+
+/// Spawns this test binary again as a client process playing `role`. The
+/// child runs only the test `child_entry` of the same file, which dispatches
+/// on `CRADLE_CHILD_ROLE`.
+pub fn spawn_child(role: &str, socket: &Path, args: &[String]) -> Child {
+    Command::new(std::env::current_exe().expect("current exe"))
+        .args([
+            "child_entry",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("CRADLE_CHILD_ROLE", role)
+        .env("CRADLE_CHILD_ARGS", args.join(" "))
+        .env("CRADLE_SOCKET", socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn child")
+}
+
+/// The role and arguments of this process, if it is a child.
+pub fn child_role() -> Option<(String, Vec<String>)> {
+    let role = std::env::var("CRADLE_CHILD_ROLE").ok()?;
+    let args = std::env::var("CRADLE_CHILD_ARGS").unwrap_or_default();
+    Some((role, args.split_whitespace().map(String::from).collect()))
+}
+
+/// The `RESULT ` lines of a finished child (without the prefix).
+pub fn child_results(child: Child) -> (std::process::ExitStatus, Vec<String>) {
+    let out = child.wait_with_output().expect("wait child");
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !text.contains("RESULT ") {
+        eprintln!("child stdout without a result: {text:?}");
+    }
+    // libtest may print "test child_entry ... " on the same line.
+    let lines = text
+        .lines()
+        .filter_map(|l| {
+            l.find("RESULT ")
+                .map(|i| l[i + "RESULT ".len()..].to_string())
+        })
+        .collect();
+    (out.status, lines)
+}
+
+// ---- raw sessions (for hostile clients) ------------------------------------
+
+/// A session opened by hand, without the client library: the hostile tests
+/// use it to do what the library never would.
+pub struct RawSession {
+    pub stream: UnixStream,
+    pub welcome: Welcome,
+    pub map: Arc<Mapping>,
+    pub eventfd: ipc_core::doorbell::EventFd,
+    pub status: Mapping,
+}
+
+impl RawSession {
+    pub fn open(socket: &Path) -> Self {
+        let stream = UnixStream::connect(socket).expect("connect");
+        handshake::send_pod(&stream, &Hello::current()).expect("hello");
+        let mut buf = [0u8; size_of::<Welcome>()];
+        let fds = handshake::recv_with_fds(stream.as_fd(), &mut buf)
+            .expect("welcome")
+            .expect("eof");
+        let welcome: Welcome = bytemuck::pod_read_unaligned(&buf);
+        assert_eq!(welcome.status, handshake::STATUS_OK);
+        let [s, e, st]: [OwnedFd; 3] = fds.try_into().expect("3 fds");
+        let (_seg, map) = Segment::open(
+            s,
+            &OpenExpect::exact(SESSION_MAGIC, LAYOUT_VERSION, welcome.session_len as usize)
+                .kind(SESSION_KIND)
+                .seals(Seals::SHRINK | Seals::GROW | Seals::SEAL)
+                .access(Access::ReadWrite),
+        )
+        .expect("session segment");
+        let (_seg, status) = Segment::open(
+            st,
+            &OpenExpect::exact(STATUS_MAGIC, LAYOUT_VERSION, welcome.status_len as usize)
+                .kind(STATUS_KIND)
+                .access(Access::ReadOnly),
+        )
+        .expect("status segment");
+        let eventfd = ipc_core::doorbell::EventFd::from_fd(e).expect("eventfd");
+        Self {
+            stream,
+            welcome,
+            map: Arc::new(map),
+            eventfd,
+            status,
+        }
+    }
+
+    pub fn cap(&self) -> usize {
+        self.welcome.ring_capacity as usize
+    }
+
+    pub fn request_ring(&self) -> RingRegion {
+        RingRegion::in_mapping(self.map.clone(), session::request_ring_offset(), self.cap())
+            .unwrap()
+    }
+
+    pub fn response_ring(&self) -> RingRegion {
+        RingRegion::in_mapping(
+            self.map.clone(),
+            session::response_ring_offset(self.cap()),
+            self.cap(),
+        )
+        .unwrap()
+    }
+
+    pub fn producer(&self) -> Producer<RingRegion> {
+        // SAFETY: the test attaches one producer to this session's request ring.
+        unsafe { Producer::attach(self.request_ring()) }
+    }
+
+    pub fn consumer(&self) -> Consumer<RingRegion> {
+        // SAFETY: the test attaches one consumer to this session's response ring.
+        unsafe { Consumer::attach(self.response_ring()) }
+    }
+
+    /// Wakes the server unconditionally (a hostile client does not care
+    /// whether it sleeps).
+    pub fn kick(&self) {
+        let _ = self.eventfd.notify();
+    }
+
+    /// Writes `bytes` at `offset` of the session segment (volatile).
+    pub fn scribble(&self, offset: usize, word: u64) {
+        assert!(offset + 8 <= self.map.len() && offset.is_multiple_of(8));
+        let base = self.map.as_mut_ptr().expect("read-write mapping");
+        // SAFETY: in bounds and aligned (asserted) of our read-write mapping; a
+        // volatile write: this process plays the hostile peer.
+        unsafe { std::ptr::write_volatile(base.add(offset).cast::<u64>(), word) };
+    }
+}
