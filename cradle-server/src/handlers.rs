@@ -244,6 +244,22 @@ pub(crate) struct Replier<'a> {
     pub(crate) answered: u64,
 }
 
+impl<'a> Replier<'a> {
+    /// A replier over a session's outbox and backlog, nothing sent yet.
+    pub(crate) fn new(
+        outbox: &'a mut Outbox<RingRegion>,
+        backlog: &'a mut VecDeque<Queued>,
+    ) -> Self {
+        Self {
+            outbox,
+            backlog,
+            published: false,
+            broken: None,
+            answered: 0,
+        }
+    }
+}
+
 impl std::fmt::Debug for Replier<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Replier")

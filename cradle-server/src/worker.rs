@@ -202,13 +202,7 @@ impl std::fmt::Debug for WorkerCtx {
 /// One round over session `s`; returns whether it did anything.
 fn serve(s: &mut Session, ctx: &WorkerCtx) -> bool {
     let mut worked = false;
-    let mut out = Replier {
-        outbox: &mut s.outbox,
-        backlog: &mut s.backlog,
-        published: false,
-        broken: None,
-        answered: 0,
-    };
+    let mut out = Replier::new(&mut s.outbox, &mut s.backlog);
     if !out.backlog.is_empty() && out.flush() {
         worked = true;
     }
@@ -356,13 +350,7 @@ fn has_work(s: &mut Session, max_backlog: usize) -> bool {
 /// Delivers an offload completion.
 fn complete(s: &mut Session, ctx: &WorkerCtx, c: Completion) {
     s.in_flight = s.in_flight.saturating_sub(1);
-    let mut out = Replier {
-        outbox: &mut s.outbox,
-        backlog: &mut s.backlog,
-        published: false,
-        broken: None,
-        answered: 0,
-    };
+    let mut out = Replier::new(&mut s.outbox, &mut s.backlog);
     match c.answer {
         Some((meta, bytes)) => out.send_encoded(meta, bytes),
         None => out.answered += 1,

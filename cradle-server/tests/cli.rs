@@ -1,4 +1,5 @@
-//! The `cradle` command line against a real server.
+//! The `cradle` command line against a real server (the no-server cases are
+//! in `cradle-client/tests/cli.rs`).
 
 mod support;
 
@@ -7,30 +8,8 @@ use std::time::Duration;
 use support::*;
 
 #[test]
-fn no_server_is_one_clear_line_and_exit_1() {
-    let dir = TempDir::new("cli-none");
-    let out = Command::new(cli_bin())
-        .arg("--socket")
-        .arg(dir.socket())
-        .arg("ping")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(
-        err.contains(&format!("no CRADLE server at {}", dir.socket().display()))
-            && err.contains("start one with `cradle-server`"),
-        "{err}"
-    );
-}
-
-#[test]
 fn ping_and_stats_work_against_a_server() {
-    let dog = Watchdog::arm("cli", Duration::from_secs(120));
-    let dir = TempDir::new("cli");
-    let server = ServerProc::start(&dir.socket(), &[]);
-    dog.watch_child(server.pid());
+    let (_dog, dir, _server) = with_server("cli", Duration::from_secs(120), &[]);
     for wait in ["spin", "sleep", "spin-then-sleep"] {
         let out = Command::new(cli_bin())
             .env("CRADLE_SOCKET", dir.socket())

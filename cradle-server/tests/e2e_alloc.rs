@@ -39,10 +39,7 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn calls_allocate_nothing_after_warm_up() {
-    let dog = Watchdog::arm("alloc count", Duration::from_secs(120));
-    let dir = TempDir::new("alloc");
-    let server = ServerProc::start(&dir.socket(), &[]);
-    dog.watch_child(server.pid());
+    let (_dog, dir, _server) = with_server("alloc count", Duration::from_secs(120), &[]);
     let client = Client::connect(dir.socket()).unwrap();
     let req = vec![5u8; 64];
     for wait in [WaitMode::Spin, WaitMode::Sleep, WaitMode::default()] {

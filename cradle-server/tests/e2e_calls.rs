@@ -36,10 +36,7 @@ fn child_entry() {
 
 #[test]
 fn one_client_one_million_pipelined_calls() {
-    let dog = Watchdog::arm("1M pipelined calls", Duration::from_secs(600));
-    let dir = TempDir::new("pipelined");
-    let server = ServerProc::start(&dir.socket(), &[]);
-    dog.watch_child(server.pid());
+    let (_dog, dir, _server) = with_server("1M pipelined calls", Duration::from_secs(600), &[]);
     let client = Client::connect(dir.socket()).unwrap();
     const N: u64 = 1_000_000;
     const WINDOW: usize = 256;
@@ -68,10 +65,7 @@ fn one_client_one_million_pipelined_calls() {
 
 #[test]
 fn eight_client_processes_one_hundred_thousand_calls_each() {
-    let dog = Watchdog::arm("8 clients x 100k", Duration::from_secs(900));
-    let dir = TempDir::new("eight");
-    let server = ServerProc::start(&dir.socket(), &[]);
-    dog.watch_child(server.pid());
+    let (dog, dir, _server) = with_server("8 clients x 100k", Duration::from_secs(900), &[]);
     let children: Vec<_> = (0..8)
         .map(|_| {
             let c = spawn_child("caller", &dir.socket(), &["100000".into()]);
@@ -95,10 +89,7 @@ fn eight_client_processes_one_hundred_thousand_calls_each() {
 
 #[test]
 fn idle_server_with_one_hundred_clients_uses_no_cpu() {
-    let dog = Watchdog::arm("idle CPU", Duration::from_secs(120));
-    let dir = TempDir::new("idle");
-    let server = ServerProc::start(&dir.socket(), &[]);
-    dog.watch_child(server.pid());
+    let (_dog, dir, server) = with_server("idle CPU", Duration::from_secs(120), &[]);
     let clients: Vec<Client> = (0..100)
         .map(|_| Client::connect_with(dir.socket(), sleeping()).unwrap())
         .collect();
@@ -122,4 +113,39 @@ fn idle_server_with_one_hundred_clients_uses_no_cpu() {
         "idle server used {used:?} of CPU in 10 s"
     );
     drop(clients);
+}
+
+#[test]
+fn threads_share_one_client() {
+    let (_dog, dir, _server) = with_server("shared client", Duration::from_secs(300), &[]);
+    let client = Client::connect_with(dir.socket(), sleeping()).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let client = &client;
+            s.spawn(move || {
+                for i in 0..20_000u64 {
+                    let p = [t.to_le_bytes(), i.to_le_bytes()].concat();
+                    assert_eq!(client.call::<Ping>(&p).unwrap(), p, "thread {t} call {i}");
+                }
+            });
+        }
+    });
+    assert!(client.call::<Stats>(&()).unwrap().calls_served >= 80_000);
+}
+
+#[test]
+fn a_request_over_the_frame_limit_fails_at_the_caller() {
+    let (_dog, dir, _server) = with_server("too large", Duration::from_secs(60), &[]);
+    let client = Client::connect(dir.socket()).unwrap();
+    let big = vec![0u8; client.max_message() + 1];
+    match client.call::<Ping>(&big) {
+        Err(cradle_client::CallError::MessageTooLarge { len, max }) => {
+            assert!(len > max);
+            eprintln!("{} bytes refused: limit {max}", big.len());
+        }
+        other => panic!("expected MessageTooLarge, got {other:?}"),
+    }
+    // The session is fine afterwards, and a message just under the limit works.
+    let fits = vec![1u8; client.max_message() - 64];
+    assert_eq!(client.call::<Ping>(&fits).unwrap().len(), fits.len());
 }

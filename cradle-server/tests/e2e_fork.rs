@@ -10,10 +10,7 @@ use support::*;
 
 #[test]
 fn a_forked_child_cannot_use_the_parents_client() {
-    let dog = Watchdog::arm("fork", Duration::from_secs(60));
-    let dir = TempDir::new("fork");
-    let server = ServerProc::start(&dir.socket(), &[]);
-    dog.watch_child(server.pid());
+    let (_dog, dir, _server) = with_server("fork", Duration::from_secs(60), &[]);
     let client = Client::connect(dir.socket()).unwrap();
     assert_eq!(client.call::<Ping>(&b"before".to_vec()).unwrap(), b"before");
     let req = b"child".to_vec();
@@ -33,8 +30,15 @@ fn a_forked_child_cannot_use_the_parents_client() {
     let mut status = 0;
     // SAFETY: waits for the child we just forked.
     assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    assert!(libc::WIFEXITED(status), "child did not exit normally: {status:#x}");
-    assert_eq!(libc::WEXITSTATUS(status), 0, "child: 1 = the call went through, 2 = another error");
+    assert!(
+        libc::WIFEXITED(status),
+        "child did not exit normally: {status:#x}"
+    );
+    assert_eq!(
+        libc::WEXITSTATUS(status),
+        0,
+        "child: 1 = the call went through, 2 = another error"
+    );
     // The parent's client is unaffected.
     assert_eq!(client.call::<Ping>(&b"after".to_vec()).unwrap(), b"after");
 }

@@ -36,10 +36,7 @@ fn server_alive(server: &mut ServerProc) {
 
 #[test]
 fn a_client_scribbling_over_its_session_does_not_hurt_the_others() {
-    let dog = Watchdog::arm("scribbler", Duration::from_secs(120));
-    let dir = TempDir::new("scribble");
-    let mut server = ServerProc::start(&dir.socket(), &[]);
-    dog.watch_child(server.pid());
+    let (_dog, dir, mut server) = with_server("scribbler", Duration::from_secs(120), &[]);
     let good = Client::connect_with(dir.socket(), sleeping()).unwrap();
     for seed in 0..4u64 {
         let raw = Arc::new(RawSession::open(&dir.socket()));
@@ -91,10 +88,7 @@ fn a_client_scribbling_over_its_session_does_not_hurt_the_others() {
 
 #[test]
 fn a_client_that_never_drains_its_responses_is_throttled_alone() {
-    let dog = Watchdog::arm("never drains", Duration::from_secs(120));
-    let dir = TempDir::new("nodrain");
-    let mut server = ServerProc::start(&dir.socket(), &[]);
-    dog.watch_child(server.pid());
+    let (_dog, dir, mut server) = with_server("never drains", Duration::from_secs(120), &[]);
     let good = Client::connect_with(dir.socket(), sleeping()).unwrap();
     let raw = RawSession::open(&dir.socket());
     let mut out = Outbox::new(raw.producer());
@@ -138,10 +132,7 @@ fn a_client_that_never_drains_its_responses_is_throttled_alone() {
 
 #[test]
 fn a_client_flooding_requests_does_not_starve_the_others() {
-    let dog = Watchdog::arm("flood", Duration::from_secs(120));
-    let dir = TempDir::new("flood");
-    let mut server = ServerProc::start(&dir.socket(), &[]);
-    dog.watch_child(server.pid());
+    let (_dog, dir, mut server) = with_server("flood", Duration::from_secs(120), &[]);
     let good = Client::connect_with(dir.socket(), sleeping()).unwrap();
     let raw = Arc::new(RawSession::open(&dir.socket()));
     let end = Instant::now() + Duration::from_secs(2);
@@ -179,10 +170,7 @@ fn a_client_flooding_requests_does_not_starve_the_others() {
 
 #[test]
 fn clients_that_never_finish_the_handshake_block_nobody_and_are_dropped() {
-    let dog = Watchdog::arm("no handshake", Duration::from_secs(120));
-    let dir = TempDir::new("nohello");
-    let mut server = ServerProc::start(&dir.socket(), &[]);
-    dog.watch_child(server.pid());
+    let (_dog, dir, mut server) = with_server("no handshake", Duration::from_secs(120), &[]);
     let mut silent: Vec<_> = (0..20)
         .map(|_| std::os::unix::net::UnixStream::connect(dir.socket()).unwrap())
         .collect();

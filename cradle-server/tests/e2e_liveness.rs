@@ -95,10 +95,7 @@ fn await_started(child: &mut std::process::Child) -> std::io::BufReader<std::pro
 
 #[test]
 fn kill9_of_a_client_mid_burst_frees_its_session_and_others_continue() {
-    let dog = Watchdog::arm("kill -9 client", Duration::from_secs(120));
-    let dir = TempDir::new("killclient");
-    let server = ServerProc::start(&dir.socket(), &[]);
-    dog.watch_child(server.pid());
+    let (dog, dir, _server) = with_server("kill -9 client", Duration::from_secs(120), &[]);
     let me = Client::connect_with(dir.socket(), sleeping()).unwrap();
     for round in 0..3 {
         let mut child = spawn_child("loop", &dir.socket(), &["sleep".into()]);
@@ -126,10 +123,7 @@ fn kill9_of_a_client_mid_burst_frees_its_session_and_others_continue() {
 
 #[test]
 fn kill9_of_the_server_fails_blocked_calls_with_peer_dead_then_a_new_server_starts() {
-    let dog = Watchdog::arm("kill -9 server", Duration::from_secs(120));
-    let dir = TempDir::new("killserver");
-    let mut server = ServerProc::start(&dir.socket(), &[]);
-    dog.watch_child(server.pid());
+    let (dog, dir, mut server) = with_server("kill -9 server", Duration::from_secs(120), &[]);
     let mut children = Vec::new();
     for wait in ["spin", "sleep", "sleep"] {
         let mut c = spawn_child("loop", &dir.socket(), &[wait.into()]);
@@ -163,10 +157,7 @@ fn kill9_of_the_server_fails_blocked_calls_with_peer_dead_then_a_new_server_star
 
 #[test]
 fn sigterm_shuts_down_cleanly_and_clients_are_told() {
-    let dog = Watchdog::arm("SIGTERM", Duration::from_secs(60));
-    let dir = TempDir::new("sigterm");
-    let mut server = ServerProc::start(&dir.socket(), &[]);
-    dog.watch_child(server.pid());
+    let (dog, dir, mut server) = with_server("SIGTERM", Duration::from_secs(60), &[]);
     let mut c = spawn_child("loop", &dir.socket(), &["sleep".into()]);
     dog.watch_child(c.id());
     let mut out = await_started(&mut c);

@@ -23,10 +23,7 @@ fn start_expecting_failure(socket: &std::path::Path) -> (i32, String) {
 
 #[test]
 fn a_second_server_on_the_same_path_is_refused() {
-    let dog = Watchdog::arm("singleton", Duration::from_secs(60));
-    let dir = TempDir::new("singleton");
-    let server = ServerProc::start(&dir.socket(), &[]);
-    dog.watch_child(server.pid());
+    let (_dog, dir, _server) = with_server("singleton", Duration::from_secs(60), &[]);
     let (code, err) = start_expecting_failure(&dir.socket());
     assert_eq!(code, 1, "stderr: {err}");
     assert!(err.contains("already running"), "stderr: {err}");
@@ -115,4 +112,46 @@ fn a_process_of_another_user_gets_no_session() {
     std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o700)).unwrap();
     let c = cradle_client::Client::connect(dir.socket()).unwrap();
     c.call::<ipc_rpc::builtin::Ping>(&vec![1]).unwrap();
+}
+
+#[test]
+fn the_client_refuses_a_server_of_another_user() {
+    let dog = Watchdog::arm("foreign server", Duration::from_secs(60));
+    // SAFETY: geteuid has no arguments and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: cannot start a server as another uid");
+        return;
+    }
+    let base = TempDir::new("foreign-server");
+    std::fs::set_permissions(&base.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = base.0.join("sock");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    let socket = dir.join("cradle.sock");
+    use std::os::unix::process::CommandExt;
+    let mut server = Command::new(server_bin())
+        .arg("--socket")
+        .arg(&socket)
+        .uid(65534)
+        .gid(65534)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    dog.watch_child(server.id());
+    assert!(
+        eventually(Duration::from_secs(20), || socket.exists()),
+        "server as uid 65534 did not start"
+    );
+    match cradle_client::Client::connect(&socket) {
+        Err(cradle_client::ConnectError::ForeignServer {
+            server_uid,
+            our_uid,
+        }) => {
+            assert_eq!((server_uid, our_uid), (65534, 0));
+        }
+        other => panic!("expected ForeignServer, got {other:?}"),
+    }
+    let _ = server.kill();
+    let _ = server.wait();
 }

@@ -63,7 +63,9 @@ pub fn server_bin() -> &'static str {
     env!("CARGO_BIN_EXE_cradle-server")
 }
 
-/// The `cradle` CLI, built by `cargo test --workspace` next to the server.
+/// The `cradle` CLI. `cargo test --workspace` builds it next to the server,
+/// because `cradle-client` has integration tests (cargo builds a package's
+/// binaries only for its own integration tests).
 pub fn cli_bin() -> PathBuf {
     let p = Path::new(server_bin()).with_file_name("cradle");
     assert!(
@@ -134,6 +136,22 @@ impl Drop for ServerProc {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The usual start of an end-to-end test: a watchdog named `what` with
+/// `limit`, a private socket directory, and a server on it (extra flags
+/// `extra`) that the watchdog kills too if it fires. Bind the three in this
+/// order (`let (dog, dir, server) = ...`): they drop server first.
+pub fn with_server(
+    what: &'static str,
+    limit: Duration,
+    extra: &[&str],
+) -> (Watchdog, TempDir, ServerProc) {
+    let dog = Watchdog::arm(what, limit);
+    let dir = TempDir::new(&what.replace(' ', "-"));
+    let server = ServerProc::start(&dir.socket(), extra);
+    dog.watch_child(server.pid());
+    (dog, dir, server)
 }
 
 pub fn signal(pid: u32, sig: i32) {
