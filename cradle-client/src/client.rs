@@ -124,12 +124,7 @@ impl fmt::Debug for Client {
 
 impl Link {
     fn waiting_word(&self) -> &AtomicU32 {
-        let ptr = self.status.ptr_at::<AtomicU32>(self.waiting_offset);
-        let ptr = ptr.expect("offset checked at connect");
-        // SAFETY: `ptr_at` checked bounds and alignment inside the live status
-        // mapping (owned by `self`); the word is only ever loaded here (the
-        // mapping is read-only: a store would fault, and none is made).
-        unsafe { ptr.as_ref() }
+        waiting_word(&self.status, self.waiting_offset)
     }
 
     /// Rings the server's doorbell: request ring `data_seq` + the worker's
@@ -173,49 +168,18 @@ impl Client {
 
     /// Connects with explicit options.
     pub fn connect_with(path: impl AsRef<Path>, opts: ClientOptions) -> Result<Self, ConnectError> {
-        let path = path.as_ref();
-        let stream = UnixStream::connect(path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ConnectError::NoServer {
-                path: path.to_path_buf(),
-            },
-            _ => ConnectError::Connect {
-                path: path.to_path_buf(),
-                source: e,
-            },
-        })?;
-        // The server must be us: only then are its descriptors trusted.
-        let cred = rustix::net::sockopt::socket_peercred(&stream).map_err(io::Error::from)?;
-        let our_uid = rustix::process::geteuid().as_raw();
-        if cred.uid.as_raw() != our_uid {
-            return Err(ConnectError::ForeignServer {
-                server_uid: cred.uid.as_raw(),
-                our_uid,
-            });
-        }
-        stream.set_read_timeout(Some(CONNECT_TIMEOUT))?;
-        stream.set_write_timeout(Some(CONNECT_TIMEOUT))?;
-        handshake::send_pod(&stream, &Hello::current())?;
-        let mut buf = [0u8; size_of::<Welcome>()];
-        let fds = handshake::recv_with_fds(stream.as_fd(), &mut buf)?
-            .ok_or_else(|| ConnectError::Protocol("the server closed the connection".into()))?;
-        let welcome: Welcome = bytemuck::pod_read_unaligned(&buf);
-        if welcome.magic != handshake::WELCOME_MAGIC {
-            return Err(ConnectError::Protocol(
-                "not a CRADLE server (bad welcome magic)".into(),
-            ));
-        }
-        if welcome.status != handshake::STATUS_OK {
-            return Err(ConnectError::Refused {
-                status: welcome.status,
-                reason: handshake::status_message(welcome.status),
-            });
-        }
-        let [session_fd, event_fd, status_fd]: [OwnedFd; 3] =
-            fds.try_into().map_err(|v: Vec<OwnedFd>| {
-                ConnectError::Protocol(format!("expected 3 descriptors, got {}", v.len()))
-            })?;
-        let link = open_session(&welcome, session_fd, event_fd, status_fd, stream)?;
-        Ok(Self::start(welcome, link, opts))
+        let o = open(path.as_ref(), 0)?;
+        let link = Link {
+            state: AtomicU32::new(ALIVE),
+            req: o.req,
+            resp: o.resp,
+            status: o.status,
+            waiting_offset: o.waiting_offset,
+            eventfd: o.bell,
+            socket: o.socket,
+            stop: EventFd::new()?,
+        };
+        Ok(Self::start(o.welcome, link, opts))
     }
 
     fn start(welcome: Welcome, link: Link, opts: ClientOptions) -> Self {
@@ -575,7 +539,7 @@ impl<M: Method> Drop for Pending<'_, M> {
 }
 
 /// Turns a response frame into the call's result.
-fn interpret<R>(
+pub(crate) fn interpret<R>(
     method: u64,
     meta: FrameMeta,
     bytes: &[u8],
@@ -609,14 +573,103 @@ pub fn default_socket_path() -> PathBuf {
         .unwrap_or_else(session::default_socket_path)
 }
 
-/// Opens and checks the three descriptors of a welcome (DESIGN.md §4.2).
-fn open_session(
-    w: &Welcome,
-    session_fd: OwnedFd,
-    event_fd: OwnedFd,
-    status_fd: OwnedFd,
-    stream: UnixStream,
-) -> Result<Link, ConnectError> {
+/// A session opened by the handshake, before any ring end is attached.
+pub(crate) struct Opened {
+    pub(crate) welcome: Welcome,
+    pub(crate) req: RingRegion,
+    pub(crate) resp: RingRegion,
+    /// The status segment (read-only).
+    pub(crate) status: Mapping,
+    /// Offset of our worker's `waiting` word in `status` (checked).
+    pub(crate) waiting_offset: usize,
+    /// The session's doorbell: writing it wakes the server's worker.
+    pub(crate) bell: EventFd,
+    /// The control socket (non-blocking).
+    pub(crate) socket: OwnedFd,
+    /// With `HELLO_WAKE_EVENTFD`: the eventfd the server writes to wake us.
+    pub(crate) wake: Option<OwnedFd>,
+}
+
+impl Opened {
+    /// The worker's `waiting` word.
+    pub(crate) fn waiting_word(&self) -> &AtomicU32 {
+        waiting_word(&self.status, self.waiting_offset)
+    }
+}
+
+fn waiting_word(status: &Mapping, offset: usize) -> &AtomicU32 {
+    let ptr = status
+        .ptr_at::<AtomicU32>(offset)
+        .expect("offset checked at connect");
+    // SAFETY: `ptr_at` checked bounds and alignment inside the live status
+    // mapping (borrowed for the result's lifetime); the word is only ever loaded
+    // (the mapping is read-only: a store would fault, and none is made).
+    unsafe { ptr.as_ref() }
+}
+
+/// Connects to `path`, checks the server's uid, does the handshake (with
+/// `flags` in the Hello) and opens the descriptors with the checks of
+/// DESIGN.md §4.2. Blocking (at most `CONNECT_TIMEOUT` per step).
+pub(crate) fn open(path: &Path, flags: u32) -> Result<Opened, ConnectError> {
+    let stream = UnixStream::connect(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ConnectError::NoServer {
+            path: path.to_path_buf(),
+        },
+        _ => ConnectError::Connect {
+            path: path.to_path_buf(),
+            source: e,
+        },
+    })?;
+    // The server must be us: only then are its descriptors trusted.
+    let cred = rustix::net::sockopt::socket_peercred(&stream).map_err(io::Error::from)?;
+    let our_uid = rustix::process::geteuid().as_raw();
+    if cred.uid.as_raw() != our_uid {
+        return Err(ConnectError::ForeignServer {
+            server_uid: cred.uid.as_raw(),
+            our_uid,
+        });
+    }
+    stream.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+    stream.set_write_timeout(Some(CONNECT_TIMEOUT))?;
+    handshake::send_pod(
+        &stream,
+        &Hello {
+            flags,
+            ..Hello::current()
+        },
+    )?;
+    let mut buf = [0u8; size_of::<Welcome>()];
+    let fds = handshake::recv_with_fds(stream.as_fd(), &mut buf)?
+        .ok_or_else(|| ConnectError::Protocol("the server closed the connection".into()))?;
+    let w: Welcome = bytemuck::pod_read_unaligned(&buf);
+    if w.magic != handshake::WELCOME_MAGIC {
+        return Err(ConnectError::Protocol(
+            "not a CRADLE server (bad welcome magic)".into(),
+        ));
+    }
+    if w.status != handshake::STATUS_OK {
+        return Err(ConnectError::Refused {
+            status: w.status,
+            reason: handshake::status_message(w.status),
+        });
+    }
+    let want_fds = if flags & handshake::HELLO_WAKE_EVENTFD != 0 {
+        4
+    } else {
+        3
+    };
+    if fds.len() != want_fds {
+        return Err(ConnectError::Protocol(format!(
+            "expected {want_fds} descriptors, got {}",
+            fds.len()
+        )));
+    }
+    let mut fds = fds.into_iter();
+    let (session_fd, event_fd, status_fd) = match (fds.next(), fds.next(), fds.next()) {
+        (Some(a), Some(b), Some(c)) => (a, b, c),
+        _ => return Err(ConnectError::Protocol("descriptors missing".into())),
+    };
+    let wake = fds.next();
     let cap = w.ring_capacity as usize;
     ipc_core::ring::check_capacity(cap).map_err(|e| ConnectError::Protocol(e.to_string()))?;
     let want = session::session_len(cap);
@@ -650,7 +703,7 @@ fn open_session(
     status
         .ptr_at::<AtomicU32>(waiting_offset)
         .map_err(|e| ConnectError::Protocol(format!("status segment: {e}")))?;
-    let eventfd = EventFd::from_fd(event_fd)
+    let bell = EventFd::from_fd(event_fd)
         .map_err(|e| ConnectError::Protocol(format!("doorbell descriptor: {e}")))?;
     let map = Arc::new(map);
     let region = |off| {
@@ -660,15 +713,15 @@ fn open_session(
     let req = region(session::request_ring_offset())?;
     let resp = region(session::response_ring_offset(cap))?;
     stream.set_nonblocking(true)?;
-    Ok(Link {
-        state: AtomicU32::new(ALIVE),
+    Ok(Opened {
+        welcome: w,
         req,
         resp,
         status,
         waiting_offset,
-        eventfd,
+        bell,
         socket: OwnedFd::from(stream),
-        stop: EventFd::new()?,
+        wake,
     })
 }
 

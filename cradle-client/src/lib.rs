@@ -17,18 +17,26 @@
 //! server's death is seen at once through the control socket
 //! ([`CallError::PeerDead`]).
 //!
+//! With tokio, [`AsyncClient`] does the same with futures: one driver task
+//! per client completes calls by request id and sleeps on an eventfd
+//! registered with tokio's reactor.
+//!
 //! # Feature flags
 //!
-//! None yet (the tokio client comes with its own issue).
+//! * `tokio` (default): [`AsyncClient`].
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks, clippy::unnecessary_safety_comment)]
 
+#[cfg(feature = "tokio")]
+mod async_client;
 mod client;
 mod error;
 mod fork;
 
+#[cfg(feature = "tokio")]
+pub use async_client::AsyncClient;
 pub use client::{
     CONNECT_TIMEOUT, CallOptions, Client, ClientOptions, DEFAULT_TIMEOUT, Pending,
     default_socket_path,

@@ -4,13 +4,13 @@
 
 use crate::server::HandleInner;
 use crate::stats::{SessionCounters, Shared};
-use crate::worker::{NewSession, WorkerMsg};
+use crate::worker::{ClientWaker, NewSession, WorkerMsg};
 use ipc_core::doorbell::EventFd;
 use ipc_core::ring::{Consumer, Producer, RingRegion};
 use ipc_core::shm::{Access, Seals, Segment, init_header};
 use ipc_core::sync::Ordering;
 use ipc_rpc::handshake::{
-    Hello, PROTOCOL_VERSION, STATUS_OK, STATUS_RESOURCES, STATUS_SHUTTING_DOWN,
+    HELLO_WAKE_EVENTFD, Hello, PROTOCOL_VERSION, STATUS_OK, STATUS_RESOURCES, STATUS_SHUTTING_DOWN,
     STATUS_TOO_MANY_SESSIONS, WELCOME_MAGIC, Welcome, send_with_fds, status_message,
 };
 use ipc_rpc::session::{
@@ -291,11 +291,27 @@ impl Acceptor<'_> {
             status_len: ctx.status_len as u64,
             ..welcome(STATUS_OK, ctx.epoch)
         };
-        let fds = [
+        // An async client sleeps on an eventfd of its own, which we write.
+        let waker = if hello.flags & HELLO_WAKE_EVENTFD != 0 {
+            match EventFd::new() {
+                Ok(e) => ClientWaker::EventFd(e),
+                Err(e) => {
+                    tracing::warn!(pid = p.pid, error = %e, "cannot create a client eventfd");
+                    refuse(STATUS_RESOURCES);
+                    return;
+                }
+            }
+        } else {
+            ClientWaker::Futex
+        };
+        let mut fds = vec![
             parts.segment.fd(),
             parts.bell.as_fd(),
             ctx.status_ro.as_fd(),
         ];
+        if let ClientWaker::EventFd(e) = &waker {
+            fds.push(e.as_fd());
+        }
         if let Err(e) = send_with_fds(p.sock.as_fd(), bytemuck::bytes_of(&w), &fds) {
             tracing::warn!(pid = p.pid, error = %e, "cannot send the welcome; connection closed");
             return;
@@ -313,6 +329,7 @@ impl Acceptor<'_> {
             id,
             sock: p.sock,
             bell: parts.bell,
+            waker,
             segment: parts.segment,
             inbox: parts.inbox,
             outbox: parts.outbox,

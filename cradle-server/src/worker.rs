@@ -34,7 +34,7 @@ use crate::handlers::{Handler, Queued, Registry, Replier};
 use crate::offload::{Completion, Job};
 use crate::server::HandleInner;
 use crate::stats::{SessionCounters, Shared};
-use ipc_core::doorbell::{EventFd, Futex};
+use ipc_core::doorbell::{EventFd, Futex, Waker};
 use ipc_core::ring::{RingRegion, max_payload_len};
 use ipc_core::shm::{Mapping, Segment};
 use ipc_core::sync::{AtomicU32, Atomics, Ordering, StdAtomics};
@@ -124,6 +124,7 @@ pub(crate) struct NewSession {
     pub(crate) id: u64,
     pub(crate) sock: OwnedFd,
     pub(crate) bell: EventFd,
+    pub(crate) waker: ClientWaker,
     pub(crate) segment: Segment,
     pub(crate) inbox: Inbox<RingRegion>,
     pub(crate) outbox: Outbox<RingRegion>,
@@ -154,10 +155,31 @@ impl Close {
 }
 
 /// A session on its worker.
+/// How the server wakes a sleeping client of a session: a futex wake on the
+/// session's word (sync clients), or a write to the client's eventfd (async
+/// clients, `HELLO_WAKE_EVENTFD`).
+#[derive(Debug)]
+pub(crate) enum ClientWaker {
+    /// `FUTEX_WAKE` on the doorbell's `seq` word.
+    Futex,
+    /// Write 1 to the client's eventfd.
+    EventFd(EventFd),
+}
+
+impl Waker<StdAtomics> for ClientWaker {
+    fn wake(&self, seq: &<StdAtomics as Atomics>::U32) {
+        match self {
+            Self::Futex => Waker::<StdAtomics>::wake(&Futex, seq),
+            Self::EventFd(e) => Waker::<StdAtomics>::wake(e, seq),
+        }
+    }
+}
+
 struct Session {
     id: u64,
     sock: OwnedFd,
     bell: EventFd,
+    waker: ClientWaker,
     inbox: Inbox<RingRegion>,
     outbox: Outbox<RingRegion>,
     backlog: VecDeque<Queued>,
@@ -275,7 +297,7 @@ fn serve(s: &mut Session, ctx: &WorkerCtx) -> bool {
         worked = true;
     }
     // The client may sleep on the request ring's space doorbell (futex).
-    s.inbox.consumer().release_and_notify(&Futex);
+    s.inbox.consumer().release_and_notify(&s.waker);
 
     // While responses wait, ask the client to ring the session eventfd when it
     // releases room in the response ring.
@@ -308,7 +330,7 @@ fn serve(s: &mut Session, ctx: &WorkerCtx) -> bool {
     let (published, broken, answered) = (out.published, out.broken.take(), out.answered);
     if published {
         // The sync client sleeps on the response ring's data doorbell (futex).
-        s.outbox.producer().notify(&Futex);
+        s.outbox.producer().notify(&s.waker);
     }
     if let Some(e) = broken {
         tracing::warn!(session = s.id, error = %e, "response ring corrupt");
@@ -357,7 +379,7 @@ fn complete(s: &mut Session, ctx: &WorkerCtx, c: Completion) {
     }
     let (published, broken, answered) = (out.published, out.broken.take(), out.answered);
     if published {
-        s.outbox.producer().notify(&Futex);
+        s.outbox.producer().notify(&s.waker);
     }
     if let Some(e) = broken {
         s.close = Some(Close::Violation(format!("response ring corrupt: {e}")));
@@ -406,6 +428,7 @@ impl Worker<'_> {
             id: n.id,
             sock: n.sock,
             bell: n.bell,
+            waker: n.waker,
             inbox: n.inbox,
             outbox: n.outbox,
             backlog: VecDeque::new(),

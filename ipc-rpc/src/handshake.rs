@@ -7,7 +7,8 @@
 //!    [`STATUS_OK`], three descriptors in one `SCM_RIGHTS` message, in this
 //!    order: the session segment (read-write), the session's doorbell eventfd
 //!    (the client writes it to wake the server), the server's status segment
-//!    (read-only, sealed);
+//!    (read-only, sealed); and a fourth, the client's wake eventfd (the server
+//!    writes it), when the Hello asked for [`HELLO_WAKE_EVENTFD`];
 //! 3. then nothing but liveness: either side closing it ends the session.
 //!    The server may send one [`Goodbye`] (16 bytes) before it closes on a
 //!    clean shutdown.
@@ -50,7 +51,14 @@ pub const WELCOME_MAGIC: u64 = u64::from_le_bytes(*b"CRDLWLCM");
 /// `Goodbye::magic`.
 pub const GOODBYE_MAGIC: u64 = u64::from_le_bytes(*b"CRDLBYE!");
 
-/// The session was created; three descriptors follow.
+/// `Hello::flags`: the client sleeps on an eventfd (an async reactor), not on
+/// futexes. The server then sends a fourth descriptor, the client's wake
+/// eventfd, and wakes this client by writing it wherever it would otherwise
+/// `FUTEX_WAKE` one of the session's words.
+pub const HELLO_WAKE_EVENTFD: u32 = 1;
+
+/// The session was created; three descriptors follow (four with
+/// [`HELLO_WAKE_EVENTFD`]).
 pub const STATUS_OK: u32 = 0;
 /// `protocol` differs.
 pub const STATUS_PROTOCOL_MISMATCH: u32 = 1;
@@ -100,7 +108,7 @@ pub struct Hello {
     /// The client's pid (informative: stats and logs; the server trusts only
     /// `SO_PEERCRED`).
     pub pid: u32,
-    /// Reserved, 0.
+    /// [`HELLO_WAKE_EVENTFD`] or 0; servers ignore bits they do not know.
     pub flags: u32,
 }
 

@@ -1,0 +1,472 @@
+//! The tokio client: calls are futures; one driver task per client reads the
+//! response ring and completes them by request id.
+//!
+//! ```text
+//!  task A ─┐ publish (short std lock, no .await inside)    ┌─▶ request ring ─▶ server
+//!  task B ─┤ FIFO turn (tokio Mutex) only while waiting      │
+//!  task C ─┘ for ring room                                   │
+//!     ▲                                                      │
+//!     │ oneshot per call            driver task: drain response ring,
+//!     └──────────────────────────── complete by id; spin briefly, then set
+//!                                   `waiting`, fence, await the eventfd
+//!                                   (AsyncFd) or the control socket (HUP)
+//! ```
+//!
+//! The session is opened with `HELLO_WAKE_EVENTFD`: the server wakes this
+//! client by writing an eventfd of ours instead of a futex, so no thread ever
+//! blocks on a futex for it. Dropping a call's future removes its entry; a late
+//! response is then discarded by the driver.
+
+use crate::client::{CallOptions, ClientOptions, Opened, interpret, open};
+use crate::error::ConnectError;
+use crate::fork;
+use ipc_core::doorbell::Doorbell;
+use ipc_core::ring::{Consumer, FrameMeta, Producer, RingMemory, RingRegion};
+use ipc_core::sync::{AtomicU32, Atomics, Ordering, StdAtomics};
+use ipc_rpc::handshake::{self, Goodbye, HELLO_WAKE_EVENTFD};
+use ipc_rpc::{CallError, Inbox, Method, Outbox, SendError, Wire, wire};
+use rkyv::util::AlignedVec;
+use std::collections::HashMap;
+use std::fmt;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{Notify, oneshot};
+
+const ALIVE: u32 = 0;
+const DEAD: u32 = 1;
+const SHUTDOWN: u32 = 2;
+
+/// How long the driver keeps re-polling (yielding to other tasks) after the
+/// last response before it declares itself asleep.
+const DRIVER_SPIN: Duration = Duration::from_micros(20);
+
+type Reply = Result<(FrameMeta, AlignedVec<16>), CallError>;
+
+/// An async connection to the CRADLE server, for tokio.
+///
+/// Cheap to clone (clones share the session); `Send + Sync`; its call
+/// futures are `Send`. Many tasks may call at once: thousands of calls can be
+/// in flight, answered in any order.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use cradle_client::AsyncClient;
+/// use ipc_rpc::builtin::Ping;
+///
+/// let client = AsyncClient::connect_default().await?;
+/// let echo = client.call::<Ping>(&b"hi".to_vec()).await?;
+/// assert_eq!(echo, b"hi");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct AsyncClient {
+    shared: Arc<Shared>,
+    _driver: Arc<AbortOnDrop>,
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+struct Shared {
+    opened: Opened,
+    state: AtomicU32,
+    fork_gen: u64,
+    opts: ClientOptions,
+    tx: Mutex<Tx>,
+    /// FIFO turns for senders that must wait for ring room.
+    turn: tokio::sync::Mutex<()>,
+    /// Signalled by the driver whenever it wakes: ring room may have appeared.
+    space: Notify,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+}
+
+struct Tx {
+    outbox: Outbox<RingRegion>,
+    next_id: u64,
+}
+
+impl fmt::Debug for AsyncClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncClient")
+            .field("session_id", &self.shared.opened.welcome.session_id)
+            .finish()
+    }
+}
+
+/// An owned descriptor for `AsyncFd`.
+struct Fd(OwnedFd);
+
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves the state consistent (single stores).
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    fn state_error(&self) -> Option<CallError> {
+        // Acquire pairs with the Release store in `fail_all`.
+        match self.state.load(Ordering::Acquire) {
+            ALIVE => None,
+            SHUTDOWN => Some(CallError::Shutdown),
+            _ => Some(CallError::PeerDead),
+        }
+    }
+
+    fn wake_server(&self) {
+        Doorbell::<StdAtomics>::new(self.opened.req.data_seq(), self.opened.waiting_word())
+            .ring(&self.opened.bell);
+    }
+
+    /// Marks the session gone and fails every pending call.
+    fn fail_all(&self, state: u32, err: impl Fn() -> CallError) {
+        // Release pairs with the Acquire load in `state_error`; stored before
+        // the map is drained, so a call that registers after the drain sees it.
+        self.state.store(state, Ordering::Release);
+        let drained: Vec<_> = lock(&self.pending).drain().collect();
+        for (_, tx) in drained {
+            let _ = tx.send(Err(err()));
+        }
+        self.space.notify_waiters();
+    }
+}
+
+/// Removes a call's entry if its future is dropped before the response.
+struct Registration<'a> {
+    shared: &'a Shared,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            lock(&self.shared.pending).remove(&self.id);
+        }
+    }
+}
+
+impl AsyncClient {
+    /// Connects to the server at `path` (must be called inside a tokio
+    /// runtime; the handshake runs on the blocking pool).
+    pub async fn connect(path: impl AsRef<Path>) -> Result<Self, ConnectError> {
+        Self::connect_with(path, ClientOptions::default()).await
+    }
+
+    /// Connects to `CRADLE_SOCKET`, else the default socket path.
+    pub async fn connect_default() -> Result<Self, ConnectError> {
+        Self::connect(crate::default_socket_path()).await
+    }
+
+    /// Connects with explicit options (`opts.wait` is not used: the driver
+    /// always spins briefly, then sleeps on its eventfd).
+    pub async fn connect_with(
+        path: impl AsRef<Path>,
+        opts: ClientOptions,
+    ) -> Result<Self, ConnectError> {
+        let path: PathBuf = path.as_ref().to_path_buf();
+        let opened = tokio::task::spawn_blocking(move || open(&path, HELLO_WAKE_EVENTFD))
+            .await
+            .map_err(|e| ConnectError::Protocol(format!("handshake task: {e}")))??;
+        let wake = opened
+            .wake
+            .as_ref()
+            .ok_or_else(|| ConnectError::Protocol("no wake descriptor".into()))?
+            .try_clone()?;
+        rustix::io::ioctl_fionbio(&wake, true).map_err(std::io::Error::from)?;
+        let sock = opened.socket.try_clone()?;
+        // SAFETY: `Fd` owns its descriptor (an `OwnedFd` duplicated above): it is
+        // open, stays open and refers to the same file description until the
+        // `AsyncFd` drops it, and `as_raw_fd` always returns that descriptor.
+        let wake = unsafe { AsyncFd::register_with_interest(Fd(wake), Interest::READABLE) }
+            .map_err(|e| ConnectError::Io(e.into_parts().1))?;
+        // SAFETY: as above, for the duplicate of the control socket.
+        let sock = unsafe { AsyncFd::register_with_interest(Fd(sock), Interest::READABLE) }
+            .map_err(|e| ConnectError::Io(e.into_parts().1))?;
+        // SAFETY: this client is the only producer of the request ring and the
+        // only consumer of the response ring (the server holds the other ends in
+        // another process); nothing else in this process touches the regions.
+        let (producer, consumer) = unsafe {
+            (
+                Producer::attach(opened.req.clone()),
+                Consumer::attach(opened.resp.clone()),
+            )
+        };
+        let shared = Arc::new(Shared {
+            opened,
+            state: AtomicU32::new(ALIVE),
+            fork_gen: fork::generation(),
+            opts,
+            tx: Mutex::new(Tx {
+                outbox: Outbox::new(producer),
+                next_id: 1,
+            }),
+            turn: tokio::sync::Mutex::new(()),
+            space: Notify::new(),
+            pending: Mutex::new(HashMap::new()),
+        });
+        let driver = tokio::spawn(drive(Arc::clone(&shared), Inbox::new(consumer), wake, sock));
+        Ok(Self {
+            shared,
+            _driver: Arc::new(AbortOnDrop(driver.abort_handle())),
+        })
+    }
+
+    /// This session's id.
+    pub fn session_id(&self) -> u64 {
+        self.shared.opened.welcome.session_id
+    }
+
+    /// The largest request payload one call can carry.
+    pub fn max_message(&self) -> usize {
+        ipc_core::ring::max_payload_len(self.shared.opened.welcome.ring_capacity as usize)
+    }
+
+    /// Calls `M`, waiting at most the client's default timeout (30 s). The
+    /// future may be dropped at any time (`select!`, `timeout`): the client
+    /// stays usable and the late response is discarded.
+    pub async fn call<M: Method>(&self, req: &M::Request) -> Result<M::Response, CallError> {
+        self.call_timeout::<M>(req, self.shared.opts.timeout).await
+    }
+
+    /// Calls `M` with its own deadline.
+    pub async fn call_timeout<M: Method>(
+        &self,
+        req: &M::Request,
+        timeout: Duration,
+    ) -> Result<M::Response, CallError> {
+        let start = Instant::now();
+        match tokio::time::timeout(timeout, self.round_trip::<M>(req)).await {
+            Ok(r) => r,
+            Err(_) => Err(CallError::Timeout(start.elapsed())),
+        }
+    }
+
+    /// Same as [`call_timeout`](Self::call_timeout) with [`CallOptions`]
+    /// (its `wait` is ignored, see [`connect_with`](Self::connect_with)).
+    pub async fn call_opts<M: Method>(
+        &self,
+        req: &M::Request,
+        opts: CallOptions,
+    ) -> Result<M::Response, CallError> {
+        self.call_timeout::<M>(req, opts.timeout).await
+    }
+
+    async fn round_trip<M: Method>(&self, req: &M::Request) -> Result<M::Response, CallError> {
+        let sh = &*self.shared;
+        if fork::generation() != sh.fork_gen {
+            return Err(CallError::Forked);
+        }
+        if let Some(e) = sh.state_error() {
+            return Err(e);
+        }
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let mut reg = self.publish::<M>(req, reply_tx).await?;
+        let reply = reply_rx
+            .await
+            .map_err(|_| sh.state_error().unwrap_or(CallError::PeerDead));
+        reg.armed = false;
+        let (meta, bytes) = reply??;
+        interpret(M::ID, meta, &bytes, |b| {
+            <M::Response as Wire>::decode(b).map_err(|e| CallError::Malformed(e.to_string()))
+        })
+    }
+
+    /// Registers the call and publishes its request, waiting (fairly, in FIFO
+    /// order) for ring room if needed.
+    async fn publish<M: Method>(
+        &self,
+        req: &M::Request,
+        reply: oneshot::Sender<Reply>,
+    ) -> Result<Registration<'_>, CallError> {
+        let sh = &*self.shared;
+        let id = {
+            let mut tx = lock(&sh.tx);
+            let id = tx.next_id;
+            tx.next_id += 1;
+            id
+        };
+        lock(&sh.pending).insert(id, reply);
+        let reg = Registration {
+            shared: sh,
+            id,
+            armed: true,
+        };
+        // A death after our insert is seen here (see `fail_all`).
+        if let Some(e) = sh.state_error() {
+            return Err(e);
+        }
+        let meta = FrameMeta {
+            request_id: id,
+            tag: M::ID,
+            kind: wire::REQUEST,
+            flags: wire::NO_FLAGS,
+        };
+        // Fast path: no turn needed when the ring has room.
+        if self.try_publish(meta, req)?.is_none() {
+            return Ok(reg);
+        }
+        let _turn = sh.turn.lock().await;
+        loop {
+            let Some(need) = self.try_publish(meta, req)? else {
+                return Ok(reg);
+            };
+            // Wait for room: arm the request ring's space doorbell (the server
+            // rings it through our eventfd), then re-check before awaiting.
+            let notified = sh.space.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let waiting = sh.opened.req.space_waiting();
+            // Relaxed + the fence: the doorbell protocol (DESIGN.md §6); the
+            // fence pairs with the server's fence after its head store.
+            waiting.store(1, Ordering::Relaxed);
+            StdAtomics::fence(Ordering::SeqCst);
+            let room = lock(&sh.tx)
+                .outbox
+                .producer()
+                .has_room(need)
+                .unwrap_or(true);
+            if !room && sh.state_error().is_none() {
+                notified.await;
+            }
+            // Relaxed: only this sender (holding the turn) writes the flag now.
+            waiting.store(0, Ordering::Relaxed);
+            if let Some(e) = sh.state_error() {
+                return Err(e);
+            }
+        }
+    }
+
+    /// Publishes once: `Ok(None)` if sent, `Ok(Some(need))` if the ring has
+    /// no room for `need` bytes now.
+    fn try_publish<T: Wire>(&self, meta: FrameMeta, req: &T) -> Result<Option<usize>, CallError> {
+        let sh = &*self.shared;
+        let r = lock(&sh.tx).outbox.try_send(meta, req);
+        match r {
+            Ok(()) => {
+                sh.wake_server();
+                Ok(None)
+            }
+            Err(SendError::Full { need }) => Ok(Some(need)),
+            Err(SendError::TooLarge { len, max }) => Err(CallError::MessageTooLarge { len, max }),
+            Err(SendError::Encode(e)) => Err(CallError::Encode(e.to_string())),
+            Err(SendError::Ring(e)) => Err(CallError::Malformed(e.to_string())),
+        }
+    }
+}
+
+/// The driver task: completes calls from the response ring, sleeps on the
+/// wake eventfd, and watches the control socket.
+async fn drive(
+    shared: Arc<Shared>,
+    mut inbox: Inbox<RingRegion>,
+    wake: AsyncFd<Fd>,
+    sock: AsyncFd<Fd>,
+) {
+    let mut last_frame = Instant::now();
+    loop {
+        let mut got = false;
+        loop {
+            match inbox.try_recv() {
+                Ok(Some(msg)) => {
+                    got = true;
+                    let tx = lock(&shared.pending).remove(&msg.meta.request_id);
+                    if let Some(tx) = tx {
+                        let mut copy = AlignedVec::<16>::with_capacity(msg.bytes.len());
+                        copy.extend_from_slice(msg.bytes);
+                        let _ = tx.send(Ok((msg.meta, copy)));
+                    }
+                    // No entry: the call was dropped; its response is discarded.
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let m = format!("response ring: {e}");
+                    shared.fail_all(DEAD, || CallError::Malformed(m.clone()));
+                    return;
+                }
+            }
+        }
+        if got {
+            inbox.consumer().release_and_notify(&shared.opened.bell);
+            last_frame = Instant::now();
+            continue;
+        }
+        if shared.state_error().is_some() {
+            return;
+        }
+        if last_frame.elapsed() < DRIVER_SPIN {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        // Sleep: declare it, fence, re-check (DESIGN.md §6), then await.
+        let consumer = inbox.consumer();
+        consumer.release_and_notify(&shared.opened.bell);
+        let waiting = consumer.data_bell_words().1;
+        // Relaxed + the fence: pairs with the server's fence after its commit.
+        waiting.store(1, Ordering::Relaxed);
+        StdAtomics::fence(Ordering::SeqCst);
+        if !consumer.has_frame() {
+            tokio::select! {
+                r = wake.readable() => {
+                    if let Ok(mut g) = r {
+                        g.clear_ready();
+                    }
+                    drain_eventfd(wake.get_ref());
+                }
+                r = sock.readable() => {
+                    if let Ok(mut g) = r {
+                        g.clear_ready();
+                    }
+                    if let Some(state) = peer_state(sock.get_ref()) {
+                        let err = if state == SHUTDOWN { || CallError::Shutdown } else { || CallError::PeerDead };
+                        // Relaxed: we are awake again (see above).
+                        waiting.store(0, Ordering::Relaxed);
+                        shared.fail_all(state, err);
+                        return;
+                    }
+                }
+            }
+        }
+        // Relaxed: the flag is ours; set again before the next sleep.
+        waiting.store(0, Ordering::Relaxed);
+        last_frame = Instant::now();
+        // Ring room may have appeared (the server rings our eventfd for both).
+        shared.space.notify_waiters();
+    }
+}
+
+fn drain_eventfd(fd: &Fd) {
+    let mut buf = [0u8; 8];
+    // Non-blocking: one read resets the counter; EAGAIN means it was empty.
+    let _ = rustix::io::read(&fd.0, &mut buf);
+}
+
+/// What a readable control socket says: `Some(SHUTDOWN)` on a Goodbye,
+/// `Some(DEAD)` on EOF or an error, `None` if nothing conclusive.
+fn peer_state(fd: &Fd) -> Option<u32> {
+    let mut buf = [0u8; size_of::<Goodbye>()];
+    match rustix::net::recv(fd.0.as_fd(), &mut buf, rustix::net::RecvFlags::DONTWAIT) {
+        Ok((n, _))
+            if n == buf.len()
+                && bytemuck::pod_read_unaligned::<Goodbye>(&buf).magic
+                    == handshake::GOODBYE_MAGIC =>
+        {
+            Some(SHUTDOWN)
+        }
+        Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => None,
+        _ => Some(DEAD),
+    }
+}
