@@ -22,7 +22,7 @@ use crate::error::ConnectError;
 use crate::fork;
 use ipc_core::doorbell::Doorbell;
 use ipc_core::ring::{Consumer, FrameMeta, Producer, RingMemory, RingRegion};
-use ipc_core::sync::{AtomicU32, Atomics, Ordering, StdAtomics};
+use ipc_core::sync::{AtomicU32, AtomicUsize, Atomics, Ordering, StdAtomics};
 use ipc_rpc::handshake::{self, Goodbye, HELLO_WAKE_EVENTFD};
 use ipc_rpc::{CallError, Inbox, Method, Outbox, SendError, Wire, wire};
 use rkyv::util::AlignedVec;
@@ -84,6 +84,9 @@ struct Shared {
     tx: Mutex<Tx>,
     /// FIFO turns for senders that must wait for ring room.
     turn: tokio::sync::Mutex<()>,
+    /// Senders queued for, or holding, a turn. While any, new calls queue
+    /// too instead of taking freed room first (fairness).
+    slow: AtomicUsize,
     /// Signalled by the driver whenever it wakes: ring room may have appeared.
     space: Notify,
     pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
@@ -141,6 +144,43 @@ impl Shared {
             let _ = tx.send(Err(err()));
         }
         self.space.notify_waiters();
+    }
+}
+
+/// Counts a sender in `Shared::slow` while it lives.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl<'a> Queued<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        // Relaxed: a counter read as a hint (see `publish`).
+        n.fetch_add(1, Ordering::Relaxed);
+        Self(n)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        // Relaxed: as in `new`.
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Holds the request ring's `space_waiting` at 1; clears it when dropped,
+/// also when the call's future is dropped while it waits.
+struct Armed<'a>(&'a AtomicU32);
+
+impl<'a> Armed<'a> {
+    fn new(waiting: &'a AtomicU32) -> Self {
+        // Relaxed: ordered by the SeqCst fence that follows at the call site.
+        waiting.store(1, Ordering::Relaxed);
+        Self(waiting)
+    }
+}
+
+impl Drop for Armed<'_> {
+    fn drop(&mut self) {
+        // Relaxed: only the sender holding the turn writes the flag.
+        self.0.store(0, Ordering::Relaxed);
     }
 }
 
@@ -215,6 +255,7 @@ impl AsyncClient {
                 next_id: 1,
             }),
             turn: tokio::sync::Mutex::new(()),
+            slow: AtomicUsize::new(0),
             space: Notify::new(),
             pending: Mutex::new(HashMap::new()),
         });
@@ -315,10 +356,13 @@ impl AsyncClient {
             kind: wire::REQUEST,
             flags: wire::NO_FLAGS,
         };
-        // Fast path: no turn needed when the ring has room.
-        if self.try_publish(meta, req)?.is_none() {
+        // Fast path: no turn needed when the ring has room and nobody queues.
+        // Relaxed: a hint; a sender that misses a fresh waiter only gets ahead
+        // of it once.
+        if sh.slow.load(Ordering::Relaxed) == 0 && self.try_publish(meta, req)?.is_none() {
             return Ok(reg);
         }
+        let _queued = Queued::new(&sh.slow);
         let _turn = sh.turn.lock().await;
         loop {
             let Some(need) = self.try_publish(meta, req)? else {
@@ -329,10 +373,9 @@ impl AsyncClient {
             let notified = sh.space.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let waiting = sh.opened.req.space_waiting();
-            // Relaxed + the fence: the doorbell protocol (DESIGN.md §6); the
-            // fence pairs with the server's fence after its head store.
-            waiting.store(1, Ordering::Relaxed);
+            let armed = Armed::new(sh.opened.req.space_waiting());
+            // The SeqCst fence of the doorbell protocol (DESIGN.md §6): pairs
+            // with the server's fence after it stores `head`.
             StdAtomics::fence(Ordering::SeqCst);
             let room = lock(&sh.tx)
                 .outbox
@@ -342,8 +385,7 @@ impl AsyncClient {
             if !room && sh.state_error().is_none() {
                 notified.await;
             }
-            // Relaxed: only this sender (holding the turn) writes the flag now.
-            waiting.store(0, Ordering::Relaxed);
+            drop(armed);
             if let Some(e) = sh.state_error() {
                 return Err(e);
             }
@@ -368,6 +410,40 @@ impl AsyncClient {
     }
 }
 
+/// Completes every call whose response is in the ring. `Err` if the ring is
+/// corrupt (then every call has been failed).
+fn complete_all(shared: &Shared, inbox: &mut Inbox<RingRegion>) -> Result<bool, ()> {
+    let mut got = false;
+    loop {
+        match inbox.try_recv() {
+            Ok(Some(msg)) => {
+                got = true;
+                let tx = lock(&shared.pending).remove(&msg.meta.request_id);
+                if let Some(tx) = tx {
+                    let mut copy = AlignedVec::<16>::with_capacity(msg.bytes.len());
+                    copy.extend_from_slice(msg.bytes);
+                    let _ = tx.send(Ok((msg.meta, copy)));
+                }
+                // No entry: the call was dropped; its response is discarded.
+            }
+            Ok(None) => return Ok(got),
+            Err(e) => {
+                let m = format!("response ring: {e}");
+                shared.fail_all(DEAD, || CallError::Malformed(m.clone()));
+                return Err(());
+            }
+        }
+    }
+}
+
+/// Wakes senders waiting for request-ring room if one is armed. Relaxed: a
+/// hint; the sender re-checks the room itself after being notified.
+fn notify_space(shared: &Shared) {
+    if shared.opened.req.space_waiting().load(Ordering::Relaxed) != 0 {
+        shared.space.notify_waiters();
+    }
+}
+
 /// The driver task: completes calls from the response ring, sleeps on the
 /// wake eventfd, and watches the control socket.
 async fn drive(
@@ -378,36 +454,23 @@ async fn drive(
 ) {
     let mut last_frame = Instant::now();
     loop {
-        let mut got = false;
-        loop {
-            match inbox.try_recv() {
-                Ok(Some(msg)) => {
-                    got = true;
-                    let tx = lock(&shared.pending).remove(&msg.meta.request_id);
-                    if let Some(tx) = tx {
-                        let mut copy = AlignedVec::<16>::with_capacity(msg.bytes.len());
-                        copy.extend_from_slice(msg.bytes);
-                        let _ = tx.send(Ok((msg.meta, copy)));
-                    }
-                    // No entry: the call was dropped; its response is discarded.
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    let m = format!("response ring: {e}");
-                    shared.fail_all(DEAD, || CallError::Malformed(m.clone()));
-                    return;
-                }
-            }
-        }
+        let Ok(got) = complete_all(&shared, &mut inbox) else {
+            return;
+        };
         if got {
             inbox.consumer().release_and_notify(&shared.opened.bell);
             last_frame = Instant::now();
+            // While we stay busy we never reach the sleep below, where waiting
+            // senders are normally told: the server frees request room as it
+            // answers, so tell them here too.
+            notify_space(&shared);
             continue;
         }
         if shared.state_error().is_some() {
             return;
         }
         if last_frame.elapsed() < DRIVER_SPIN {
+            notify_space(&shared);
             tokio::task::yield_now().await;
             continue;
         }
@@ -418,6 +481,7 @@ async fn drive(
         // Relaxed + the fence: pairs with the server's fence after its commit.
         waiting.store(1, Ordering::Relaxed);
         StdAtomics::fence(Ordering::SeqCst);
+        let mut gone = None;
         if !consumer.has_frame() {
             tokio::select! {
                 r = wake.readable() => {
@@ -430,18 +494,30 @@ async fn drive(
                     if let Ok(mut g) = r {
                         g.clear_ready();
                     }
-                    if let Some(state) = peer_state(sock.get_ref()) {
-                        let err = if state == SHUTDOWN { || CallError::Shutdown } else { || CallError::PeerDead };
-                        // Relaxed: we are awake again (see above).
-                        waiting.store(0, Ordering::Relaxed);
-                        shared.fail_all(state, err);
-                        return;
-                    }
+                    gone = peer_state(sock.get_ref());
                 }
             }
         }
         // Relaxed: the flag is ours; set again before the next sleep.
-        waiting.store(0, Ordering::Relaxed);
+        inbox
+            .consumer()
+            .data_bell_words()
+            .1
+            .store(0, Ordering::Relaxed);
+        if let Some(state) = gone {
+            // The server publishes its last responses before it says goodbye
+            // or dies: complete them first, then fail the rest.
+            if complete_all(&shared, &mut inbox).is_err() {
+                return;
+            }
+            let err = if state == SHUTDOWN {
+                || CallError::Shutdown
+            } else {
+                || CallError::PeerDead
+            };
+            shared.fail_all(state, err);
+            return;
+        }
         last_frame = Instant::now();
         // Ring room may have appeared (the server rings our eventfd for both).
         shared.space.notify_waiters();

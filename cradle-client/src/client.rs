@@ -513,9 +513,10 @@ impl<M: Method> Pending<'_, M> {
 
     /// Waits for the response with explicit options.
     pub fn wait_opts(mut self, opts: CallOptions) -> Result<M::Response, CallError> {
-        self.done = true;
         let start = Instant::now();
+        // On error, `drop` marks the id abandoned: its response is discarded.
         self.client.check()?;
+        self.done = true;
         self.client.receive(
             M::ID,
             self.id,

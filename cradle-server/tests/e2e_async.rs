@@ -129,3 +129,31 @@ fn kill9_of_the_server_resolves_a_thousand_pending_calls_to_peer_dead() {
     assert_eq!(peer_dead, 1000, "not PeerDead: {other:?}");
     drop(dog);
 }
+
+/// Requests of 48 KiB into 256 KiB rings: only a few fit, so most calls wait
+/// for room (FIFO turns, woken by the server's space doorbell through the
+/// eventfd). Every call must complete, none may fail.
+#[test]
+fn a_full_request_ring_makes_callers_wait_not_fail() {
+    let (_dog, dir, _server) = with_server("async ring full", Duration::from_secs(300), &[]);
+    runtime().block_on(async {
+        let client = AsyncClient::connect(dir.socket()).await.unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..32u8 {
+            let client = client.clone();
+            tasks.spawn(async move {
+                for i in 0..100u32 {
+                    let req = vec![t ^ i as u8; 48 << 10];
+                    let r = client
+                        .call::<Ping>(&req)
+                        .await
+                        .unwrap_or_else(|e| panic!("task {t} call {i}: {e}"));
+                    assert!(r == req, "task {t} call {i}: wrong echo");
+                }
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+    });
+}
