@@ -142,7 +142,7 @@ fn a_full_request_ring_makes_callers_wait_not_fail() {
         for t in 0..32u8 {
             let client = client.clone();
             tasks.spawn(async move {
-                for i in 0..100u32 {
+                for i in 0..30u32 {
                     let req = vec![t ^ i as u8; 48 << 10];
                     let r = client
                         .call::<Ping>(&req)
