@@ -1,0 +1,477 @@
+//! `cradle-bench`: CRADLE's comparative latency harness (DESIGN.md §9,
+//! docs/benchmarks.md).
+//!
+//! Every measurement is a ping-pong between two processes. The baselines'
+//! echo sides are this binary re-executed as `cradle-bench peer <kind>`; the
+//! CRADLE scenarios call real `cradle-server` processes started on sockets in
+//! a private 0700 temp directory. All scenarios run in interleaved blocks
+//! (A B C … A B C …) so that a disturbance hits them alike; ratios are the
+//! median of the per-block ratios of the p50s.
+
+mod counters;
+mod cradle;
+mod peer;
+mod report;
+mod transport;
+
+use clap::{Parser, Subcommand};
+use counters::Snapshot;
+use cradle_client::WaitMode;
+use report::{FLOOR, Latency, Report, Throughput};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use transport::{Echo, MAX_PAYLOAD};
+
+#[global_allocator]
+static ALLOC: counters::Counting = counters::Counting;
+
+/// Payloads of a full run.
+const FULL_PAYLOADS: [usize; 6] = [8, 64, 512, 4096, 16384, 65536];
+/// Payloads of `--quick`.
+const QUICK_PAYLOADS: [usize; 3] = [8, 64, 4096];
+/// In-flight calls of the pipelined scenarios.
+const WINDOW: usize = 256;
+
+/// Latency harness of CRADLE: measures round trips between two processes for
+/// raw baselines (shared-memory spin and futex ping-pongs, a Unix socket, a
+/// pipe, TCP on 127.0.0.1) and for CRADLE calls against a real
+/// cradle-server, in interleaved blocks; prints percentiles, ratios to the
+/// floor and to the Unix socket, hot-path counters and the DESIGN §9 targets.
+///
+/// cradle-server must sit next to this binary (build both with
+/// `cargo build --release -p cradle-server -p cradle-benches`) or be named
+/// with --server. A full run takes a few minutes; --quick under one.
+#[derive(Debug, Parser)]
+#[command(name = "cradle-bench", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    peer: Option<Hidden>,
+
+    /// A short run for CI and smoke tests: payloads 8,64,4096, 4,000 calls per
+    /// scenario, 8 blocks, 50,000 pipelined calls per block (unless given).
+    #[arg(long)]
+    quick: bool,
+
+    /// Round trips measured per scenario (transport x payload), split evenly
+    /// over the blocks [default: 100000; --quick: 4000].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(16..=100_000_000))]
+    iters: Option<u64>,
+
+    /// Payload sizes in bytes, comma-separated, 1 to 65536 each
+    /// [default: 8,64,512,4096,16384,65536; --quick: 8,64,4096].
+    #[arg(long, value_name = "B,B,...", value_delimiter = ',',
+          value_parser = clap::value_parser!(u32).range(1..=65536))]
+    payloads: Option<Vec<u32>>,
+
+    /// Interleaved blocks (at least 8) [default: 16; --quick: 8].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(8..=10_000))]
+    blocks: Option<u32>,
+
+    /// Pin the two sides of every ping-pong: this process to core 0, each echo
+    /// peer and cradle-server to core 1 (sched_setaffinity). The extra client
+    /// processes of the N-client scenario go to core 0.
+    #[arg(long)]
+    pin: bool,
+
+    /// Client processes of the N-client pipelined scenario.
+    #[arg(long, value_name = "N", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    clients: u32,
+
+    /// Pipelined calls per block and per client [default: 500000; --quick: 50000].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1000..=1_000_000_000))]
+    pipelined_calls: Option<u64>,
+
+    /// Write the results as a JSON array (one object per scenario, then the
+    /// targets, then the run) to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+
+    /// Draw p50 against payload for every transport (log-log) as an SVG to FILE.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+
+    /// The cradle-server binary [default: cradle-server next to this executable].
+    #[arg(long, value_name = "PATH")]
+    server: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Hidden {
+    /// The other side of a baseline (started by the harness itself).
+    #[command(hide = true)]
+    Peer {
+        kind: String,
+        #[arg(allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Hidden::Peer { kind, args }) = &cli.peer {
+        return match peer::run(kind, args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("cradle-bench peer {kind}: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("\ncradle-bench: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The settings of one run, after defaults.
+#[derive(Debug)]
+struct Plan {
+    payloads: Vec<usize>,
+    iters: u64,
+    blocks: usize,
+    pipelined_calls: u64,
+    clients: u32,
+    pin: bool,
+}
+
+impl Plan {
+    fn from(cli: &Cli) -> Self {
+        let mut payloads: Vec<usize> = match &cli.payloads {
+            Some(p) => p.iter().map(|&b| b as usize).collect(),
+            None if cli.quick => QUICK_PAYLOADS.to_vec(),
+            None => FULL_PAYLOADS.to_vec(),
+        };
+        payloads.sort_unstable();
+        payloads.dedup();
+        Self {
+            payloads,
+            iters: cli.iters.unwrap_or(if cli.quick { 4_000 } else { 100_000 }),
+            blocks: cli.blocks.unwrap_or(if cli.quick { 8 } else { 16 }) as usize,
+            pipelined_calls: cli.pipelined_calls.unwrap_or(if cli.quick {
+                50_000
+            } else {
+                500_000
+            }),
+            clients: cli.clients,
+            pin: cli.pin,
+        }
+    }
+}
+
+/// A transport under measurement and its per-payload scenarios.
+struct Slot {
+    name: &'static str,
+    baseline: &'static str,
+    echo: Box<dyn Echo>,
+}
+
+/// The progress line on stderr.
+struct Progress {
+    tty: bool,
+    last: Instant,
+}
+
+impl Progress {
+    fn show(&mut self, msg: &str) {
+        if self.tty {
+            eprint!("\r\x1b[2K{msg}");
+        } else if self.last.elapsed() > Duration::from_secs(2) {
+            eprintln!("{msg}");
+            self.last = Instant::now();
+        }
+    }
+
+    fn done(&self) {
+        if self.tty {
+            eprintln!();
+        }
+    }
+}
+
+fn run(cli: &Cli) -> Result<(), String> {
+    let started = Instant::now();
+    let plan = Plan::from(cli);
+    let server_bin = cradle::server_binary(cli.server.as_deref())?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (here, there) = if plan.pin {
+        if cores < 2 {
+            return Err("--pin needs two cores".into());
+        }
+        counters::pin_to(0).map_err(|e| format!("pin to core 0: {e}"))?;
+        (Some(0), Some(1))
+    } else {
+        (None, None)
+    };
+    let mut progress = Progress {
+        tty: std::io::stderr().is_terminal(),
+        last: Instant::now(),
+    };
+
+    // Declared first: dropped last, after the servers and clients.
+    let dir = cradle::TempDir::new()?;
+    progress.show("starting servers and peers ...");
+    let spin_server = cradle::Server::start(&server_bin, dir.path(), "spin", Some(20_000), there)?;
+    let sleep_server = cradle::Server::start(&server_bin, dir.path(), "sleep", None, there)?;
+    let idle_server = cradle::Server::start(&server_bin, dir.path(), "idle", Some(0), there)?;
+
+    let mut slots = vec![
+        Slot {
+            name: FLOOR,
+            baseline: FLOOR,
+            echo: Box::new(transport::ShmEcho::start(false, there)?),
+        },
+        Slot {
+            name: "floor-futex",
+            baseline: FLOOR,
+            echo: Box::new(transport::ShmEcho::start(true, there)?),
+        },
+        Slot {
+            name: report::UNIX,
+            baseline: FLOOR,
+            echo: transport::unix_socket(there)?,
+        },
+        Slot {
+            name: "pipe",
+            baseline: FLOOR,
+            echo: transport::pipe(there)?,
+        },
+        Slot {
+            name: "tcp",
+            baseline: FLOOR,
+            echo: transport::tcp(there)?,
+        },
+        Slot {
+            name: "cradle-spin",
+            baseline: FLOOR,
+            echo: Box::new(cradle::CradleEcho::new(
+                spin_server.connect(WaitMode::Spin)?,
+                WaitMode::Spin,
+                // The server keeps polling 20 ms after the last call.
+                Duration::from_millis(25),
+            )),
+        },
+        Slot {
+            name: "cradle-sleep",
+            baseline: "floor-futex",
+            echo: Box::new(cradle::CradleEcho::new(
+                sleep_server.connect(WaitMode::Sleep)?,
+                WaitMode::Sleep,
+                Duration::ZERO,
+            )),
+        },
+        Slot {
+            name: "cradle-sleep-both",
+            baseline: "floor-futex",
+            echo: Box::new(cradle::CradleEcho::new(
+                idle_server.connect(WaitMode::Sleep)?,
+                WaitMode::Sleep,
+                Duration::ZERO,
+            )),
+        },
+    ];
+    // TODO(async client issue): add `cradle-async-spin` / `cradle-async-sleep`
+    // slots here (baseline: cradle-spin / cradle-sleep, DESIGN §9 "<= 2x the
+    // sync client"); the table, JSON, plot and targets pick them up by name.
+
+    let pipe_client = spin_server.connect(WaitMode::Spin)?;
+    let mut n_clients = cradle::Clients::start(
+        plan.clients,
+        spin_server.socket(),
+        plan.pipelined_calls,
+        WINDOW,
+        here,
+    )?;
+
+    let per_block = (plan.iters / plan.blocks as u64).max(1);
+    let mut latency: Vec<Latency> = Vec::new();
+    for &p in &plan.payloads {
+        for s in &slots {
+            latency.push(Latency {
+                name: s.name,
+                payload: p,
+                baseline: s.baseline,
+                samples: Vec::with_capacity((per_block as usize) * plan.blocks),
+                block_p50: Vec::with_capacity(plan.blocks),
+                client_wakes: 0,
+                server_wakes: s.echo.server_wakes().map(|_| 0),
+                allocs: 0,
+                minflt: 0,
+            });
+        }
+    }
+    let mut messages: Vec<Vec<u8>> = plan
+        .payloads
+        .iter()
+        .map(|&p| (0..p.min(MAX_PAYLOAD)).map(|i| (i * 7 + 3) as u8).collect())
+        .collect();
+    let mut scratch: Vec<u64> = Vec::with_capacity(per_block as usize);
+    let mut one = Throughput {
+        name: "cradle-pipelined",
+        clients: 1,
+        window: WINDOW,
+        payload: 8,
+        calls: 0,
+        block_rates: Vec::new(),
+        client_wakes: Some(0),
+        server_wakes: Some(0),
+        allocs: Some(0),
+    };
+    let mut many = Throughput {
+        name: "cradle-pipelined-n",
+        clients: plan.clients,
+        window: WINDOW,
+        payload: 8,
+        calls: 0,
+        block_rates: Vec::new(),
+        client_wakes: None,
+        server_wakes: None,
+        allocs: None,
+    };
+
+    // Warm-up: page in buffers, fill caches and the client's arenas.
+    let warm = per_block.clamp(1, 2_000);
+    let mut tag = 0u64;
+    for (pi, msg) in messages.iter_mut().enumerate() {
+        for s in &mut slots {
+            progress.show(&format!(
+                "warm-up {} {}",
+                s.name,
+                report::size(plan.payloads[pi])
+            ));
+            s.echo.begin()?;
+            for _ in 0..warm {
+                tag += 1;
+                stamp(msg, tag);
+                s.echo.round_trip(msg)?;
+            }
+            s.echo.end()?;
+            std::thread::sleep(s.echo.cool_down());
+        }
+    }
+    cradle::pipelined(&pipe_client, plan.pipelined_calls.min(20_000), WINDOW, 0)?;
+    std::thread::sleep(Duration::from_millis(25));
+
+    let nslots = slots.len();
+    for b in 0..plan.blocks {
+        for (pi, msg) in messages.iter_mut().enumerate() {
+            for (si, s) in slots.iter_mut().enumerate() {
+                let l = &mut latency[pi * nslots + si];
+                progress.show(&format!(
+                    "[block {}/{}] {} {} ({:.0} s)",
+                    b + 1,
+                    plan.blocks,
+                    s.name,
+                    report::size(l.payload),
+                    started.elapsed().as_secs_f64()
+                ));
+                s.echo.begin()?;
+                let sw0 = s.echo.server_wakes();
+                let c0 = Snapshot::now();
+                let first = l.samples.len();
+                for _ in 0..per_block {
+                    tag += 1;
+                    stamp(msg, tag);
+                    let t = Instant::now();
+                    s.echo.round_trip(msg)?;
+                    let ns = t.elapsed().as_nanos();
+                    l.samples.push(u64::try_from(ns).unwrap_or(u64::MAX));
+                }
+                let c = c0.delta(&Snapshot::now());
+                let sw1 = s.echo.server_wakes();
+                s.echo.end()?;
+                l.client_wakes += c.wakes;
+                l.allocs += c.allocs;
+                l.minflt += c.minflt;
+                if let (Some(total), Some(a), Some(z)) = (l.server_wakes.as_mut(), sw0, sw1) {
+                    *total += z.saturating_sub(a);
+                }
+                scratch.clear();
+                scratch.extend_from_slice(&l.samples[first..]);
+                scratch.sort_unstable();
+                l.block_p50.push(report::percentile(&scratch, 0.5));
+                std::thread::sleep(s.echo.cool_down());
+            }
+        }
+        // Pipelined throughput, 1 client (this process), then N processes.
+        progress.show(&format!(
+            "[block {}/{}] cradle-pipelined ({:.0} s)",
+            b + 1,
+            plan.blocks,
+            started.elapsed().as_secs_f64()
+        ));
+        let sw0 = cradle::server_wakes(&pipe_client)?;
+        let c0 = Snapshot::now();
+        let ns = cradle::pipelined(&pipe_client, plan.pipelined_calls, WINDOW, tag)?;
+        let c = c0.delta(&Snapshot::now());
+        let sw1 = cradle::server_wakes(&pipe_client)?;
+        tag += plan.pipelined_calls;
+        one.calls += plan.pipelined_calls;
+        one.block_rates
+            .push(plan.pipelined_calls as f64 * 1e9 / ns.max(1) as f64);
+        for (slot, v) in [
+            (&mut one.client_wakes, c.wakes),
+            (&mut one.allocs, c.allocs),
+            (&mut one.server_wakes, sw1.saturating_sub(sw0)),
+        ] {
+            if let Some(x) = slot {
+                *x += v;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(25));
+        progress.show(&format!(
+            "[block {}/{}] cradle-pipelined x{} ({:.0} s)",
+            b + 1,
+            plan.blocks,
+            plan.clients,
+            started.elapsed().as_secs_f64()
+        ));
+        let (calls, ns) = n_clients.round()?;
+        many.calls += calls;
+        many.block_rates.push(calls as f64 * 1e9 / ns.max(1) as f64);
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    progress.show("stopping servers and peers ...");
+    drop(n_clients);
+    drop(pipe_client);
+    drop(slots);
+    drop((spin_server, sleep_server, idle_server));
+    drop(dir);
+    progress.done();
+
+    let report = Report {
+        latency,
+        throughput: vec![one, many],
+        command: std::iter::once("cradle-bench".to_string())
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" "),
+        date: report::today(),
+        blocks: plan.blocks,
+        pinned: plan.pin,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    print!("{}", report.table());
+    if let Some(path) = &cli.json {
+        std::fs::write(path, report.json())
+            .map_err(|e| format!("write {}: {e}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = &cli.plot {
+        std::fs::write(path, report.svg()).map_err(|e| format!("write {}: {e}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Writes the call's sequence number into the first bytes of the payload.
+fn stamp(msg: &mut [u8], tag: u64) {
+    let b = tag.to_le_bytes();
+    let k = msg.len().min(8);
+    msg[..k].copy_from_slice(&b[..k]);
+}

@@ -1,0 +1,800 @@
+//! Results: percentiles, per-block ratios, the DESIGN §9 targets, and the
+//! three outputs (terminal table, JSON, SVG plot).
+
+use std::fmt::Write as _;
+
+/// The floor every latency scenario is compared with.
+pub(crate) const FLOOR: &str = "floor-spin";
+/// The second reference column: a Unix-socket ping-pong.
+pub(crate) const UNIX: &str = "unix-socket";
+
+/// One latency scenario: a transport at one payload size.
+#[derive(Debug)]
+pub(crate) struct Latency {
+    pub(crate) name: &'static str,
+    pub(crate) payload: usize,
+    /// The baseline its `ratio_to_baseline` is taken against.
+    pub(crate) baseline: &'static str,
+    /// Every measured round trip, in nanoseconds, all blocks.
+    pub(crate) samples: Vec<u64>,
+    /// The p50 of each block, in block order.
+    pub(crate) block_p50: Vec<u64>,
+    pub(crate) client_wakes: u64,
+    pub(crate) server_wakes: Option<u64>,
+    pub(crate) allocs: u64,
+    pub(crate) minflt: u64,
+}
+
+/// One throughput scenario (pipelined calls).
+#[derive(Debug)]
+pub(crate) struct Throughput {
+    pub(crate) name: &'static str,
+    pub(crate) clients: u32,
+    pub(crate) window: usize,
+    pub(crate) payload: usize,
+    pub(crate) calls: u64,
+    /// Calls per second of each block.
+    pub(crate) block_rates: Vec<f64>,
+    /// Counters of the measuring process (1-client case only).
+    pub(crate) client_wakes: Option<u64>,
+    pub(crate) server_wakes: Option<u64>,
+    pub(crate) allocs: Option<u64>,
+}
+
+/// Nearest-rank percentiles of a latency scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Summary {
+    pub(crate) n: u64,
+    pub(crate) p50: u64,
+    pub(crate) p90: u64,
+    pub(crate) p99: u64,
+    pub(crate) p999: u64,
+    pub(crate) max: u64,
+}
+
+/// Nearest-rank percentile `q` (0 < q <= 1) of sorted samples.
+pub(crate) fn percentile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+pub(crate) fn summarize(samples: &[u64]) -> Summary {
+    let mut s = samples.to_vec();
+    s.sort_unstable();
+    Summary {
+        n: s.len() as u64,
+        p50: percentile(&s, 0.50),
+        p90: percentile(&s, 0.90),
+        p99: percentile(&s, 0.99),
+        p999: percentile(&s, 0.999),
+        max: s.last().copied().unwrap_or(0),
+    }
+}
+
+/// The median (mean of the middle two for an even count); `None` if empty.
+pub(crate) fn median(v: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    })
+}
+
+/// The median over blocks of `f(a's block p50, b's block p50)`.
+fn per_block(a: &Latency, b: &Latency, f: impl Fn(f64, f64) -> f64) -> Option<f64> {
+    let v: Vec<f64> = a
+        .block_p50
+        .iter()
+        .zip(&b.block_p50)
+        .filter(|(_, y)| **y > 0)
+        .map(|(x, y)| f(*x as f64, *y as f64))
+        .collect();
+    median(&v)
+}
+
+/// The median of the per-block ratios `a / b` of the p50s.
+pub(crate) fn block_ratio(a: &Latency, b: &Latency) -> Option<f64> {
+    per_block(a, b, |x, y| x / y)
+}
+
+/// Everything one run produced.
+#[derive(Debug)]
+pub(crate) struct Report {
+    pub(crate) latency: Vec<Latency>,
+    pub(crate) throughput: Vec<Throughput>,
+    pub(crate) command: String,
+    pub(crate) date: String,
+    pub(crate) blocks: usize,
+    pub(crate) pinned: bool,
+    pub(crate) seconds: f64,
+}
+
+/// One DESIGN §9 target as measured in this run.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub(crate) what: String,
+    pub(crate) scenario: String,
+    pub(crate) payload: Option<usize>,
+    /// The measured value (a ratio, or calls/s).
+    pub(crate) measured: Option<f64>,
+    pub(crate) unit: &'static str,
+    pub(crate) pass: Option<bool>,
+    pub(crate) detail: String,
+}
+
+impl Report {
+    pub(crate) fn find(&self, name: &str, payload: usize) -> Option<&Latency> {
+        self.latency
+            .iter()
+            .find(|l| l.name == name && l.payload == payload)
+    }
+
+    pub(crate) fn ratio_to(&self, l: &Latency, base: &str) -> Option<f64> {
+        block_ratio(l, self.find(base, l.payload)?)
+    }
+
+    /// The targets of DESIGN §9 that this harness measures.
+    pub(crate) fn targets(&self) -> Vec<Target> {
+        let mut out = Vec::new();
+        for (payload, limit) in [(8usize, 3.0f64), (64, 4.0)] {
+            let what = format!("spinning call {payload} B, p50 <= {limit}x the floor");
+            let r = self
+                .find("cradle-spin", payload)
+                .and_then(|c| self.ratio_to(c, FLOOR));
+            out.push(Target {
+                what,
+                scenario: "cradle-spin".into(),
+                payload: Some(payload),
+                measured: r,
+                unit: "x floor-spin",
+                pass: r.map(|r| r <= limit),
+                detail: match r {
+                    Some(r) => format!("{r:.2}x (limit {limit}x)"),
+                    None => format!("not measured ({payload} B not in --payloads)"),
+                },
+            });
+        }
+        let speedup = match (self.find("cradle-spin", 8), self.find(UNIX, 8)) {
+            (Some(c), Some(u)) => block_ratio(u, c),
+            _ => None,
+        };
+        out.push(Target {
+            what: "spinning call 8 B, >= 20x faster than the Unix socket".into(),
+            scenario: "cradle-spin".into(),
+            payload: Some(8),
+            measured: speedup,
+            unit: "x faster than unix-socket",
+            pass: speedup.map(|s| s >= 20.0),
+            detail: match speedup {
+                Some(s) => format!("{s:.1}x faster (need >= 20x)"),
+                None => "not measured (8 B not in --payloads)".into(),
+            },
+        });
+        for name in ["cradle-sleep", "cradle-sleep-both"] {
+            let (ratio, diff) = match (self.find(name, 8), self.find("floor-futex", 8)) {
+                (Some(c), Some(f)) => (block_ratio(c, f), per_block(c, f, |x, y| x - y)),
+                _ => (None, None),
+            };
+            let pass = match (ratio, diff) {
+                (Some(r), Some(d)) => Some(r <= 1.5 || d <= 3000.0),
+                _ => None,
+            };
+            out.push(Target {
+                what: format!("{name} 8 B, p50 <= 1.5x floor-futex (or <= futex + 3 us)"),
+                scenario: name.into(),
+                payload: Some(8),
+                measured: ratio,
+                unit: "x floor-futex",
+                pass,
+                detail: match (ratio, diff) {
+                    (Some(r), Some(d)) => format!("{r:.2}x, {:+.2} us over the futex", d / 1e3),
+                    _ => "not measured (8 B not in --payloads)".into(),
+                },
+            });
+        }
+        let rate = self
+            .throughput
+            .iter()
+            .find(|t| t.clients == 1)
+            .and_then(|t| median(&t.block_rates));
+        out.push(Target {
+            what: "pipelined 8 B, window 256, 1 client: >= 5 M calls/s".into(),
+            scenario: "cradle-pipelined".into(),
+            payload: Some(8),
+            measured: rate,
+            unit: "calls/s",
+            pass: rate.map(|r| r >= 5e6),
+            detail: match rate {
+                Some(r) => format!("{:.2} M calls/s (need >= 5 M)", r / 1e6),
+                None => "not measured".into(),
+            },
+        });
+        out
+    }
+
+    /// The terminal table, the throughput lines and the targets.
+    pub(crate) fn table(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "\ncradle-bench {} ({} blocks, interleaved{}; {:.0} s)\n",
+            self.date,
+            self.blocks,
+            if self.pinned {
+                ", pinned to cores 0/1"
+            } else {
+                ""
+            },
+            self.seconds
+        );
+        let _ = writeln!(
+            s,
+            "{:<18} {:>7} {:>8} {:>9} {:>9} {:>9} {:>9} {:>10} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7}",
+            "transport",
+            "payload",
+            "n",
+            "p50 us",
+            "p90 us",
+            "p99 us",
+            "p99.9 us",
+            "max us",
+            "x floor",
+            "x unix",
+            "wake c",
+            "wake s",
+            "allocs",
+            "minflt"
+        );
+        let us = |ns: u64| format!("{:.3}", ns as f64 / 1e3);
+        let ratio = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}"));
+        let per = |x: u64, n: u64| {
+            if n == 0 {
+                "-".to_string()
+            } else {
+                format!("{:.3}", x as f64 / n as f64)
+            }
+        };
+        let mut last_payload = None;
+        for l in &self.latency {
+            if last_payload.is_some_and(|p| p != l.payload) {
+                s.push('\n');
+            }
+            last_payload = Some(l.payload);
+            let m = summarize(&l.samples);
+            let _ = writeln!(
+                s,
+                "{:<18} {:>7} {:>8} {:>9} {:>9} {:>9} {:>9} {:>10} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7}",
+                l.name,
+                size(l.payload),
+                m.n,
+                us(m.p50),
+                us(m.p90),
+                us(m.p99),
+                us(m.p999),
+                us(m.max),
+                ratio(self.ratio_to(l, FLOOR)),
+                ratio(self.ratio_to(l, UNIX)),
+                per(l.client_wakes, m.n),
+                l.server_wakes.map_or("-".into(), |w| per(w, m.n)),
+                per(l.allocs, m.n),
+                per(l.minflt, m.n),
+            );
+        }
+        s.push_str(
+            "\n(x floor / x unix: median over blocks of the block-p50 ratio; wake c / wake s: \
+             wake syscalls per call in the calling / serving process; allocs, minflt: heap \
+             allocations and minor page faults per call in the calling process)\n",
+        );
+        if !self.throughput.is_empty() {
+            s.push_str("\nthroughput (8 B pings, validated)\n");
+            for t in &self.throughput {
+                let med = median(&t.block_rates).unwrap_or(0.0);
+                let min = t.block_rates.iter().copied().fold(f64::INFINITY, f64::min);
+                let max = t.block_rates.iter().copied().fold(0.0, f64::max);
+                let _ = writeln!(
+                    s,
+                    "{:<22} clients {:>2}  window {:>3}  {:>10} calls  median {:>6.2} M calls/s  (blocks {:.2}..{:.2}){}",
+                    t.name,
+                    t.clients,
+                    t.window,
+                    t.calls,
+                    med / 1e6,
+                    min / 1e6,
+                    max / 1e6,
+                    match (t.client_wakes, t.server_wakes, t.allocs) {
+                        (Some(c), Some(sv), Some(a)) => format!(
+                            "  wake c {} wake s {} allocs {} /call",
+                            per(c, t.calls),
+                            per(sv, t.calls),
+                            per(a, t.calls)
+                        ),
+                        _ => String::new(),
+                    }
+                );
+            }
+        }
+        s.push_str("\ntargets (DESIGN.md §9)\n");
+        for t in self.targets() {
+            let verdict = match t.pass {
+                Some(true) => "PASS",
+                Some(false) => "MISS",
+                None => "----",
+            };
+            let _ = writeln!(s, "  {verdict}  {:<62} {}", t.what, t.detail);
+        }
+        s
+    }
+
+    /// The JSON array: one object per scenario, then one per target.
+    pub(crate) fn json(&self) -> String {
+        let mut items = Vec::new();
+        for l in &self.latency {
+            let m = summarize(&l.samples);
+            let mut o = Obj::default();
+            o.str("kind", "latency");
+            o.str("name", l.name);
+            o.num("payload_bytes", l.payload as f64);
+            o.num("n", m.n as f64);
+            o.num("p50_ns", m.p50 as f64);
+            o.num("p90_ns", m.p90 as f64);
+            o.num("p99_ns", m.p99 as f64);
+            o.num("p999_ns", m.p999 as f64);
+            o.num("max_ns", m.max as f64);
+            o.opt("ratio_to_baseline", self.ratio_to(l, l.baseline));
+            o.str("baseline", l.baseline);
+            o.opt("ratio_to_floor", self.ratio_to(l, FLOOR));
+            o.opt("ratio_to_unix_socket", self.ratio_to(l, UNIX));
+            o.raw("calls_per_s", "null");
+            o.num("blocks", l.block_p50.len() as f64);
+            let p = |x: u64| (m.n > 0).then(|| x as f64 / m.n as f64);
+            o.opt("wake_syscalls_client_per_call", p(l.client_wakes));
+            o.opt("wake_syscalls_server_per_call", l.server_wakes.and_then(&p));
+            o.opt("allocs_per_call", p(l.allocs));
+            o.opt("minor_faults_per_call", p(l.minflt));
+            items.push(o.finish());
+        }
+        for t in &self.throughput {
+            let mut o = Obj::default();
+            o.str("kind", "throughput");
+            o.str("name", t.name);
+            o.num("payload_bytes", t.payload as f64);
+            o.num("n", t.calls as f64);
+            for k in ["p50_ns", "p90_ns", "p99_ns", "p999_ns", "max_ns"] {
+                o.raw(k, "null");
+            }
+            o.raw("ratio_to_baseline", "null");
+            o.raw("baseline", "null");
+            o.opt("calls_per_s", median(&t.block_rates));
+            o.num("clients", f64::from(t.clients));
+            o.num("window", t.window as f64);
+            o.num("blocks", t.block_rates.len() as f64);
+            let p = |x: Option<u64>| x.map(|x| x as f64 / t.calls.max(1) as f64);
+            o.opt("wake_syscalls_client_per_call", p(t.client_wakes));
+            o.opt("wake_syscalls_server_per_call", p(t.server_wakes));
+            o.opt("allocs_per_call", p(t.allocs));
+            items.push(o.finish());
+        }
+        for t in self.targets() {
+            let mut o = Obj::default();
+            o.str("kind", "target");
+            o.str("name", &format!("target: {}", t.what));
+            o.str("scenario", &t.scenario);
+            match t.payload {
+                Some(p) => o.num("payload_bytes", p as f64),
+                None => o.raw("payload_bytes", "null"),
+            }
+            o.opt("measured", t.measured);
+            o.str("unit", t.unit);
+            o.raw(
+                "pass",
+                match t.pass {
+                    Some(true) => "true",
+                    Some(false) => "false",
+                    None => "null",
+                },
+            );
+            o.str("detail", &t.detail);
+            items.push(o.finish());
+        }
+        let mut meta = Obj::default();
+        meta.str("kind", "run");
+        meta.str("name", "run");
+        meta.str("command", &self.command);
+        meta.str("date", &self.date);
+        meta.num("blocks", self.blocks as f64);
+        meta.raw("pinned", if self.pinned { "true" } else { "false" });
+        meta.num("seconds", (self.seconds * 10.0).round() / 10.0);
+        items.push(meta.finish());
+        format!("[\n  {}\n]\n", items.join(",\n  "))
+    }
+
+    /// p50 against payload, log-log, one line per transport.
+    pub(crate) fn svg(&self) -> String {
+        let mut names: Vec<&str> = Vec::new();
+        for l in &self.latency {
+            if !names.contains(&l.name) {
+                names.push(l.name);
+            }
+        }
+        let pts: Vec<(&str, f64, f64)> = self
+            .latency
+            .iter()
+            .map(|l| {
+                (
+                    l.name,
+                    l.payload as f64,
+                    summarize(&l.samples).p50.max(1) as f64,
+                )
+            })
+            .collect();
+        let (w, h) = (920.0, 560.0);
+        let (left, right, top, bottom) = (80.0, 210.0, 50.0, 60.0);
+        let xs: Vec<f64> = pts.iter().map(|p| p.1.log2()).collect();
+        let (mut x0, mut x1) = (
+            xs.iter().copied().fold(f64::INFINITY, f64::min),
+            xs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        );
+        if !x0.is_finite() {
+            (x0, x1) = (3.0, 16.0);
+        }
+        if x1 - x0 < 1.0 {
+            (x0, x1) = (x0 - 1.0, x1 + 1.0);
+        }
+        let ys: Vec<f64> = pts.iter().map(|p| p.2.log10()).collect();
+        let y0 = ys.iter().copied().fold(f64::INFINITY, f64::min);
+        let y1 = ys.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let (y0, y1) = if y0.is_finite() {
+            (y0.floor(), y1.ceil().max(y0.floor() + 1.0))
+        } else {
+            (2.0, 5.0)
+        };
+        let px = |x: f64| left + (x.log2() - x0) / (x1 - x0) * (w - left - right);
+        let py = |y: f64| h - bottom - (y.log10() - y0) / (y1 - y0) * (h - top - bottom);
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+        );
+        let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="24" font-size="15" text-anchor="middle">Round trip p50 against payload, two processes (cradle-bench, {})</text>"#,
+            (left + w - right) / 2.0,
+            esc(&self.date)
+        );
+        // Horizontal grid: decades, and 2x/5x marks.
+        let mut d = y0 as i32;
+        while f64::from(d) <= y1 {
+            for m in [1.0, 2.0, 5.0] {
+                let v = m * 10f64.powi(d);
+                if v.log10() > y1 + 1e-9 {
+                    continue;
+                }
+                let y = py(v);
+                let major = m == 1.0;
+                let _ = writeln!(
+                    s,
+                    r##"<line x1="{left}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{}" />"##,
+                    w - right,
+                    if major { "#bbb" } else { "#eee" }
+                );
+                let _ = writeln!(
+                    s,
+                    r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+                    left - 6.0,
+                    y + 4.0,
+                    ns_label(v)
+                );
+            }
+            d += 1;
+        }
+        // Vertical grid at the measured payloads.
+        let mut payloads: Vec<usize> = self.latency.iter().map(|l| l.payload).collect();
+        payloads.sort_unstable();
+        payloads.dedup();
+        for p in &payloads {
+            let x = px(*p as f64);
+            let _ = writeln!(
+                s,
+                r##"<line x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{:.1}" stroke="#eee" />"##,
+                h - bottom
+            );
+            let _ = writeln!(
+                s,
+                r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+                h - bottom + 18.0,
+                size(*p)
+            );
+        }
+        let _ = writeln!(
+            s,
+            r##"<rect x="{left}" y="{top}" width="{:.1}" height="{:.1}" fill="none" stroke="#444"/>"##,
+            w - left - right,
+            h - top - bottom
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">payload each way (log scale)</text>"#,
+            (left + w - right) / 2.0,
+            h - 18.0
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="18" y="{:.1}" text-anchor="middle" transform="rotate(-90 18 {:.1})">round trip p50 (log scale)</text>"#,
+            (top + h - bottom) / 2.0,
+            (top + h - bottom) / 2.0
+        );
+        const COLORS: [&str; 10] = [
+            "#000000", "#7f7f7f", "#1f77b4", "#2ca02c", "#9467bd", "#d62728", "#ff7f0e", "#8c564b",
+            "#e377c2", "#17becf",
+        ];
+        for (i, name) in names.iter().enumerate() {
+            let c = COLORS[i % COLORS.len()];
+            let dash = if name.starts_with("cradle") {
+                ""
+            } else {
+                r#" stroke-dasharray="5,3""#
+            };
+            let line: Vec<String> = pts
+                .iter()
+                .filter(|p| p.0 == *name)
+                .map(|p| format!("{:.1},{:.1}", px(p.1), py(p.2)))
+                .collect();
+            let _ = writeln!(
+                s,
+                r#"<polyline fill="none" stroke="{c}" stroke-width="2"{dash} points="{}"/>"#,
+                line.join(" ")
+            );
+            for p in pts.iter().filter(|p| p.0 == *name) {
+                let _ = writeln!(
+                    s,
+                    r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{c}"/>"#,
+                    px(p.1),
+                    py(p.2)
+                );
+            }
+            let ly = top + 10.0 + 20.0 * i as f64;
+            let lx = w - right + 15.0;
+            let _ = writeln!(
+                s,
+                r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{c}" stroke-width="2"{dash}/>"#,
+                lx + 24.0
+            );
+            let _ = writeln!(
+                s,
+                r#"<text x="{}" y="{}">{}</text>"#,
+                lx + 30.0,
+                ly + 4.0,
+                esc(name)
+            );
+        }
+        s.push_str("</svg>\n");
+        s
+    }
+}
+
+/// "8 B", "4 KiB", "64 KiB".
+pub(crate) fn size(b: usize) -> String {
+    if b >= 1024 && b.is_multiple_of(1024) {
+        format!("{} KiB", b / 1024)
+    } else {
+        format!("{b} B")
+    }
+}
+
+fn ns_label(ns: f64) -> String {
+    if ns >= 1e6 {
+        format!("{} ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{} us", ns / 1e3)
+    } else {
+        format!("{ns} ns")
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A JSON string literal.
+pub(crate) fn json_str(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            '\n' => o.push_str("\\n"),
+            '\r' => o.push_str("\\r"),
+            '\t' => o.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(o, "\\u{:04x}", c as u32);
+            }
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+/// A flat JSON object under construction.
+#[derive(Debug, Default)]
+struct Obj(Vec<String>);
+
+impl Obj {
+    fn raw(&mut self, k: &str, v: &str) {
+        self.0.push(format!("{}: {v}", json_str(k)));
+    }
+    fn str(&mut self, k: &str, v: &str) {
+        self.raw(k, &json_str(v));
+    }
+    fn num(&mut self, k: &str, v: f64) {
+        self.opt(k, Some(v));
+    }
+    fn opt(&mut self, k: &str, v: Option<f64>) {
+        match v {
+            Some(v) if v.is_finite() && v == v.trunc() && v.abs() < 9e15 => {
+                self.raw(k, &format!("{}", v as i64))
+            }
+            Some(v) if v.is_finite() => self.raw(k, &format!("{v:.6}")),
+            _ => self.raw(k, "null"),
+        }
+    }
+    fn finish(self) -> String {
+        format!("{{{}}}", self.0.join(", "))
+    }
+}
+
+/// Today's UTC date, YYYY-MM-DD (civil-from-days, Howard Hinnant's algorithm).
+pub(crate) fn today() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let z = (secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lat(name: &'static str, payload: usize, p50s: &[u64]) -> Latency {
+        Latency {
+            name,
+            payload,
+            baseline: FLOOR,
+            samples: p50s.to_vec(),
+            block_p50: p50s.to_vec(),
+            client_wakes: 0,
+            server_wakes: Some(0),
+            allocs: 0,
+            minflt: 0,
+        }
+    }
+
+    fn report(latency: Vec<Latency>) -> Report {
+        Report {
+            latency,
+            throughput: vec![Throughput {
+                name: "cradle-pipelined",
+                clients: 1,
+                window: 256,
+                payload: 8,
+                calls: 10,
+                block_rates: vec![4e6, 6e6, 7e6],
+                client_wakes: Some(0),
+                server_wakes: Some(0),
+                allocs: Some(10),
+            }],
+            command: "cradle-bench \"--quick\"".into(),
+            date: "2026-11-22".into(),
+            blocks: 3,
+            pinned: false,
+            seconds: 1.0,
+        }
+    }
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<u64> = (1..=1000).collect();
+        assert_eq!(percentile(&v, 0.5), 500);
+        assert_eq!(percentile(&v, 0.99), 990);
+        assert_eq!(percentile(&v, 0.999), 999);
+        assert_eq!(percentile(&v, 1.0), 1000);
+        assert_eq!(percentile(&[7], 0.5), 7);
+        assert_eq!(percentile(&[], 0.5), 0);
+        let s = summarize(&[5, 1, 3]);
+        assert_eq!((s.n, s.p50, s.max), (3, 3, 5));
+    }
+
+    #[test]
+    fn median_of_block_ratios() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+        let a = lat("cradle-spin", 8, &[300, 600, 330]);
+        let b = lat(FLOOR, 8, &[100, 100, 110]);
+        assert_eq!(block_ratio(&a, &b), Some(3.0));
+    }
+
+    #[test]
+    fn targets_come_from_the_measurements() {
+        let r = report(vec![
+            lat(FLOOR, 8, &[100, 100, 100]),
+            lat("floor-futex", 8, &[4000, 4000, 4000]),
+            lat(UNIX, 8, &[5000, 5000, 5000]),
+            lat("cradle-spin", 8, &[200, 250, 200]),
+            lat("cradle-sleep", 8, &[5000, 9000, 9000]),
+        ]);
+        let t = r.targets();
+        assert_eq!(t[0].pass, Some(true));
+        assert_eq!(t[0].measured, Some(2.0));
+        assert_eq!(t[1].pass, None, "64 B was not measured");
+        assert_eq!(t[2].measured, Some(25.0));
+        assert_eq!(t[2].pass, Some(true));
+        assert_eq!(t[3].pass, Some(false), "2.25x and +5 us");
+        assert_eq!(t[4].pass, None);
+        assert_eq!(t[5].measured, Some(6e6));
+        assert_eq!(t[5].pass, Some(true));
+        let table = r.table();
+        assert!(table.contains("PASS"), "{table}");
+        assert!(table.contains("MISS"), "{table}");
+    }
+
+    #[test]
+    fn json_and_svg_are_well_formed_enough() {
+        let r = report(vec![
+            lat(FLOOR, 8, &[100, 100, 100]),
+            lat(FLOOR, 4096, &[900, 900, 900]),
+            lat("cradle-spin", 8, &[200, 250, 200]),
+            lat("cradle-spin", 4096, &[2000, 2500, 2000]),
+        ]);
+        let j = r.json();
+        assert!(j.starts_with("[\n") && j.ends_with("]\n"));
+        assert!(j.contains(r#""name": "floor-spin""#));
+        assert!(j.contains(r#""p50_ns": 100"#));
+        assert!(j.contains(r#""ratio_to_baseline": 2"#));
+        assert!(j.contains(r#""command": "cradle-bench \"--quick\"""#));
+        assert_eq!(j.matches('{').count(), j.matches('}').count());
+        let s = r.svg();
+        assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
+        assert_eq!(s.matches("<polyline").count(), 2);
+        assert!(!s.contains("NaN") && !s.contains("inf"));
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_str("a\"b\\c\n\u{1}"), r#""a\"b\\c\n\u0001""#);
+    }
+
+    #[test]
+    fn sizes_and_dates() {
+        assert_eq!(size(8), "8 B");
+        assert_eq!(size(4096), "4 KiB");
+        assert_eq!(size(65536), "64 KiB");
+        let d = today();
+        assert_eq!(d.len(), 10);
+        assert!(d.starts_with("20"));
+    }
+}
