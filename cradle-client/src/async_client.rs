@@ -20,7 +20,7 @@
 use crate::client::{CallOptions, ClientOptions, Opened, interpret, open};
 use crate::error::ConnectError;
 use crate::fork;
-use ipc_core::doorbell::Doorbell;
+use ipc_core::doorbell::{Doorbell, WaitMode};
 use ipc_core::ring::{Consumer, FrameMeta, Producer, RingMemory, RingRegion};
 use ipc_core::sync::{AtomicU32, AtomicUsize, Atomics, Ordering, StdAtomics};
 use ipc_rpc::handshake::{self, Goodbye, HELLO_WAKE_EVENTFD};
@@ -43,6 +43,11 @@ const SHUTDOWN: u32 = 2;
 /// How long the driver keeps re-polling (yielding to other tasks) after the
 /// last response before it declares itself asleep.
 const DRIVER_SPIN: Duration = Duration::from_micros(20);
+
+/// The longest a call busy-polls the response ring itself in `WaitMode::Spin`
+/// before it leaves the wait to the driver (an async task must not hold its
+/// thread for long).
+const CALL_SPIN_MAX: Duration = Duration::from_millis(1);
 
 type Reply = Result<(FrameMeta, AlignedVec<16>), CallError>;
 
@@ -90,6 +95,9 @@ struct Shared {
     /// Signalled by the driver whenever it wakes: ring room may have appeared.
     space: Notify,
     pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    /// The response ring. The driver drains it; a call that spins drains it
+    /// too (with `try_lock`), completing whichever calls it finds answered.
+    inbox: Mutex<Inbox<RingRegion>>,
 }
 
 struct Tx {
@@ -211,8 +219,10 @@ impl AsyncClient {
         Self::connect(crate::default_socket_path()).await
     }
 
-    /// Connects with explicit options (`opts.wait` is not used: the driver
-    /// always spins briefly, then sleeps on its eventfd).
+    /// Connects with explicit options. `opts.wait` decides how a call waits:
+    /// `Spin` busy-polls the response ring for up to 1 ms, `SpinThenSleep(d)`
+    /// for `d` (capped at 1 ms), then the call awaits the driver; `Sleep`
+    /// awaits at once, and the driver then sleeps right after each burst.
     pub async fn connect_with(
         path: impl AsRef<Path>,
         opts: ClientOptions,
@@ -258,8 +268,9 @@ impl AsyncClient {
             slow: AtomicUsize::new(0),
             space: Notify::new(),
             pending: Mutex::new(HashMap::new()),
+            inbox: Mutex::new(Inbox::new(consumer)),
         });
-        let driver = tokio::spawn(drive(Arc::clone(&shared), Inbox::new(consumer), wake, sock));
+        let driver = tokio::spawn(drive(Arc::clone(&shared), wake, sock));
         Ok(Self {
             shared,
             _driver: Arc::new(AbortOnDrop(driver.abort_handle())),
@@ -314,11 +325,26 @@ impl AsyncClient {
         if let Some(e) = sh.state_error() {
             return Err(e);
         }
-        let (reply_tx, reply_rx) = oneshot::channel();
+        let (reply_tx, mut reply_rx) = oneshot::channel();
         let mut reg = self.publish::<M>(req, reply_tx).await?;
-        let reply = reply_rx
-            .await
-            .map_err(|_| sh.state_error().unwrap_or(CallError::PeerDead));
+        // Spin first (per the wait mode), draining the ring ourselves as the
+        // sync client does; then leave the wait to the driver.
+        let spin = match sh.opts.wait {
+            WaitMode::Spin => CALL_SPIN_MAX,
+            WaitMode::Sleep => Duration::ZERO,
+            WaitMode::SpinThenSleep(d) => d.min(CALL_SPIN_MAX),
+        };
+        let early = if spin.is_zero() {
+            None
+        } else {
+            spin_for_reply(sh, &mut reply_rx, spin)
+        };
+        let reply = match early {
+            Some(r) => Ok(r),
+            None => reply_rx
+                .await
+                .map_err(|_| sh.state_error().unwrap_or(CallError::PeerDead)),
+        };
         reg.armed = false;
         let (meta, bytes) = reply??;
         interpret(M::ID, meta, &bytes, |b| {
@@ -444,21 +470,62 @@ fn notify_space(shared: &Shared) {
     }
 }
 
+/// Busy-polls for `spin` for this call's reply, draining the response ring
+/// whenever it holds a frame (completing every call it finds answered).
+fn spin_for_reply(
+    sh: &Shared,
+    reply_rx: &mut oneshot::Receiver<Reply>,
+    spin: Duration,
+) -> Option<Reply> {
+    let until = Instant::now() + spin;
+    let mut polls = 0u32;
+    loop {
+        match reply_rx.try_recv() {
+            Ok(r) => return Some(r),
+            Err(oneshot::error::TryRecvError::Closed) => return None,
+            Err(oneshot::error::TryRecvError::Empty) => {}
+        }
+        if let Ok(mut inbox) = sh.inbox.try_lock()
+            && inbox.consumer().has_frame()
+        {
+            if complete_all(sh, &mut inbox).is_err() {
+                return None;
+            }
+            let cap = sh.opened.welcome.ring_capacity as u64;
+            if inbox.consumer().unreleased() > cap / 4 {
+                inbox.consumer().release_and_notify(&sh.opened.bell);
+            }
+            continue;
+        }
+        polls += 1;
+        if polls.is_multiple_of(32) && Instant::now() >= until {
+            return None;
+        }
+        std::hint::spin_loop();
+    }
+}
+
 /// The driver task: completes calls from the response ring, sleeps on the
 /// wake eventfd, and watches the control socket.
-async fn drive(
-    shared: Arc<Shared>,
-    mut inbox: Inbox<RingRegion>,
-    wake: AsyncFd<Fd>,
-    sock: AsyncFd<Fd>,
-) {
+async fn drive(shared: Arc<Shared>, wake: AsyncFd<Fd>, sock: AsyncFd<Fd>) {
     let mut last_frame = Instant::now();
+    let driver_spin = if shared.opts.wait == WaitMode::Sleep {
+        Duration::ZERO
+    } else {
+        DRIVER_SPIN
+    };
     loop {
-        let Ok(got) = complete_all(&shared, &mut inbox) else {
-            return;
+        let got = {
+            let mut inbox = lock(&shared.inbox);
+            let Ok(got) = complete_all(&shared, &mut inbox) else {
+                return;
+            };
+            if got {
+                inbox.consumer().release_and_notify(&shared.opened.bell);
+            }
+            got
         };
         if got {
-            inbox.consumer().release_and_notify(&shared.opened.bell);
             last_frame = Instant::now();
             // While we stay busy we never reach the sleep below, where waiting
             // senders are normally told: the server frees request room as it
@@ -469,20 +536,24 @@ async fn drive(
         if shared.state_error().is_some() {
             return;
         }
-        if last_frame.elapsed() < DRIVER_SPIN {
+        // Stay awake a little after the last frame (yielding to other tasks),
+        // so that back-to-back calls find us awake and the server need not
+        // write our eventfd; not in `Sleep` mode.
+        if last_frame.elapsed() < driver_spin {
             notify_space(&shared);
             tokio::task::yield_now().await;
             continue;
         }
         // Sleep: declare it, fence, re-check (DESIGN.md §6), then await.
-        let consumer = inbox.consumer();
-        consumer.release_and_notify(&shared.opened.bell);
-        let waiting = consumer.data_bell_words().1;
+        lock(&shared.inbox)
+            .consumer()
+            .release_and_notify(&shared.opened.bell);
+        let waiting = shared.opened.resp.data_waiting();
         // Relaxed + the fence: pairs with the server's fence after its commit.
         waiting.store(1, Ordering::Relaxed);
         StdAtomics::fence(Ordering::SeqCst);
         let mut gone = None;
-        if !consumer.has_frame() {
+        if !lock(&shared.inbox).consumer().has_frame() {
             tokio::select! {
                 r = wake.readable() => {
                     if let Ok(mut g) = r {
@@ -499,15 +570,11 @@ async fn drive(
             }
         }
         // Relaxed: the flag is ours; set again before the next sleep.
-        inbox
-            .consumer()
-            .data_bell_words()
-            .1
-            .store(0, Ordering::Relaxed);
+        waiting.store(0, Ordering::Relaxed);
         if let Some(state) = gone {
             // The server publishes its last responses before it says goodbye
             // or dies: complete them first, then fail the rest.
-            if complete_all(&shared, &mut inbox).is_err() {
+            if complete_all(&shared, &mut lock(&shared.inbox)).is_err() {
                 return;
             }
             let err = if state == SHUTDOWN {

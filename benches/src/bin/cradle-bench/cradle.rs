@@ -204,6 +204,70 @@ impl Echo for CradleEcho {
     }
 }
 
+/// The tokio client, driven from the harness thread by a current-thread
+/// runtime: each round trip is one `block_on` of a call, during which the
+/// runtime also runs the client's driver task (so the round trip includes
+/// the driver's work, as it would in an application's runtime).
+pub(crate) struct AsyncEcho {
+    rt: tokio::runtime::Runtime,
+    client: cradle_client::AsyncClient,
+    cool_down: Duration,
+}
+
+impl std::fmt::Debug for AsyncEcho {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncEcho").finish()
+    }
+}
+
+impl AsyncEcho {
+    pub(crate) fn new(socket: &Path, wait: WaitMode, cool_down: Duration) -> Result<Self, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("tokio runtime: {e}"))?;
+        let client = rt
+            .block_on(cradle_client::AsyncClient::connect_with(
+                socket,
+                ClientOptions {
+                    timeout: Duration::from_secs(30),
+                    wait,
+                },
+            ))
+            .map_err(|e| format!("connect {}: {e}", socket.display()))?;
+        Ok(Self {
+            rt,
+            client,
+            cool_down,
+        })
+    }
+}
+
+impl Echo for AsyncEcho {
+    fn round_trip(&mut self, msg: &Vec<u8>) -> Result<(), String> {
+        let echo = self
+            .rt
+            .block_on(self.client.call::<Ping>(msg))
+            .map_err(|e| format!("async ping: {e}"))?;
+        if echo_ok(msg, &echo) {
+            Ok(())
+        } else {
+            Err("echo differs from the request".into())
+        }
+    }
+
+    fn server_wakes(&self) -> Option<u64> {
+        self.rt
+            .block_on(self.client.call::<Stats>(&()))
+            .ok()
+            .map(|s| s.wake_syscalls)
+    }
+
+    fn cool_down(&self) -> Duration {
+        self.cool_down
+    }
+}
+
 /// The server's wake-syscall counter (a `Stats` call, spinning so that the
 /// answer does not itself need a wake-up).
 pub(crate) fn server_wakes(client: &Client) -> Result<u64, String> {

@@ -275,9 +275,26 @@ fn run(cli: &Cli) -> Result<(), String> {
             )),
         },
     ];
-    // TODO(async client issue): add `cradle-async-spin` / `cradle-async-sleep`
-    // slots here (baseline: cradle-spin / cradle-sleep, DESIGN §9 "<= 2x the
-    // sync client"); the table, JSON, plot and targets pick them up by name.
+    // The tokio client in the same two modes as the sync client it is held
+    // to (DESIGN.md §9: p50 <= 2x the sync client in the same mode).
+    slots.push(Slot {
+        name: "cradle-async",
+        baseline: "cradle-spin",
+        echo: Box::new(cradle::AsyncEcho::new(
+            spin_server.socket(),
+            WaitMode::Spin,
+            Duration::from_millis(25),
+        )?),
+    });
+    slots.push(Slot {
+        name: "cradle-async-sleep",
+        baseline: "cradle-sleep-both",
+        echo: Box::new(cradle::AsyncEcho::new(
+            idle_server.socket(),
+            WaitMode::Sleep,
+            Duration::ZERO,
+        )?),
+    });
 
     let pipe_client = spin_server.connect(WaitMode::Spin)?;
     let mut n_clients = cradle::Clients::start(
