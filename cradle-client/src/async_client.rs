@@ -20,13 +20,13 @@
 use crate::client::{CallOptions, ClientOptions, Opened, interpret, open};
 use crate::error::ConnectError;
 use crate::fork;
+use crate::idmap::IdMap;
 use ipc_core::doorbell::{Doorbell, WaitMode};
 use ipc_core::ring::{Consumer, FrameMeta, Producer, RingMemory, RingRegion};
 use ipc_core::sync::{AtomicU32, AtomicUsize, Atomics, Ordering, StdAtomics};
 use ipc_rpc::handshake::{self, Goodbye, HELLO_WAKE_EVENTFD};
 use ipc_rpc::{CallError, Inbox, Method, Outbox, SendError, Wire, wire};
 use rkyv::util::AlignedVec;
-use std::collections::HashMap;
 use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -94,7 +94,7 @@ struct Shared {
     slow: AtomicUsize,
     /// Signalled by the driver whenever it wakes: ring room may have appeared.
     space: Notify,
-    pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    pending: Mutex<IdMap<oneshot::Sender<Reply>>>,
     /// The response ring. The driver drains it; a call that spins drains it
     /// too (with `try_lock`), completing whichever calls it finds answered.
     inbox: Mutex<Inbox<RingRegion>>,
@@ -267,7 +267,7 @@ impl AsyncClient {
             turn: tokio::sync::Mutex::new(()),
             slow: AtomicUsize::new(0),
             space: Notify::new(),
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(IdMap::default()),
             inbox: Mutex::new(Inbox::new(consumer)),
         });
         let driver = tokio::spawn(drive(Arc::clone(&shared), wake, sock));
@@ -300,15 +300,15 @@ impl AsyncClient {
         req: &M::Request,
         timeout: Duration,
     ) -> Result<M::Response, CallError> {
-        let start = Instant::now();
-        match tokio::time::timeout(timeout, self.round_trip::<M>(req)).await {
-            Ok(r) => r,
-            Err(_) => Err(CallError::Timeout(start.elapsed())),
-        }
+        let decode = |b: &[u8]| {
+            <M::Response as Wire>::decode(b).map_err(|e| CallError::Malformed(e.to_string()))
+        };
+        self.round_trip::<M, _>(req, timeout, decode).await
     }
 
     /// Same as [`call_timeout`](Self::call_timeout) with [`CallOptions`]
-    /// (its `wait` is ignored, see [`connect_with`](Self::connect_with)).
+    /// (its `timeout`; the wait mode is the client's, see
+    /// [`connect_with`](Self::connect_with)).
     pub async fn call_opts<M: Method>(
         &self,
         req: &M::Request,
@@ -317,8 +317,34 @@ impl AsyncClient {
         self.call_timeout::<M>(req, opts.timeout).await
     }
 
-    async fn round_trip<M: Method>(&self, req: &M::Request) -> Result<M::Response, CallError> {
+    /// Calls `M` and hands the validated, archived response to `f` without
+    /// deserializing it (no allocation for the response's contents).
+    pub async fn call_with<M: Method, R>(
+        &self,
+        req: &M::Request,
+        f: impl FnOnce(&<M::Response as Wire>::Archived) -> R,
+    ) -> Result<R, CallError> {
+        let access = |b: &[u8]| {
+            <M::Response as Wire>::access(b)
+                .map(f)
+                .map_err(|e| CallError::Malformed(e.to_string()))
+        };
+        self.round_trip::<M, _>(req, self.shared.opts.timeout, access)
+            .await
+    }
+
+    /// One call: publish, spin per the wait mode, then await the driver. The
+    /// deadline bounds every wait; only the waits that can block carry a
+    /// timer.
+    async fn round_trip<M: Method, R>(
+        &self,
+        req: &M::Request,
+        timeout: Duration,
+        f: impl FnOnce(&[u8]) -> Result<R, CallError>,
+    ) -> Result<R, CallError> {
         let sh = &*self.shared;
+        let start = Instant::now();
+        let deadline = start + timeout;
         if fork::generation() != sh.fork_gen {
             return Err(CallError::Forked);
         }
@@ -326,30 +352,39 @@ impl AsyncClient {
             return Err(e);
         }
         let (reply_tx, mut reply_rx) = oneshot::channel();
-        let mut reg = self.publish::<M>(req, reply_tx).await?;
-        // Spin first (per the wait mode), draining the ring ourselves as the
+        let mut reg = self.publish::<M>(req, reply_tx, start, deadline).await?;
+        // Spin first (per the wait mode), reading the ring ourselves as the
         // sync client does; then leave the wait to the driver.
         let spin = match sh.opts.wait {
             WaitMode::Spin => CALL_SPIN_MAX,
             WaitMode::Sleep => Duration::ZERO,
             WaitMode::SpinThenSleep(d) => d.min(CALL_SPIN_MAX),
-        };
-        let early = if spin.is_zero() {
-            None
-        } else {
-            spin_for_reply(sh, &mut reply_rx, spin)
-        };
-        let reply = match early {
-            Some(r) => Ok(r),
-            None => reply_rx
-                .await
-                .map_err(|_| sh.state_error().unwrap_or(CallError::PeerDead)),
+        }
+        .min(deadline.saturating_duration_since(start));
+        let mut f = Some(f);
+        if !spin.is_zero() {
+            match spin_for_reply(sh, reg.id, &mut reply_rx, spin, M::ID, &mut f) {
+                Spun::Mine(r) => {
+                    reg.armed = false;
+                    return r;
+                }
+                Spun::Reply(r) => {
+                    reg.armed = false;
+                    let (meta, bytes) = r?;
+                    let f = f.take().expect("f is used once");
+                    return interpret(M::ID, meta, &bytes, f);
+                }
+                Spun::Nothing => {}
+            }
+        }
+        let reply = match tokio::time::timeout_at(deadline.into(), reply_rx).await {
+            Ok(r) => r.map_err(|_| sh.state_error().unwrap_or(CallError::PeerDead)),
+            Err(_) => return Err(CallError::Timeout(start.elapsed())),
         };
         reg.armed = false;
         let (meta, bytes) = reply??;
-        interpret(M::ID, meta, &bytes, |b| {
-            <M::Response as Wire>::decode(b).map_err(|e| CallError::Malformed(e.to_string()))
-        })
+        let f = f.take().expect("f is used once");
+        interpret(M::ID, meta, &bytes, f)
     }
 
     /// Registers the call and publishes its request, waiting (fairly, in FIFO
@@ -358,6 +393,8 @@ impl AsyncClient {
         &self,
         req: &M::Request,
         reply: oneshot::Sender<Reply>,
+        start: Instant,
+        deadline: Instant,
     ) -> Result<Registration<'_>, CallError> {
         let sh = &*self.shared;
         let id = {
@@ -388,33 +425,43 @@ impl AsyncClient {
         if sh.slow.load(Ordering::Relaxed) == 0 && self.try_publish(meta, req)?.is_none() {
             return Ok(reg);
         }
-        let _queued = Queued::new(&sh.slow);
-        let _turn = sh.turn.lock().await;
-        loop {
-            let Some(need) = self.try_publish(meta, req)? else {
-                return Ok(reg);
-            };
-            // Wait for room: arm the request ring's space doorbell (the server
-            // rings it through our eventfd), then re-check before awaiting.
-            let notified = sh.space.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let armed = Armed::new(sh.opened.req.space_waiting());
-            // The SeqCst fence of the doorbell protocol (DESIGN.md §6): pairs
-            // with the server's fence after it stores `head`.
-            StdAtomics::fence(Ordering::SeqCst);
-            let room = lock(&sh.tx)
-                .outbox
-                .producer()
-                .has_room(need)
-                .unwrap_or(true);
-            if !room && sh.state_error().is_none() {
-                notified.await;
+        // Slow path: wait for a turn and for room, within the deadline (the
+        // fast path above never blocks, so it needs no timer).
+        let slow = async {
+            let _queued = Queued::new(&sh.slow);
+            let _turn = sh.turn.lock().await;
+            loop {
+                let Some(need) = self.try_publish(meta, req)? else {
+                    return Ok(());
+                };
+                // Wait for room: arm the request ring's space doorbell (the
+                // server rings it through our eventfd), then re-check before
+                // awaiting.
+                let notified = sh.space.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let armed = Armed::new(sh.opened.req.space_waiting());
+                // The SeqCst fence of the doorbell protocol (DESIGN.md §6):
+                // pairs with the server's fence after it stores `head`.
+                StdAtomics::fence(Ordering::SeqCst);
+                let room = lock(&sh.tx)
+                    .outbox
+                    .producer()
+                    .has_room(need)
+                    .unwrap_or(true);
+                if !room && sh.state_error().is_none() {
+                    notified.await;
+                }
+                drop(armed);
+                if let Some(e) = sh.state_error() {
+                    return Err(e);
+                }
             }
-            drop(armed);
-            if let Some(e) = sh.state_error() {
-                return Err(e);
-            }
+        };
+        match tokio::time::timeout_at(deadline.into(), slow).await {
+            Ok(Ok(())) => Ok(reg),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(CallError::Timeout(start.elapsed())),
         }
     }
 
@@ -444,13 +491,7 @@ fn complete_all(shared: &Shared, inbox: &mut Inbox<RingRegion>) -> Result<bool, 
         match inbox.try_recv() {
             Ok(Some(msg)) => {
                 got = true;
-                let tx = lock(&shared.pending).remove(&msg.meta.request_id);
-                if let Some(tx) = tx {
-                    let mut copy = AlignedVec::<16>::with_capacity(msg.bytes.len());
-                    copy.extend_from_slice(msg.bytes);
-                    let _ = tx.send(Ok((msg.meta, copy)));
-                }
-                // No entry: the call was dropped; its response is discarded.
+                deliver(shared, msg);
             }
             Ok(None) => return Ok(got),
             Err(e) => {
@@ -470,39 +511,83 @@ fn notify_space(shared: &Shared) {
     }
 }
 
-/// Busy-polls for `spin` for this call's reply, draining the response ring
-/// whenever it holds a frame (completing every call it finds answered).
-fn spin_for_reply(
+/// What a call's own spin found.
+enum Spun<R> {
+    /// Its response was in the ring: decoded in place (no copy, no hand-off).
+    Mine(Result<R, CallError>),
+    /// Another reader delivered it.
+    Reply(Reply),
+    /// Nothing within the spin budget.
+    Nothing,
+}
+
+/// Busy-polls for `spin` for the response to `id`, reading the response ring
+/// itself whenever it holds a frame: its own response is decoded right from
+/// the ring's private copy; others' are handed to their calls.
+fn spin_for_reply<R, F: FnOnce(&[u8]) -> Result<R, CallError>>(
     sh: &Shared,
+    id: u64,
     reply_rx: &mut oneshot::Receiver<Reply>,
     spin: Duration,
-) -> Option<Reply> {
+    method: u64,
+    f: &mut Option<F>,
+) -> Spun<R> {
     let until = Instant::now() + spin;
     let mut polls = 0u32;
     loop {
         match reply_rx.try_recv() {
-            Ok(r) => return Some(r),
-            Err(oneshot::error::TryRecvError::Closed) => return None,
+            Ok(r) => return Spun::Reply(r),
+            Err(oneshot::error::TryRecvError::Closed) => return Spun::Nothing,
             Err(oneshot::error::TryRecvError::Empty) => {}
         }
         if let Ok(mut inbox) = sh.inbox.try_lock()
             && inbox.consumer().has_frame()
         {
-            if complete_all(sh, &mut inbox).is_err() {
-                return None;
+            let mut mine = None;
+            loop {
+                match inbox.try_recv() {
+                    Ok(Some(msg)) if msg.meta.request_id == id && mine.is_none() => {
+                        // Ours: drop the hand-off entry, read in place.
+                        lock(&sh.pending).remove(&id);
+                        let f = f.take().expect("f is used once");
+                        mine = Some(interpret(method, msg.meta, msg.bytes, f));
+                    }
+                    Ok(Some(msg)) => deliver(sh, msg),
+                    Ok(None) => break,
+                    Err(e) => {
+                        let m = format!("response ring: {e}");
+                        sh.fail_all(DEAD, || CallError::Malformed(m.clone()));
+                        return Spun::Nothing;
+                    }
+                }
             }
             let cap = sh.opened.welcome.ring_capacity as u64;
             if inbox.consumer().unreleased() > cap / 4 {
                 inbox.consumer().release_and_notify(&sh.opened.bell);
             }
+            if let Some(r) = mine {
+                return Spun::Mine(r);
+            }
             continue;
         }
         polls += 1;
         if polls.is_multiple_of(32) && Instant::now() >= until {
-            return None;
+            return Spun::Nothing;
         }
         std::hint::spin_loop();
     }
+}
+
+/// Hands a response to its call (copying it out of the ring), or drops it if
+/// the call is gone.
+fn deliver(sh: &Shared, msg: ipc_rpc::Message<'_>) {
+    let tx = lock(&sh.pending).remove(&msg.meta.request_id);
+    if let Some(tx) = tx {
+        let mut copy = AlignedVec::<16>::with_capacity(msg.bytes.len());
+        copy.extend_from_slice(msg.bytes);
+        let _ = tx.send(Ok((msg.meta, copy)));
+    }
+    // No entry: the call was dropped; its response is discarded.
 }
 
 /// The driver task: completes calls from the response ring, sleeps on the

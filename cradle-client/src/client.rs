@@ -2,6 +2,7 @@
 
 use crate::error::ConnectError;
 use crate::fork;
+use crate::idmap::{IdMap, IdSet};
 use ipc_core::doorbell::{Doorbell, EventFd, Futex, WaitMode, Waker};
 use ipc_core::ring::{Consumer, FrameMeta, Producer, RingError, RingMemory, RingRegion};
 use ipc_core::shm::{Access, Mapping, OpenExpect, Seals, Segment};
@@ -12,7 +13,6 @@ use ipc_rpc::session::{
 };
 use ipc_rpc::{CallError, Inbox, Method, Outbox, RemoteError, SendError, Wire, wire};
 use rkyv::util::AlignedVec;
-use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io;
 use std::marker::PhantomData;
@@ -106,9 +106,9 @@ struct Tx {
 struct Rx {
     inbox: Inbox<RingRegion>,
     /// Responses read by one waiter for another (pipelining, threads).
-    stash: HashMap<u64, (FrameMeta, AlignedVec<16>)>,
+    stash: IdMap<(FrameMeta, AlignedVec<16>)>,
     /// Requests whose `Pending` was dropped: their responses are discarded.
-    abandoned: HashSet<u64>,
+    abandoned: IdSet,
     /// The response ring is corrupt: every call fails.
     broken: Option<String>,
 }
@@ -210,8 +210,8 @@ impl Client {
                 }),
                 rx: Mutex::new(Rx {
                     inbox: Inbox::new(consumer),
-                    stash: HashMap::new(),
-                    abandoned: HashSet::new(),
+                    stash: IdMap::default(),
+                    abandoned: IdSet::default(),
                     broken: None,
                 }),
                 link,

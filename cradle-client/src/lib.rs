@@ -34,6 +34,7 @@ mod async_client;
 mod client;
 mod error;
 mod fork;
+mod idmap;
 
 #[cfg(feature = "tokio")]
 pub use async_client::AsyncClient;

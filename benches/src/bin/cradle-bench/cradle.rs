@@ -245,11 +245,15 @@ impl AsyncEcho {
 
 impl Echo for AsyncEcho {
     fn round_trip(&mut self, msg: &Vec<u8>) -> Result<(), String> {
-        let echo = self
+        // `call_with`, like the sync scenarios: the echo is checked in place.
+        let ok = self
             .rt
-            .block_on(self.client.call::<Ping>(msg))
+            .block_on(
+                self.client
+                    .call_with::<Ping, _>(msg, |echo| echo_ok(msg, echo.as_slice())),
+            )
             .map_err(|e| format!("async ping: {e}"))?;
-        if echo_ok(msg, &echo) {
+        if ok {
             Ok(())
         } else {
             Err("echo differs from the request".into())
