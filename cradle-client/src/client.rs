@@ -532,6 +532,34 @@ impl<M: Method> Pending<'_, M> {
     }
 }
 
+impl<M: Method> Pending<'_, M> {
+    /// Waits for the response (default timeout and wait mode) and hands the
+    /// validated, archived response to `f` without deserializing it: no
+    /// allocation for the response.
+    pub fn wait_with<R>(
+        mut self,
+        f: impl FnOnce(&<M::Response as Wire>::Archived) -> R,
+    ) -> Result<R, CallError> {
+        let opts = self.client.default_opts();
+        let start = Instant::now();
+        // On error, `drop` marks the id abandoned: its response is discarded.
+        self.client.check()?;
+        self.done = true;
+        self.client.receive(
+            M::ID,
+            self.id,
+            start,
+            start + opts.timeout,
+            opts.wait,
+            |b| {
+                <M::Response as Wire>::access(b)
+                    .map(f)
+                    .map_err(|e| CallError::Malformed(e.to_string()))
+            },
+        )
+    }
+}
+
 impl<M: Method> Drop for Pending<'_, M> {
     fn drop(&mut self) {
         if !self.done {

@@ -322,6 +322,36 @@ impl Replier<'_> {
         }
     }
 
+    /// Answers `req` with `bytes` as the RESPONSE payload, unchanged: for a
+    /// method whose request and response types are the same (`Ping`), a
+    /// validated request archive is a valid response archive (rkyv archives
+    /// are relocatable). No allocation unless the frame must be queued.
+    pub(crate) fn echo(&mut self, req: FrameMeta, bytes: &[u8]) {
+        let meta = response_meta(req);
+        if self.backlog.is_empty() && self.broken.is_none() {
+            match self.outbox.try_send_encoded(meta, bytes) {
+                Ok(()) => {
+                    self.answered += 1;
+                    self.published = true;
+                    return;
+                }
+                Err(SendError::Full { .. }) => {}
+                Err(SendError::Ring(e)) => {
+                    self.answered += 1;
+                    self.broken = Some(e);
+                    return;
+                }
+                Err(e) => {
+                    self.error(req, ErrorCode::ResponseTooLarge, e.to_string());
+                    return;
+                }
+            }
+        }
+        let mut copy = AlignedVec::<16>::with_capacity(bytes.len());
+        copy.extend_from_slice(bytes);
+        self.send_encoded(meta, copy);
+    }
+
     /// Sends an already-encoded frame (an offload completion), or queues it.
     pub(crate) fn send_encoded(&mut self, meta: FrameMeta, bytes: AlignedVec<16>) {
         self.answered += 1;

@@ -230,7 +230,19 @@ impl ServerBuilder {
         entries.push(Entry {
             id: <Ping as Method>::ID,
             name: <Ping as Method>::NAME,
-            handler: Handler::Inline(handlers::inline::<Ping, _>(Ok)),
+            // The echo answers with the request's own archive once it is
+            // validated: `Ping`'s request and response types are the same, so
+            // no decoding or allocation is needed (it showed in profiles).
+            handler: Handler::Inline(Box::new(|bytes, req, out| {
+                match <<Ping as Method>::Request as ipc_rpc::Wire>::access(bytes) {
+                    Ok(_) => out.echo(req, bytes),
+                    Err(e) => out.error(
+                        req,
+                        ipc_rpc::ErrorCode::Malformed,
+                        format!("malformed cradle.ping request: {e}"),
+                    ),
+                }
+            })),
         });
         let stats_shared = Arc::clone(&shared);
         entries.push(Entry {

@@ -299,8 +299,11 @@ pub(crate) fn pipelined(
     let mut q: VecDeque<(u64, Pending<'_, Ping>)> = VecDeque::with_capacity(window);
     let mut msg = vec![0u8; 8];
     let check = |tag: u64, p: Pending<'_, Ping>| -> Result<(), String> {
-        let echo = p.wait().map_err(|e| format!("pipelined ping: {e}"))?;
-        if echo.as_slice() == tag.to_le_bytes() {
+        // Checked in place (`wait_with`), as the latency scenarios do.
+        let same = p
+            .wait_with(|echo| echo.as_slice() == tag.to_le_bytes())
+            .map_err(|e| format!("pipelined ping: {e}"))?;
+        if same {
             Ok(())
         } else {
             Err("pipelined echo differs from its request".into())
