@@ -516,47 +516,38 @@ impl<M: Method> Pending<'_, M> {
     }
 
     /// Waits for the response with explicit options.
-    pub fn wait_opts(mut self, opts: CallOptions) -> Result<M::Response, CallError> {
-        let start = Instant::now();
-        // On error, `drop` marks the id abandoned: its response is discarded.
-        self.client.check()?;
-        self.done = true;
-        self.client.receive(
-            M::ID,
-            self.id,
-            start,
-            start + opts.timeout,
-            opts.wait,
-            |b| <M::Response as Wire>::decode(b).map_err(|e| CallError::Malformed(e.to_string())),
-        )
+    pub fn wait_opts(self, opts: CallOptions) -> Result<M::Response, CallError> {
+        self.finish(opts, |b| {
+            <M::Response as Wire>::decode(b).map_err(|e| CallError::Malformed(e.to_string()))
+        })
     }
-}
 
-impl<M: Method> Pending<'_, M> {
     /// Waits for the response (default timeout and wait mode) and hands the
     /// validated, archived response to `f` without deserializing it: no
     /// allocation for the response.
     pub fn wait_with<R>(
-        mut self,
+        self,
         f: impl FnOnce(&<M::Response as Wire>::Archived) -> R,
     ) -> Result<R, CallError> {
         let opts = self.client.default_opts();
+        self.finish(opts, |b| {
+            <M::Response as Wire>::access(b)
+                .map(f)
+                .map_err(|e| CallError::Malformed(e.to_string()))
+        })
+    }
+
+    fn finish<R>(
+        mut self,
+        opts: CallOptions,
+        f: impl FnOnce(&[u8]) -> Result<R, CallError>,
+    ) -> Result<R, CallError> {
         let start = Instant::now();
         // On error, `drop` marks the id abandoned: its response is discarded.
         self.client.check()?;
         self.done = true;
-        self.client.receive(
-            M::ID,
-            self.id,
-            start,
-            start + opts.timeout,
-            opts.wait,
-            |b| {
-                <M::Response as Wire>::access(b)
-                    .map(f)
-                    .map_err(|e| CallError::Malformed(e.to_string()))
-            },
-        )
+        self.client
+            .receive(M::ID, self.id, start, start + opts.timeout, opts.wait, f)
     }
 }
 
