@@ -180,11 +180,11 @@ fn clients_that_never_finish_the_handshake_block_nobody_and_are_dropped() {
     for s in &mut silent {
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let mut b = [0u8; 1];
-        assert_eq!(
-            s.read(&mut b).unwrap_or(0),
-            0,
-            "the server should close a silent connection"
-        );
+        // Ok(0) is the hang-up; an error (our 30 s read timeout) is a failure.
+        match s.read(&mut b) {
+            Ok(0) => {}
+            other => panic!("the server should close a silent connection, got {other:?}"),
+        }
     }
     server_alive(&mut server);
     assert_eq!(good.call::<Ping>(&b"y".to_vec()).unwrap(), b"y");

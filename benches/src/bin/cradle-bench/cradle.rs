@@ -141,15 +141,7 @@ impl Drop for Server {
             // pid cannot have been reused); no memory involved.
             unsafe { libc::kill(pid, libc::SIGTERM) };
         }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::transport::reap(&mut self.child, Duration::from_secs(3));
     }
 }
 

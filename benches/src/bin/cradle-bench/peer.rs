@@ -107,6 +107,7 @@ fn shm(fd: RawFd, sleep: bool) -> Result<(), String> {
                 }
             };
             last = seq;
+            // Relaxed: ordered after the Acquire load of `req_seq` above.
             let len = req_len.load(Ordering::Relaxed);
             if len != STOP {
                 let len = len as usize;
@@ -121,8 +122,10 @@ fn shm(fd: RawFd, sleep: bool) -> Result<(), String> {
                     std::ptr::copy_nonoverlapping(w.req_data, buf.as_mut_ptr(), len);
                     std::ptr::copy_nonoverlapping(buf.as_ptr(), w.resp_data, len);
                 }
+                // Relaxed: published by the Release store of `resp_seq` below.
                 resp_len.store(len as u32, Ordering::Relaxed);
             } else {
+                // Relaxed: published by the Release store of `resp_seq` below.
                 resp_len.store(STOP, Ordering::Relaxed);
             }
             // Release: the caller's Acquire load sees the payload and length.
