@@ -1,5 +1,6 @@
 //! The synchronous client.
 
+use crate::blob::{BlobState, Grants, SocketState, drain_socket};
 use crate::error::ConnectError;
 use crate::fork;
 use crate::idmap::{IdMap, IdSet};
@@ -7,7 +8,7 @@ use ipc_core::doorbell::{Doorbell, EventFd, Futex, WaitMode, Waker};
 use ipc_core::ring::{Consumer, FrameMeta, Producer, RingError, RingMemory, RingRegion};
 use ipc_core::shm::{Access, Mapping, OpenExpect, Seals, Segment};
 use ipc_core::sync::{AtomicU32, Ordering, StdAtomics};
-use ipc_rpc::handshake::{self, Goodbye, Hello, Welcome};
+use ipc_rpc::handshake::{self, Hello, Welcome};
 use ipc_rpc::session::{
     self, LAYOUT_VERSION, SESSION_KIND, SESSION_MAGIC, STATUS_KIND, STATUS_MAGIC,
 };
@@ -70,21 +71,23 @@ pub struct CallOptions {
 /// Calls check that they run in the process that connected: after `fork`, the
 /// child gets [`CallError::Forked`] and must connect its own client.
 pub struct Client {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     tx: Mutex<Tx>,
     rx: Mutex<Rx>,
-    link: Arc<Link>,
+    pub(crate) link: Arc<Link>,
     fork_gen: u64,
     opts: ClientOptions,
     welcome: Welcome,
     watcher: Option<std::thread::JoinHandle<()>>,
+    /// Mapped segments, the author pool, queued releases.
+    pub(crate) blobs: BlobState,
 }
 
 /// What the watcher thread shares with the client.
-struct Link {
+pub(crate) struct Link {
     state: AtomicU32,
     req: RingRegion,
     resp: RingRegion,
@@ -93,7 +96,10 @@ struct Link {
     waiting_offset: usize,
     /// The session's doorbell: writing it wakes the server's worker.
     eventfd: EventFd,
-    socket: OwnedFd,
+    pub(crate) socket: OwnedFd,
+    /// Descriptors read from the socket, by segment (by the watcher or by
+    /// the caller that expects one).
+    pub(crate) grants: Mutex<Grants>,
     /// Written by `Drop` to stop the watcher.
     stop: EventFd,
 }
@@ -142,6 +148,21 @@ impl Link {
         }
     }
 
+    /// Marks the server gone (once: a goodbye followed by the hang-up stays
+    /// a shutdown) and wakes every sleeper.
+    pub(crate) fn mark_gone(&self, goodbye: bool) {
+        let state = if goodbye { SHUTDOWN } else { DEAD };
+        // Relaxed on failure: the state is already final, nothing to publish.
+        // AcqRel on success: pairs like `mark`'s store below (which repeats it).
+        if self
+            .state
+            .compare_exchange(ALIVE, state, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.mark(state);
+        }
+    }
+
     /// Marks the server gone and wakes anything sleeping on our futexes.
     fn mark(&self, state: u32) {
         // Release pairs with the Acquire load in `state_error`.
@@ -177,6 +198,7 @@ impl Client {
             waiting_offset: o.waiting_offset,
             eventfd: o.bell,
             socket: o.socket,
+            grants: Mutex::new(Grants::default()),
             stop: EventFd::new()?,
         };
         Ok(Self::start(o.welcome, link, opts))
@@ -219,6 +241,7 @@ impl Client {
                 opts,
                 welcome,
                 watcher,
+                blobs: BlobState::default(),
             }),
         }
     }
@@ -583,7 +606,7 @@ pub(crate) fn interpret<R>(
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic in another thread while it held the lock leaves the ring state
     // consistent (every ring step is a single store), so carry on.
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -769,28 +792,17 @@ fn watch(link: &Link) {
         if !fds[1].revents().is_empty() {
             return;
         }
-        let ev = fds[0].revents();
-        if ev.is_empty() {
+        if fds[0].revents().is_empty() {
             continue;
         }
-        let mut buf = [0u8; size_of::<Goodbye>()];
-        let state =
-            match rustix::net::recv(&link.socket, &mut buf, rustix::net::RecvFlags::DONTWAIT) {
-                Ok((n, _))
-                    if n == buf.len()
-                        && bytemuck::pod_read_unaligned::<Goodbye>(&buf).magic
-                            == handshake::GOODBYE_MAGIC =>
-                {
-                    SHUTDOWN
-                }
-                Err(rustix::io::Errno::AGAIN)
-                    if !ev.intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR) =>
-                {
-                    continue;
-                }
-                _ => DEAD,
-            };
-        link.mark(state);
+        // Descriptor grants are kept for the caller that expects them; a
+        // goodbye or the end of the stream ends the session.
+        let state = drain_socket(link.socket.as_fd(), &mut lock(&link.grants));
+        match state {
+            SocketState::Quiet => continue,
+            SocketState::Goodbye => link.mark_gone(true),
+            SocketState::Dead => link.mark_gone(false),
+        }
         return;
     }
 }

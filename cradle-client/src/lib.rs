@@ -31,6 +31,7 @@
 
 #[cfg(feature = "tokio")]
 mod async_client;
+mod blob;
 mod client;
 mod error;
 mod fork;
@@ -42,6 +43,8 @@ pub use client::{
     CONNECT_TIMEOUT, CallOptions, Client, ClientOptions, DEFAULT_TIMEOUT, Pending,
     default_socket_path,
 };
+pub use blob::{Blob, BlobRef, BlobWriter, Cache, SMALL_BLOB_MAX};
 pub use error::ConnectError;
+pub use ipc_rpc::blob::{BlobHandle, BlobStats};
 pub use ipc_core::doorbell::WaitMode;
 pub use ipc_rpc::{CallError, ErrorCode, Method};

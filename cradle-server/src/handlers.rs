@@ -5,6 +5,7 @@
 //! encodes the answer: straight into the response ring for inline handlers
 //! (through a [`Replier`]), into an owned buffer for offloaded ones.
 
+use crate::blobs::BlobCtx;
 use crate::error::HandlerError;
 use ipc_core::ring::{FrameMeta, RingError, RingRegion};
 use ipc_rpc::rkyv::ser::allocator::Arena;
@@ -12,6 +13,7 @@ use ipc_rpc::rkyv::util::AlignedVec;
 use ipc_rpc::{ErrorCode, Method, Outbox, RemoteError, SendError, Wire, wire};
 use std::any::Any;
 use std::collections::VecDeque;
+use std::os::fd::BorrowedFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
@@ -25,11 +27,12 @@ pub(crate) type Queued = (FrameMeta, AlignedVec<16>);
 /// path. Returns whether the call was answered (always, today).
 pub(crate) type InlineFn = Box<dyn Fn(&[u8], FrameMeta, &mut Replier<'_>) + Send + Sync>;
 
-/// An offloaded handler, erased: request bytes, the request's header, an
-/// arena, the ring's payload limit → the encoded answer (`None` if not even
-/// an error frame fits the ring).
-pub(crate) type OffloadFn =
-    Arc<dyn Fn(&[u8], FrameMeta, &mut Arena, usize) -> Option<Queued> + Send + Sync>;
+/// An offloaded handler, erased: request bytes, the request's header, the
+/// blob context of the calling session, an arena, the ring's payload limit →
+/// the encoded answer (`None` if not even an error frame fits the ring).
+pub(crate) type OffloadFn = Arc<
+    dyn Fn(&[u8], FrameMeta, &BlobCtx<'_>, &mut Arena, usize) -> Option<Queued> + Send + Sync,
+>;
 
 /// How a method is served.
 pub(crate) enum Handler {
@@ -93,13 +96,26 @@ where
     M: Method,
     F: Fn(M::Request) -> Result<M::Response, HandlerError>,
 {
+    invoke_with::<M, _>(&|_: &(), r| f(r), &(), bytes)
+}
+
+/// [`invoke`] for a handler that also takes a context.
+fn invoke_with<M, C>(
+    f: &dyn Fn(&C, M::Request) -> Result<M::Response, HandlerError>,
+    ctx: &C,
+    bytes: &[u8],
+) -> Outcome<M::Response>
+where
+    M: Method,
+    C: ?Sized,
+{
     let req = <M::Request as Wire>::decode(bytes).map_err(|e| {
         (
             ErrorCode::Malformed,
             format!("request for {} did not validate: {e}", M::NAME),
         )
     })?;
-    match catch_unwind(AssertUnwindSafe(|| f(req))) {
+    match catch_unwind(AssertUnwindSafe(|| f(ctx, req))) {
         Ok(Ok(r)) => Ok(r),
         Ok(Err(e)) => Err((ErrorCode::Handler, e.message)),
         Err(payload) => Err((
@@ -179,8 +195,17 @@ where
     M: Method,
     F: Fn(M::Request) -> Result<M::Response, HandlerError> + Send + Sync + 'static,
 {
-    Arc::new(move |bytes, req, arena, max| {
-        let (code, message) = match invoke::<M, F>(&f, bytes) {
+    offload_blob::<M, _>(move |_: &BlobCtx<'_>, r| f(r))
+}
+
+/// Erases an offloaded handler that works with blobs.
+pub(crate) fn offload_blob<M, F>(f: F) -> OffloadFn
+where
+    M: Method,
+    F: Fn(&BlobCtx<'_>, M::Request) -> Result<M::Response, HandlerError> + Send + Sync + 'static,
+{
+    Arc::new(move |bytes, req, ctx, arena, max| {
+        let (code, message) = match invoke_with::<M, BlobCtx<'_>>(&f, ctx, bytes) {
             Ok(resp) => match ipc_rpc::encode_to_vec(&resp, arena, max) {
                 Ok(v) => return Some((response_meta(req), v)),
                 Err(e) => unsendable(&e),
@@ -234,6 +259,11 @@ pub(crate) fn encode_error(
 /// Responses go straight into the ring while the backlog is empty; once one
 /// is queued, later ones queue behind it until the backlog drains.
 pub(crate) struct Replier<'a> {
+    /// The session answered.
+    pub(crate) session: u64,
+    /// Its control socket (descriptors go there, just before the answer
+    /// that announces them).
+    pub(crate) sock: BorrowedFd<'a>,
     pub(crate) outbox: &'a mut Outbox<RingRegion>,
     pub(crate) backlog: &'a mut VecDeque<Queued>,
     /// A frame was published since the last data doorbell ring.
@@ -247,10 +277,14 @@ pub(crate) struct Replier<'a> {
 impl<'a> Replier<'a> {
     /// A replier over a session's outbox and backlog, nothing sent yet.
     pub(crate) fn new(
+        session: u64,
+        sock: BorrowedFd<'a>,
         outbox: &'a mut Outbox<RingRegion>,
         backlog: &'a mut VecDeque<Queued>,
     ) -> Self {
         Self {
+            session,
+            sock,
             outbox,
             backlog,
             published: false,

@@ -43,6 +43,11 @@
 #![warn(clippy::undocumented_unsafe_blocks, clippy::unnecessary_safety_comment)]
 
 mod acceptor;
+mod blobs;
+// Wired into the server once the memory cache exists; until then only its
+// own tests use it.
+#[allow(dead_code)]
+mod disk;
 mod error;
 mod handlers;
 mod offload;
@@ -54,6 +59,13 @@ mod worker;
 #[cfg(test)]
 mod tests;
 
+pub use blobs::{BlobBuilder, BlobCtx, BlobView, SessionQuota};
 pub use error::{HandlerError, ServerError, StartError};
 pub use server::{Server, ServerBuilder, ServerHandle};
 pub use startup::default_socket_path;
+
+/// Parses a byte count with an optional binary suffix (`512M`, `2GiB`,
+/// `1073741824`), for command lines.
+pub fn parse_byte_count(s: &str) -> Result<u64, String> {
+    blobs::budget::parse_bytes(s)
+}

@@ -1,7 +1,9 @@
 //! `cradle-server`: the per-user CRADLE server (thin wrapper over the library).
 
 use clap::Parser;
-use cradle_server::{Server, default_socket_path};
+use cradle_server::{BlobCtx, HandlerError, Server, SessionQuota, default_socket_path};
+use ipc_rpc::blob::BlobHandle;
+use ipc_rpc::example::{Invert, Inverted};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -45,10 +47,47 @@ struct Args {
     #[arg(long, value_name = "US", default_value_t = 100)]
     spin_us: u64,
 
+    /// Memory cache budget, e.g. 4G or 512M [default: a quarter of
+    /// MemAvailable, at most half the cgroup's memory.max]. Blob memory
+    /// cannot be swapped out, so a budget above MemAvailable or memory.max is
+    /// refused at start.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    mem_cache_bytes: Option<u64>,
+
+    /// Per-client limit on the bytes of blobs it holds leases on, and
+    /// separately on the bytes it is writing (e.g. 8G).
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "16G")]
+    session_quota_bytes: u64,
+
+    /// Per-client limit on blob leases held at once.
+    #[arg(long, value_name = "N", default_value_t = 65_536)]
+    session_max_leases: u64,
+
     /// Log level: error, warn, info, debug or trace (RUST_LOG, if set, wins).
     #[arg(long, value_name = "LEVEL", default_value = "info",
           value_parser = ["error", "warn", "info", "debug", "trace"])]
     log_level: String,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    cradle_server::parse_byte_count(s)
+}
+
+/// The example blob method (`cradle.example.invert`): checksums an image
+/// and returns an inverted copy of it as a new blob, leased to the caller.
+fn invert(ctx: &BlobCtx<'_>, h: BlobHandle) -> Result<Inverted, HandlerError> {
+    let input = ctx.read(&h)?;
+    let bytes = input.bytes();
+    let checksum = xxhash_rust::xxh3::xxh3_64(bytes);
+    let mut out = ctx.create(bytes.len())?;
+    for (o, i) in out.bytes_mut().iter_mut().zip(bytes) {
+        *o = !*i;
+    }
+    drop(input);
+    Ok(Inverted {
+        checksum,
+        inverted: out.seal()?,
+    })
 }
 
 fn init_logging(level: &str) {
@@ -99,13 +138,23 @@ fn main() -> ExitCode {
         }
     };
     let socket = args.socket.unwrap_or_else(default_socket_path);
-    let server = match Server::builder()
+    let builder = Server::builder()
         .socket_path(socket)
         .workers(usize::from(args.workers))
         .ring_capacity(args.ring_bytes)
         .max_sessions(args.max_sessions)
         .spin(std::time::Duration::from_micros(args.spin_us))
-        .bind()
+        .session_quota(SessionQuota {
+            leases: args.session_max_leases,
+            pinned_bytes: args.session_quota_bytes,
+            pool_bytes: args.session_quota_bytes,
+        })
+        .offload_blob::<Invert, _>(invert);
+    let builder = match args.mem_cache_bytes {
+        Some(b) => builder.mem_cache_bytes(b),
+        None => builder,
+    };
+    let server = match builder.bind()
     {
         Ok(s) => s,
         Err(e) => {
@@ -136,6 +185,7 @@ fn main() -> ExitCode {
     tracing::info!(
         socket = %server.socket_path().display(),
         pid = std::process::id(),
+        mem_cache_bytes = server.cache_budget(),
         "cradle-server ready"
     );
     match server.run() {

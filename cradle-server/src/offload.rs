@@ -1,6 +1,7 @@
 //! The offload pool: threads that run `Offload` handlers and hand the encoded
 //! answer back to the session's worker, which publishes it by request id.
 
+use crate::blobs::{BlobCtx, BlobStore};
 use crate::handlers::{OffloadFn, Queued};
 use crate::worker::{WorkerLink, WorkerMsg};
 use ipc_core::ring::FrameMeta;
@@ -45,20 +46,25 @@ pub(crate) struct Completion {
 }
 
 /// Starts `threads` pool threads; they stop once every `Sender<Job>` is gone.
-pub(crate) fn spawn_pool(threads: usize, links: Arc<[WorkerLink]>) -> std::io::Result<Sender<Job>> {
+pub(crate) fn spawn_pool(
+    threads: usize,
+    links: Arc<[WorkerLink]>,
+    store: Arc<BlobStore>,
+) -> std::io::Result<Sender<Job>> {
     let (tx, rx) = std::sync::mpsc::channel::<Job>();
     let rx = Arc::new(Mutex::new(rx));
     for i in 0..threads {
         let rx = Arc::clone(&rx);
         let links = Arc::clone(&links);
+        let store = Arc::clone(&store);
         std::thread::Builder::new()
             .name(format!("cradle-offload-{i}"))
-            .spawn(move || pool_thread(&rx, &links))?;
+            .spawn(move || pool_thread(&rx, &links, &store))?;
     }
     Ok(tx)
 }
 
-fn pool_thread(rx: &Mutex<Receiver<Job>>, links: &[WorkerLink]) {
+fn pool_thread(rx: &Mutex<Receiver<Job>>, links: &[WorkerLink], store: &Arc<BlobStore>) {
     let mut arena = Arena::new();
     loop {
         // The lock is held only while taking one job. A poisoned lock (a
@@ -68,7 +74,11 @@ fn pool_thread(rx: &Mutex<Receiver<Job>>, links: &[WorkerLink]) {
             Err(_) => return,
         };
         // The handler catches panics of the user's function itself.
-        let answer = (job.handler)(&job.bytes, job.meta, &mut arena, job.max_payload);
+        let ctx = BlobCtx {
+            store,
+            session: job.session,
+        };
+        let answer = (job.handler)(&job.bytes, job.meta, &ctx, &mut arena, job.max_payload);
         if let Some(link) = links.get(job.worker) {
             link.send(WorkerMsg::Completion(Completion {
                 session: job.session,

@@ -1,6 +1,8 @@
 //! The server: builder, start-up, run, shutdown.
 
 use crate::acceptor::{AcceptorCtx, run_acceptor};
+use crate::blobs::budget::MemoryLimits;
+use crate::blobs::{BlobConfig, BlobCtx, BlobStore, SessionQuota};
 use crate::error::{HandlerError, ServerError, StartError};
 use crate::handlers::{self, Entry, Handler, Registry};
 use crate::startup;
@@ -17,6 +19,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
+
+/// Default size of a server pool segment.
+const DEFAULT_POOL_SEGMENT: u64 = 64 << 20;
+/// Default size of a session's author pool.
+const DEFAULT_AUTHOR_POOL: u64 = 8 << 20;
 
 /// Configures and binds a [`Server`]. Created by [`Server::builder`].
 ///
@@ -43,6 +50,10 @@ pub struct ServerBuilder {
     max_backlog: usize,
     offload_threads: usize,
     spin: Duration,
+    mem_cache_bytes: Option<u64>,
+    quota: SessionQuota,
+    pool_segment_bytes: u64,
+    author_pool_bytes: u64,
     entries: Vec<Entry>,
 }
 
@@ -58,6 +69,8 @@ impl std::fmt::Debug for ServerBuilder {
             .field("max_backlog", &self.max_backlog)
             .field("offload_threads", &self.offload_threads)
             .field("spin", &self.spin)
+            .field("mem_cache_bytes", &self.mem_cache_bytes)
+            .field("quota", &self.quota)
             .field("methods", &self.entries.len())
             .finish()
     }
@@ -75,6 +88,10 @@ impl Default for ServerBuilder {
             max_backlog: 1024,
             offload_threads: 2,
             spin: crate::worker::DEFAULT_SPIN,
+            mem_cache_bytes: None,
+            quota: SessionQuota::default(),
+            pool_segment_bytes: DEFAULT_POOL_SEGMENT,
+            author_pool_bytes: DEFAULT_AUTHOR_POOL,
             entries: Vec::new(),
         }
     }
@@ -142,6 +159,52 @@ impl ServerBuilder {
         self
     }
 
+    /// The memory cache's budget in bytes (default: a quarter of
+    /// `MemAvailable`, at most half the cgroup's `memory.max`). `bind`
+    /// refuses a budget above either.
+    pub fn mem_cache_bytes(mut self, bytes: u64) -> Self {
+        self.mem_cache_bytes = Some(bytes);
+        self
+    }
+
+    /// Per-session blob limits (default [`SessionQuota::default`]).
+    pub fn session_quota(mut self, quota: SessionQuota) -> Self {
+        self.quota = quota;
+        self
+    }
+
+    /// Size of each server pool segment for small blobs (default 64 MiB).
+    pub fn pool_segment_bytes(mut self, bytes: u64) -> Self {
+        self.pool_segment_bytes = bytes;
+        self
+    }
+
+    /// Size of each session's author pool (default 8 MiB, created on the
+    /// session's first small blob).
+    pub fn author_pool_bytes(mut self, bytes: u64) -> Self {
+        self.author_pool_bytes = bytes;
+        self
+    }
+
+    /// Serves method `M` on the offload pool, with access to blobs: the
+    /// handler may read blobs the client passes by handle and create result
+    /// blobs ([`BlobCtx`]), whose handles it returns in the response.
+    pub fn offload_blob<M, F>(mut self, f: F) -> Self
+    where
+        M: Method,
+        F: Fn(&BlobCtx<'_>, M::Request) -> Result<M::Response, HandlerError>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.entries.push(Entry {
+            id: M::ID,
+            name: M::NAME,
+            handler: Handler::Offload(handlers::offload_blob::<M, F>(f)),
+        });
+        self
+    }
+
     /// Serves method `M` on the worker thread. For short handlers that never
     /// block. A panic is caught and answered `HandlerPanicked`.
     pub fn inline<M, F>(mut self, f: F) -> Self
@@ -189,6 +252,24 @@ impl ServerBuilder {
         if self.max_backlog == 0 {
             return bad("max_backlog must be at least 1".into());
         }
+        if self.pool_segment_bytes < 2 * ipc_rpc::blob::DATA_OFFSET
+            || self.pool_segment_bytes > 1 << 40
+            || !self.pool_segment_bytes.is_multiple_of(4096)
+        {
+            return bad(format!(
+                "pool segments must be a multiple of 4096 bytes, 8 KiB to 1 TiB, not {}",
+                self.pool_segment_bytes
+            ));
+        }
+        if self.author_pool_bytes < 2 * ipc_rpc::blob::DATA_OFFSET
+            || self.author_pool_bytes > 1 << 40
+            || !self.author_pool_bytes.is_multiple_of(4096)
+        {
+            return bad(format!(
+                "author pools must be a multiple of 4096 bytes, 8 KiB to 1 TiB, not {}",
+                self.author_pool_bytes
+            ));
+        }
         if self.handshake_timeout.is_zero() {
             return bad("handshake_timeout must be more than zero".into());
         }
@@ -225,6 +306,32 @@ impl ServerBuilder {
         let epoch = startup::random_epoch();
         let status = startup::create_status_segment(self.workers, epoch)?;
         let shared = Arc::new(Shared::new(self.workers));
+        let limits = MemoryLimits::read().map_err(|e| StartError::System {
+            what: "read /proc/meminfo",
+            source: e,
+        })?;
+        let cache_budget = match self.mem_cache_bytes {
+            Some(b) => {
+                limits.check(b).map_err(StartError::InvalidConfig)?;
+                b
+            }
+            None => limits.default_budget(),
+        };
+        let store = Arc::new(BlobStore::new(
+            epoch,
+            BlobConfig {
+                pool_segment_len: self.pool_segment_bytes,
+                author_pool_len: self.author_pool_bytes,
+                cache_budget,
+                quota: self.quota,
+            },
+        ));
+        tracing::debug!(
+            cache_budget,
+            available = limits.available,
+            cgroup_max = ?limits.cgroup_max,
+            "memory cache budget"
+        );
 
         let mut entries = self.entries;
         entries.push(Entry {
@@ -245,13 +352,15 @@ impl ServerBuilder {
             })),
         });
         let stats_shared = Arc::clone(&shared);
+        let stats_store = Arc::clone(&store);
         entries.push(Entry {
             id: <Stats as Method>::ID,
             name: <Stats as Method>::NAME,
             handler: Handler::Inline(handlers::inline::<Stats, _>(move |()| {
-                Ok(stats_shared.snapshot())
+                Ok(stats_shared.snapshot(&stats_store))
             })),
         });
+        entries.extend(crate::blobs::methods::entries(&store));
         let registry = Registry::new(entries)
             .map_err(|(name, id)| StartError::DuplicateMethod { name, id })?;
 
@@ -276,6 +385,7 @@ impl ServerBuilder {
             epoch,
             registry: Arc::new(registry),
             shared,
+            store,
             handle,
             receivers,
             ring_capacity: self.ring_capacity,
@@ -366,6 +476,7 @@ pub struct Server {
     epoch: u64,
     registry: Arc<Registry>,
     shared: Arc<Shared>,
+    store: Arc<BlobStore>,
     handle: Arc<HandleInner>,
     receivers: Vec<Receiver<WorkerMsg>>,
     ring_capacity: usize,
@@ -409,6 +520,11 @@ impl Server {
         &self.path
     }
 
+    /// The memory cache's budget in bytes.
+    pub fn cache_budget(&self) -> u64 {
+        self.store.stats().cache_budget
+    }
+
     /// This instance's epoch (random at start).
     pub fn epoch(&self) -> u64 {
         self.epoch
@@ -424,6 +540,7 @@ impl Server {
             epoch,
             registry,
             shared,
+            store,
             handle,
             receivers,
             ring_capacity,
@@ -440,8 +557,12 @@ impl Server {
         let stop = ServerHandle {
             inner: Arc::clone(&handle),
         };
-        let jobs = crate::offload::spawn_pool(offload_threads, Arc::clone(&handle.links))
-            .map_err(ServerError::Spawn)?;
+        let jobs = crate::offload::spawn_pool(
+            offload_threads,
+            Arc::clone(&handle.links),
+            Arc::clone(&store),
+        )
+        .map_err(ServerError::Spawn)?;
         let mut workers = Vec::with_capacity(receivers.len());
         for (index, rx) in receivers.into_iter().enumerate() {
             let ctx = WorkerCtx {
@@ -451,6 +572,7 @@ impl Server {
                 handle: Arc::clone(&handle),
                 status: Arc::clone(&status.map),
                 jobs: jobs.clone(),
+                store: Arc::clone(&store),
                 max_in_flight,
                 max_backlog,
                 max_payload: payload_limit(ring_capacity),

@@ -4,6 +4,7 @@
 //! worker only); the map of open sessions is locked only when a session opens
 //! or closes, and when someone asks for the figures.
 
+use crate::blobs::BlobStore;
 use ipc_core::sync::{AtomicU32, AtomicU64, Ordering};
 use ipc_rpc::builtin::{ServerStats, SessionStats};
 use std::collections::HashMap;
@@ -108,7 +109,7 @@ impl Shared {
     }
 
     /// The figures the `Stats` builtin answers.
-    pub(crate) fn snapshot(&self) -> ServerStats {
+    pub(crate) fn snapshot(&self, store: &BlobStore) -> ServerStats {
         let mut per_session: Vec<SessionStats> = self
             .map()
             .values()
@@ -119,8 +120,14 @@ impl Shared {
                 calls: c.calls.load(Ordering::Relaxed),
                 in_flight: c.in_flight.load(Ordering::Relaxed),
                 backlog: c.backlog.load(Ordering::Relaxed),
+                leases: 0,
+                pinned_bytes: 0,
+                pool_bytes: 0,
             })
             .collect();
+        for s in &mut per_session {
+            (s.leases, s.pinned_bytes, s.pool_bytes) = store.session_figures(s.id);
+        }
         per_session.sort_by_key(|s| s.id);
         ServerStats {
             pid: self.pid,
@@ -132,6 +139,7 @@ impl Shared {
             calls_served: self.calls_served.load(Ordering::Relaxed),
             sessions_killed: self.sessions_killed.load(Ordering::Relaxed),
             wake_syscalls: ipc_core::doorbell::wake_syscalls(),
+            blobs: store.stats(),
             per_session,
         }
     }

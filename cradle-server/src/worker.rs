@@ -30,6 +30,7 @@
 //! waits for room: we set its `space_waiting` word, fence, and re-check room;
 //! the client's release then writes the session eventfd.
 
+use crate::blobs::BlobStore;
 use crate::handlers::{Handler, Queued, Registry, Replier};
 use crate::offload::{Completion, Job};
 use crate::server::HandleInner;
@@ -47,7 +48,7 @@ use rustix::event::epoll::{self, CreateFlags, Event, EventData, EventFlags};
 use rustix::io::Errno;
 use rustix::net::RecvFlags;
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::time::{Duration, Instant};
@@ -206,6 +207,7 @@ pub(crate) struct WorkerCtx {
     pub(crate) handle: Arc<HandleInner>,
     pub(crate) status: Arc<Mapping>,
     pub(crate) jobs: Sender<Job>,
+    pub(crate) store: Arc<BlobStore>,
     pub(crate) max_in_flight: u32,
     pub(crate) max_backlog: usize,
     pub(crate) max_payload: usize,
@@ -224,7 +226,7 @@ impl std::fmt::Debug for WorkerCtx {
 /// One round over session `s`; returns whether it did anything.
 fn serve(s: &mut Session, ctx: &WorkerCtx) -> bool {
     let mut worked = false;
-    let mut out = Replier::new(&mut s.outbox, &mut s.backlog);
+    let mut out = Replier::new(s.id, s.sock.as_fd(), &mut s.outbox, &mut s.backlog);
     if !out.backlog.is_empty() && out.flush() {
         worked = true;
     }
@@ -372,7 +374,7 @@ fn has_work(s: &mut Session, max_backlog: usize) -> bool {
 /// Delivers an offload completion.
 fn complete(s: &mut Session, ctx: &WorkerCtx, c: Completion) {
     s.in_flight = s.in_flight.saturating_sub(1);
-    let mut out = Replier::new(&mut s.outbox, &mut s.backlog);
+    let mut out = Replier::new(s.id, s.sock.as_fd(), &mut s.outbox, &mut s.backlog);
     match c.answer {
         Some((meta, bytes)) => out.send_encoded(meta, bytes),
         None => out.answered += 1,
@@ -424,6 +426,7 @@ struct Worker<'a> {
 
 impl Worker<'_> {
     fn adopt(&mut self, n: NewSession) {
+        self.ctx.store.open_session(n.id);
         let mut s = Session {
             id: n.id,
             sock: n.sock,
@@ -550,6 +553,8 @@ impl Worker<'_> {
             };
             let _ = send_pod(&s.sock, &bye);
         }
+        // Everything the session held: leases, unsealed blobs, author pool.
+        self.ctx.store.close_session(s.id);
         let killed = matches!(close, Close::Violation(_));
         self.ctx.shared.session_closed(s.id, killed);
         tracing::info!(

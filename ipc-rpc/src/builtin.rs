@@ -19,7 +19,7 @@ pub struct Stats;
 
 impl Method for Stats {
     const NAME: &'static str = "cradle.stats";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     type Request = ();
     type Response = ServerStats;
 }
@@ -47,6 +47,8 @@ pub struct ServerStats {
     /// Futex wakes and eventfd writes the server process has made
     /// (`ipc_core::doorbell::wake_syscalls()`): stays flat while clients spin.
     pub wake_syscalls: u64,
+    /// Blob store and memory cache.
+    pub blobs: crate::blob::BlobStats,
     /// One entry per open session.
     pub per_session: Vec<SessionStats>,
 }
@@ -67,4 +69,10 @@ pub struct SessionStats {
     pub in_flight: u32,
     /// Responses waiting for room in the response ring.
     pub backlog: u32,
+    /// Blob leases the session holds.
+    pub leases: u64,
+    /// Bytes of the blobs it holds leases on.
+    pub pinned_bytes: u64,
+    /// Bytes it is writing (author pool and unsealed large blobs).
+    pub pool_bytes: u64,
 }

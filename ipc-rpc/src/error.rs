@@ -21,6 +21,11 @@ pub enum ErrorCode {
     ResponseTooLarge,
     /// The server is shutting down.
     Shutdown,
+    /// A blob handle is unknown, stale, from another server instance, or
+    /// does not match the server's table.
+    BadHandle,
+    /// The memory cache cannot make room: everything it could evict is held.
+    CacheFull,
     /// A code this build does not know (a newer server).
     Other(u32),
 }
@@ -36,6 +41,8 @@ impl ErrorCode {
             Self::QuotaExceeded => 5,
             Self::ResponseTooLarge => 6,
             Self::Shutdown => 7,
+            Self::BadHandle => 8,
+            Self::CacheFull => 9,
             Self::Other(c) => c,
         }
     }
@@ -50,6 +57,8 @@ impl ErrorCode {
             5 => Self::QuotaExceeded,
             6 => Self::ResponseTooLarge,
             7 => Self::Shutdown,
+            8 => Self::BadHandle,
+            9 => Self::CacheFull,
             c => Self::Other(c),
         }
     }
@@ -65,6 +74,8 @@ impl fmt::Display for ErrorCode {
             Self::QuotaExceeded => f.write_str("quota exceeded"),
             Self::ResponseTooLarge => f.write_str("response too large"),
             Self::Shutdown => f.write_str("server shutting down"),
+            Self::BadHandle => f.write_str("bad blob handle"),
+            Self::CacheFull => f.write_str("cache full"),
             Self::Other(c) => write!(f, "error code {c}"),
         }
     }

@@ -11,7 +11,9 @@
 //!   client and the server use.
 //! * [`handshake`], [`session`] — the control-socket handshake and the shared
 //!   segment layouts (see `docs/protocol.md`).
-//! * [`builtin`] — the methods every server offers (`ping`, `stats`).
+//! * [`builtin`] — the methods every server offers (`ping`, `stats`);
+//!   [`blob`] — blobs by handle and the memory cache; [`example`] — the
+//!   example blob method.
 //!
 //! # Feature flags
 //!
@@ -23,10 +25,12 @@
 #![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks, clippy::unnecessary_safety_comment)]
 
+pub mod blob;
 pub mod builtin;
 pub mod codec;
 mod endpoint;
 mod error;
+pub mod example;
 pub mod handshake;
 mod method;
 pub mod session;

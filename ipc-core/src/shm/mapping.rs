@@ -40,6 +40,24 @@ unsafe impl Sync for Mapping {}
 impl Mapping {
     /// Maps `len` bytes of `fd` from offset 0, `MAP_SHARED`.
     pub(crate) fn map(fd: BorrowedFd<'_>, len: usize, access: Access) -> Result<Self, MapError> {
+        Self::map_with(fd, len, access, MapFlags::SHARED)
+    }
+
+    /// [`map`](Self::map), faulting every page in now (`MAP_POPULATE`).
+    pub(crate) fn map_populated(
+        fd: BorrowedFd<'_>,
+        len: usize,
+        access: Access,
+    ) -> Result<Self, MapError> {
+        Self::map_with(fd, len, access, MapFlags::SHARED | MapFlags::POPULATE)
+    }
+
+    fn map_with(
+        fd: BorrowedFd<'_>,
+        len: usize,
+        access: Access,
+        flags: MapFlags,
+    ) -> Result<Self, MapError> {
         let prot = match access {
             Access::ReadOnly => ProtFlags::READ,
             Access::ReadWrite => ProtFlags::READ | ProtFlags::WRITE,
@@ -48,7 +66,7 @@ impl Mapping {
         // existing Rust memory is replaced; the result is owned by the Mapping
         // built below and unmapped only by its Drop.
         let res =
-            unsafe { rustix::mm::mmap(core::ptr::null_mut(), len, prot, MapFlags::SHARED, fd, 0) };
+            unsafe { rustix::mm::mmap(core::ptr::null_mut(), len, prot, flags, fd, 0) };
         match res {
             Ok(p) => match NonNull::new(p.cast::<u8>()) {
                 Some(ptr) => Ok(Self { ptr, len, access }),

@@ -56,6 +56,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod alloc;
 mod error;
 mod header;
 mod mapping;
@@ -63,6 +64,7 @@ mod segment;
 #[cfg(test)]
 mod tests;
 
+pub use self::alloc::RangeAlloc;
 pub use self::error::{
     CreateError, HeaderError, InitError, MapError, OffsetError, OpenError, SealError,
 };

@@ -178,6 +178,8 @@ pub struct OpenExpect {
     pub version: u32,
     /// Header kind, if the opener cares.
     pub kind: Option<u32>,
+    /// Fault every page in at map time (`MAP_POPULATE`).
+    pub populate: bool,
 }
 
 impl OpenExpect {
@@ -200,7 +202,22 @@ impl OpenExpect {
             magic,
             version,
             kind: None,
+            populate: false,
         }
+    }
+
+    /// Require exactly these seals (plus [`Seals::SHRINK`]), replacing the
+    /// defaults: for a segment whose final seals come later (a large blob
+    /// still being written has no `SEAL` yet).
+    pub fn only_seals(mut self, seals: Seals) -> Self {
+        self.seals = seals;
+        self
+    }
+
+    /// Fault every page in when mapping (`MAP_POPULATE`).
+    pub fn populate(mut self, populate: bool) -> Self {
+        self.populate = populate;
+        self
     }
 
     /// Require these seals *in addition to* the ones already required.
@@ -314,6 +331,13 @@ impl Segment {
         Mapping::map(self.fd.as_fd(), self.len, access)
     }
 
+    /// [`map`](Self::map) with every page faulted in at once
+    /// (`MAP_POPULATE`): for memory that is written soon and reused, so that
+    /// later writes take no page fault.
+    pub fn map_populated(&self, access: Access) -> Result<Mapping, MapError> {
+        Mapping::map_populated(self.fd.as_fd(), self.len, access)
+    }
+
     /// A new read-only open file description of the same memfd (opens
     /// `/proc/self/fd/N` with `O_RDONLY | O_CLOEXEC`): what the server sends
     /// to readers.
@@ -394,7 +418,12 @@ impl Segment {
             });
         }
 
-        let mapping = Mapping::map(fd.as_fd(), len, expect.access).map_err(OpenError::Map)?;
+        let mapping = if expect.populate {
+            Mapping::map_populated(fd.as_fd(), len, expect.access)
+        } else {
+            Mapping::map(fd.as_fd(), len, expect.access)
+        }
+        .map_err(OpenError::Map)?;
         check_header(&mapping, expect.magic, expect.version, expect.kind)?;
         Ok((Segment { fd, len }, mapping))
     }

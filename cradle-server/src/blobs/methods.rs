@@ -1,0 +1,135 @@
+//! The blob and cache methods every server offers, as inline handlers: they
+//! only touch the store's tables, copy at most one small blob, or make a few
+//! syscalls (memfd, seals), and some must send a descriptor on the session's
+//! control socket just before answering.
+
+use super::{BlobError, BlobStore};
+use crate::handlers::{Entry, Handler, InlineFn, Replier, panic_message};
+use bytemuck::bytes_of;
+use ipc_core::ring::FrameMeta;
+use ipc_rpc::blob::{
+    Acquire, AuthorPool, CacheGet, CachePut, CacheRemove, CreateLarge, FD_GRANT_MAGIC, FdGrant,
+    Hit, LargeInfo, MAX_KEY_LEN, MapSegment, Release, SealLarge, SealSmall,
+};
+use ipc_rpc::handshake::send_with_fds;
+use ipc_rpc::{ErrorCode, Method, Wire};
+use std::os::fd::{AsFd, OwnedFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+/// Sends `fd` as segment `segment`'s descriptor on the session's socket.
+fn grant(out: &Replier<'_>, segment: u64, fd: &OwnedFd) -> Result<(), BlobError> {
+    let msg = FdGrant {
+        magic: FD_GRANT_MAGIC,
+        segment,
+    };
+    send_with_fds(out.sock, bytes_of(&msg), &[fd.as_fd()]).map_err(|e| {
+        BlobError::handler(format!(
+            "could not send segment {segment}'s descriptor on the control socket: {e}"
+        ))
+    })
+}
+
+/// Erases a blob method: decode, run `f` with the session's reply path (for
+/// descriptors), answer. Panics are caught like any handler's.
+fn method<M, F>(store: &Arc<BlobStore>, f: F) -> Entry
+where
+    M: Method,
+    F: Fn(&BlobStore, &Replier<'_>, M::Request) -> Result<M::Response, BlobError>
+        + Send
+        + Sync
+        + 'static,
+{
+    let store = Arc::clone(store);
+    let erased: InlineFn = Box::new(move |bytes: &[u8], req: FrameMeta, out: &mut Replier<'_>| {
+        let request = match <M::Request as Wire>::decode(bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                return out.error(
+                    req,
+                    ErrorCode::Malformed,
+                    format!("request for {} did not validate: {e}", M::NAME),
+                );
+            }
+        };
+        match catch_unwind(AssertUnwindSafe(|| f(&store, out, request))) {
+            Ok(Ok(resp)) => out.respond(req, &resp),
+            Ok(Err(e)) => out.error(req, e.code, e.message),
+            Err(p) => out.error(
+                req,
+                ErrorCode::HandlerPanicked,
+                format!("{} panicked: {}", M::NAME, panic_message(p.as_ref())),
+            ),
+        }
+    });
+    Entry {
+        id: M::ID,
+        name: M::NAME,
+        handler: Handler::Inline(erased),
+    }
+}
+
+fn check_key(key: &str) -> Result<(), BlobError> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(BlobError::handler(format!(
+            "a cache key must have 1 to {MAX_KEY_LEN} bytes, not {}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The blob and cache methods.
+pub(crate) fn entries(store: &Arc<BlobStore>) -> Vec<Entry> {
+    vec![
+        method::<AuthorPool, _>(store, |st, out, ()| {
+            let (info, fd) = st.author_pool(out.session)?;
+            grant(out, info.segment, &fd)?;
+            Ok(info)
+        }),
+        method::<SealSmall, _>(store, |st, out, (offset, len)| {
+            st.seal_small(out.session, offset, len)
+        }),
+        method::<CreateLarge, _>(store, |st, out, len| {
+            let (id, segment, fd) = st.create_large(out.session, len)?;
+            if let Err(e) = grant(out, segment.segment, &fd) {
+                st.release(out.session, &[], &[id]);
+                return Err(e);
+            }
+            Ok(LargeInfo { id, segment })
+        }),
+        method::<SealLarge, _>(store, |st, out, id| st.seal_large(out.session, id)),
+        method::<Acquire, _>(store, |st, out, (handle, want_fd)| {
+            let (info, fd) = st.acquire(out.session, &handle, want_fd)?;
+            if let Some((segment, fd)) = fd
+                && let Err(e) = grant(out, segment, &fd)
+            {
+                st.release(out.session, &[handle.id], &[]);
+                return Err(e);
+            }
+            Ok(info)
+        }),
+        method::<MapSegment, _>(store, |st, out, segment| {
+            let (info, fd) = st.map_segment(segment)?;
+            grant(out, segment, &fd)?;
+            Ok(info)
+        }),
+        method::<Release, _>(store, |st, out, batch| {
+            Ok(st.release(out.session, &batch.leases, &batch.aborted))
+        }),
+        method::<CachePut, _>(store, |st, _out, req| {
+            check_key(&req.key)?;
+            st.cache_put(&req.key, &req.handle, req.if_absent)
+        }),
+        method::<CacheGet, _>(store, |st, out, key| {
+            check_key(&key)?;
+            Ok(st
+                .cache_get(out.session, &key)?
+                .map(|(handle, segment)| Hit { handle, segment }))
+        }),
+        method::<CacheRemove, _>(store, |st, _out, key| {
+            check_key(&key)?;
+            Ok(st.cache_remove(&key))
+        }),
+    ]
+}

@@ -1,0 +1,174 @@
+//! The store's tables in one process: handle checks, leases, quotas, the
+//! cache's LRU eviction. Cross-process behaviour is in `tests/e2e_blobs*.rs`.
+
+use super::*;
+
+const EPOCH: u64 = 0xE90C;
+
+fn store(budget: u64, quota: SessionQuota) -> Arc<BlobStore> {
+    Arc::new(BlobStore::new(
+        EPOCH,
+        BlobConfig {
+            pool_segment_len: 1 << 20,
+            author_pool_len: 64 << 10,
+            cache_budget: budget,
+            quota,
+        },
+    ))
+}
+
+/// Writes `bytes` at `DATA_OFFSET` of the session's author pool (as its
+/// client would) and seals them.
+fn small(st: &BlobStore, session: u64, bytes: &[u8]) -> BlobHandle {
+    let (info, fd) = st.author_pool(session).unwrap();
+    assert_eq!(info.kind, AUTHOR_KIND);
+    let seg = Segment::from_fd(fd).unwrap();
+    let map = seg.map(Access::ReadWrite).unwrap();
+    // SAFETY: a test-private mapping of the pool; the store reads it only
+    // during `seal_small` below, on this thread.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            bytes.as_ptr(),
+            map.as_mut_ptr().unwrap().add(DATA_OFFSET as usize),
+            bytes.len(),
+        );
+    }
+    st.seal_small(session, DATA_OFFSET, bytes.len() as u64)
+        .unwrap()
+}
+
+#[test]
+fn a_sealed_small_blob_is_a_copy_and_reads_back() {
+    let st = store(1 << 20, SessionQuota::default());
+    st.open_session(1);
+    let h = small(&st, 1, b"hello blob");
+    assert_eq!(h.epoch, EPOCH);
+    assert_eq!(h.len, 10);
+    let ctx = BlobCtx {
+        store: &st,
+        session: 1,
+    };
+    assert_eq!(ctx.read(&h).unwrap().bytes(), b"hello blob");
+    let s = st.stats();
+    assert_eq!((s.blobs, s.leases, s.pool_segments, s.author_pools), (1, 1, 1, 1));
+    // Releasing the only lease frees it.
+    assert_eq!(st.release(1, &[h.id], &[]), 1);
+    assert_eq!(st.stats().blobs, 0);
+    assert_eq!(st.stats().pool_used, 0);
+    // A lease the session does not hold is not released twice.
+    assert_eq!(st.release(1, &[h.id], &[]), 0);
+}
+
+#[test]
+fn every_kind_of_bad_handle_is_refused() {
+    let st = store(1 << 20, SessionQuota::default());
+    st.open_session(1);
+    let h = small(&st, 1, &[7; 100]);
+    let msg = |h: BlobHandle| st.acquire(1, &h, false).unwrap_err();
+    let e = msg(BlobHandle { epoch: 1, ..h });
+    assert_eq!(e.code, ErrorCode::BadHandle);
+    assert!(e.message.contains("another server instance"), "{e}");
+    assert!(msg(BlobHandle { id: 999, ..h }).message.contains("unknown"));
+    assert!(msg(BlobHandle { len: 101, ..h }).message.contains("forged"));
+    assert!(msg(BlobHandle { offset: 0, ..h }).message.contains("forged"));
+    st.release(1, &[h.id], &[]);
+    assert!(msg(h).message.contains("stale"));
+}
+
+#[test]
+fn quotas_are_per_session() {
+    let quota = SessionQuota {
+        leases: 3,
+        pinned_bytes: 1 << 20,
+        pool_bytes: 1 << 20,
+    };
+    let st = store(1 << 20, quota);
+    st.open_session(1);
+    st.open_session(2);
+    let h = small(&st, 1, &[1; 10]);
+    st.acquire(1, &h, false).unwrap();
+    st.acquire(1, &h, false).unwrap();
+    let e = st.acquire(1, &h, false).unwrap_err();
+    assert_eq!(e.code, ErrorCode::QuotaExceeded);
+    // Another session is not affected.
+    st.acquire(2, &h, false).unwrap();
+    // Bytes being written: a large blob over the quota.
+    let e = st.create_large(2, 2 << 20).unwrap_err();
+    assert_eq!(e.code, ErrorCode::QuotaExceeded);
+    st.close_session(1);
+    st.close_session(2);
+    assert_eq!(st.stats().blobs, 0);
+}
+
+#[test]
+fn cache_evicts_least_recently_used_unheld_entries() {
+    let st = store(300, SessionQuota::default());
+    st.open_session(1);
+    let a = small(&st, 1, &[1; 100]);
+    let b = small(&st, 1, &[2; 100]);
+    let c = small(&st, 1, &[3; 100]);
+    assert!(st.cache_put("a", &a, false).unwrap());
+    assert!(st.cache_put("b", &b, false).unwrap());
+    assert!(st.cache_put("c", &c, false).unwrap());
+    assert!(!st.cache_put("a", &c, true).unwrap(), "put_if_absent");
+    // The author still holds all three: nothing can go.
+    let d = small(&st, 1, &[4; 100]);
+    assert_eq!(
+        st.cache_put("d", &d, false).unwrap_err().code,
+        ErrorCode::CacheFull
+    );
+    st.release(1, &[a.id, b.id, c.id], &[]);
+    // Touch "a": now "b" is the least recently used.
+    let (got, _) = st.cache_get(1, "a").unwrap().unwrap();
+    st.release(1, &[got.id], &[]);
+    st.cache_put("d", &d, false).unwrap();
+    assert!(st.cache_get(1, "b").unwrap().is_none(), "b evicted");
+    let s = st.stats();
+    assert_eq!((s.evictions, s.cache_entries, s.cache_bytes), (1, 3, 300));
+    assert_eq!(s.blobs, 3, "b's blob is freed with its last reference");
+    // Held by a lease ("c" got): survives; "a" goes instead.
+    let (held, _) = st.cache_get(1, "c").unwrap().unwrap();
+    let e = small(&st, 1, &[5; 100]);
+    st.cache_put("e", &e, false).unwrap();
+    assert!(st.cache_get(1, "a").unwrap().is_none());
+    assert!(st.cache_get(1, "c").unwrap().is_some());
+    // Replacing a key: its old blob lives on for its reader.
+    st.cache_put("c", &e, false).unwrap();
+    let ctx = BlobCtx {
+        store: &st,
+        session: 1,
+    };
+    assert_eq!(ctx.read(&held).unwrap().bytes(), &[3; 100]);
+    assert!(st.cache_remove("c"));
+    assert!(!st.cache_remove("c"));
+    st.close_session(1);
+    let s = st.stats();
+    assert_eq!(s.leases, 0);
+    assert_eq!(s.blobs, 2, "d and e stay cached");
+}
+
+#[test]
+fn large_blob_seal_needs_every_writable_mapping_gone() {
+    let st = store(1 << 30, SessionQuota::default());
+    st.open_session(1);
+    let (id, info, fd) = st.create_large(1, 10_000).unwrap();
+    assert_eq!(info.len, DATA_OFFSET + 10_000);
+    let seg = Segment::from_fd(fd).unwrap();
+    let map = seg.map(Access::ReadWrite).unwrap();
+    let e = st.seal_large(1, id).unwrap_err();
+    assert!(e.message.contains("still mapped writable"), "{e}");
+    drop(map);
+    let h = st.seal_large(1, id).unwrap();
+    assert_eq!((h.offset, h.len), (DATA_OFFSET, 10_000));
+    // The author's read-write descriptor is now useless for writing.
+    assert!(seg.map(Access::ReadWrite).is_err());
+    assert_eq!(st.session_figures(1).2, 0, "no bytes being written");
+    // Another session cannot seal or abort someone else's blob.
+    st.open_session(2);
+    let (id2, _, _fd2) = st.create_large(1, 100).unwrap();
+    assert!(st.seal_large(2, id2).is_err());
+    st.release(2, &[], &[id2]);
+    assert_eq!(st.stats().writing, 1);
+    st.release(1, &[], &[id2]);
+    assert_eq!(st.stats().writing, 0);
+}

@@ -1,0 +1,1 @@
+//! The disk tier (issue 7): being written.
