@@ -188,6 +188,13 @@ impl Client {
         {
             return Ok(w);
         }
+        self.create_large(len)
+    }
+
+    /// Starts a blob in its own memfd whatever its size (no copy at seal,
+    /// but a memfd, a mapping and a descriptor per blob): [`create`](Self::create)
+    /// chooses this above [`SMALL_BLOB_MAX`].
+    pub fn create_large(&self, len: usize) -> Result<BlobWriter, CallError> {
         let info = self.call::<CreateLarge>(&(len as u64))?;
         let fd = self.inner.link.take_grant(info.segment.segment);
         let map = fd.and_then(|fd| {
