@@ -29,9 +29,9 @@ use ipc_core::shm::{Access, Mapping, OpenExpect, RangeAlloc, Seals, Segment};
 use ipc_rpc::CallError;
 use ipc_rpc::blob::{
     AUTHOR_KIND, Acquire, AuthorPool, BLOB_LAYOUT_VERSION, BLOB_MAGIC, BlobHandle, BlobStats,
-    CacheGet, CachePut, CacheRemove, CreateLarge, DATA_OFFSET, FD_GRANT_MAGIC, FdGrant,
-    LARGE_KIND, MapSegment, POOL_ALIGN, POOL_KIND, PutRequest, Release, ReleaseBatch, SealLarge,
-    SealSmall, SegmentInfo,
+    CacheGet, CachePut, CacheRemove, CreateLarge, DATA_OFFSET, FD_GRANT_MAGIC, FdGrant, LARGE_KIND,
+    MapSegment, POOL_ALIGN, POOL_KIND, PutRequest, Release, ReleaseBatch, SealLarge, SealSmall,
+    SegmentInfo,
 };
 use ipc_rpc::builtin::Stats;
 use ipc_rpc::handshake::{self, Goodbye};
@@ -154,7 +154,9 @@ fn open_segment(fd: OwnedFd, info: &SegmentInfo) -> Result<SegMap, CallError> {
     let len = usize::try_from(info.len).map_err(|e| protocol("segment length", e))?;
     let base = OpenExpect::exact(BLOB_MAGIC, BLOB_LAYOUT_VERSION, len).kind(info.kind);
     let expect = match info.kind {
-        POOL_KIND => base.only_seals(Seals::SHRINK | Seals::GROW | Seals::FUTURE_WRITE | Seals::SEAL),
+        POOL_KIND => {
+            base.only_seals(Seals::SHRINK | Seals::GROW | Seals::FUTURE_WRITE | Seals::SEAL)
+        }
         LARGE_KIND => base.only_seals(Seals::SHRINK | Seals::GROW | Seals::WRITE | Seals::SEAL),
         AUTHOR_KIND => base
             .only_seals(Seals::SHRINK | Seals::GROW | Seals::SEAL)
@@ -333,7 +335,10 @@ impl Client {
         if info.segment != segment || !matches!(info.kind, POOL_KIND | LARGE_KIND) {
             return Err(protocol(
                 "segment",
-                format!("asked for {segment}, got {} of kind {}", info.segment, info.kind),
+                format!(
+                    "asked for {segment}, got {} of kind {}",
+                    info.segment, info.kind
+                ),
             ));
         }
         let fd = self.inner.link.take_grant(segment)?;
@@ -525,7 +530,12 @@ impl BlobWriter {
     /// # Panics
     ///
     /// If `at + max` exceeds the blob's length.
-    pub fn write_from_fd(&mut self, fd: BorrowedFd<'_>, at: usize, max: usize) -> io::Result<usize> {
+    pub fn write_from_fd(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        at: usize,
+        max: usize,
+    ) -> io::Result<usize> {
         self.check_range(at, max);
         loop {
             // SAFETY: `read` writes at most `max` bytes at `base + at`, inside
@@ -565,9 +575,7 @@ impl BlobWriter {
         let kind = std::mem::replace(&mut self.kind, Writing::Done);
         let handle = match kind {
             Writing::Small { offset, .. } => {
-                let r = self
-                    .client
-                    .call::<SealSmall>(&(offset, self.len as u64));
+                let r = self.client.call::<SealSmall>(&(offset, self.len as u64));
                 self.free_small(offset);
                 r?
             }

@@ -39,12 +39,12 @@ mod idmap;
 
 #[cfg(feature = "tokio")]
 pub use async_client::AsyncClient;
+pub use blob::{Blob, BlobRef, BlobWriter, Cache, SMALL_BLOB_MAX};
 pub use client::{
     CONNECT_TIMEOUT, CallOptions, Client, ClientOptions, DEFAULT_TIMEOUT, Pending,
     default_socket_path,
 };
-pub use blob::{Blob, BlobRef, BlobWriter, Cache, SMALL_BLOB_MAX};
 pub use error::ConnectError;
-pub use ipc_rpc::blob::{BlobHandle, BlobStats};
 pub use ipc_core::doorbell::WaitMode;
+pub use ipc_rpc::blob::{BlobHandle, BlobStats};
 pub use ipc_rpc::{CallError, ErrorCode, Method};

@@ -140,7 +140,10 @@ fn a_killed_client_releases_everything_it_held() {
         }
         let during = blob_stats(&c);
         assert!(during.leases > base.leases, "{during:?}");
-        assert!(during.writing >= 1 && during.author_pools >= 1, "{during:?}");
+        assert!(
+            during.writing >= 1 && during.author_pools >= 1,
+            "{during:?}"
+        );
         assert!(during.pool_used > base.pool_used, "{during:?}");
         assert!(fd_count(server.pid()) > base_fds);
         signal(child.id(), libc::SIGKILL);
@@ -158,7 +161,10 @@ fn a_killed_client_releases_everything_it_held() {
             last = Some((s, fds));
             ok
         });
-        assert!(back, "round {round}: not back to baseline: {last:?}, baseline {base:?} with {base_fds} fds");
+        assert!(
+            back,
+            "round {round}: not back to baseline: {last:?}, baseline {base:?} with {base_fds} fds"
+        );
     }
     assert!(c.cache().get("shared").unwrap().is_some());
 }
@@ -181,7 +187,11 @@ fn ten_thousand_cycles_across_two_clients_leave_no_leak() {
                 let c = Client::connect(&socket).unwrap();
                 for i in 0..5000u32 {
                     // Mostly small; every 50th a large blob (own memfd).
-                    let len = if i % 50 == 0 { 300 << 10 } else { 1 + (i as usize * 37) % 8192 };
+                    let len = if i % 50 == 0 {
+                        300 << 10
+                    } else {
+                        1 + (i as usize * 37) % 8192
+                    };
                     let byte = (i as u8) ^ t;
                     let blob = blob_of(&c, len, byte);
                     let key = format!("c{t}-{}", i % 16);
@@ -213,7 +223,10 @@ fn ten_thousand_cycles_across_two_clients_leave_no_leak() {
         last = Some((s, fds));
         ok
     });
-    assert!(back, "not back to baseline: {last:?}, baseline {base:?} with {base_fds} fds");
+    assert!(
+        back,
+        "not back to baseline: {last:?}, baseline {base:?} with {base_fds} fds"
+    );
     let s = last.unwrap().0;
     eprintln!("after 10,000 cycles: {s:?}");
     assert_eq!(s.hits, 10_000);
@@ -298,7 +311,10 @@ fn the_example_handler_on_256_mib_does_not_stall_pings() {
             "invert of 256 MiB took {:?}; another client made {during} pings meanwhile",
             t.elapsed()
         );
-        assert!(during >= 100, "only {during} pings answered during the invert");
+        assert!(
+            during >= 100,
+            "only {during} pings answered during the invert"
+        );
         r
     });
     assert_eq!(result.checksum, expect);

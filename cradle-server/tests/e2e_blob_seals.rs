@@ -70,22 +70,27 @@ fn attack(fd: BorrowedFd<'_>, addr: *const u8) -> Vec<String> {
         let n = unsafe { libc::write(f, byte.as_ptr().cast(), 1) };
         report(&format!("write-{which}"), n < 0);
         // SAFETY: no memory arguments.
-        report(&format!("ftruncate-{which}"), unsafe {
-            libc::ftruncate(f, 0)
-        } < 0);
+        report(
+            &format!("ftruncate-{which}"),
+            unsafe { libc::ftruncate(f, 0) } < 0,
+        );
         // SAFETY: no memory arguments.
-        report(&format!("fallocate-punch-{which}"), unsafe {
-            libc::fallocate(
-                f,
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                4096,
-                4096,
-            )
-        } < 0);
+        report(
+            &format!("fallocate-punch-{which}"),
+            unsafe {
+                libc::fallocate(
+                    f,
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    4096,
+                    4096,
+                )
+            } < 0,
+        );
         // SAFETY: no memory arguments.
-        report(&format!("add-seals-{which}"), unsafe {
-            libc::fcntl(f, libc::F_ADD_SEALS, libc::F_SEAL_WRITE)
-        } < 0);
+        report(
+            &format!("add-seals-{which}"),
+            unsafe { libc::fcntl(f, libc::F_ADD_SEALS, libc::F_SEAL_WRITE) } < 0,
+        );
     }
     let page = (addr as usize) & !4095;
     // SAFETY: `page` is inside our read-only mapping of the blob; on the
@@ -186,7 +191,10 @@ fn check_attacks(lines: &[String], what: &str) {
     for l in &attacks {
         assert!(l.starts_with("ok "), "{what}: {l}");
     }
-    eprintln!("{what}: {} write routes refused: {attacks:?}", attacks.len());
+    eprintln!(
+        "{what}: {} write routes refused: {attacks:?}",
+        attacks.len()
+    );
 }
 
 #[test]
@@ -227,7 +235,11 @@ fn readers_and_the_author_cannot_change_a_sealed_blob() {
         .find_map(|l| l.strip_prefix("handle "))
         .map(parse_handle)
         .expect("author handle");
-    let r = c.cache().get("authored").unwrap().expect("cached by the author");
+    let r = c
+        .cache()
+        .get("authored")
+        .unwrap()
+        .expect("cached by the author");
     assert_eq!(r.handle(), &h);
     assert_eq!(&r[..], &fill(LARGE, 3)[..]);
 }

@@ -23,7 +23,12 @@ fn word(i: u64) -> u64 {
 fn shmem() -> i64 {
     let m = std::fs::read_to_string("/proc/meminfo").unwrap();
     let line = m.lines().find(|l| l.starts_with("Shmem:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<i64>().unwrap() * 1024
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<i64>()
+        .unwrap()
+        * 1024
 }
 
 fn identity(fd: std::os::fd::BorrowedFd<'_>) -> String {

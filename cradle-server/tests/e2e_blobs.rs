@@ -63,11 +63,41 @@ fn forged_stale_and_foreign_handles_are_refused() {
         }) => message,
         other => panic!("{h}: expected BadHandle, got {other:?}"),
     };
-    assert!(bad(BlobHandle { epoch: h.epoch ^ 1, ..h }).contains("another server instance"));
-    assert!(bad(BlobHandle { id: h.id + 1000, ..h }).contains("unknown"));
-    assert!(bad(BlobHandle { len: h.len + 1, ..h }).contains("forged"));
-    assert!(bad(BlobHandle { offset: h.offset + 64, ..h }).contains("forged"));
-    assert!(bad(BlobHandle { segment: h.segment + 1, ..h }).contains("forged"));
+    assert!(
+        bad(BlobHandle {
+            epoch: h.epoch ^ 1,
+            ..h
+        })
+        .contains("another server instance")
+    );
+    assert!(
+        bad(BlobHandle {
+            id: h.id + 1000,
+            ..h
+        })
+        .contains("unknown")
+    );
+    assert!(
+        bad(BlobHandle {
+            len: h.len + 1,
+            ..h
+        })
+        .contains("forged")
+    );
+    assert!(
+        bad(BlobHandle {
+            offset: h.offset + 64,
+            ..h
+        })
+        .contains("forged")
+    );
+    assert!(
+        bad(BlobHandle {
+            segment: h.segment + 1,
+            ..h
+        })
+        .contains("forged")
+    );
     drop(blob);
     a.flush().unwrap();
     assert!(bad(h).contains("stale"));

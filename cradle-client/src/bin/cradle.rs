@@ -3,7 +3,9 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use cradle_client::{CallOptions, Client, WaitMode};
 use ipc_rpc::builtin::{Ping, Stats};
-use std::path::PathBuf;
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -40,9 +42,41 @@ enum Command {
         #[arg(long, default_value_t = 30.0)]
         timeout: f64,
     },
-    /// Print the server's figures: sessions, calls served, uptime, and one line
-    /// per connected session.
+    /// Print the server's figures: sessions, calls served, uptime, blobs and
+    /// cache (entries, bytes used / budget, hits, misses, evictions), and one
+    /// line per connected session.
     Stats,
+    /// Store FILE in the shared cache under KEY: the file is read straight
+    /// into a blob in shared memory (no copy through a socket), sealed, and
+    /// put in the memory cache. Prints the blob's handle.
+    Put {
+        /// The cache key (1 to 1024 bytes).
+        key: String,
+        /// A regular file.
+        file: PathBuf,
+        /// Only store if KEY is not in the cache yet.
+        #[arg(long)]
+        if_absent: bool,
+        /// Never show a progress bar (shown on a terminal for files of 16 MiB or more).
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Write the blob cached under KEY to FILE (or stdout).
+    Get {
+        /// The cache key.
+        key: String,
+        /// Output file (created or truncated) [default: stdout].
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Never show a progress bar.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Remove KEY from the cache (processes holding its blob keep it).
+    Rm {
+        /// The cache key.
+        key: String,
+    },
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -82,6 +116,18 @@ fn main() -> ExitCode {
             timeout,
         } => ping(&client, count, size, wait, timeout),
         Command::Stats => stats(&client),
+        Command::Put {
+            key,
+            file,
+            if_absent,
+            no_progress,
+        } => put(&client, &key, &file, if_absent, !no_progress),
+        Command::Get {
+            key,
+            output,
+            no_progress,
+        } => get(&client, &key, output.as_deref(), !no_progress),
+        Command::Rm { key } => rm(&client, &key),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -159,6 +205,188 @@ fn fmt_ns(ns: u64) -> String {
     }
 }
 
+/// Bytes for people: exact below 1 KiB, else two decimals of the binary unit.
+fn fmt_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.2} {}", UNITS[u])
+}
+
+/// A progress line on stderr, redrawn at most every 100 ms; only on a
+/// terminal and for transfers of 16 MiB or more.
+struct Progress {
+    what: &'static str,
+    total: u64,
+    shown: bool,
+    enabled: bool,
+    last: Instant,
+    started: Instant,
+}
+
+impl Progress {
+    fn new(what: &'static str, total: u64, wanted: bool) -> Self {
+        use std::io::IsTerminal;
+        Self {
+            what,
+            total,
+            shown: false,
+            enabled: wanted && total >= 16 << 20 && std::io::stderr().is_terminal(),
+            last: Instant::now(),
+            started: Instant::now(),
+        }
+    }
+
+    fn update(&mut self, done: u64) {
+        if !self.enabled || (self.last.elapsed() < Duration::from_millis(100) && done < self.total)
+        {
+            return;
+        }
+        self.last = Instant::now();
+        self.shown = true;
+        let frac = done as f64 / self.total.max(1) as f64;
+        let width = 30;
+        let filled = (frac * width as f64) as usize;
+        let rate = done as f64 / self.started.elapsed().as_secs_f64().max(1e-6);
+        eprint!(
+            "\r{} [{}{}] {:>5.1}%  {} / {}  {}/s ",
+            self.what,
+            "#".repeat(filled),
+            " ".repeat(width - filled),
+            frac * 100.0,
+            fmt_bytes(done),
+            fmt_bytes(self.total),
+            fmt_bytes(rate as u64)
+        );
+    }
+
+    fn finish(&self) {
+        if self.shown {
+            eprintln!();
+        }
+    }
+}
+
+fn put(
+    client: &Client,
+    key: &str,
+    file: &Path,
+    if_absent: bool,
+    progress: bool,
+) -> Result<(), String> {
+    let f =
+        std::fs::File::open(file).map_err(|e| format!("cannot open {}: {e}", file.display()))?;
+    let meta = f
+        .metadata()
+        .map_err(|e| format!("cannot stat {}: {e}", file.display()))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "{} is not a regular file (its length must be known up front)",
+            file.display()
+        ));
+    }
+    let len = usize::try_from(meta.len()).map_err(|_| "file too large".to_string())?;
+    let mut w = client
+        .create(len)
+        .map_err(|e| format!("cannot create a blob of {len} bytes: {e}"))?;
+    let mut bar = Progress::new("put", len as u64, progress);
+    let mut at = 0;
+    while at < len {
+        let n = w
+            .write_from_fd(f.as_fd(), at, (len - at).min(8 << 20))
+            .map_err(|e| format!("reading {}: {e}", file.display()))?;
+        if n == 0 {
+            return Err(format!(
+                "{} shrank while being read ({at} of {len} bytes)",
+                file.display()
+            ));
+        }
+        at += n;
+        bar.update(at as u64);
+    }
+    bar.finish();
+    let blob = w.seal().map_err(|e| format!("cannot seal the blob: {e}"))?;
+    let cache = client.cache();
+    let stored = if if_absent {
+        cache.put_if_absent(key, &blob)
+    } else {
+        cache.put(key, &blob).map(|()| true)
+    }
+    .map_err(|e| format!("cannot put {key}: {e}"))?;
+    if stored {
+        println!("put {key}: {}", blob.handle());
+    } else {
+        println!("put {key}: already present, left unchanged (--if-absent)");
+    }
+    drop(blob);
+    client.flush().map_err(|e| e.to_string())
+}
+
+fn get(client: &Client, key: &str, output: Option<&Path>, progress: bool) -> Result<(), String> {
+    let blob = client
+        .cache()
+        .get(key)
+        .map_err(|e| format!("cannot get {key}: {e}"))?
+        .ok_or_else(|| format!("no entry for {key} in the cache"))?;
+    let (mut out, name): (Box<dyn Write>, String) = match output {
+        Some(p) => (
+            Box::new(
+                std::fs::File::create(p)
+                    .map_err(|e| format!("cannot create {}: {e}", p.display()))?,
+            ),
+            p.display().to_string(),
+        ),
+        None => (Box::new(std::io::stdout().lock()), "stdout".into()),
+    };
+    let mut bar = Progress::new("get", blob.len() as u64, progress && output.is_some());
+    let mut done = 0;
+    // A closed pipe on stdout (`cradle get K | head`) is the reader's
+    // choice, not an error.
+    let write_err = |e: std::io::Error| {
+        if output.is_none() && e.kind() == std::io::ErrorKind::BrokenPipe {
+            None
+        } else {
+            Some(format!("writing {name}: {e}"))
+        }
+    };
+    for chunk in blob.chunks(8 << 20) {
+        if let Err(e) = out.write_all(chunk) {
+            return write_err(e).map_or(Ok(()), Err);
+        }
+        done += chunk.len();
+        bar.update(done as u64);
+    }
+    if let Err(e) = out.flush() {
+        return write_err(e).map_or(Ok(()), Err);
+    }
+    bar.finish();
+    if output.is_some() {
+        eprintln!("get {key}: {} bytes to {name}", blob.len());
+    }
+    drop(blob);
+    client.flush().map_err(|e| e.to_string())
+}
+
+fn rm(client: &Client, key: &str) -> Result<(), String> {
+    if client
+        .cache()
+        .remove(key)
+        .map_err(|e| format!("cannot remove {key}: {e}"))?
+    {
+        println!("removed {key}");
+        Ok(())
+    } else {
+        Err(format!("no entry for {key} in the cache"))
+    }
+}
+
 fn stats(client: &Client) -> Result<(), String> {
     let s = client.call::<Stats>(&()).map_err(|e| e.to_string())?;
     println!(
@@ -172,15 +400,48 @@ fn stats(client: &Client) -> Result<(), String> {
         s.sessions, s.sessions_total, s.sessions_killed
     );
     println!("calls served {}", s.calls_served);
+    let b = &s.blobs;
+    println!(
+        "blobs {} ({}; {} large, {} being written), {} leases",
+        b.blobs,
+        fmt_bytes(b.blob_bytes),
+        b.large_blobs,
+        b.writing,
+        b.leases
+    );
+    println!(
+        "pools {} segments, {} used of {}; {} author pools",
+        b.pool_segments,
+        fmt_bytes(b.pool_used),
+        fmt_bytes(b.pool_capacity),
+        b.author_pools
+    );
+    println!(
+        "memory cache {} entries, {} used of {} budget; {} hits, {} misses, {} evictions, {} refused (full)",
+        b.cache_entries,
+        fmt_bytes(b.cache_bytes),
+        fmt_bytes(b.cache_budget),
+        b.hits,
+        b.misses,
+        b.evictions,
+        b.cache_full
+    );
     if !s.per_session.is_empty() {
         println!(
-            "{:>8} {:>8} {:>12} {:>9} {:>8}",
-            "session", "pid", "calls", "in-flight", "backlog"
+            "{:>8} {:>8} {:>12} {:>9} {:>8} {:>7} {:>10} {:>10}",
+            "session", "pid", "calls", "in-flight", "backlog", "leases", "pinned", "writing"
         );
         for p in &s.per_session {
             println!(
-                "{:>8} {:>8} {:>12} {:>9} {:>8}",
-                p.id, p.pid, p.calls, p.in_flight, p.backlog
+                "{:>8} {:>8} {:>12} {:>9} {:>8} {:>7} {:>10} {:>10}",
+                p.id,
+                p.pid,
+                p.calls,
+                p.in_flight,
+                p.backlog,
+                p.leases,
+                fmt_bytes(p.pinned_bytes),
+                fmt_bytes(p.pool_bytes)
             );
         }
     }

@@ -98,7 +98,11 @@ pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
         "m" | "mb" | "mib" => 20,
         "g" | "gb" | "gib" => 30,
         "t" | "tb" | "tib" => 40,
-        other => return Err(format!("unknown unit '{other}' in '{s}' (use K, M, G or T)")),
+        other => {
+            return Err(format!(
+                "unknown unit '{other}' in '{s}' (use K, M, G or T)"
+            ));
+        }
     };
     n.checked_mul(1 << shift)
         .ok_or_else(|| format!("'{s}' is too large"))

@@ -95,7 +95,8 @@ impl MemCache {
         let old = self.remove(key);
         let tick = self.next_tick();
         self.lru.insert(tick, key.to_owned());
-        self.entries.insert(key.to_owned(), Entry { blob, len, tick });
+        self.entries
+            .insert(key.to_owned(), Entry { blob, len, tick });
         self.used += len;
         old
     }
@@ -110,10 +111,8 @@ impl MemCache {
 
     /// `(key, blob, len)`, least recently used first.
     pub(crate) fn oldest_first(&self) -> impl Iterator<Item = (&str, u64, u64)> {
-        self.lru.values().filter_map(|k| {
-            self.entries
-                .get(k)
-                .map(|e| (k.as_str(), e.blob, e.len))
-        })
+        self.lru
+            .values()
+            .filter_map(|k| self.entries.get(k).map(|e| (k.as_str(), e.blob, e.len)))
     }
 }

@@ -464,7 +464,9 @@ impl BlobStore {
 
     /// Registers a session (before its first request).
     pub(crate) fn open_session(&self, session: u64) {
-        self.lock().sessions.insert(session, SessionBlobs::default());
+        self.lock()
+            .sessions
+            .insert(session, SessionBlobs::default());
     }
 
     /// Drops everything `session` held: leases, unsealed blobs, author pool.
@@ -684,10 +686,8 @@ impl BlobStore {
             // Closed meanwhile: nothing to undo but the segment (dropped).
             None => return Err(BlobError::new(ErrorCode::Shutdown, "the session is closed")),
         }
-        g.segments.insert(
-            segment,
-            SegEntry::Writing { seg, blob, len },
-        );
+        g.segments
+            .insert(segment, SegEntry::Writing { seg, blob, len });
         Ok((blob, info, fd))
     }
 
@@ -815,7 +815,9 @@ impl BlobStore {
             g.cache.full += 1;
             return Err(BlobError::new(
                 ErrorCode::CacheFull,
-                format!("a blob of {len} bytes is larger than the memory cache's budget of {budget} bytes"),
+                format!(
+                    "a blob of {len} bytes is larger than the memory cache's budget of {budget} bytes"
+                ),
             ));
         }
         let after = g.cache.used() - existing.map_or(0, |(_, l)| l) + len;
@@ -1055,9 +1057,11 @@ impl BlobCtx<'_> {
             let g = self.store.lock();
             match g.segments.get(&segment) {
                 Some(SegEntry::Pool(p)) => Ok(Arc::clone(&p.map)),
-                Some(SegEntry::Large { seg }) => seg.map(Access::ReadOnly).map(Arc::new).map_err(
-                    |e| crate::HandlerError::new(format!("cannot map blob {}: {e}", h.id)),
-                ),
+                Some(SegEntry::Large { seg }) => {
+                    seg.map(Access::ReadOnly).map(Arc::new).map_err(|e| {
+                        crate::HandlerError::new(format!("cannot map blob {}: {e}", h.id))
+                    })
+                }
                 _ => Err(crate::HandlerError::new(format!(
                     "blob {}'s segment is gone",
                     h.id

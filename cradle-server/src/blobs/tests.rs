@@ -50,7 +50,10 @@ fn a_sealed_small_blob_is_a_copy_and_reads_back() {
     };
     assert_eq!(ctx.read(&h).unwrap().bytes(), b"hello blob");
     let s = st.stats();
-    assert_eq!((s.blobs, s.leases, s.pool_segments, s.author_pools), (1, 1, 1, 1));
+    assert_eq!(
+        (s.blobs, s.leases, s.pool_segments, s.author_pools),
+        (1, 1, 1, 1)
+    );
     // Releasing the only lease frees it.
     assert_eq!(st.release(1, &[h.id], &[]), 1);
     assert_eq!(st.stats().blobs, 0);
@@ -70,7 +73,11 @@ fn every_kind_of_bad_handle_is_refused() {
     assert!(e.message.contains("another server instance"), "{e}");
     assert!(msg(BlobHandle { id: 999, ..h }).message.contains("unknown"));
     assert!(msg(BlobHandle { len: 101, ..h }).message.contains("forged"));
-    assert!(msg(BlobHandle { offset: 0, ..h }).message.contains("forged"));
+    assert!(
+        msg(BlobHandle { offset: 0, ..h })
+            .message
+            .contains("forged")
+    );
     st.release(1, &[h.id], &[]);
     assert!(msg(h).message.contains("stale"));
 }
