@@ -30,9 +30,8 @@ pub(crate) type InlineFn = Box<dyn Fn(&[u8], FrameMeta, &mut Replier<'_>) + Send
 /// An offloaded handler, erased: request bytes, the request's header, the
 /// blob context of the calling session, an arena, the ring's payload limit →
 /// the encoded answer (`None` if not even an error frame fits the ring).
-pub(crate) type OffloadFn = Arc<
-    dyn Fn(&[u8], FrameMeta, &BlobCtx<'_>, &mut Arena, usize) -> Option<Queued> + Send + Sync,
->;
+pub(crate) type OffloadFn =
+    Arc<dyn Fn(&[u8], FrameMeta, &BlobCtx<'_>, &mut Arena, usize) -> Option<Queued> + Send + Sync>;
 
 /// How a method is served.
 pub(crate) enum Handler {

@@ -154,8 +154,7 @@ fn main() -> ExitCode {
         Some(b) => builder.mem_cache_bytes(b),
         None => builder,
     };
-    let server = match builder.bind()
-    {
+    let server = match builder.bind() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("cradle-server: {e}");

@@ -199,7 +199,9 @@ impl Method for MapSegment {
 }
 
 /// Give back leases and abandon unsealed large blobs, in one batch.
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(
+    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, Default, PartialEq, Eq,
+)]
 #[rkyv(crate = rkyv)]
 pub struct ReleaseBatch {
     /// Blob ids, one entry per lease given back.

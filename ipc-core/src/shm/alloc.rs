@@ -32,7 +32,9 @@ impl RangeAlloc {
     /// The size actually reserved for a request of `len` bytes (at least one
     /// unit, so that every blob has a distinct offset).
     pub fn rounded(&self, len: u64) -> Option<u64> {
-        len.max(1).checked_add(self.align - 1).map(|n| n & !(self.align - 1))
+        len.max(1)
+            .checked_add(self.align - 1)
+            .map(|n| n & !(self.align - 1))
     }
 
     /// Reserves `len` bytes (rounded up); returns the start.

@@ -65,8 +65,7 @@ impl Mapping {
         // SAFETY: a null hint lets the kernel choose a fresh range, so no
         // existing Rust memory is replaced; the result is owned by the Mapping
         // built below and unmapped only by its Drop.
-        let res =
-            unsafe { rustix::mm::mmap(core::ptr::null_mut(), len, prot, flags, fd, 0) };
+        let res = unsafe { rustix::mm::mmap(core::ptr::null_mut(), len, prot, flags, fd, 0) };
         match res {
             Ok(p) => match NonNull::new(p.cast::<u8>()) {
                 Some(ptr) => Ok(Self { ptr, len, access }),
