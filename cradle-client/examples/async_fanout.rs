@@ -6,7 +6,7 @@
 //! ```
 //!
 //! The socket defaults to `CRADLE_SOCKET`, else the server's default path.
-//! (Blobs join this example when the blob store lands.)
+//! Blobs are in the `blobs` example (the sync client).
 
 use cradle_client::AsyncClient;
 use ipc_rpc::builtin::{Ping, Stats};

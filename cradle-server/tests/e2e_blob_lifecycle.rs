@@ -6,10 +6,10 @@
 mod support;
 
 use cradle_client::{CallError, Client, ErrorCode};
+use ipc_core::sync::{AtomicBool, AtomicU64, Ordering};
 use ipc_rpc::blob::BlobStats;
 use ipc_rpc::builtin::{Ping, Stats};
 use ipc_rpc::example::Invert;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use support::*;
 
