@@ -289,6 +289,19 @@ impl ServerBuilder {
     /// `PR_SET_DUMPABLE 0`, `RLIMIT_NOFILE` raised, status segment sealed.
     pub fn bind(self) -> Result<Server, StartError> {
         self.validate()?;
+        // The cache budget is checked before anything touches the socket
+        // directory.
+        let limits = MemoryLimits::read().map_err(|e| StartError::System {
+            what: "read /proc/meminfo",
+            source: e,
+        })?;
+        let cache_budget = match self.mem_cache_bytes {
+            Some(b) => {
+                limits.check(b).map_err(StartError::InvalidConfig)?;
+                b
+            }
+            None => limits.default_budget(),
+        };
         let path = self
             .socket_path
             .clone()
@@ -306,17 +319,6 @@ impl ServerBuilder {
         let epoch = startup::random_epoch();
         let status = startup::create_status_segment(self.workers, epoch)?;
         let shared = Arc::new(Shared::new(self.workers));
-        let limits = MemoryLimits::read().map_err(|e| StartError::System {
-            what: "read /proc/meminfo",
-            source: e,
-        })?;
-        let cache_budget = match self.mem_cache_bytes {
-            Some(b) => {
-                limits.check(b).map_err(StartError::InvalidConfig)?;
-                b
-            }
-            None => limits.default_budget(),
-        };
         let store = Arc::new(BlobStore::new(
             epoch,
             BlobConfig {

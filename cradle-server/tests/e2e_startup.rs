@@ -224,3 +224,25 @@ fn the_client_refuses_a_server_of_another_user() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+#[test]
+fn a_memory_cache_budget_the_machine_cannot_hold_is_refused() {
+    let _dog = Watchdog::arm("cache budget", Duration::from_secs(60));
+    let dir = TempDir::new("cache-budget");
+    for (value, want) in [
+        ("1000T", "exceeds the memory available now"),
+        ("12Q", "unknown unit"),
+    ] {
+        let out = Command::new(server_bin())
+            .arg("--socket")
+            .arg(dir.socket())
+            .args(["--mem-cache-bytes", value])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run cradle-server");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(if value == "12Q" { 2 } else { 1 }), "{err}");
+        assert!(err.contains(want), "{value}: {err}");
+        assert!(!dir.socket().exists(), "no socket left behind");
+    }
+}
