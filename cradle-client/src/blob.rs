@@ -29,8 +29,8 @@ use ipc_core::shm::{Access, Mapping, OpenExpect, RangeAlloc, Seals, Segment};
 use ipc_rpc::CallError;
 use ipc_rpc::blob::{
     AUTHOR_KIND, Acquire, AuthorPool, BLOB_LAYOUT_VERSION, BLOB_MAGIC, BlobHandle, BlobStats,
-    CacheGet, CachePut, CacheRemove, CreateLarge, DATA_OFFSET, FD_GRANT_MAGIC, FdGrant, LARGE_KIND,
-    MapSegment, POOL_ALIGN, POOL_KIND, PutRequest, Release, ReleaseBatch, SealLarge, SealSmall,
+    CacheGet, CacheLoad, CachePut, CachePutDurable, CacheRemove, CreateLarge, DATA_OFFSET, FD_GRANT_MAGIC, FdGrant, LARGE_KIND,
+    Lookup, MapSegment, POOL_ALIGN, POOL_KIND, PutRequest, Release, ReleaseBatch, SealLarge, SealSmall,
     SegmentInfo,
 };
 use ipc_rpc::builtin::Stats;
@@ -401,14 +401,35 @@ impl Cache<'_> {
             key: key.to_owned(),
             handle: blob.handle,
             if_absent,
-            durable: false,
         })
     }
 
     /// Stores `blob` under `key`, replacing what was there (its readers keep
-    /// it). Fails with `CacheFull` if nothing unheld can be evicted.
+    /// it). Fails with `CacheFull` if nothing unheld can be evicted. The
+    /// server also writes it to its disk tier, off the call path.
     pub fn put(&self, key: &str, blob: &Blob) -> Result<(), CallError> {
         self.put_req(key, blob, false).map(|_| ())
+    }
+
+    /// [`put`](Self::put), answered only once the entry is durable in the
+    /// disk tier (data `fdatasync`ed, directory `fsync`ed): it survives a
+    /// crash of the server or of the machine. With `if_absent`, an existing
+    /// key is left alone (`Ok(false)`). Fails if the server has no disk
+    /// cache.
+    pub fn put_durable(&self, key: &str, blob: &Blob, if_absent: bool) -> Result<bool, CallError> {
+        let opts = crate::CallOptions {
+            // Writing hundreds of MiB and syncing them takes a while.
+            timeout: self.client.default_timeout().max(std::time::Duration::from_secs(600)),
+            wait: ipc_core::doorbell::WaitMode::Sleep,
+        };
+        self.client.call_opts::<CachePutDurable>(
+            &PutRequest {
+                key: key.to_owned(),
+                handle: blob.handle,
+                if_absent,
+            },
+            opts,
+        )
     }
 
     /// Stores `blob` under `key` unless the key exists; whether it stored.
@@ -416,10 +437,23 @@ impl Cache<'_> {
         self.put_req(key, blob, true)
     }
 
-    /// The blob under `key`, leased and mapped; `None` on a miss.
+    /// The blob under `key`, leased and mapped; `None` on a miss. A key
+    /// only in the disk tier is loaded back into memory first (its checksum
+    /// verified: a damaged entry is a miss).
     pub fn get(&self, key: &str) -> Result<Option<BlobRef>, CallError> {
-        let Some(hit) = self.client.call::<CacheGet>(&key.to_owned())? else {
-            return Ok(None);
+        let hit = match self.client.call::<CacheGet>(&key.to_owned())? {
+            Lookup::Hit(hit) => hit,
+            Lookup::Miss => return Ok(None),
+            Lookup::OnDisk => {
+                let opts = crate::CallOptions {
+                    timeout: self.client.default_timeout().max(std::time::Duration::from_secs(600)),
+                    wait: ipc_core::doorbell::WaitMode::Sleep,
+                };
+                match self.client.call_opts::<CacheLoad>(&key.to_owned(), opts)? {
+                    Some(hit) => hit,
+                    None => return Ok(None),
+                }
+            }
         };
         let mapped = self.client.mapped(hit.handle.segment);
         self.client
@@ -427,7 +461,8 @@ impl Cache<'_> {
             .map(Some)
     }
 
-    /// Removes `key`; whether it was there. Readers keep their blobs.
+    /// Removes `key` from memory and disk; whether it was in either.
+    /// Readers keep their blobs.
     pub fn remove(&self, key: &str) -> Result<bool, CallError> {
         self.client.call::<CacheRemove>(&key.to_owned())
     }

@@ -320,6 +320,10 @@ impl Client {
         })
     }
 
+    pub(crate) fn default_timeout(&self) -> Duration {
+        self.inner.opts.timeout
+    }
+
     fn default_opts(&self) -> CallOptions {
         CallOptions {
             timeout: self.inner.opts.timeout,

@@ -225,20 +225,29 @@ impl std::error::Error for ServerError {}
 pub struct HandlerError {
     /// A message a person can act on.
     pub message: String,
+    /// The error code the client sees ([`ErrorCode::Handler`] unless made
+    /// with [`with_code`](Self::with_code)).
+    pub code: ipc_rpc::ErrorCode,
 }
 
 impl HandlerError {
     /// An error with this message.
     pub fn new(message: impl Into<String>) -> Self {
+        Self::with_code(ipc_rpc::ErrorCode::Handler, message)
+    }
+
+    /// An error with a specific code (`QuotaExceeded`, `CacheFull`, ...).
+    pub fn with_code(code: ipc_rpc::ErrorCode, message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
+            code,
         }
     }
 }
 
 impl From<String> for HandlerError {
     fn from(message: String) -> Self {
-        Self { message }
+        Self::new(message)
     }
 }
 

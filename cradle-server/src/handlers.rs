@@ -116,7 +116,7 @@ where
     })?;
     match catch_unwind(AssertUnwindSafe(|| f(ctx, req))) {
         Ok(Ok(r)) => Ok(r),
-        Ok(Err(e)) => Err((ErrorCode::Handler, e.message)),
+        Ok(Err(e)) => Err((e.code, e.message)),
         Err(payload) => Err((
             ErrorCode::HandlerPanicked,
             format!(

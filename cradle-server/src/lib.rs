@@ -59,7 +59,7 @@ mod worker;
 #[cfg(test)]
 mod tests;
 
-pub use blobs::{BlobBuilder, BlobCtx, BlobView, SessionQuota};
+pub use blobs::{BlobBuilder, BlobCtx, BlobView, SessionQuota, default_disk_cache_dir};
 pub use error::{HandlerError, ServerError, StartError};
 pub use server::{Server, ServerBuilder, ServerHandle};
 pub use startup::default_socket_path;

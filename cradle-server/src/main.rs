@@ -1,7 +1,9 @@
 //! `cradle-server`: the per-user CRADLE server (thin wrapper over the library).
 
 use clap::Parser;
-use cradle_server::{BlobCtx, HandlerError, Server, SessionQuota, default_socket_path};
+use cradle_server::{
+    BlobCtx, HandlerError, Server, SessionQuota, default_disk_cache_dir, default_socket_path,
+};
 use ipc_rpc::blob::BlobHandle;
 use ipc_rpc::example::{Invert, Inverted};
 use std::path::PathBuf;
@@ -53,6 +55,24 @@ struct Args {
     /// refused at start.
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     mem_cache_bytes: Option<u64>,
+
+    /// Directory of the disk cache, the tier that survives restarts
+    /// [default: $XDG_CACHE_HOME/cradle, else ~/.cache/cradle]. Created with
+    /// mode 0700 if missing; the server refuses to start if it cannot write
+    /// there.
+    #[arg(long, value_name = "DIR", env = "CRADLE_DISK_CACHE", conflicts_with = "no_disk_cache")]
+    disk_cache: Option<PathBuf>,
+
+    /// Disk cache budget, e.g. 50G [default: 16 GiB, at most half the free
+    /// space of its filesystem]. Least recently used entries are evicted to
+    /// stay within it.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    disk_cache_bytes: Option<u64>,
+
+    /// Run with the memory cache only: nothing is written to disk and
+    /// `cradle put --sync` fails.
+    #[arg(long)]
+    no_disk_cache: bool,
 
     /// Per-client limit on the bytes of blobs it holds leases on, and
     /// separately on the bytes it is writing (e.g. 8G).
@@ -154,6 +174,15 @@ fn main() -> ExitCode {
         Some(b) => builder.mem_cache_bytes(b),
         None => builder,
     };
+    let builder = if args.no_disk_cache {
+        builder
+    } else {
+        let b = builder.disk_cache(args.disk_cache.unwrap_or_else(default_disk_cache_dir));
+        match args.disk_cache_bytes {
+            Some(n) => b.disk_cache_bytes(n),
+            None => b,
+        }
+    };
     let server = match builder.bind() {
         Ok(s) => s,
         Err(e) => {
@@ -185,6 +214,7 @@ fn main() -> ExitCode {
         socket = %server.socket_path().display(),
         pid = std::process::id(),
         mem_cache_bytes = server.cache_budget(),
+        disk_cache = %server.disk_cache_dir().map_or("none".into(), |d| d.display().to_string()),
         "cradle-server ready"
     );
     match server.run() {

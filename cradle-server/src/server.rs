@@ -54,6 +54,8 @@ pub struct ServerBuilder {
     quota: SessionQuota,
     pool_segment_bytes: u64,
     author_pool_bytes: u64,
+    disk_cache: Option<PathBuf>,
+    disk_cache_bytes: Option<u64>,
     entries: Vec<Entry>,
 }
 
@@ -71,6 +73,7 @@ impl std::fmt::Debug for ServerBuilder {
             .field("spin", &self.spin)
             .field("mem_cache_bytes", &self.mem_cache_bytes)
             .field("quota", &self.quota)
+            .field("disk_cache", &self.disk_cache)
             .field("methods", &self.entries.len())
             .finish()
     }
@@ -92,6 +95,8 @@ impl Default for ServerBuilder {
             quota: SessionQuota::default(),
             pool_segment_bytes: DEFAULT_POOL_SEGMENT,
             author_pool_bytes: DEFAULT_AUTHOR_POOL,
+            disk_cache: None,
+            disk_cache_bytes: None,
             entries: Vec::new(),
         }
     }
@@ -164,6 +169,22 @@ impl ServerBuilder {
     /// refuses a budget above either.
     pub fn mem_cache_bytes(mut self, bytes: u64) -> Self {
         self.mem_cache_bytes = Some(bytes);
+        self
+    }
+
+    /// Keep a disk tier behind the memory cache in `dir` (created 0700 if
+    /// missing; must be writable). Without this call the server has none.
+    /// [`default_disk_cache_dir`](crate::default_disk_cache_dir) is where the
+    /// `cradle-server` binary puts it.
+    pub fn disk_cache(mut self, dir: PathBuf) -> Self {
+        self.disk_cache = Some(dir);
+        self
+    }
+
+    /// The disk tier's budget in bytes (default: 16 GiB, at most half the
+    /// space available on its filesystem at start).
+    pub fn disk_cache_bytes(mut self, bytes: u64) -> Self {
+        self.disk_cache_bytes = Some(bytes);
         self
     }
 
@@ -289,8 +310,8 @@ impl ServerBuilder {
     /// `PR_SET_DUMPABLE 0`, `RLIMIT_NOFILE` raised, status segment sealed.
     pub fn bind(self) -> Result<Server, StartError> {
         self.validate()?;
-        // The cache budget is checked before anything touches the socket
-        // directory.
+        // The cache budgets and the disk cache's directory are checked
+        // before anything touches the socket directory.
         let limits = MemoryLimits::read().map_err(|e| StartError::System {
             what: "read /proc/meminfo",
             source: e,
@@ -301,6 +322,10 @@ impl ServerBuilder {
                 b
             }
             None => limits.default_budget(),
+        };
+        let disk = match &self.disk_cache {
+            Some(dir) => Some(crate::blobs::open_tier(dir, self.disk_cache_bytes)?),
+            None => None,
         };
         let path = self
             .socket_path
@@ -319,7 +344,7 @@ impl ServerBuilder {
         let epoch = startup::random_epoch();
         let status = startup::create_status_segment(self.workers, epoch)?;
         let shared = Arc::new(Shared::new(self.workers));
-        let store = Arc::new(BlobStore::new(
+        let mut store = BlobStore::new(
             epoch,
             BlobConfig {
                 pool_segment_len: self.pool_segment_bytes,
@@ -327,7 +352,11 @@ impl ServerBuilder {
                 cache_budget,
                 quota: self.quota,
             },
-        ));
+        );
+        if let Some(tier) = disk {
+            store = store.with_disk(tier);
+        }
+        let store = Arc::new(store);
         tracing::debug!(
             cache_budget,
             available = limits.available,
@@ -522,6 +551,11 @@ impl Server {
         &self.path
     }
 
+    /// The disk cache's directory, if the server has one.
+    pub fn disk_cache_dir(&self) -> Option<&Path> {
+        self.store.disk_dir()
+    }
+
     /// The memory cache's budget in bytes.
     pub fn cache_budget(&self) -> u64 {
         self.store.stats().cache_budget
@@ -559,6 +593,7 @@ impl Server {
         let stop = ServerHandle {
             inner: Arc::clone(&handle),
         };
+        store.start_disk().map_err(ServerError::Spawn)?;
         let jobs = crate::offload::spawn_pool(
             offload_threads,
             Arc::clone(&handle.links),
@@ -639,6 +674,8 @@ impl Server {
                 }
             }
         }
+        // Every put queued for the disk tier is written before we return.
+        store.stop_disk();
         // Stop accepting before the socket file disappears.
         drop(actx);
         drop(socket_file);

@@ -60,11 +60,12 @@ fn child_entry() {
 
 #[test]
 fn eviction_spares_held_blobs_and_follows_lru_order() {
-    // Ten blobs of 100 KiB fill a 1 MiB budget.
+    // Ten blobs of 100 KiB fill a 1 MiB budget. Memory only: with a disk
+    // tier an evicted key is served from disk (`e2e_disk.rs`).
     let (_dog, dir, _server) = with_server(
         "blob eviction",
         Duration::from_secs(60),
-        &["--mem-cache-bytes", "1M"],
+        &["--mem-cache-bytes", "1M", "--no-disk-cache"],
     );
     let author = Client::connect(dir.socket()).unwrap();
     let reader = Client::connect(dir.socket()).unwrap();

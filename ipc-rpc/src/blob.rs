@@ -230,8 +230,6 @@ pub struct PutRequest {
     pub handle: BlobHandle,
     /// Only store if the key is absent.
     pub if_absent: bool,
-    /// Also write it to the disk tier and answer only once it is durable.
-    pub durable: bool,
 }
 
 /// Longest cache key, in bytes.
@@ -248,6 +246,18 @@ impl Method for CachePut {
     type Response = bool;
 }
 
+/// Like [`CachePut`], and also write the blob to the disk tier: answered
+/// only once its data is `fdatasync`ed and the directory `fsync`ed. (A plain
+/// [`CachePut`] is persisted too, off the call path.)
+#[derive(Debug)]
+pub struct CachePutDurable;
+impl Method for CachePutDurable {
+    const NAME: &'static str = "cradle.cache.put_durable";
+    const VERSION: u32 = 1;
+    type Request = PutRequest;
+    type Response = bool;
+}
+
 /// A cache hit: the handle (with a lease for the caller) and its segment.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[rkyv(crate = rkyv)]
@@ -258,17 +268,44 @@ pub struct Hit {
     pub segment: SegmentInfo,
 }
 
-/// Look a key up; a hit takes a lease for the caller.
+/// The answer to [`CacheGet`].
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(crate = rkyv)]
+pub enum Lookup {
+    /// In memory: leased to the caller.
+    Hit(Hit),
+    /// Not in memory but in the disk tier: load it with [`CacheLoad`].
+    OnDisk,
+    /// In neither tier.
+    Miss,
+}
+
+/// Look a key up in the memory cache; a hit takes a lease for the caller.
+/// Answered inline: a key only on disk is reported as such, and loaded
+/// with [`CacheLoad`] (on the offload pool, so that disk reads never hold up
+/// the worker).
 #[derive(Debug)]
 pub struct CacheGet;
 impl Method for CacheGet {
     const NAME: &'static str = "cradle.cache.get";
+    const VERSION: u32 = 2;
+    type Request = String;
+    type Response = Lookup;
+}
+
+/// Load a key from the disk tier into a new blob (checksum verified; a
+/// damaged entry is dropped and answered as a miss), put it back in the
+/// memory cache if it fits, and lease it to the caller.
+#[derive(Debug)]
+pub struct CacheLoad;
+impl Method for CacheLoad {
+    const NAME: &'static str = "cradle.cache.load";
     const VERSION: u32 = 1;
     type Request = String;
     type Response = Option<Hit>;
 }
 
-/// Remove a key; answers whether it was there.
+/// Remove a key from both tiers; answers whether it was in either.
 #[derive(Debug)]
 pub struct CacheRemove;
 impl Method for CacheRemove {
@@ -317,4 +354,22 @@ pub struct BlobStats {
     pub evictions: u64,
     /// Puts refused with `CacheFull`.
     pub cache_full: u64,
+    /// Whether the server has a disk tier.
+    pub disk_enabled: bool,
+    /// Disk-tier entries.
+    pub disk_entries: u64,
+    /// Bytes of their files.
+    pub disk_bytes: u64,
+    /// The disk tier's budget.
+    pub disk_budget: u64,
+    /// Loads served from the disk tier.
+    pub disk_hits: u64,
+    /// Loads that found nothing usable on disk.
+    pub disk_misses: u64,
+    /// Damaged entries found (checksum, truncation) and dropped.
+    pub disk_corruptions: u64,
+    /// Entries the disk tier evicted to stay within its budget.
+    pub disk_evictions: u64,
+    /// Puts waiting to be written to the disk tier.
+    pub disk_queued: u64,
 }

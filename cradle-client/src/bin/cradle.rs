@@ -57,6 +57,12 @@ enum Command {
         /// Only store if KEY is not in the cache yet.
         #[arg(long)]
         if_absent: bool,
+        /// Return only once the entry is durable in the server's disk cache
+        /// (data fdatasync'ed, directory fsync'ed): it then survives a crash
+        /// of the server or of the machine. Without it the server writes the
+        /// entry to disk shortly after answering.
+        #[arg(long)]
+        sync: bool,
         /// Never show a progress bar (shown on a terminal for files of 16 MiB or more).
         #[arg(long)]
         no_progress: bool,
@@ -120,8 +126,9 @@ fn main() -> ExitCode {
             key,
             file,
             if_absent,
+            sync,
             no_progress,
-        } => put(&client, &key, &file, if_absent, !no_progress),
+        } => put(&client, &key, &file, if_absent, sync, !no_progress),
         Command::Get {
             key,
             output,
@@ -314,14 +321,17 @@ fn put(
     bar.finish();
     let blob = w.seal().map_err(|e| format!("cannot seal the blob: {e}"))?;
     let cache = client.cache();
-    let stored = if if_absent {
+    let stored = if sync {
+        cache.put_durable(key, &blob, if_absent)
+    } else if if_absent {
         cache.put_if_absent(key, &blob)
     } else {
         cache.put(key, &blob).map(|()| true)
     }
     .map_err(|e| format!("cannot put {key}: {e}"))?;
     if stored {
-        println!("put {key}: {}", blob.handle());
+        let durable = if sync { " (durable on disk)" } else { "" };
+        println!("put {key}: {}{durable}", blob.handle());
     } else {
         println!("put {key}: already present, left unchanged (--if-absent)");
     }
@@ -426,6 +436,21 @@ fn stats(client: &Client) -> Result<(), String> {
         b.evictions,
         b.cache_full
     );
+    if b.disk_enabled {
+        println!(
+            "disk cache {} entries, {} used of {} budget; {} hits, {} misses, {} corruptions found, {} evictions, {} puts queued",
+            b.disk_entries,
+            fmt_bytes(b.disk_bytes),
+            fmt_bytes(b.disk_budget),
+            b.disk_hits,
+            b.disk_misses,
+            b.disk_corruptions,
+            b.disk_evictions,
+            b.disk_queued
+        );
+    } else {
+        println!("disk cache: none (server started with --no-disk-cache)");
+    }
     if !s.per_session.is_empty() {
         println!(
             "{:>8} {:>8} {:>12} {:>9} {:>8} {:>7} {:>10} {:>10}",

@@ -3,13 +3,14 @@
 //! syscalls (memfd, seals), and some must send a descriptor on the session's
 //! control socket just before answering.
 
-use super::{BlobError, BlobStore};
+use super::{BlobCtx, BlobError, BlobStore};
+use crate::HandlerError;
 use crate::handlers::{Entry, Handler, InlineFn, Replier, panic_message};
 use bytemuck::bytes_of;
 use ipc_core::ring::FrameMeta;
 use ipc_rpc::blob::{
-    Acquire, AuthorPool, CacheGet, CachePut, CacheRemove, CreateLarge, FD_GRANT_MAGIC, FdGrant,
-    Hit, LargeInfo, MAX_KEY_LEN, MapSegment, Release, SealLarge, SealSmall,
+    Acquire, AuthorPool, CacheGet, CacheLoad, CachePut, CachePutDurable, CacheRemove, CreateLarge,
+    FD_GRANT_MAGIC, FdGrant, LargeInfo, MAX_KEY_LEN, MapSegment, Release, SealLarge, SealSmall,
 };
 use ipc_rpc::handshake::send_with_fds;
 use ipc_rpc::{ErrorCode, Method, Wire};
@@ -69,6 +70,21 @@ where
     }
 }
 
+/// A blob method served on the offload pool (it may block on the disk).
+fn offloaded<M, F>(f: F) -> Entry
+where
+    M: Method,
+    F: Fn(&BlobCtx<'_>, M::Request) -> Result<M::Response, BlobError> + Send + Sync + 'static,
+{
+    Entry {
+        id: M::ID,
+        name: M::NAME,
+        handler: Handler::Offload(crate::handlers::offload_blob::<M, _>(move |ctx, req| {
+            f(ctx, req).map_err(|e| HandlerError::with_code(e.code, e.message))
+        })),
+    }
+}
+
 fn check_key(key: &str) -> Result<(), BlobError> {
     if key.is_empty() || key.len() > MAX_KEY_LEN {
         return Err(BlobError::handler(format!(
@@ -123,13 +139,21 @@ pub(crate) fn entries(store: &Arc<BlobStore>) -> Vec<Entry> {
         }),
         method::<CacheGet, _>(store, |st, out, key| {
             check_key(&key)?;
-            Ok(st
-                .cache_get(out.session, &key)?
-                .map(|(handle, segment)| Hit { handle, segment }))
+            st.cache_get(out.session, &key)
         }),
-        method::<CacheRemove, _>(store, |st, _out, key| {
+        // The three that may wait for the disk run on the offload pool.
+        offloaded::<CachePutDurable, _>(|ctx, req| {
+            check_key(&req.key)?;
+            ctx.store
+                .cache_put_durable(&req.key, &req.handle, req.if_absent)
+        }),
+        offloaded::<CacheLoad, _>(|ctx, key| {
             check_key(&key)?;
-            Ok(st.cache_remove(&key))
+            ctx.store.cache_load(ctx.session, &key)
+        }),
+        offloaded::<CacheRemove, _>(|ctx, key| {
+            check_key(&key)?;
+            ctx.store.cache_remove(&key)
         }),
     ]
 }

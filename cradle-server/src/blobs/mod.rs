@@ -32,6 +32,9 @@
 pub(crate) mod budget;
 mod cache;
 pub(crate) mod methods;
+mod persist;
+pub use persist::default_disk_cache_dir;
+pub(crate) use persist::open_tier;
 
 use crate::blobs::cache::MemCache;
 use ipc_core::ring::ShmSlice;
@@ -172,6 +175,9 @@ struct SessionBlobs {
 
 #[derive(Debug)]
 struct Inner {
+    /// Keys whose latest put waits for the disk writer, with its blob
+    /// (pinned until written) and the number of such puts.
+    pending: HashMap<String, (u64, u64)>,
     next_id: u64,
     blobs: HashMap<u64, BlobEntry>,
     segments: HashMap<u64, SegEntry>,
@@ -186,6 +192,8 @@ struct Inner {
 pub(crate) struct BlobStore {
     epoch: u64,
     cfg: BlobConfig,
+    /// The disk tier and its writer, if the server has one.
+    disk: Option<persist::DiskLink>,
     inner: Mutex<Inner>,
 }
 
@@ -445,7 +453,9 @@ impl BlobStore {
         Self {
             epoch,
             cfg,
+            disk: None,
             inner: Mutex::new(Inner {
+                pending: HashMap::new(),
                 next_id: 0,
                 blobs: HashMap::new(),
                 segments: HashMap::new(),
@@ -742,6 +752,26 @@ impl BlobStore {
 }
 
 impl BlobStore {
+    /// A mapping that covers a sealed blob of `segment`: the pool's, or a
+    /// new read-only mapping of a large blob (made outside the lock).
+    fn map_blob_segment(&self, segment: u64) -> Result<Arc<Mapping>, String> {
+        let fd = {
+            let g = self.lock();
+            match g.segments.get(&segment) {
+                Some(SegEntry::Pool(p)) => return Ok(Arc::clone(&p.map)),
+                Some(SegEntry::Large { seg }) => seg
+                    .fd()
+                    .try_clone_to_owned()
+                    .map_err(|e| e.to_string())?,
+                _ => return Err(format!("segment {segment} is gone")),
+            }
+        };
+        let seg = Segment::from_fd(fd).map_err(|e| e.to_string())?;
+        seg.map(Access::ReadOnly)
+            .map(Arc::new)
+            .map_err(|e| e.to_string())
+    }
+
     /// Takes a lease on `h` for `session`; with `want_fd`, also returns the
     /// segment's read-only descriptor to send.
     pub(crate) fn acquire(
@@ -792,16 +822,62 @@ impl BlobStore {
         n
     }
 
-    /// Stores `h` under `key`; `Ok(false)` if `if_absent` and the key exists.
-    pub(crate) fn cache_put(
-        &self,
+    /// Store and cache figures.
+    pub(crate) fn stats(&self) -> BlobStats {
+        let g = self.lock();
+        let mut st = BlobStats {
+            blobs: g.blobs.len() as u64,
+            blob_bytes: g.blobs.values().map(|b| b.len).sum(),
+            leases: g.blobs.values().map(|b| b.leases).sum(),
+            cache_entries: g.cache.len() as u64,
+            cache_bytes: g.cache.used(),
+            cache_budget: g.cache.budget(),
+            hits: g.cache.hits,
+            misses: g.cache.misses,
+            evictions: g.cache.evictions,
+            cache_full: g.cache.full,
+            ..BlobStats::default()
+        };
+        if let Some(d) = &self.disk {
+            d.fill_stats(&mut st);
+        }
+        for seg in g.segments.values() {
+            match seg {
+                SegEntry::Pool(p) => {
+                    st.pool_segments += 1;
+                    st.pool_capacity += p.ro.len() as u64;
+                    st.pool_used += p.ro.len() as u64 - DATA_OFFSET - p.alloc.free_bytes();
+                }
+                SegEntry::Large { .. } => st.large_blobs += 1,
+                SegEntry::Writing { .. } => st.writing += 1,
+                SegEntry::Author { .. } => st.author_pools += 1,
+            }
+        }
+        st
+    }
+
+    /// `(leases, pinned_bytes, pool_bytes)` of a session.
+    pub(crate) fn session_figures(&self, session: u64) -> (u64, u64, u64) {
+        self.lock()
+            .sessions
+            .get(&session)
+            .map_or((0, 0, 0), |s| (s.lease_count, s.pinned_bytes, s.pool_bytes))
+    }
+}
+
+impl Inner {
+    /// Stores `h` under `key` in the memory cache, evicting unheld entries
+    /// if needed; `Ok(false)` if `if_absent` and the key exists.
+    fn cache_insert(
+        &mut self,
+        epoch: u64,
         key: &str,
         h: &BlobHandle,
         if_absent: bool,
     ) -> Result<bool, BlobError> {
-        let mut g = self.lock();
+        let g = self;
         let blob = h.id;
-        let len = g.check(self.epoch, h)?.len;
+        let len = g.check(epoch, h)?.len;
         let existing = g.cache.peek(key);
         if if_absent && existing.is_some() {
             return Ok(false);
@@ -860,80 +936,7 @@ impl BlobStore {
         Ok(true)
     }
 
-    /// Looks `key` up; a hit takes a lease for `session`.
-    pub(crate) fn cache_get(
-        &self,
-        session: u64,
-        key: &str,
-    ) -> Result<Option<(BlobHandle, SegmentInfo)>, BlobError> {
-        let mut g = self.lock();
-        let Some(blob) = g.cache.get(key) else {
-            return Ok(None);
-        };
-        let (segment, offset, len) = match g.blobs.get(&blob) {
-            Some(b) => (b.segment, b.offset, b.len),
-            None => return Err(BlobError::handler("a cached blob vanished")),
-        };
-        let info = g
-            .segment_info(segment)
-            .ok_or_else(|| BlobError::handler("a cached blob's segment vanished"))?;
-        g.lease(session, blob, &self.cfg.quota)?;
-        Ok(Some((self.handle_of(blob, segment, offset, len), info)))
-    }
 
-    /// Removes `key`; whether it was there. Readers keep their leases.
-    pub(crate) fn cache_remove(&self, key: &str) -> bool {
-        let mut g = self.lock();
-        match g.cache.remove(key) {
-            Some(b) => {
-                g.uncache(b);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Store and cache figures.
-    pub(crate) fn stats(&self) -> BlobStats {
-        let g = self.lock();
-        let mut st = BlobStats {
-            blobs: g.blobs.len() as u64,
-            blob_bytes: g.blobs.values().map(|b| b.len).sum(),
-            leases: g.blobs.values().map(|b| b.leases).sum(),
-            cache_entries: g.cache.len() as u64,
-            cache_bytes: g.cache.used(),
-            cache_budget: g.cache.budget(),
-            hits: g.cache.hits,
-            misses: g.cache.misses,
-            evictions: g.cache.evictions,
-            cache_full: g.cache.full,
-            ..BlobStats::default()
-        };
-        for seg in g.segments.values() {
-            match seg {
-                SegEntry::Pool(p) => {
-                    st.pool_segments += 1;
-                    st.pool_capacity += p.ro.len() as u64;
-                    st.pool_used += p.ro.len() as u64 - DATA_OFFSET - p.alloc.free_bytes();
-                }
-                SegEntry::Large { .. } => st.large_blobs += 1,
-                SegEntry::Writing { .. } => st.writing += 1,
-                SegEntry::Author { .. } => st.author_pools += 1,
-            }
-        }
-        st
-    }
-
-    /// `(leases, pinned_bytes, pool_bytes)` of a session.
-    pub(crate) fn session_figures(&self, session: u64) -> (u64, u64, u64) {
-        self.lock()
-            .sessions
-            .get(&session)
-            .map_or((0, 0, 0), |s| (s.lease_count, s.pinned_bytes, s.pool_bytes))
-    }
-}
-
-impl Inner {
     /// One cache reference of `blob` is gone.
     fn uncache(&mut self, blob: u64) {
         if let Some(b) = self.blobs.get_mut(&blob) {
@@ -1053,21 +1056,10 @@ impl BlobCtx<'_> {
             }
             g.maybe_free(h.id);
         };
-        let map = {
-            let g = self.store.lock();
-            match g.segments.get(&segment) {
-                Some(SegEntry::Pool(p)) => Ok(Arc::clone(&p.map)),
-                Some(SegEntry::Large { seg }) => {
-                    seg.map(Access::ReadOnly).map(Arc::new).map_err(|e| {
-                        crate::HandlerError::new(format!("cannot map blob {}: {e}", h.id))
-                    })
-                }
-                _ => Err(crate::HandlerError::new(format!(
-                    "blob {}'s segment is gone",
-                    h.id
-                ))),
-            }
-        };
+        let map = self
+            .store
+            .map_blob_segment(segment)
+            .map_err(|e| crate::HandlerError::new(format!("cannot map blob {}: {e}", h.id)));
         match map {
             Ok(map) => Ok(BlobView {
                 store: Arc::clone(self.store),
@@ -1190,6 +1182,12 @@ impl BlobBuilder {
             return Err(err(e.message));
         }
         Ok(store.handle_of(id, segment, offset, len))
+    }
+}
+
+impl AsMut<[u8]> for BlobBuilder {
+    fn as_mut(&mut self) -> &mut [u8] {
+        self.bytes_mut()
     }
 }
 

@@ -2,6 +2,16 @@
 //! cache's LRU eviction. Cross-process behaviour is in `tests/e2e_blobs*.rs`.
 
 use super::*;
+use ipc_rpc::blob::Lookup;
+
+/// The handle of a memory hit, `None` otherwise (no disk tier here).
+fn hit(st: &BlobStore, session: u64, key: &str) -> Option<BlobHandle> {
+    match st.cache_get(session, key).unwrap() {
+        Lookup::Hit(h) => Some(h.handle),
+        Lookup::Miss => None,
+        Lookup::OnDisk => panic!("no disk tier in these tests"),
+    }
+}
 
 const EPOCH: u64 = 0xE90C;
 
@@ -126,19 +136,19 @@ fn cache_evicts_least_recently_used_unheld_entries() {
     );
     st.release(1, &[a.id, b.id, c.id], &[]);
     // Touch "a": now "b" is the least recently used.
-    let (got, _) = st.cache_get(1, "a").unwrap().unwrap();
+    let got = hit(&st, 1, "a").unwrap();
     st.release(1, &[got.id], &[]);
     st.cache_put("d", &d, false).unwrap();
-    assert!(st.cache_get(1, "b").unwrap().is_none(), "b evicted");
+    assert!(hit(&st, 1, "b").is_none(), "b evicted");
     let s = st.stats();
     assert_eq!((s.evictions, s.cache_entries, s.cache_bytes), (1, 3, 300));
     assert_eq!(s.blobs, 3, "b's blob is freed with its last reference");
     // Held by a lease ("c" got): survives; "a" goes instead.
-    let (held, _) = st.cache_get(1, "c").unwrap().unwrap();
+    let held = hit(&st, 1, "c").unwrap();
     let e = small(&st, 1, &[5; 100]);
     st.cache_put("e", &e, false).unwrap();
-    assert!(st.cache_get(1, "a").unwrap().is_none());
-    assert!(st.cache_get(1, "c").unwrap().is_some());
+    assert!(hit(&st, 1, "a").is_none());
+    assert!(hit(&st, 1, "c").is_some());
     // Replacing a key: its old blob lives on for its reader.
     st.cache_put("c", &e, false).unwrap();
     let ctx = BlobCtx {
@@ -146,8 +156,8 @@ fn cache_evicts_least_recently_used_unheld_entries() {
         session: 1,
     };
     assert_eq!(ctx.read(&held).unwrap().bytes(), &[3; 100]);
-    assert!(st.cache_remove("c"));
-    assert!(!st.cache_remove("c"));
+    assert!(st.cache_remove("c").unwrap());
+    assert!(!st.cache_remove("c").unwrap());
     st.close_session(1);
     let s = st.stats();
     assert_eq!(s.leases, 0);

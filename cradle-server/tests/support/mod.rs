@@ -79,10 +79,14 @@ pub fn cli_bin() -> PathBuf {
 impl ServerProc {
     /// Starts a server on `socket` and waits until it accepts sessions.
     pub fn start(socket: &Path, extra: &[&str]) -> Self {
-        let child = Command::new(server_bin())
-            .arg("--socket")
-            .arg(socket)
-            .args(extra)
+        let mut cmd = Command::new(server_bin());
+        cmd.arg("--socket").arg(socket).args(extra);
+        // Each test's disk cache lives beside its socket, never in the
+        // user's own cache directory.
+        if !extra.iter().any(|a| a.contains("disk-cache")) {
+            cmd.arg("--disk-cache").arg(socket.with_file_name("disk"));
+        }
+        let child = cmd
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .spawn()
