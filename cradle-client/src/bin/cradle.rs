@@ -286,6 +286,7 @@ fn put(
     key: &str,
     file: &Path,
     if_absent: bool,
+    sync: bool,
     progress: bool,
 ) -> Result<(), String> {
     let f =

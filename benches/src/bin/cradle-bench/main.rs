@@ -6,8 +6,10 @@
 //! CRADLE scenarios call real `cradle-server` processes started on sockets in
 //! a private 0700 temp directory. All scenarios run in interleaved blocks
 //! (A B C … A B C …) so that a disturbance hits them alike; ratios are the
-//! median of the per-block ratios of the p50s.
+//! median of the per-block ratios of the p50s. The blob scenarios
+//! (`blobs.rs`) follow, against their own server, with a reader process.
 
+mod blobs;
 mod counters;
 mod cradle;
 mod peer;
@@ -40,6 +42,11 @@ const WINDOW: usize = 256;
 /// cradle-server, in interleaved blocks; prints percentiles, ratios to the
 /// floor and to the Unix socket, hot-path counters and the DESIGN §9 targets.
 ///
+/// Then the blob scenarios (--blobs): create + write + seal of a 4 KiB blob
+/// and its page faults, the pass of a blob the reader has already mapped
+/// (4 KiB to 1 GiB), the first map of a large blob, a full read against the
+/// same bytes over a Unix socket, and the small/large threshold.
+///
 /// cradle-server must sit next to this binary (build both with
 /// `cargo build --release -p cradle-server -p cradle-benches`) or be named
 /// with --server. A full run takes a few minutes; --quick under one.
@@ -50,7 +57,8 @@ struct Cli {
     peer: Option<Hidden>,
 
     /// A short run for CI and smoke tests: payloads 8,64,4096, 4,000 calls per
-    /// scenario, 8 blocks, 50,000 pipelined calls per block (unless given).
+    /// scenario, 8 blocks, 50,000 pipelined calls per block, 4,000 blob
+    /// operations, blobs up to 64 MiB (unless given).
     #[arg(long)]
     quick: bool,
 
@@ -96,6 +104,33 @@ struct Cli {
     /// The cradle-server binary [default: cradle-server next to this executable].
     #[arg(long, value_name = "PATH")]
     server: Option<PathBuf>,
+
+    /// Which scenarios run: `on`, the call scenarios then the blob
+    /// scenarios; `off`, the call scenarios only; `only`, the blob scenarios
+    /// only.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = BlobMode::On)]
+    blobs: BlobMode,
+
+    /// Operations per blob latency scenario (4 KiB create + write + seal;
+    /// get + drop per size), split over the blocks; the small/large
+    /// threshold runs an eighth of it per size and path
+    /// [default: 10000; --quick: 4000].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(64..=10_000_000))]
+    blob_ops: Option<u64>,
+
+    /// Largest blob of the pass, first-map and full-read scenarios: bytes,
+    /// or a number with K, M or G (powers of 1024), 64K to 4G
+    /// [default: 1G; --quick: 64M].
+    #[arg(long, value_name = "BYTES", value_parser = blobs::parse_size)]
+    blob_max: Option<usize>,
+}
+
+/// `--blobs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BlobMode {
+    On,
+    Off,
+    Only,
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,6 +173,8 @@ struct Plan {
     pipelined_calls: u64,
     clients: u32,
     pin: bool,
+    blobs: BlobMode,
+    blob: blobs::BlobPlan,
 }
 
 impl Plan {
@@ -149,10 +186,11 @@ impl Plan {
         };
         payloads.sort_unstable();
         payloads.dedup();
+        let blocks = cli.blocks.unwrap_or(if cli.quick { 8 } else { 16 }) as usize;
         Self {
             payloads,
             iters: cli.iters.unwrap_or(if cli.quick { 4_000 } else { 100_000 }),
-            blocks: cli.blocks.unwrap_or(if cli.quick { 8 } else { 16 }) as usize,
+            blocks,
             pipelined_calls: cli.pipelined_calls.unwrap_or(if cli.quick {
                 50_000
             } else {
@@ -160,6 +198,15 @@ impl Plan {
             }),
             clients: cli.clients,
             pin: cli.pin,
+            blobs: cli.blobs,
+            blob: blobs::BlobPlan::new(
+                cli.blob_ops
+                    .unwrap_or(if cli.quick { 4_000 } else { 10_000 }),
+                blocks,
+                cli.blob_max
+                    .unwrap_or(if cli.quick { 64 << 20 } else { 1 << 30 }),
+                cli.quick,
+            ),
         }
     }
 }
@@ -215,10 +262,66 @@ fn run(cli: &Cli) -> Result<(), String> {
 
     // Declared first: dropped last, after the servers and clients.
     let dir = cradle::TempDir::new()?;
+    let (latency, throughput) = if plan.blobs == BlobMode::Only {
+        (Vec::new(), Vec::new())
+    } else {
+        calls(&plan, &server_bin, &dir, (here, there), &mut progress, started)?
+    };
+    let blobs = if plan.blobs == BlobMode::Off {
+        None
+    } else {
+        Some(blobs::run(
+            &server_bin,
+            dir.path(),
+            &plan.blob,
+            (here, there),
+            &mut progress,
+            started,
+        )?)
+    };
+    drop(dir);
+    progress.done();
+
+    let report = Report {
+        latency,
+        throughput,
+        blobs,
+        command: std::iter::once("cradle-bench".to_string())
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" "),
+        date: report::today(),
+        blocks: plan.blocks,
+        pinned: plan.pin,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    print!("{}", report.table());
+    if let Some(path) = &cli.json {
+        std::fs::write(path, report.json())
+            .map_err(|e| format!("write {}: {e}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = &cli.plot {
+        std::fs::write(path, report.svg()).map_err(|e| format!("write {}: {e}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// The call scenarios: baselines and CRADLE calls at every payload, and the
+/// pipelined throughput, in interleaved blocks.
+fn calls(
+    plan: &Plan,
+    server_bin: &std::path::Path,
+    dir: &cradle::TempDir,
+    (here, there): (Option<usize>, Option<usize>),
+    progress: &mut Progress,
+    started: Instant,
+) -> Result<(Vec<Latency>, Vec<Throughput>), String> {
     progress.show("starting servers and peers ...");
-    let spin_server = cradle::Server::start(&server_bin, dir.path(), "spin", Some(20_000), there)?;
-    let sleep_server = cradle::Server::start(&server_bin, dir.path(), "sleep", None, there)?;
-    let idle_server = cradle::Server::start(&server_bin, dir.path(), "idle", Some(0), there)?;
+    let spin_server = cradle::Server::start(server_bin, dir.path(), "spin", Some(20_000), there)?;
+    let sleep_server = cradle::Server::start(server_bin, dir.path(), "sleep", None, there)?;
+    let idle_server = cradle::Server::start(server_bin, dir.path(), "idle", Some(0), there)?;
 
     let mut slots = vec![
         Slot {
@@ -458,32 +561,7 @@ fn run(cli: &Cli) -> Result<(), String> {
     drop(pipe_client);
     drop(slots);
     drop((spin_server, sleep_server, idle_server));
-    drop(dir);
-    progress.done();
-
-    let report = Report {
-        latency,
-        throughput: vec![one, many],
-        command: std::iter::once("cradle-bench".to_string())
-            .chain(std::env::args().skip(1))
-            .collect::<Vec<_>>()
-            .join(" "),
-        date: report::today(),
-        blocks: plan.blocks,
-        pinned: plan.pin,
-        seconds: started.elapsed().as_secs_f64(),
-    };
-    print!("{}", report.table());
-    if let Some(path) = &cli.json {
-        std::fs::write(path, report.json())
-            .map_err(|e| format!("write {}: {e}", path.display()))?;
-        eprintln!("wrote {}", path.display());
-    }
-    if let Some(path) = &cli.plot {
-        std::fs::write(path, report.svg()).map_err(|e| format!("write {}: {e}", path.display()))?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
+    Ok((latency, vec![one, many]))
 }
 
 /// Writes the call's sequence number into the first bytes of the payload.

@@ -1,5 +1,6 @@
 //! The other process of each baseline (`cradle-bench peer <kind> ...`), and
-//! the extra client processes of the N-client pipelined scenario. Not meant
+//! the extra client processes of the N-client pipelined scenario (the blob
+//! reader, `blob-reader`, lives in `blobs.rs`). Not meant
 //! to be run by hand: the harness starts them with the right descriptors.
 
 use crate::transport::{MAX_PAYLOAD, SEG_LEN, STOP, futex_wait_change, word, words};
@@ -48,12 +49,13 @@ pub(crate) fn run(kind: &str, args: &[String]) -> Result<(), String> {
             let window: usize = arg(2)?.parse().map_err(|e| format!("window: {e}"))?;
             pipelined_client(socket, calls, window)
         }
+        "blob-reader" => crate::blobs::reader(arg(0)?, fd(1)?),
         other => Err(format!("unknown peer kind {other:?}")),
     }
 }
 
 /// Takes ownership of a descriptor inherited from the harness.
-fn inherited(fd: RawFd) -> (RawFd, File) {
+pub(crate) fn inherited(fd: RawFd) -> (RawFd, File) {
     // SAFETY: the harness opened `fd` for us (CLOEXEC cleared in pre_exec)
     // and nothing else in this process uses it: we take ownership here, once.
     (fd, File::from(unsafe { OwnedFd::from_raw_fd(fd) }))

@@ -111,6 +111,8 @@ pub(crate) fn block_ratio(a: &Latency, b: &Latency) -> Option<f64> {
 pub(crate) struct Report {
     pub(crate) latency: Vec<Latency>,
     pub(crate) throughput: Vec<Throughput>,
+    /// The blob scenarios, unless `--blobs off`.
+    pub(crate) blobs: Option<BlobReport>,
     pub(crate) command: String,
     pub(crate) date: String,
     pub(crate) blocks: usize,
@@ -145,6 +147,17 @@ impl Report {
     /// The targets of DESIGN §9 that this harness measures.
     pub(crate) fn targets(&self) -> Vec<Target> {
         let mut out = Vec::new();
+        if !self.latency.is_empty() || !self.throughput.is_empty() {
+            self.call_targets(&mut out);
+        }
+        if let Some(b) = &self.blobs {
+            out.extend(b.targets());
+        }
+        out
+    }
+
+    /// The targets of the call scenarios.
+    fn call_targets(&self, out: &mut Vec<Target>) {
         for (payload, limit) in [(8usize, 3.0f64), (64, 4.0)] {
             let what = format!("spinning call {payload} B, p50 <= {limit}x the floor");
             let r = self
@@ -241,10 +254,10 @@ impl Report {
                 None => "not measured".into(),
             },
         });
-        out
     }
 
-    /// The terminal table, the throughput lines and the targets.
+    /// The terminal table, the throughput lines, the blob tables and the
+    /// targets.
     pub(crate) fn table(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(
@@ -259,6 +272,55 @@ impl Report {
             },
             self.seconds
         );
+        if !self.latency.is_empty() {
+            self.call_table(&mut s);
+        }
+        if !self.throughput.is_empty() {
+            s.push_str("\nthroughput (8 B pings, validated)\n");
+            for t in &self.throughput {
+                let med = median(&t.block_rates).unwrap_or(0.0);
+                let min = t.block_rates.iter().copied().fold(f64::INFINITY, f64::min);
+                let max = t.block_rates.iter().copied().fold(0.0, f64::max);
+                let _ = writeln!(
+                    s,
+                    "{:<22} clients {:>2}  window {:>3}  {:>10} calls  median {:>6.2} M calls/s  (blocks {:.2}..{:.2}){}",
+                    t.name,
+                    t.clients,
+                    t.window,
+                    t.calls,
+                    med / 1e6,
+                    min / 1e6,
+                    max / 1e6,
+                    match (t.client_wakes, t.server_wakes, t.allocs) {
+                        (Some(c), Some(sv), Some(a)) => format!(
+                            "  wake c {} wake s {} allocs {} /call",
+                            per(c, t.calls),
+                            per(sv, t.calls),
+                            per(a, t.calls)
+                        ),
+                        _ => String::new(),
+                    }
+                );
+            }
+        }
+        if let Some(b) = &self.blobs {
+            s.push_str(&b.table());
+        }
+        s.push_str("\ntargets (DESIGN.md §9)\n");
+        for t in self.targets() {
+            let verdict = match (t.pass, t.measured) {
+                (Some(true), _) => "PASS",
+                (Some(false), _) => "MISS",
+                (None, Some(_)) => "INFO",
+                (None, None) => "----",
+            };
+            let _ = writeln!(s, "  {verdict}  {:<62} {}", t.what, t.detail);
+        }
+        s
+    }
+
+    /// The latency table of the call scenarios.
+    fn call_table(&self, s: &mut String) {
         let _ = writeln!(
             s,
             "{:<18} {:>7} {:>8} {:>9} {:>9} {:>9} {:>9} {:>10} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7}",
@@ -277,15 +339,7 @@ impl Report {
             "allocs",
             "minflt"
         );
-        let us = |ns: u64| format!("{:.3}", ns as f64 / 1e3);
         let ratio = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}"));
-        let per = |x: u64, n: u64| {
-            if n == 0 {
-                "-".to_string()
-            } else {
-                format!("{:.3}", x as f64 / n as f64)
-            }
-        };
         let mut last_payload = None;
         for l in &self.latency {
             if last_payload.is_some_and(|p| p != l.payload) {
@@ -317,44 +371,6 @@ impl Report {
              wake syscalls per call in the calling / serving process; allocs, minflt: heap \
              allocations and minor page faults per call in the calling process)\n",
         );
-        if !self.throughput.is_empty() {
-            s.push_str("\nthroughput (8 B pings, validated)\n");
-            for t in &self.throughput {
-                let med = median(&t.block_rates).unwrap_or(0.0);
-                let min = t.block_rates.iter().copied().fold(f64::INFINITY, f64::min);
-                let max = t.block_rates.iter().copied().fold(0.0, f64::max);
-                let _ = writeln!(
-                    s,
-                    "{:<22} clients {:>2}  window {:>3}  {:>10} calls  median {:>6.2} M calls/s  (blocks {:.2}..{:.2}){}",
-                    t.name,
-                    t.clients,
-                    t.window,
-                    t.calls,
-                    med / 1e6,
-                    min / 1e6,
-                    max / 1e6,
-                    match (t.client_wakes, t.server_wakes, t.allocs) {
-                        (Some(c), Some(sv), Some(a)) => format!(
-                            "  wake c {} wake s {} allocs {} /call",
-                            per(c, t.calls),
-                            per(sv, t.calls),
-                            per(a, t.calls)
-                        ),
-                        _ => String::new(),
-                    }
-                );
-            }
-        }
-        s.push_str("\ntargets (DESIGN.md §9)\n");
-        for t in self.targets() {
-            let verdict = match t.pass {
-                Some(true) => "PASS",
-                Some(false) => "MISS",
-                None => "----",
-            };
-            let _ = writeln!(s, "  {verdict}  {:<62} {}", t.what, t.detail);
-        }
-        s
     }
 
     /// The JSON array: one object per scenario, then one per target.
@@ -405,6 +421,9 @@ impl Report {
             o.opt("wake_syscalls_server_per_call", p(t.server_wakes));
             o.opt("allocs_per_call", p(t.allocs));
             items.push(o.finish());
+        }
+        if let Some(b) = &self.blobs {
+            items.extend(b.json_items());
         }
         for t in self.targets() {
             let mut o = Obj::default();
@@ -605,12 +624,549 @@ impl Report {
     }
 }
 
-/// "8 B", "4 KiB", "64 KiB".
+/// The blob scenarios of one run (`blobs.rs`).
+#[derive(Debug)]
+pub(crate) struct BlobReport {
+    /// `blob-create-seal`: 4 KiB create + write + seal + drop, this process.
+    pub(crate) create: Latency,
+    /// `ping-same-client`: an 8-byte `Ping` on the same client, same blocks.
+    pub(crate) reference: Latency,
+    /// `blob-create-seal` again, each phase timed on its own: (phase, ns).
+    pub(crate) phases: Vec<(&'static str, Vec<u64>)>,
+    /// Minor faults over the first `counted_ops` creates of a new session.
+    pub(crate) cold_minflt: u64,
+    /// The page-fault counter: operations after the warm-up, untimed, and
+    /// this process's minor faults, allocations and wake syscalls over them.
+    pub(crate) counted_ops: u64,
+    pub(crate) counted_minflt: u64,
+    pub(crate) counted_allocs: u64,
+    pub(crate) counted_wakes: u64,
+    /// `blob-pass-mapped` per size, timed in the reader (its counters).
+    pub(crate) pass: Vec<Latency>,
+    /// First map and full read, per size.
+    pub(crate) first: Vec<FirstMap>,
+    /// The threshold: `blob-small` (sizes up to `small_max`) and
+    /// `blob-large` (every size), this process.
+    pub(crate) small: Vec<Latency>,
+    pub(crate) large: Vec<Latency>,
+    pub(crate) small_max: usize,
+}
+
+/// First map and full read of one large blob: one entry per repetition.
+#[derive(Debug)]
+pub(crate) struct FirstMap {
+    pub(crate) size: usize,
+    /// `get` by a fresh client of the reader.
+    pub(crate) get_ns: Vec<u64>,
+    /// One byte read per page, the first time.
+    pub(crate) touch_ns: Vec<u64>,
+    /// The reader's minor faults during the touch.
+    pub(crate) minflt: Vec<u64>,
+    /// The sum of every word, pages present.
+    pub(crate) read_ns: Vec<u64>,
+    /// Request, receipt over the Unix socket and the same sum.
+    pub(crate) sock_ns: Vec<u64>,
+}
+
+fn median_ns(v: &[u64]) -> Option<f64> {
+    median(&v.iter().map(|&x| x as f64).collect::<Vec<_>>())
+}
+
+impl FirstMap {
+    fn per_gib(&self, ns: Option<f64>) -> Option<f64> {
+        ns.map(|x| x * crate::blobs::GIB as f64 / self.size as f64)
+    }
+
+    /// First map of a GiB: (get + touch) of each repetition, median, per GiB.
+    fn map_per_gib(&self) -> Option<f64> {
+        let v: Vec<u64> = self
+            .get_ns
+            .iter()
+            .zip(&self.touch_ns)
+            .map(|(g, t)| g + t)
+            .collect();
+        self.per_gib(median_ns(&v))
+    }
+
+    /// Median over repetitions of socket / read (read: pages present).
+    fn socket_to_read(&self) -> Option<f64> {
+        let v: Vec<f64> = self
+            .sock_ns
+            .iter()
+            .zip(&self.read_ns)
+            .filter(|(_, r)| **r > 0)
+            .map(|(s, r)| *s as f64 / *r as f64)
+            .collect();
+        median(&v)
+    }
+
+    /// Median over repetitions of socket / (get + touch + read): against a
+    /// reader that maps the blob for this one read.
+    fn socket_to_cold(&self) -> Option<f64> {
+        let v: Vec<f64> = (0..self.sock_ns.len().min(self.read_ns.len()))
+            .filter_map(|i| {
+                let cold = self.get_ns.get(i)? + self.touch_ns.get(i)? + self.read_ns.get(i)?;
+                (cold > 0).then(|| self.sock_ns[i] as f64 / cold as f64)
+            })
+            .collect();
+        median(&v)
+    }
+}
+
+impl BlobReport {
+    /// Flatness of the pass: (median over blocks of the per-block
+    /// max p50 / min p50 over the sizes, the same of the whole-run p50s).
+    pub(crate) fn flatness(&self) -> Option<(f64, f64)> {
+        if self.pass.len() < 2 {
+            return None;
+        }
+        let blocks = self.pass.iter().map(|l| l.block_p50.len()).min()?;
+        let spread = |v: &[u64]| -> Option<f64> {
+            let lo = v.iter().copied().min()?;
+            let hi = v.iter().copied().max()?;
+            (lo > 0).then(|| hi as f64 / lo as f64)
+        };
+        let per_block: Vec<f64> = (0..blocks)
+            .filter_map(|b| {
+                let v: Vec<u64> = self.pass.iter().map(|l| l.block_p50[b]).collect();
+                spread(&v)
+            })
+            .collect();
+        let whole: Vec<u64> = self
+            .pass
+            .iter()
+            .map(|l| summarize(&l.samples).p50)
+            .collect();
+        Some((median(&per_block)?, spread(&whole)?))
+    }
+
+    /// Per size taken by both paths: the median over blocks of the
+    /// large / small p50 ratio.
+    pub(crate) fn threshold_ratios(&self) -> Vec<(usize, f64)> {
+        self.small
+            .iter()
+            .filter_map(|s| {
+                let l = self.large.iter().find(|l| l.payload == s.payload)?;
+                Some((s.payload, block_ratio(l, s)?))
+            })
+            .collect()
+    }
+
+    /// The smallest size from which the large path is faster than the
+    /// small one at every larger size measured with both; `None` if the
+    /// small path is faster at the largest.
+    pub(crate) fn crossover(&self) -> Option<usize> {
+        let mut cross = None;
+        for &(size, r) in self.threshold_ratios().iter().rev() {
+            if r < 1.0 {
+                cross = Some(size);
+            } else {
+                break;
+            }
+        }
+        cross
+    }
+
+    fn pass_range(&self) -> String {
+        match (self.pass.first(), self.pass.last()) {
+            (Some(a), Some(b)) => format!("{}..{}", size(a.payload), size(b.payload)),
+            _ => "-".into(),
+        }
+    }
+
+    /// The blob rows of DESIGN §9.
+    pub(crate) fn targets(&self) -> Vec<Target> {
+        let mut out = Vec::new();
+        let p50 = (!self.create.samples.is_empty())
+            .then(|| summarize(&self.create.samples).p50 as f64 / 1e3);
+        out.push(Target {
+            what: "blob create + write + seal 4 KiB, spinning, p50 <= 2 us".into(),
+            scenario: crate::blobs::CREATE.into(),
+            payload: Some(self.create.payload),
+            measured: p50,
+            unit: "us",
+            pass: p50.map(|p| p <= 2.0),
+            detail: match p50 {
+                Some(p) => format!("{p:.3} us (limit 2 us)"),
+                None => "not measured".into(),
+            },
+        });
+        out.push(Target {
+            what: format!(
+                "minor faults over {} creates from a warm pool = 0",
+                self.counted_ops
+            ),
+            scenario: crate::blobs::CREATE.into(),
+            payload: Some(self.create.payload),
+            measured: Some(self.counted_minflt as f64),
+            unit: "minor faults",
+            pass: Some(self.counted_minflt == 0),
+            detail: format!(
+                "{} minor faults over {} create + write + seal + drop (limit 0)",
+                self.counted_minflt, self.counted_ops
+            ),
+        });
+        let flat = self.flatness();
+        out.push(Target {
+            what: format!(
+                "pass a mapped blob {}, p50 flat within 2x",
+                self.pass_range()
+            ),
+            scenario: crate::blobs::PASS.into(),
+            payload: None,
+            measured: flat.map(|f| f.0),
+            unit: "max p50 / min p50",
+            pass: flat.map(|f| f.0 <= 2.0),
+            detail: match flat {
+                Some((b, w)) => {
+                    format!("max/min p50 {b:.2}x (whole-run p50s {w:.2}x; limit 2x)")
+                }
+                None => "not measured (fewer than two sizes)".into(),
+            },
+        });
+        let big = self.first.last();
+        out.push(Target {
+            what: "first map of a large blob, per GiB, next to a Unix socket".into(),
+            scenario: "blob-first-map".into(),
+            payload: big.map(|f| f.size),
+            measured: big.and_then(|f| f.map_per_gib()).map(|x| x / 1e6),
+            unit: "ms per GiB (get + first touch)",
+            pass: None,
+            detail: match big {
+                Some(f) => format!(
+                    "{}: get {} us + touch {} ms/GiB; read {} vs socket {} ms/GiB ({}x)",
+                    size(f.size),
+                    fmt(median_ns(&f.get_ns).map(|x| x / 1e3), 1),
+                    fmt(f.per_gib(median_ns(&f.touch_ns)).map(|x| x / 1e6), 1),
+                    fmt(f.per_gib(median_ns(&f.read_ns)).map(|x| x / 1e6), 1),
+                    fmt(f.per_gib(median_ns(&f.sock_ns)).map(|x| x / 1e6), 1),
+                    fmt(f.socket_to_read(), 1),
+                ),
+                None => "not measured (--blob-max below 1 MiB)".into(),
+            },
+        });
+        out
+    }
+
+    /// The blob tables of the terminal report.
+    pub(crate) fn table(&self) -> String {
+        let mut s = String::new();
+        s.push_str(
+            "\nblobs (a cradle-server --spin-us 20000 of their own; clients WaitMode::Spin; \
+             author: this process; reader: `cradle-bench peer blob-reader`, another process)\n\n",
+        );
+        let _ = writeln!(
+            s,
+            "{:<18} {:>7} {:>8} {:>9} {:>9} {:>9} {:>9} {:>10} {:>7} {:>7} {:>7} {:>7}",
+            "scenario",
+            "size",
+            "n",
+            "p50 us",
+            "p90 us",
+            "p99 us",
+            "p99.9 us",
+            "max us",
+            "x min",
+            "wake c",
+            "allocs",
+            "minflt"
+        );
+        let min_pass = self
+            .pass
+            .iter()
+            .map(|l| summarize(&l.samples).p50)
+            .min()
+            .unwrap_or(0);
+        let row = |s: &mut String, l: &Latency, x_min: Option<f64>| {
+            let m = summarize(&l.samples);
+            let _ = writeln!(
+                s,
+                "{:<18} {:>7} {:>8} {:>9} {:>9} {:>9} {:>9} {:>10} {:>7} {:>7} {:>7} {:>7}",
+                l.name,
+                size(l.payload),
+                m.n,
+                us(m.p50),
+                us(m.p90),
+                us(m.p99),
+                us(m.p999),
+                us(m.max),
+                x_min.map_or("-".into(), |r| format!("{r:.2}")),
+                per(l.client_wakes, m.n),
+                per(l.allocs, m.n),
+                per(l.minflt, m.n),
+            );
+        };
+        row(&mut s, &self.create, None);
+        row(&mut s, &self.reference, None);
+        s.push('\n');
+        for l in &self.pass {
+            let p = summarize(&l.samples).p50;
+            row(
+                &mut s,
+                l,
+                (min_pass > 0).then(|| p as f64 / min_pass as f64),
+            );
+        }
+        s.push('\n');
+        for l in &self.large {
+            if let Some(sm) = self.small.iter().find(|x| x.payload == l.payload) {
+                row(&mut s, sm, None);
+            }
+            row(&mut s, l, None);
+        }
+        let _ = writeln!(
+            s,
+            "\n({}: create(4 KiB) + write_at(0, 4 KiB) + seal() + drop(Blob), timed together \
+             in this process; releases are batched, every 64th drop sends them. {}: an \
+             8-byte Ping (call_with, echo checked in place) on the same client, same blocks. \
+             {}: get(handle) + drop(BlobRef) in the reader, which has mapped the blob once \
+             and keeps that first BlobRef; its counters are the reader's; x min: p50 / the \
+             smallest p50 of the sizes. {} / {}: create (author pool, sizes <= {}) or \
+             create_large (a memfd of its own) + write_at(0, whole blob) + seal() + drop(Blob), \
+             this process. wake c, allocs, minflt: per operation, in the timing process)",
+            crate::blobs::CREATE,
+            crate::blobs::PING,
+            crate::blobs::PASS,
+            crate::blobs::SMALL,
+            crate::blobs::LARGE,
+            size(self.small_max),
+        );
+        let n = self.counted_ops;
+        let phases: Vec<String> = self
+            .phases
+            .iter()
+            .map(|(name, v)| format!("{name} {}", us(summarize(v).p50)))
+            .collect();
+        if !phases.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n{} by phase, each timed on its own (p50 us over {} ops): {}",
+                crate::blobs::CREATE,
+                self.phases.first().map_or(0, |p| p.1.len()),
+                phases.join(", ")
+            );
+        }
+        let _ = writeln!(
+            s,
+            "page-fault counter: {n} more {} operations after the warm-up, untimed: \
+             {} minor faults, {} allocations/op, {} wake syscalls/op (this process); \
+             the first {n} of a new session: {} minor faults",
+            crate::blobs::CREATE,
+            self.counted_minflt,
+            per(self.counted_allocs, n),
+            per(self.counted_wakes, n),
+            self.cold_minflt,
+        );
+        if let Some((b, w)) = self.flatness() {
+            let _ = writeln!(
+                s,
+                "pass flatness {}: max p50 / min p50 = {b:.2}x (median over blocks of the \
+                 per-block ratio; of the whole-run p50s: {w:.2}x)",
+                self.pass_range()
+            );
+        }
+        let ratios: Vec<String> = self
+            .threshold_ratios()
+            .iter()
+            .map(|(sz, r)| format!("{} {r:.2}x", size(*sz)))
+            .collect();
+        if !ratios.is_empty() {
+            let _ = writeln!(
+                s,
+                "threshold, large / small p50 (median over blocks): {}; crossover: {}",
+                ratios.join(", "),
+                match self.crossover() {
+                    Some(c) => format!("create_large is faster from {} on", size(c)),
+                    None => format!(
+                        "none up to {}: the author pool is faster at every size both paths take",
+                        size(self.small.last().map_or(0, |l| l.payload))
+                    ),
+                }
+            );
+        }
+        if !self.first.is_empty() {
+            let reps = self.first.iter().map(|f| f.get_ns.len()).max().unwrap_or(0);
+            let _ = writeln!(
+                s,
+                "\nfirst map by a fresh reader client, and a full read against a Unix socket \
+                 (medians of {reps} repetitions)\n"
+            );
+            let _ = writeln!(
+                s,
+                "{:>8} {:>9} {:>9} {:>13} {:>8} {:>9} {:>12} {:>10} {:>14} {:>8} {:>8}",
+                "size",
+                "get us",
+                "touch ms",
+                "touch ms/GiB",
+                "minflt",
+                "read ms",
+                "read ms/GiB",
+                "socket ms",
+                "socket ms/GiB",
+                "sock/rd",
+                "sock/cold"
+            );
+            for f in &self.first {
+                let ms = |x: Option<f64>| fmt(x.map(|v| v / 1e6), 3);
+                let _ = writeln!(
+                    s,
+                    "{:>8} {:>9} {:>9} {:>13} {:>8} {:>9} {:>12} {:>10} {:>14} {:>8} {:>8}",
+                    size(f.size),
+                    fmt(median_ns(&f.get_ns).map(|x| x / 1e3), 1),
+                    ms(median_ns(&f.touch_ns)),
+                    fmt(f.per_gib(median_ns(&f.touch_ns)).map(|x| x / 1e6), 1),
+                    fmt(median_ns(&f.minflt), 0),
+                    ms(median_ns(&f.read_ns)),
+                    fmt(f.per_gib(median_ns(&f.read_ns)).map(|x| x / 1e6), 1),
+                    ms(median_ns(&f.sock_ns)),
+                    fmt(f.per_gib(median_ns(&f.sock_ns)).map(|x| x / 1e6), 1),
+                    fmt(f.socket_to_read(), 2),
+                    fmt(f.socket_to_cold(), 2),
+                );
+            }
+            s.push_str(
+                "\n(get: Client::get by a fresh client of the reader, which has not mapped the \
+                 segment: Acquire + the descriptor over the control socket + mmap + checks. \
+                 touch: one byte read per 4 KiB page, the first time (page faults; minflt: how \
+                 many). read: the wrapping sum of every u64 word, pages present. socket: a \
+                 1-byte request, then the same bytes written by this process (from its own \
+                 mapping of the blob) into a Unix stream socketpair, read by the reader into a \
+                 pre-faulted buffer, then the same sum. sock/rd: socket / read; sock/cold: \
+                 socket / (get + touch + read); both medians of the per-repetition ratios)\n",
+            );
+        }
+        s
+    }
+
+    /// JSON objects: one per blob scenario, the fault counter, one per
+    /// first-map size.
+    fn json_items(&self) -> Vec<String> {
+        let mut items = Vec::new();
+        let min_pass = self
+            .pass
+            .iter()
+            .map(|l| summarize(&l.samples).p50)
+            .min()
+            .unwrap_or(0);
+        let ratios = self.threshold_ratios();
+        let all = [&self.create, &self.reference]
+            .into_iter()
+            .chain(&self.pass)
+            .chain(&self.small)
+            .chain(&self.large);
+        for l in all {
+            let m = summarize(&l.samples);
+            let mut o = Obj::default();
+            o.str("kind", "blob-latency");
+            o.str("name", l.name);
+            o.num("payload_bytes", l.payload as f64);
+            o.str(
+                "timed_in",
+                if l.name == crate::blobs::PASS {
+                    "reader"
+                } else {
+                    "author"
+                },
+            );
+            o.num("n", m.n as f64);
+            o.num("p50_ns", m.p50 as f64);
+            o.num("p90_ns", m.p90 as f64);
+            o.num("p99_ns", m.p99 as f64);
+            o.num("p999_ns", m.p999 as f64);
+            o.num("max_ns", m.max as f64);
+            o.num("blocks", l.block_p50.len() as f64);
+            if l.name == crate::blobs::PASS {
+                o.opt(
+                    "ratio_to_min_p50",
+                    (min_pass > 0).then(|| m.p50 as f64 / min_pass as f64),
+                );
+            }
+            if l.name == crate::blobs::LARGE {
+                o.opt(
+                    "large_to_small",
+                    ratios
+                        .iter()
+                        .find(|(sz, _)| *sz == l.payload)
+                        .map(|(_, r)| *r),
+                );
+            }
+            let p = |x: u64| (m.n > 0).then(|| x as f64 / m.n as f64);
+            o.opt("wake_syscalls_per_op", p(l.client_wakes));
+            o.opt("allocs_per_op", p(l.allocs));
+            o.opt("minor_faults_per_op", p(l.minflt));
+            items.push(o.finish());
+        }
+        let mut o = Obj::default();
+        o.str("kind", "blob-counter");
+        o.str("name", "blob-create-seal page-fault counter");
+        o.num("payload_bytes", self.create.payload as f64);
+        o.num("ops", self.counted_ops as f64);
+        o.num("minor_faults", self.counted_minflt as f64);
+        o.num("allocs", self.counted_allocs as f64);
+        o.num("wake_syscalls", self.counted_wakes as f64);
+        o.num("new_session_minor_faults", self.cold_minflt as f64);
+        for (name, v) in &self.phases {
+            o.num(&format!("phase_{name}_p50_ns"), summarize(v).p50 as f64);
+        }
+        items.push(o.finish());
+        let mut o = Obj::default();
+        o.str("kind", "blob-summary");
+        o.str("name", "blob-pass-mapped flatness and threshold crossover");
+        let flat = self.flatness();
+        o.opt("pass_max_to_min_p50_block_median", flat.map(|f| f.0));
+        o.opt("pass_max_to_min_p50_whole_run", flat.map(|f| f.1));
+        o.opt("crossover_bytes", self.crossover().map(|c| c as f64));
+        o.num("small_max_bytes", self.small_max as f64);
+        items.push(o.finish());
+        for f in &self.first {
+            let mut o = Obj::default();
+            o.str("kind", "blob-first-map");
+            o.str("name", "blob-first-map");
+            o.num("payload_bytes", f.size as f64);
+            o.num("repetitions", f.get_ns.len() as f64);
+            o.opt("get_ns", median_ns(&f.get_ns));
+            o.opt("touch_ns", median_ns(&f.touch_ns));
+            o.opt("touch_ns_per_gib", f.per_gib(median_ns(&f.touch_ns)));
+            o.opt("map_ns_per_gib", f.map_per_gib());
+            o.opt("minor_faults", median_ns(&f.minflt));
+            o.opt("read_ns", median_ns(&f.read_ns));
+            o.opt("read_ns_per_gib", f.per_gib(median_ns(&f.read_ns)));
+            o.opt("unix_socket_ns", median_ns(&f.sock_ns));
+            o.opt("unix_socket_ns_per_gib", f.per_gib(median_ns(&f.sock_ns)));
+            o.opt("socket_to_read", f.socket_to_read());
+            o.opt("socket_to_cold", f.socket_to_cold());
+            items.push(o.finish());
+        }
+        items
+    }
+}
+
+/// `x` with `decimals` decimals, "-" for `None`.
+fn fmt(x: Option<f64>, decimals: usize) -> String {
+    x.map_or("-".into(), |v| format!("{v:.decimals$}"))
+}
+
+/// "8 B", "4 KiB", "64 KiB", "16 MiB", "1 GiB".
 pub(crate) fn size(b: usize) -> String {
-    if b >= 1024 && b.is_multiple_of(1024) {
-        format!("{} KiB", b / 1024)
+    for (unit, name) in [(1usize << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")] {
+        if b >= unit && b.is_multiple_of(unit) {
+            return format!("{} {name}", b / unit);
+        }
+    }
+    format!("{b} B")
+}
+
+/// Nanoseconds as microseconds, 3 decimals.
+fn us(ns: u64) -> String {
+    format!("{:.3}", ns as f64 / 1e3)
+}
+
+/// `x / n`, 3 decimals; "-" when `n` is 0.
+fn per(x: u64, n: u64) -> String {
+    if n == 0 {
+        "-".to_string()
     } else {
-        format!("{b} B")
+        format!("{:.3}", x as f64 / n as f64)
     }
 }
 
@@ -730,6 +1286,7 @@ mod tests {
                 server_wakes: Some(0),
                 allocs: Some(10),
             }],
+            blobs: None,
             command: "cradle-bench \"--quick\"".into(),
             date: "2026-11-22".into(),
             blocks: 3,
@@ -817,6 +1374,9 @@ mod tests {
         assert_eq!(size(8), "8 B");
         assert_eq!(size(4096), "4 KiB");
         assert_eq!(size(65536), "64 KiB");
+        assert_eq!(size(1 << 20), "1 MiB");
+        assert_eq!(size(3 << 30), "3 GiB");
+        assert_eq!(size(1536 << 10), "1536 KiB");
         let d = today();
         assert_eq!(d.len(), 10);
         assert!(d.starts_with("20"));
