@@ -373,6 +373,11 @@ impl Client {
         let _ = self.send::<Release>(&batch);
     }
 
+    fn has_queued_releases(&self) -> bool {
+        let p = lock(&self.blobs().pending);
+        !p.leases.is_empty() || !p.aborted.is_empty()
+    }
+
     /// Sends every queued release now and waits until the server has
     /// processed them.
     pub fn flush(&self) -> Result<(), CallError> {
@@ -397,11 +402,28 @@ pub struct Cache<'c> {
 
 impl Cache<'_> {
     fn put_req(&self, key: &str, blob: &Blob, if_absent: bool) -> Result<bool, CallError> {
-        self.client.call::<CachePut>(&PutRequest {
+        let req = PutRequest {
             key: key.to_owned(),
             handle: blob.handle,
             if_absent,
-        })
+        };
+        self.retry_full(|| self.client.call::<CachePut>(&req))
+    }
+
+    /// Runs a put; if the cache is full while this client still has
+    /// releases queued (leases it dropped but did not send yet, which keep
+    /// entries held), sends them and tries once more.
+    fn retry_full(&self, put: impl Fn() -> Result<bool, CallError>) -> Result<bool, CallError> {
+        match put() {
+            Err(CallError::Remote {
+                code: ipc_rpc::ErrorCode::CacheFull,
+                ..
+            }) if self.client.has_queued_releases() => {
+                self.client.flush()?;
+                put()
+            }
+            r => r,
+        }
     }
 
     /// Stores `blob` under `key`, replacing what was there (its readers keep
@@ -422,14 +444,12 @@ impl Cache<'_> {
             timeout: self.client.default_timeout().max(std::time::Duration::from_secs(600)),
             wait: ipc_core::doorbell::WaitMode::Sleep,
         };
-        self.client.call_opts::<CachePutDurable>(
-            &PutRequest {
-                key: key.to_owned(),
-                handle: blob.handle,
-                if_absent,
-            },
-            opts,
-        )
+        let req = PutRequest {
+            key: key.to_owned(),
+            handle: blob.handle,
+            if_absent,
+        };
+        self.retry_full(|| self.client.call_opts::<CachePutDurable>(&req, opts))
     }
 
     /// Stores `blob` under `key` unless the key exists; whether it stored.
