@@ -29,9 +29,9 @@ use ipc_core::shm::{Access, Mapping, OpenExpect, RangeAlloc, Seals, Segment};
 use ipc_rpc::CallError;
 use ipc_rpc::blob::{
     AUTHOR_KIND, Acquire, AuthorPool, BLOB_LAYOUT_VERSION, BLOB_MAGIC, BlobHandle, BlobStats,
-    CacheGet, CacheLoad, CachePut, CachePutDurable, CacheRemove, CreateLarge, DATA_OFFSET, FD_GRANT_MAGIC, FdGrant, LARGE_KIND,
-    Lookup, MapSegment, POOL_ALIGN, POOL_KIND, PutRequest, Release, ReleaseBatch, SealLarge, SealSmall,
-    SegmentInfo,
+    CacheGet, CacheLoad, CachePut, CachePutDurable, CacheRemove, CreateLarge, DATA_OFFSET,
+    FD_GRANT_MAGIC, FdGrant, LARGE_KIND, Lookup, MapSegment, POOL_ALIGN, POOL_KIND, PutRequest,
+    Release, ReleaseBatch, SealLarge, SealSmall, SegmentInfo,
 };
 use ipc_rpc::builtin::Stats;
 use ipc_rpc::handshake::{self, Goodbye};
@@ -441,7 +441,10 @@ impl Cache<'_> {
     pub fn put_durable(&self, key: &str, blob: &Blob, if_absent: bool) -> Result<bool, CallError> {
         let opts = crate::CallOptions {
             // Writing hundreds of MiB and syncing them takes a while.
-            timeout: self.client.default_timeout().max(std::time::Duration::from_secs(600)),
+            timeout: self
+                .client
+                .default_timeout()
+                .max(std::time::Duration::from_secs(600)),
             wait: ipc_core::doorbell::WaitMode::Sleep,
         };
         let req = PutRequest {
@@ -466,7 +469,10 @@ impl Cache<'_> {
             Lookup::Miss => return Ok(None),
             Lookup::OnDisk => {
                 let opts = crate::CallOptions {
-                    timeout: self.client.default_timeout().max(std::time::Duration::from_secs(600)),
+                    timeout: self
+                        .client
+                        .default_timeout()
+                        .max(std::time::Duration::from_secs(600)),
                     wait: ipc_core::doorbell::WaitMode::Sleep,
                 };
                 match self.client.call_opts::<CacheLoad>(&key.to_owned(), opts)? {

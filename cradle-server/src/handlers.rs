@@ -98,12 +98,12 @@ where
     invoke_with::<M, _>(&|_: &(), r| f(r), &(), bytes)
 }
 
+/// A user handler that takes a context, borrowed.
+type WithCtx<'f, C, M> =
+    &'f dyn Fn(&C, <M as Method>::Request) -> Result<<M as Method>::Response, HandlerError>;
+
 /// [`invoke`] for a handler that also takes a context.
-fn invoke_with<M, C>(
-    f: &dyn Fn(&C, M::Request) -> Result<M::Response, HandlerError>,
-    ctx: &C,
-    bytes: &[u8],
-) -> Outcome<M::Response>
+fn invoke_with<M, C>(f: WithCtx<'_, C, M>, ctx: &C, bytes: &[u8]) -> Outcome<M::Response>
 where
     M: Method,
     C: ?Sized,

@@ -60,7 +60,12 @@ struct Args {
     /// [default: $XDG_CACHE_HOME/cradle, else ~/.cache/cradle]. Created with
     /// mode 0700 if missing; the server refuses to start if it cannot write
     /// there.
-    #[arg(long, value_name = "DIR", env = "CRADLE_DISK_CACHE", conflicts_with = "no_disk_cache")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "CRADLE_DISK_CACHE",
+        conflicts_with = "no_disk_cache"
+    )]
     disk_cache: Option<PathBuf>,
 
     /// Disk cache budget, e.g. 50G [default: 16 GiB, at most half the free

@@ -210,7 +210,11 @@ fn readers_and_the_author_cannot_change_a_sealed_blob() {
         let h = show_handle(blob.handle());
         let kind = if len == SMALL { "pool" } else { "large" };
 
-        let (status, lines) = child_results(spawn_child("reader", &dir.socket(), &[h.clone()]));
+        let (status, lines) = child_results(spawn_child(
+            "reader",
+            &dir.socket(),
+            std::slice::from_ref(&h),
+        ));
         assert!(status.success(), "reader of a {kind} blob: {status}");
         check_attacks(&lines, &format!("reader of a {kind} blob"));
 

@@ -64,7 +64,11 @@ fn child_entry() {
         "durable-writer" => {
             let round: u64 = args[0].parse().unwrap();
             for i in 0u64.. {
-                let len = if i % 10 == 9 { 2 << 20 } else { 1024 + (i as usize * 7919) % (256 << 10) };
+                let len = if i % 10 == 9 {
+                    2 << 20
+                } else {
+                    1024 + (i as usize * 7919) % (256 << 10)
+                };
                 let data = bytes(round << 32 | i, len);
                 let put = c.create(len).and_then(|mut w| {
                     w.write_at(0, &data);
@@ -114,7 +118,12 @@ fn a_hundred_blobs_survive_a_server_restart() {
     assert_eq!(st.disk_entries, 100, "{st:?}");
     assert_eq!(st.cache_entries, 0, "memory starts empty");
     for (i, sum) in sums.iter().enumerate() {
-        assert_eq!(checksum_of(&c, &format!("k{i}")), Some(*sum), "k{i} ({} bytes)", sizes[i]);
+        assert_eq!(
+            checksum_of(&c, &format!("k{i}")),
+            Some(*sum),
+            "k{i} ({} bytes)",
+            sizes[i]
+        );
     }
     let st = stats(&c);
     assert_eq!((st.disk_hits, st.disk_corruptions), (100, 0), "{st:?}");
@@ -168,7 +177,11 @@ fn kill_9_during_durable_puts_never_loses_an_acknowledged_one() {
         let in_flight = format!("r{round}-{next}");
         if let Some(r) = c.cache().get(&in_flight).unwrap() {
             let seed = round << 32 | next;
-            assert_eq!(xxh3_64(&r), xxh3_64(&bytes(seed, r.len())), "{in_flight} torn");
+            assert_eq!(
+                xxh3_64(&r),
+                xxh3_64(&bytes(seed, r.len())),
+                "{in_flight} torn"
+            );
         }
         let st = stats(&c);
         assert_eq!(st.disk_corruptions, 0, "round {round}: {st:?}");
@@ -177,7 +190,11 @@ fn kill_9_during_durable_puts_never_loses_an_acknowledged_one() {
             acked.len()
         );
     }
-    assert!(acked.len() >= 20, "too few puts to mean anything: {}", acked.len());
+    assert!(
+        acked.len() >= 20,
+        "too few puts to mean anything: {}",
+        acked.len()
+    );
 }
 
 /// The entry file holding `key` (found by its key bytes in the header).
@@ -205,7 +222,9 @@ fn damaged_entries_are_reported_and_never_served() {
         .map(|(i, &n)| bytes(100 + i as u64, n))
         .collect();
     for (i, d) in data.iter().enumerate() {
-        c.cache().put_durable(&format!("d{i}"), &blob(&c, d), false).unwrap();
+        c.cache()
+            .put_durable(&format!("d{i}"), &blob(&c, d), false)
+            .unwrap();
     }
     drop(c);
     assert!(s.terminate().success());
@@ -235,13 +254,29 @@ fn damaged_entries_are_reported_and_never_served() {
     b3[9] ^= 1;
     std::fs::write(&f3, &b3).unwrap();
 
-    assert!(c.cache().get("d0").unwrap().is_none(), "flipped data served");
-    assert!(c.cache().get("d1").unwrap().is_none(), "truncated entry served");
-    assert!(c.cache().get("d3").unwrap().is_none(), "damaged header served");
-    assert_eq!(checksum_of(&c, "d2"), Some(xxh3_64(&data[2])), "intact entry");
+    assert!(
+        c.cache().get("d0").unwrap().is_none(),
+        "flipped data served"
+    );
+    assert!(
+        c.cache().get("d1").unwrap().is_none(),
+        "truncated entry served"
+    );
+    assert!(
+        c.cache().get("d3").unwrap().is_none(),
+        "damaged header served"
+    );
+    assert_eq!(
+        checksum_of(&c, "d2"),
+        Some(xxh3_64(&data[2])),
+        "intact entry"
+    );
     let st = stats(&c);
     assert_eq!(st.disk_corruptions, 3, "{st:?}");
-    assert!(!f0.exists() && !f1.exists() && !f3.exists(), "damaged files dropped");
+    assert!(
+        !f0.exists() && !f1.exists() && !f3.exists(),
+        "damaged files dropped"
+    );
     // Still serving, no SIGBUS.
     assert_eq!(c.call::<Ping>(&b"alive".to_vec()).unwrap(), b"alive");
     assert!(Path::new(&format!("/proc/{}", s.pid())).exists());
@@ -349,7 +384,9 @@ fn a_disk_cache_directory_that_cannot_be_written_stops_the_server() {
     let c = Client::connect(dir.socket()).unwrap();
     let b = blob(&c, b"x");
     match c.cache().put_durable("k", &b, false) {
-        Err(CallError::Remote { message, .. }) => assert!(message.contains("--no-disk-cache"), "{message}"),
+        Err(CallError::Remote { message, .. }) => {
+            assert!(message.contains("--no-disk-cache"), "{message}")
+        }
         other => panic!("expected an error, got {other:?}"),
     }
 }

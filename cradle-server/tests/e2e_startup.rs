@@ -241,7 +241,11 @@ fn a_memory_cache_budget_the_machine_cannot_hold_is_refused() {
             .output()
             .expect("run cradle-server");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(if value == "12Q" { 2 } else { 1 }), "{err}");
+        assert_eq!(
+            out.status.code(),
+            Some(if value == "12Q" { 2 } else { 1 }),
+            "{err}"
+        );
         assert!(err.contains(want), "{value}: {err}");
         assert!(!dir.socket().exists(), "no socket left behind");
     }

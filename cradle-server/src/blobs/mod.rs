@@ -759,10 +759,9 @@ impl BlobStore {
             let g = self.lock();
             match g.segments.get(&segment) {
                 Some(SegEntry::Pool(p)) => return Ok(Arc::clone(&p.map)),
-                Some(SegEntry::Large { seg }) => seg
-                    .fd()
-                    .try_clone_to_owned()
-                    .map_err(|e| e.to_string())?,
+                Some(SegEntry::Large { seg }) => {
+                    seg.fd().try_clone_to_owned().map_err(|e| e.to_string())?
+                }
                 _ => return Err(format!("segment {segment} is gone")),
             }
         };
@@ -935,7 +934,6 @@ impl Inner {
         }
         Ok(true)
     }
-
 
     /// One cache reference of `blob` is gone.
     fn uncache(&mut self, blob: u64) {

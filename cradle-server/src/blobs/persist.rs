@@ -218,7 +218,11 @@ impl BlobStore {
             // Counts the queued puts of this blob under this key only: an
             // older blob's jobs find another blob there and leave it alone.
             let e = g.pending.entry(key.to_owned()).or_insert((h.id, 0));
-            *e = if e.0 == h.id { (h.id, e.1 + 1) } else { (h.id, 1) };
+            *e = if e.0 == h.id {
+                (h.id, e.1 + 1)
+            } else {
+                (h.id, 1)
+            };
             let job = DiskJob::Put {
                 key: key.to_owned(),
                 blob: h.id,
@@ -458,7 +462,9 @@ pub(crate) fn open_tier(
 ) -> Result<DiskTier, crate::StartError> {
     let bad = |m: String| crate::StartError::InvalidConfig(m);
     if budget == Some(0) {
-        return Err(bad("--disk-cache-bytes must be more than 0 (or use --no-disk-cache)".into()));
+        return Err(bad(
+            "--disk-cache-bytes must be more than 0 (or use --no-disk-cache)".into(),
+        ));
     }
     // Opened with the largest budget first so that the directory is created
     // and probed; then sized.
