@@ -310,8 +310,8 @@ impl ServerBuilder {
     /// `PR_SET_DUMPABLE 0`, `RLIMIT_NOFILE` raised, status segment sealed.
     pub fn bind(self) -> Result<Server, StartError> {
         self.validate()?;
-        // The cache budgets and the disk cache's directory are checked
-        // before anything touches the socket directory.
+        // The memory budget is checked before anything touches the socket
+        // directory.
         let limits = MemoryLimits::read().map_err(|e| StartError::System {
             what: "read /proc/meminfo",
             source: e,
@@ -323,10 +323,6 @@ impl ServerBuilder {
             }
             None => limits.default_budget(),
         };
-        let disk = match &self.disk_cache {
-            Some(dir) => Some(crate::blobs::open_tier(dir, self.disk_cache_bytes)?),
-            None => None,
-        };
         let path = self
             .socket_path
             .clone()
@@ -337,6 +333,13 @@ impl ServerBuilder {
         let euid = rustix::process::geteuid().as_raw();
         startup::ensure_socket_dir(&dir, euid)?;
         let lock = startup::take_lock(&dir, &name, &path)?;
+        // After the singleton lock, so that a second server hears "already
+        // running" rather than "disk cache in use"; before the socket, so
+        // that a server that cannot use its disk cache never listens.
+        let disk = match &self.disk_cache {
+            Some(dir) => Some(crate::blobs::open_tier(dir, self.disk_cache_bytes)?),
+            None => None,
+        };
         startup::remove_stale(&path)?;
         let listener = startup::bind_listener(&path)?;
         let socket_file = SocketFile::new(path.clone());

@@ -56,6 +56,8 @@ fn start_expecting_failure(socket: &std::path::Path) -> (i32, String) {
     let out = Command::new(server_bin())
         .arg("--socket")
         .arg(socket)
+        .arg("--disk-cache")
+        .arg(socket.with_file_name("disk"))
         .stdin(Stdio::null())
         .output()
         .expect("run cradle-server");
@@ -202,6 +204,7 @@ fn the_client_refuses_a_server_of_another_user() {
     let mut server = Command::new(server_bin())
         .arg("--socket")
         .arg(&socket)
+        .arg("--no-disk-cache")
         .uid(65534)
         .gid(65534)
         .env("RUST_LOG", "warn")
@@ -236,7 +239,7 @@ fn a_memory_cache_budget_the_machine_cannot_hold_is_refused() {
         let out = Command::new(server_bin())
             .arg("--socket")
             .arg(dir.socket())
-            .args(["--mem-cache-bytes", value])
+            .args(["--mem-cache-bytes", value, "--no-disk-cache"])
             .stdin(Stdio::null())
             .output()
             .expect("run cradle-server");
