@@ -269,6 +269,30 @@ impl Inner {
         Ok(())
     }
 
+    /// Enters a sealed blob at `(segment, offset, len)` with one lease for
+    /// `session`; over the session's quota, the blob is freed again.
+    fn insert_leased(
+        &mut self,
+        id: u64,
+        (segment, offset, len): (u64, u64, u64),
+        session: u64,
+        quota: &SessionQuota,
+    ) -> Result<(), BlobError> {
+        self.blobs.insert(
+            id,
+            BlobEntry {
+                segment,
+                offset,
+                len,
+                leases: 0,
+                pins: 0,
+                cached: 0,
+            },
+        );
+        self.lease(session, id, quota)
+            .inspect_err(|_| self.maybe_free(id))
+    }
+
     /// Drops one lease of `blob` held by `session`; false if it held none.
     fn unlease(&mut self, session: u64, blob: u64) -> bool {
         let len = self.blobs.get(&blob).map_or(0, |b| b.len);
@@ -616,21 +640,7 @@ impl BlobStore {
         from.copy_to_slice(to);
         let mut g = self.lock();
         let id = g.fresh_id();
-        g.blobs.insert(
-            id,
-            BlobEntry {
-                segment: dst_seg,
-                offset: dst_off,
-                len,
-                leases: 0,
-                pins: 0,
-                cached: 0,
-            },
-        );
-        if let Err(e) = g.lease(session, id, &self.cfg.quota) {
-            g.maybe_free(id);
-            return Err(e);
-        }
+        g.insert_leased(id, (dst_seg, dst_off, len), session, &self.cfg.quota)?;
         Ok(self.handle_of(id, dst_seg, dst_off, len))
     }
 
@@ -732,21 +742,7 @@ impl BlobStore {
         let s = g.session(session)?;
         s.writing.remove(&segment);
         s.pool_bytes -= len;
-        g.blobs.insert(
-            blob,
-            BlobEntry {
-                segment,
-                offset: DATA_OFFSET,
-                len,
-                leases: 0,
-                pins: 0,
-                cached: 0,
-            },
-        );
-        if let Err(e) = g.lease(session, blob, &self.cfg.quota) {
-            g.maybe_free(blob);
-            return Err(e);
-        }
+        g.insert_leased(blob, (segment, DATA_OFFSET, len), session, &self.cfg.quota)?;
         Ok(self.handle_of(blob, segment, DATA_OFFSET, len))
     }
 }
@@ -1164,21 +1160,8 @@ impl BlobBuilder {
             None => segment,
         };
         let id = g.fresh_id();
-        g.blobs.insert(
-            id,
-            BlobEntry {
-                segment,
-                offset,
-                len,
-                leases: 0,
-                pins: 0,
-                cached: 0,
-            },
-        );
-        if let Err(e) = g.lease(self.session, id, &store.cfg.quota) {
-            g.maybe_free(id);
-            return Err(err(e.message));
-        }
+        g.insert_leased(id, (segment, offset, len), self.session, &store.cfg.quota)
+            .map_err(|e| crate::HandlerError::with_code(e.code, e.message))?;
         Ok(store.handle_of(id, segment, offset, len))
     }
 }
