@@ -22,6 +22,9 @@ fn help_explains_every_option() {
         "--json",
         "--plot",
         "--server",
+        "--blobs",
+        "--blob-ops",
+        "--blob-max",
     ] {
         assert!(help.contains(opt), "{opt} missing from --help:\n{help}");
     }
@@ -39,6 +42,11 @@ fn bad_flags_are_usage_errors_not_panics() {
         &["--blocks", "3"],
         &["--iters", "0"],
         &["--no-such-flag"],
+        &["--blobs", "sometimes"],
+        &["--blob-ops", "10"],
+        &["--blob-max", "4K"],
+        &["--blob-max", "5G"],
+        &["--blob-max", "lots"],
     ] {
         let out = bench().args(args).output().expect("run cradle-bench");
         assert_eq!(out.status.code(), Some(2), "{args:?}");

@@ -70,8 +70,10 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    /// Starts `bin --socket <dir>/<name>.sock --log-level warn [--spin-us N]`
-    /// and waits until a client connects.
+    /// Starts `bin --socket <dir>/<name>.sock --log-level warn --no-disk-cache
+    /// [--spin-us N]` and waits until a client connects. Without a disk
+    /// tier: nothing the harness does is meant to persist, and servers
+    /// sharing the default disk-cache directory refuse to start.
     pub(crate) fn start(
         bin: &Path,
         dir: &Path,
@@ -83,7 +85,7 @@ impl Server {
         let mut cmd = Command::new(bin);
         cmd.arg("--socket")
             .arg(&socket)
-            .args(["--log-level", "warn"])
+            .args(["--log-level", "warn", "--no-disk-cache"])
             .env_remove("RUST_LOG");
         if let Some(us) = spin_us {
             cmd.args(["--spin-us", &us.to_string()]);

@@ -79,7 +79,8 @@ struct Cli {
 
     /// Pin the two sides of every ping-pong: this process to core 0, each echo
     /// peer and cradle-server to core 1 (sched_setaffinity). The extra client
-    /// processes of the N-client scenario go to core 0.
+    /// processes of the N-client scenario and the blob reader go to core 0
+    /// (so the blob socket transfer runs both ends on core 0).
     #[arg(long)]
     pin: bool,
 
@@ -113,8 +114,8 @@ struct Cli {
 
     /// Operations per blob latency scenario (4 KiB create + write + seal;
     /// get + drop per size), split over the blocks; the small/large
-    /// threshold runs an eighth of it per size and path
-    /// [default: 10000; --quick: 4000].
+    /// threshold runs an eighth of it (--quick: a sixteenth) per size and
+    /// path [default: 10000; --quick: 4000].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(64..=10_000_000))]
     blob_ops: Option<u64>,
 
@@ -265,7 +266,14 @@ fn run(cli: &Cli) -> Result<(), String> {
     let (latency, throughput) = if plan.blobs == BlobMode::Only {
         (Vec::new(), Vec::new())
     } else {
-        calls(&plan, &server_bin, &dir, (here, there), &mut progress, started)?
+        calls(
+            &plan,
+            &server_bin,
+            &dir,
+            (here, there),
+            &mut progress,
+            started,
+        )?
     };
     let blobs = if plan.blobs == BlobMode::Off {
         None

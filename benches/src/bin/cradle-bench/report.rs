@@ -993,9 +993,10 @@ impl BlobReport {
             );
             let _ = writeln!(
                 s,
-                "{:>8} {:>9} {:>9} {:>13} {:>8} {:>9} {:>12} {:>10} {:>14} {:>8} {:>8}",
+                "{:>8} {:>9} {:>9} {:>9} {:>13} {:>8} {:>9} {:>12} {:>10} {:>14} {:>8} {:>8}",
                 "size",
                 "get us",
+                "(min) us",
                 "touch ms",
                 "touch ms/GiB",
                 "minflt",
@@ -1010,9 +1011,10 @@ impl BlobReport {
                 let ms = |x: Option<f64>| fmt(x.map(|v| v / 1e6), 3);
                 let _ = writeln!(
                     s,
-                    "{:>8} {:>9} {:>9} {:>13} {:>8} {:>9} {:>12} {:>10} {:>14} {:>8} {:>8}",
+                    "{:>8} {:>9} {:>9} {:>9} {:>13} {:>8} {:>9} {:>12} {:>10} {:>14} {:>8} {:>8}",
                     size(f.size),
                     fmt(median_ns(&f.get_ns).map(|x| x / 1e3), 1),
+                    fmt(f.get_ns.iter().min().map(|&x| x as f64 / 1e3), 1),
                     ms(median_ns(&f.touch_ns)),
                     fmt(f.per_gib(median_ns(&f.touch_ns)).map(|x| x / 1e6), 1),
                     fmt(median_ns(&f.minflt), 0),
@@ -1026,7 +1028,8 @@ impl BlobReport {
             }
             s.push_str(
                 "\n(get: Client::get by a fresh client of the reader, which has not mapped the \
-                 segment: Acquire + the descriptor over the control socket + mmap + checks. \
+                 segment: Acquire + the descriptor over the control socket + mmap + checks; \
+                 median, and the fastest repetition. \
                  touch: one byte read per 4 KiB page, the first time (page faults; minflt: how \
                  many). read: the wrapping sum of every u64 word, pages present. socket: a \
                  1-byte request, then the same bytes written by this process (from its own \
@@ -1135,6 +1138,15 @@ impl BlobReport {
             o.opt("unix_socket_ns_per_gib", f.per_gib(median_ns(&f.sock_ns)));
             o.opt("socket_to_read", f.socket_to_read());
             o.opt("socket_to_cold", f.socket_to_cold());
+            for (k, v) in [
+                ("get_ns_each", &f.get_ns),
+                ("touch_ns_each", &f.touch_ns),
+                ("read_ns_each", &f.read_ns),
+                ("unix_socket_ns_each", &f.sock_ns),
+            ] {
+                let each: Vec<String> = v.iter().map(u64::to_string).collect();
+                o.raw(k, &format!("[{}]", each.join(", ")));
+            }
             items.push(o.finish());
         }
         items
@@ -1362,6 +1374,88 @@ mod tests {
         assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
         assert_eq!(s.matches("<polyline").count(), 2);
         assert!(!s.contains("NaN") && !s.contains("inf"));
+    }
+
+    fn blob_report() -> BlobReport {
+        use crate::blobs::{CREATE, LARGE, PASS, PING, SMALL};
+        BlobReport {
+            create: lat(CREATE, 4096, &[1500, 1600, 1700]),
+            reference: lat(PING, 8, &[500, 500, 500]),
+            phases: vec![("create", vec![100, 200]), ("seal", vec![900, 1000])],
+            cold_minflt: 120,
+            counted_ops: 10_000,
+            counted_minflt: 0,
+            counted_allocs: 780,
+            counted_wakes: 0,
+            pass: vec![
+                lat(PASS, 4096, &[1000, 1000, 1000]),
+                lat(PASS, 1 << 30, &[1500, 2500, 1800]),
+            ],
+            first: vec![FirstMap {
+                size: 1 << 30,
+                get_ns: vec![50_000, 60_000],
+                touch_ns: vec![100_000_000, 120_000_000],
+                minflt: vec![16_384, 16_384],
+                read_ns: vec![150_000_000, 150_000_000],
+                sock_ns: vec![600_000_000, 450_000_000],
+            }],
+            small: vec![
+                lat(SMALL, 4096, &[100, 100, 100]),
+                lat(SMALL, 1 << 18, &[1000, 1000, 1000]),
+            ],
+            large: vec![
+                lat(LARGE, 4096, &[500, 500, 500]),
+                lat(LARGE, 1 << 18, &[800, 800, 800]),
+                lat(LARGE, 1 << 20, &[2000, 2000, 2000]),
+            ],
+            small_max: 1 << 18,
+        }
+    }
+
+    #[test]
+    fn blob_targets_and_outputs() {
+        let b = blob_report();
+        assert_eq!(b.flatness(), Some((1.8, 1.8)));
+        assert_eq!(b.threshold_ratios(), vec![(4096, 5.0), (1 << 18, 0.8)]);
+        assert_eq!(b.crossover(), Some(1 << 18));
+        let f = &b.first[0];
+        assert_eq!(f.map_per_gib(), Some(110_055_000.0));
+        assert_eq!(f.socket_to_read(), Some(3.5));
+        let t = b.targets();
+        assert_eq!(t.len(), 4);
+        assert_eq!((t[0].measured, t[0].pass), (Some(1.6), Some(true)));
+        assert_eq!(t[1].pass, Some(true));
+        assert_eq!((t[2].measured, t[2].pass), (Some(1.8), Some(true)));
+        assert_eq!(t[3].pass, None, "reported, no limit");
+
+        // A run of the blob scenarios only: no call targets, no call table.
+        let mut r = report(Vec::new());
+        r.throughput.clear();
+        r.blobs = Some(b);
+        assert_eq!(r.targets().len(), 4);
+        let table = r.table();
+        assert!(!table.contains("transport"), "{table}");
+        assert!(table.contains("blob-pass-mapped"), "{table}");
+        assert!(
+            table.contains("crossover: create_large is faster from 256 KiB on"),
+            "{table}"
+        );
+        assert!(table.contains("INFO"), "{table}");
+        let j = r.json();
+        assert_eq!(j.matches('{').count(), j.matches('}').count());
+        assert!(j.contains(r#""kind": "blob-first-map""#), "{j}");
+        assert!(j.contains(r#""crossover_bytes": 262144"#), "{j}");
+        assert!(j.contains(r#""minor_faults": 0"#), "{j}");
+
+        // A miss.
+        let mut b = blob_report();
+        b.counted_minflt = 3;
+        b.create = lat(crate::blobs::CREATE, 4096, &[2500, 2600, 2400]);
+        b.small[1] = lat(crate::blobs::SMALL, 1 << 18, &[500, 500, 500]);
+        let t = b.targets();
+        assert_eq!(t[0].pass, Some(false));
+        assert_eq!(t[1].pass, Some(false));
+        assert_eq!(b.crossover(), None);
     }
 
     #[test]
