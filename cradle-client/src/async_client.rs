@@ -20,11 +20,11 @@
 use crate::client::{CallOptions, ClientOptions, Opened, interpret, open};
 use crate::error::ConnectError;
 use crate::fork;
-use crate::idmap::IdMap;
 use ipc_core::doorbell::{Doorbell, WaitMode};
 use ipc_core::ring::{Consumer, FrameMeta, Producer, RingMemory, RingRegion};
 use ipc_core::sync::{AtomicU32, AtomicUsize, Atomics, Ordering, StdAtomics};
 use ipc_rpc::handshake::{self, Goodbye, HELLO_WAKE_EVENTFD};
+use ipc_rpc::idmap::IdMap;
 use ipc_rpc::{CallError, Inbox, Method, Outbox, SendError, Wire, wire};
 use rkyv::util::AlignedVec;
 use std::fmt;

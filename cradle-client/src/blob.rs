@@ -201,10 +201,13 @@ impl Client {
         let fd = self.inner.link.take_grant(info.segment.segment);
         let map = fd.and_then(|fd| {
             let len = usize::try_from(info.segment.len).map_err(|e| protocol("length", e))?;
+            // Populated: the author is about to write every page, and one
+            // MAP_POPULATE costs far less than a fault per page.
             let expect = OpenExpect::exact(BLOB_MAGIC, BLOB_LAYOUT_VERSION, len)
                 .kind(LARGE_KIND)
                 .only_seals(Seals::SHRINK | Seals::GROW)
-                .access(Access::ReadWrite);
+                .access(Access::ReadWrite)
+                .populate(true);
             Segment::open(fd, &expect).map_err(|e| protocol("new blob", e))
         });
         match map {

@@ -3,12 +3,12 @@
 use crate::blob::{BlobState, Grants, SocketState, drain_socket};
 use crate::error::ConnectError;
 use crate::fork;
-use crate::idmap::{IdMap, IdSet};
 use ipc_core::doorbell::{Doorbell, EventFd, Futex, WaitMode, Waker};
 use ipc_core::ring::{Consumer, FrameMeta, Producer, RingError, RingMemory, RingRegion};
 use ipc_core::shm::{Access, Mapping, OpenExpect, Seals, Segment};
 use ipc_core::sync::{AtomicU32, Ordering, StdAtomics};
 use ipc_rpc::handshake::{self, Hello, Welcome};
+use ipc_rpc::idmap::{IdMap, IdSet};
 use ipc_rpc::session::{
     self, LAYOUT_VERSION, SESSION_KIND, SESSION_MAGIC, STATUS_KIND, STATUS_MAGIC,
 };
@@ -733,7 +733,9 @@ pub(crate) fn open(path: &Path, flags: u32) -> Result<Opened, ConnectError> {
     let expect = OpenExpect::exact(SESSION_MAGIC, LAYOUT_VERSION, want)
         .kind(SESSION_KIND)
         .seals(Seals::SHRINK | Seals::GROW | Seals::SEAL)
-        .access(Access::ReadWrite);
+        .access(Access::ReadWrite)
+        // The rings are used at once: fault them in now, not on first calls.
+        .populate(true);
     let (_seg, map) = Segment::open(session_fd, &expect)
         .map_err(|e| ConnectError::Protocol(format!("session segment: {e}")))?;
     let status_len = usize::try_from(w.status_len)

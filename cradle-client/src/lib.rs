@@ -35,7 +35,6 @@ mod blob;
 mod client;
 mod error;
 mod fork;
-mod idmap;
 
 #[cfg(feature = "tokio")]
 pub use async_client::AsyncClient;

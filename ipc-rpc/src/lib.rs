@@ -32,6 +32,7 @@ mod endpoint;
 mod error;
 pub mod example;
 pub mod handshake;
+pub mod idmap;
 mod method;
 pub mod session;
 pub mod wire;

@@ -44,6 +44,7 @@ use ipc_rpc::blob::{
     AUTHOR_KIND, BLOB_LAYOUT_VERSION, BLOB_MAGIC, BlobHandle, BlobStats, DATA_OFFSET, LARGE_KIND,
     POOL_ALIGN, POOL_KIND, SegmentInfo,
 };
+use ipc_rpc::idmap::IdMap;
 use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -164,7 +165,7 @@ struct Pool {
 #[derive(Debug, Default)]
 struct SessionBlobs {
     /// Blob id → leases held.
-    leases: HashMap<u64, u64>,
+    leases: IdMap<u64>,
     lease_count: u64,
     pinned_bytes: u64,
     /// Author pool + unsealed large blobs.
@@ -175,15 +176,19 @@ struct SessionBlobs {
 
 #[derive(Debug)]
 struct Inner {
+    /// Segments to close off the lock and off the call path: closing the
+    /// last descriptor of a large memfd frees its pages (about 10 ms for
+    /// 64 MiB), which must not hold up every other blob operation.
+    reaper: Option<std::sync::mpsc::Sender<SegEntry>>,
     /// Keys whose latest put waits for the disk writer, with its blob
     /// (pinned until written) and the number of such puts.
     pending: HashMap<String, (u64, u64)>,
     next_id: u64,
-    blobs: HashMap<u64, BlobEntry>,
-    segments: HashMap<u64, SegEntry>,
+    blobs: IdMap<BlobEntry>,
+    segments: IdMap<SegEntry>,
     /// Pool segment ids, oldest first.
     pools: Vec<u64>,
-    sessions: HashMap<u64, SessionBlobs>,
+    sessions: IdMap<SessionBlobs>,
     cache: MemCache,
 }
 
@@ -328,9 +333,22 @@ impl Inner {
             Some(SegEntry::Large { .. }) => {
                 // Dropping the descriptor: the memory goes once every
                 // reader has unmapped it too.
-                self.segments.remove(&b.segment);
+                if let Some(seg) = self.segments.remove(&b.segment) {
+                    self.bury(seg);
+                }
             }
             _ => {}
+        }
+    }
+
+    /// Hands a segment to the reaper thread to close (inline if there is
+    /// none).
+    fn bury(&mut self, seg: SegEntry) {
+        if let Some(r) = &self.reaper
+            && let Err(back) = r.send(seg)
+        {
+            self.reaper = None;
+            drop(back.0);
         }
     }
 
@@ -474,17 +492,25 @@ fn new_large(len: u64) -> Result<Segment, BlobError> {
 
 impl BlobStore {
     pub(crate) fn new(epoch: u64, cfg: BlobConfig) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<SegEntry>();
+        // Closes what `bury` sends; ends when the store (the sender) goes.
+        let reaper = std::thread::Builder::new()
+            .name("cradle-reaper".into())
+            .spawn(move || rx.into_iter().for_each(drop))
+            .ok()
+            .map(|_| tx);
         Self {
             epoch,
             cfg,
             disk: None,
             inner: Mutex::new(Inner {
+                reaper,
                 pending: HashMap::new(),
                 next_id: 0,
-                blobs: HashMap::new(),
-                segments: HashMap::new(),
+                blobs: IdMap::default(),
+                segments: IdMap::default(),
                 pools: Vec::new(),
-                sessions: HashMap::new(),
+                sessions: IdMap::default(),
                 cache: MemCache::new(cfg.cache_budget),
             }),
         }
@@ -515,11 +541,10 @@ impl BlobStore {
             }
             g.maybe_free(blob);
         }
-        for seg in s.writing {
-            g.segments.remove(&seg);
-        }
-        if let Some(a) = s.author {
-            g.segments.remove(&a);
+        for seg in s.writing.into_iter().chain(s.author) {
+            if let Some(seg) = g.segments.remove(&seg) {
+                g.bury(seg);
+            }
         }
     }
 

@@ -189,3 +189,77 @@ fn large_blob_seal_needs_every_writable_mapping_gone() {
     st.release(1, &[], &[id2]);
     assert_eq!(st.stats().writing, 0);
 }
+
+/// Information only (no assertion on time): the server-side cost of a 4 KiB
+/// small seal plus its release, in this process.
+/// `cargo test --release -p cradle-server --lib seal_cost -- --ignored --nocapture`
+#[test]
+#[ignore = "timing, information only"]
+fn seal_cost() {
+    let st = store(1 << 30, SessionQuota::default());
+    st.open_session(1);
+    let h = small(&st, 1, &[1; 4096]);
+    st.release(1, &[h.id], &[]);
+    let n: u32 = std::env::var("SEAL_COST_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        let h = st.seal_small(1, DATA_OFFSET, 4096).unwrap();
+        st.release(1, &[h.id], &[]);
+    }
+    eprintln!("seal_small + release, 4 KiB: {:?} per op", t.elapsed() / n);
+}
+
+/// Information only: where a 64 MiB load from the disk tier spends its time.
+/// `cargo test --release -p cradle-server --lib load_cost -- --ignored --nocapture`
+#[test]
+#[ignore = "timing, information only"]
+fn load_cost() {
+    use crate::disk::DiskTier;
+    use std::time::Instant;
+    let dir = std::env::temp_dir().join(format!("cradle-load-cost-{}", std::process::id()));
+    let tier = DiskTier::open(&dir, 1 << 30).unwrap();
+    let data = vec![5u8; 64 << 20];
+    tier.put("k", &data, false).unwrap();
+    drop(data);
+    let st = store(1 << 30, SessionQuota::default());
+    st.open_session(1);
+    let ctx = BlobCtx {
+        store: &st,
+        session: 1,
+    };
+    let file = std::fs::read_dir(dir.join("entries"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let v = std::fs::read(&file).unwrap();
+        let read = t.elapsed();
+        drop(v);
+        let t = Instant::now();
+        let v = tier.get_vec("k").unwrap().unwrap();
+        let into_vec = t.elapsed();
+        drop(v);
+        let t = Instant::now();
+        let b = ctx.create(64 << 20).unwrap();
+        let create = t.elapsed();
+        let t = Instant::now();
+        let b = tier.get("k", |_| Ok::<_, String>(b)).unwrap().unwrap();
+        let pread = t.elapsed();
+        let t = Instant::now();
+        let h = b.seal().unwrap();
+        let seal = t.elapsed();
+        let t = Instant::now();
+        st.release(1, &[h.id], &[]);
+        let free = t.elapsed();
+        eprintln!(
+            "read {read:?} | tier.get into Vec {into_vec:?} | into a blob: create {create:?} + pread/check {pread:?} + seal {seal:?}; free {free:?}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -56,6 +56,41 @@ impl fmt::Debug for ShmSlice<'_> {
     }
 }
 
+/// From this many bytes on, `copy_to_slice` copies with one `rep movsb`
+/// (below it, the volatile word loop is as fast and has no start-up cost).
+#[cfg(all(target_arch = "x86_64", not(miri), not(loom)))]
+const OPAQUE_COPY_MIN: usize = 256;
+
+/// Copies `len` bytes with `rep movsb` inside an `asm!` block.
+///
+/// The compiler sees the block as an opaque operation on memory, not as Rust
+/// loads, so it cannot assume the source stays unchanged or read it again:
+/// the same guarantee as the volatile loop (each byte is read once, into
+/// private memory), at memcpy speed (ERMSB: the CPU copies whole cache lines
+/// rather than the 0.9 instructions per byte the volatile loop costs, which
+/// showed in the blob seal's profile).
+///
+/// # Safety
+///
+/// `src` is valid for `len` reads, `dst` for `len` writes, and the ranges do
+/// not overlap.
+#[cfg(all(target_arch = "x86_64", not(miri), not(loom)))]
+unsafe fn opaque_copy(src: *const u8, dst: *mut u8, len: usize) {
+    // SAFETY: the caller's contract; `rep movsb` copies exactly `rcx` bytes
+    // forwards (the direction flag is clear at every Rust function boundary,
+    // per the System V ABI) and changes only rcx, rsi and rdi, which are
+    // declared clobbered; it touches no stack and no flags.
+    unsafe {
+        core::arch::asm!(
+            "rep movsb",
+            inout("rcx") len => _,
+            inout("rsi") src => _,
+            inout("rdi") dst => _,
+            options(nostack, preserves_flags)
+        );
+    }
+}
+
 impl<'a> ShmSlice<'a> {
     /// A view of `len` bytes at `ptr`.
     ///
@@ -105,6 +140,19 @@ impl<'a> ShmSlice<'a> {
             self.len,
             "ShmSlice::copy_to_slice: length mismatch"
         );
+        #[cfg(all(target_arch = "x86_64", not(miri), not(loom)))]
+        if self.len >= OPAQUE_COPY_MIN {
+            // SAFETY: `self.ptr` is valid for `len` reads (`new`'s contract)
+            // and `dst` for `len` writes; they do not overlap (`dst` is a
+            // unique borrow of private memory).
+            unsafe { opaque_copy(self.ptr, dst.as_mut_ptr(), self.len) };
+            return;
+        }
+        self.copy_volatile(dst);
+    }
+
+    /// The portable copy: volatile loads, eight bytes at a time.
+    fn copy_volatile(&self, dst: &mut [u8]) {
         let mut i = 0;
         // Leading bytes up to 8-byte alignment of the source.
         let lead = self.ptr.align_offset(8).min(self.len);
@@ -226,5 +274,27 @@ impl<M: RingMemory> WriteWindow<'_, M> {
         let (pad, ptr) = (self.pad, self.ptr);
         self.producer.publish(ptr, pad, payload_len, meta);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod copy_tests {
+    use super::ShmSlice;
+
+    #[test]
+    fn copies_every_length_and_alignment_exactly() {
+        let src: Vec<u8> = (0..5000u32).map(|i| (i * 31 + 7) as u8).collect();
+        for start in [0, 1, 3, 8, 13] {
+            for len in [0, 1, 7, 8, 9, 255, 256, 257, 1000, 4096, 4987] {
+                if start + len > src.len() {
+                    continue;
+                }
+                // SAFETY: a range of `src`, which nothing writes meanwhile.
+                let s = unsafe { ShmSlice::new(src.as_ptr().add(start), len) };
+                let mut dst = vec![0xEEu8; len];
+                s.copy_to_slice(&mut dst);
+                assert_eq!(dst, &src[start..start + len], "start {start} len {len}");
+            }
+        }
     }
 }

@@ -105,6 +105,9 @@ const THRESHOLD_FULL: [usize; 11] = [
 ];
 const THRESHOLD_QUICK: [usize; 5] = [4 * KIB, 16 * KIB, 64 * KIB, 256 * KIB, MIB];
 
+/// The entry size of the disk-tier scenario (issue 7's target names it).
+const DISK_LEN: usize = 64 << 20;
+
 /// What the blob part of a run measures.
 #[derive(Debug, Clone)]
 pub(crate) struct BlobPlan {
@@ -679,6 +682,9 @@ pub(crate) fn run(
     drop(reader);
     drop(client);
     drop(server);
+
+    progress.show("blobs: a memory miss served from the disk tier, 64 MiB");
+    let disk = crate::disk::run(server_bin, dir, DISK_LEN, plan.reps.max(5))?;
     Ok(BlobReport {
         create,
         reference,
@@ -693,6 +699,7 @@ pub(crate) fn run(
         small,
         large,
         small_max: SMALL_BLOB_MAX,
+        disk: Some(disk),
     })
 }
 

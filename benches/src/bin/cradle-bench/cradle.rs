@@ -81,11 +81,25 @@ impl Server {
         spin_us: Option<u64>,
         core: Option<usize>,
     ) -> Result<Self, String> {
+        Self::start_with(bin, dir, name, spin_us, core, &["--no-disk-cache"])
+    }
+
+    /// [`start`](Self::start) with `extra` flags in place of
+    /// `--no-disk-cache` (e.g. a disk cache of its own).
+    pub(crate) fn start_with(
+        bin: &Path,
+        dir: &Path,
+        name: &str,
+        spin_us: Option<u64>,
+        core: Option<usize>,
+        extra: &[&str],
+    ) -> Result<Self, String> {
         let socket = dir.join(format!("{name}.sock"));
         let mut cmd = Command::new(bin);
         cmd.arg("--socket")
             .arg(&socket)
-            .args(["--log-level", "warn", "--no-disk-cache"])
+            .args(["--log-level", "warn"])
+            .args(extra)
             .env_remove("RUST_LOG");
         if let Some(us) = spin_us {
             cmd.args(["--spin-us", &us.to_string()]);

@@ -12,6 +12,7 @@
 mod blobs;
 mod counters;
 mod cradle;
+mod disk;
 mod peer;
 mod report;
 mod transport;
