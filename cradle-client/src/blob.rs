@@ -366,7 +366,9 @@ impl Client {
             let mut p = lock(&self.blobs().pending);
             p.leases.extend(lease);
             p.aborted.extend(aborted);
-            if p.leases.len() + p.aborted.len() < RELEASE_BATCH {
+            // An abandoned large blob holds its whole memfd on the server:
+            // give it back now rather than with the next batch.
+            if p.leases.len() + p.aborted.len() < RELEASE_BATCH && aborted.is_none() {
                 return;
             }
             std::mem::take(&mut *p)
