@@ -210,7 +210,7 @@ impl ServerBuilder {
     /// Serves method `M` on the offload pool, with access to blobs: the
     /// handler may read blobs the client passes by handle and create result
     /// blobs ([`BlobCtx`]), whose handles it returns in the response.
-    pub fn offload_blob<M, F>(mut self, f: F) -> Self
+    pub fn offload_blob<M, F>(self, f: F) -> Self
     where
         M: Method,
         F: Fn(&BlobCtx<'_>, M::Request) -> Result<M::Response, HandlerError>
@@ -218,40 +218,34 @@ impl ServerBuilder {
             + Sync
             + 'static,
     {
-        self.entries.push(Entry {
-            id: M::ID,
-            name: M::NAME,
-            handler: Handler::Offload(handlers::offload_blob::<M, F>(f)),
-        });
-        self
+        self.register::<M>(Handler::Offload(handlers::offload_blob::<M, F>(f)))
     }
 
     /// Serves method `M` on the worker thread. For short handlers that never
     /// block. A panic is caught and answered `HandlerPanicked`.
-    pub fn inline<M, F>(mut self, f: F) -> Self
+    pub fn inline<M, F>(self, f: F) -> Self
     where
         M: Method,
         F: Fn(M::Request) -> Result<M::Response, HandlerError> + Send + Sync + 'static,
     {
-        self.entries.push(Entry {
-            id: M::ID,
-            name: M::NAME,
-            handler: Handler::Inline(handlers::inline::<M, F>(f)),
-        });
-        self
+        self.register::<M>(Handler::Inline(handlers::inline::<M, F>(f)))
     }
 
     /// Serves method `M` on the offload pool; the answer is published later
     /// by request id. For handlers that block or take long.
-    pub fn offload<M, F>(mut self, f: F) -> Self
+    pub fn offload<M, F>(self, f: F) -> Self
     where
         M: Method,
         F: Fn(M::Request) -> Result<M::Response, HandlerError> + Send + Sync + 'static,
     {
+        self.register::<M>(Handler::Offload(handlers::offload::<M, F>(f)))
+    }
+
+    fn register<M: Method>(mut self, handler: Handler) -> Self {
         self.entries.push(Entry {
             id: M::ID,
             name: M::NAME,
-            handler: Handler::Offload(handlers::offload::<M, F>(f)),
+            handler,
         });
         self
     }
@@ -273,23 +267,15 @@ impl ServerBuilder {
         if self.max_backlog == 0 {
             return bad("max_backlog must be at least 1".into());
         }
-        if self.pool_segment_bytes < 2 * ipc_rpc::blob::DATA_OFFSET
-            || self.pool_segment_bytes > 1 << 40
-            || !self.pool_segment_bytes.is_multiple_of(4096)
-        {
-            return bad(format!(
-                "pool segments must be a multiple of 4096 bytes, 8 KiB to 1 TiB, not {}",
-                self.pool_segment_bytes
-            ));
-        }
-        if self.author_pool_bytes < 2 * ipc_rpc::blob::DATA_OFFSET
-            || self.author_pool_bytes > 1 << 40
-            || !self.author_pool_bytes.is_multiple_of(4096)
-        {
-            return bad(format!(
-                "author pools must be a multiple of 4096 bytes, 8 KiB to 1 TiB, not {}",
-                self.author_pool_bytes
-            ));
+        for (what, n) in [
+            ("pool segments", self.pool_segment_bytes),
+            ("author pools", self.author_pool_bytes),
+        ] {
+            if !(2 * ipc_rpc::blob::DATA_OFFSET..=1 << 40).contains(&n) || !n.is_multiple_of(4096) {
+                return bad(format!(
+                    "{what} must be a multiple of 4096 bytes, 8 KiB to 1 TiB, not {n}"
+                ));
+            }
         }
         if self.handshake_timeout.is_zero() {
             return bad("handshake_timeout must be more than zero".into());

@@ -142,6 +142,9 @@ fn bad_configuration_is_refused() {
         b().ring_capacity(1000).bind().unwrap_err(),
         b().max_sessions(0).bind().unwrap_err(),
         b().inline::<Ping, _>(Ok).bind().unwrap_err(),
+        b().pool_segment_bytes(4096).bind().unwrap_err(),
+        b().author_pool_bytes((1 << 20) + 1).bind().unwrap_err(),
+        b().mem_cache_bytes(u64::MAX).bind().unwrap_err(),
     ] {
         assert!(
             matches!(
