@@ -152,8 +152,10 @@ impl Link {
     /// a shutdown) and wakes every sleeper.
     pub(crate) fn mark_gone(&self, goodbye: bool) {
         let state = if goodbye { SHUTDOWN } else { DEAD };
-        // Relaxed on failure: the state is already final, nothing to publish.
-        // AcqRel on success: pairs like `mark`'s store below (which repeats it).
+        // AcqRel on success: the Release half pairs with the Acquire load in
+        // `state_error`, as `mark`'s store does (it repeats the value and
+        // wakes the sleepers). Relaxed on failure: another caller already set
+        // a final state; this one publishes nothing.
         if self
             .state
             .compare_exchange(ALIVE, state, Ordering::AcqRel, Ordering::Relaxed)

@@ -44,9 +44,6 @@
 
 mod acceptor;
 mod blobs;
-// Wired into the server once the memory cache exists; until then only its
-// own tests use it.
-#[allow(dead_code)]
 mod disk;
 mod error;
 mod handlers;

@@ -466,24 +466,19 @@ pub(crate) fn open_tier(
             "--disk-cache-bytes must be more than 0 (or use --no-disk-cache)".into(),
         ));
     }
-    // Opened with the largest budget first so that the directory is created
-    // and probed; then sized.
-    let tier = DiskTier::open(dir, budget.unwrap_or(DEFAULT_DISK_BUDGET)).map_err(|e| {
+    let budget = budget.unwrap_or_else(|| {
+        // The free space of the filesystem the directory is (or will be)
+        // on: its nearest existing ancestor's.
+        let available = dir
+            .ancestors()
+            .find_map(|d| rustix::fs::statvfs(d).ok())
+            .map_or(u64::MAX, |s| s.f_bavail.saturating_mul(s.f_frsize));
+        DEFAULT_DISK_BUDGET.min(available / 2).max(1 << 20)
+    });
+    DiskTier::open(dir, budget).map_err(|e| {
         bad(format!(
             "disk cache {}: {e} (choose another directory with --disk-cache DIR, or run without one: --no-disk-cache)",
             dir.display()
         ))
-    })?;
-    if budget.is_some() {
-        return Ok(tier);
-    }
-    let available = rustix::fs::statvfs(dir)
-        .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
-        .unwrap_or(u64::MAX);
-    let sized = DEFAULT_DISK_BUDGET.min(available / 2).max(1 << 20);
-    if sized == DEFAULT_DISK_BUDGET {
-        return Ok(tier);
-    }
-    drop(tier);
-    DiskTier::open(dir, sized).map_err(|e| bad(format!("disk cache {}: {e}", dir.display())))
+    })
 }

@@ -676,7 +676,9 @@ impl DiskTier {
         Ok(Some(buf))
     }
 
-    /// [`get`](Self::get) into a new `Vec` (for callers off the hot path).
+    /// [`get`](Self::get) into a new `Vec` (the tests' reader; the server
+    /// reads into blobs).
+    #[cfg(test)]
     pub(crate) fn get_vec(&self, key: &str) -> Result<Option<Vec<u8>>, DiskError> {
         let alloc = |len: u64| usize::try_from(len).map(|n| vec![0u8; n]);
         let failed = |what: String| {
