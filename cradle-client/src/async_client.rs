@@ -441,7 +441,7 @@ impl AsyncClient {
                 tokio::pin!(notified);
                 notified.as_mut().enable();
                 let armed = Armed::new(sh.opened.req.space_waiting());
-                // The SeqCst fence of the doorbell protocol (DESIGN.md §6):
+                // The SeqCst fence of the doorbell protocol (docs/design.md §6):
                 // pairs with the server's fence after it stores `head`.
                 StdAtomics::fence(Ordering::SeqCst);
                 let room = lock(&sh.tx)
@@ -629,7 +629,7 @@ async fn drive(shared: Arc<Shared>, wake: AsyncFd<Fd>, sock: AsyncFd<Fd>) {
             tokio::task::yield_now().await;
             continue;
         }
-        // Sleep: declare it, fence, re-check (DESIGN.md §6), then await.
+        // Sleep: declare it, fence, re-check (docs/design.md §6), then await.
         lock(&shared.inbox)
             .consumer()
             .release_and_notify(&shared.opened.bell);

@@ -1,4 +1,4 @@
-//! Blobs by handle and the memory cache, client side (DESIGN.md §8).
+//! Blobs by handle and the memory cache, client side (docs/design.md §8).
 //!
 //! ```no_run
 //! use cradle_client::Client;

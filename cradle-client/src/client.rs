@@ -662,7 +662,7 @@ fn waiting_word(status: &Mapping, offset: usize) -> &AtomicU32 {
 
 /// Connects to `path`, checks the server's uid, does the handshake (with
 /// `flags` in the Hello) and opens the descriptors with the checks of
-/// DESIGN.md §4.2. Blocking (at most `CONNECT_TIMEOUT` per step).
+/// docs/design.md §4.2. Blocking (at most `CONNECT_TIMEOUT` per step).
 pub(crate) fn open(path: &Path, flags: u32) -> Result<Opened, ConnectError> {
     let stream = UnixStream::connect(path).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ConnectError::NoServer {

@@ -1,4 +1,4 @@
-//! One error type per operation (STYLE.md habit 10).
+//! One error type per operation.
 
 use core::fmt;
 use std::io;

@@ -1,4 +1,4 @@
-//! The CRADLE server: a per-user shared-memory RPC runtime (DESIGN.md §3).
+//! The CRADLE server: a per-user shared-memory RPC runtime (docs/design.md §3).
 //!
 //! Applications connect to a Unix control socket (see
 //! [`default_socket_path`]); after a handshake each gets a *session*: a sealed
@@ -32,7 +32,7 @@
 //!   blocking on one connection), creates sessions and hands each to a worker
 //!   round-robin.
 //! * Workers poll their sessions' rings, dispatch to handlers (inline, or the
-//!   offload pool), and sleep in `epoll_wait` when idle (DESIGN.md §6).
+//!   offload pool), and sleep in `epoll_wait` when idle (docs/design.md §6).
 //!
 //! # Feature flags
 //!

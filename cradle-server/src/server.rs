@@ -290,7 +290,7 @@ impl ServerBuilder {
         Ok(())
     }
 
-    /// Runs every start-up check and binds the socket (DESIGN.md §3, §10):
+    /// Runs every start-up check and binds the socket (docs/design.md §3, §10):
     /// socket directory (created 0700 if missing; must be ours, 0700, not a
     /// symlink), singleton lock, stale socket removal, bind + listen,
     /// `PR_SET_DUMPABLE 0`, `RLIMIT_NOFILE` raised, status segment sealed.

@@ -1,5 +1,5 @@
 //! Start-up: the socket directory, the singleton lock, the listener, process
-//! hardening and the status segment (DESIGN.md §3, §10).
+//! hardening and the status segment (docs/design.md §3, §10).
 
 use crate::error::StartError;
 use ipc_core::shm::{Access, Mapping, Seals, Segment, init_header};

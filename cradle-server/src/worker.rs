@@ -1,5 +1,5 @@
 //! Workers: each serves its sessions' rings, and sleeps in `epoll_wait` when
-//! none has work (DESIGN.md §6).
+//! none has work (docs/design.md §6).
 //!
 //! # Serving
 //!

@@ -1,10 +1,10 @@
 //! Shared-memory primitives for CRADLE.
 //!
 //! * [`shm`] — memfd segments: create, seal, map read-write or read-only, and
-//!   open a received descriptor with the checks of DESIGN.md §4.2.
-//! * [`ring`] — the single-producer single-consumer frame ring of DESIGN.md §5,
+//!   open a received descriptor with the checks of docs/design.md §4.2.
+//! * [`ring`] — the single-producer single-consumer frame ring of docs/design.md §5,
 //!   safe against a hostile producer.
-//! * [`doorbell`] — the spin-then-sleep wake-up protocol of DESIGN.md §6 over a
+//! * [`doorbell`] — the spin-then-sleep wake-up protocol of docs/design.md §6 over a
 //!   futex or an eventfd.
 //! * [`sync`] — the loom shim: atomic word types and the [`sync::Atomics`]
 //!   family the algorithms are generic over.

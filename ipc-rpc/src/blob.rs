@@ -1,5 +1,5 @@
 //! Blobs by handle and the memory cache: the wire types and methods
-//! (DESIGN.md §8, `docs/protocol.md` §7).
+//! (docs/design.md §8, `docs/protocol.md` §7).
 //!
 //! A blob is written once by its author, sealed, and from then on immutable
 //! because the kernel forbids every writer. It is named by a [`BlobHandle`]:

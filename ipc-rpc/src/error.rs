@@ -1,4 +1,4 @@
-//! The error model of a call (DESIGN.md §7).
+//! The error model of a call (docs/design.md §7).
 
 use core::fmt;
 use std::time::Duration;

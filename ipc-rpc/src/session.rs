@@ -84,7 +84,7 @@ const _: () = {
 };
 
 /// The control socket's default path: `$XDG_RUNTIME_DIR/cradle/cradle.sock`,
-/// else `/tmp/cradle-$UID/cradle.sock` (DESIGN.md §3). `CRADLE_SOCKET` and
+/// else `/tmp/cradle-$UID/cradle.sock` (docs/design.md §3). `CRADLE_SOCKET` and
 /// `--socket` override it in the binaries.
 pub fn default_socket_path() -> std::path::PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {

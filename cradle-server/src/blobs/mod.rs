@@ -1,4 +1,4 @@
-//! The blob store and the memory cache (DESIGN.md §8).
+//! The blob store and the memory cache (docs/design.md §8).
 //!
 //! # Where blob bytes live
 //!

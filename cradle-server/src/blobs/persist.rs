@@ -1,5 +1,5 @@
 //! The memory cache's operations that reach the disk tier (issue 7,
-//! DESIGN.md §8).
+//! docs/design.md §8).
 //!
 //! * A `put` stores in memory and queues the blob for one writer thread,
 //!   which writes it to the disk tier off the call path (the blob is pinned

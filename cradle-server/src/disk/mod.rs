@@ -1,4 +1,4 @@
-//! The disk tier of the shared cache (DESIGN.md §8): a bounded, crash-safe,
+//! The disk tier of the shared cache (docs/design.md §8): a bounded, crash-safe,
 //! LRU key → bytes store in a directory, the second tier behind the memory
 //! cache. It survives restarts.
 //!

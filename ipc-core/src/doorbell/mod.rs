@@ -1,4 +1,4 @@
-//! Doorbells: the spin-then-sleep wake-up protocol of DESIGN.md §6.
+//! Doorbells: the spin-then-sleep wake-up protocol of docs/design.md §6.
 //!
 //! A doorbell is two 32-bit words, which may live in different cache lines or
 //! even different segments (the server publishes one `server_waiting` word for

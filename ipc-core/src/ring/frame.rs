@@ -1,6 +1,6 @@
 //! Frame metadata and the raw windows through which payload bytes move.
 //!
-//! Neither type ever forms a `&`/`&mut` over ring bytes (DESIGN.md §4.5): the
+//! Neither type ever forms a `&`/`&mut` over ring bytes (docs/design.md §4.5): the
 //! peer may write them at any moment, and a reference would let the compiler
 //! assume otherwise. Reads are volatile copies into private memory; writes go
 //! through a raw pointer.

@@ -1,4 +1,4 @@
-//! The single-producer single-consumer frame ring (DESIGN.md §5).
+//! The single-producer single-consumer frame ring (docs/design.md §5).
 //!
 //! A byte ring of power-of-two capacity carries variable-length frames aligned
 //! to [`FRAME_ALIGN`] bytes. The producer and the consumer usually live in two
@@ -16,7 +16,7 @@
 //!     256   cap  both         frames (producer writes, consumer zeroes nothing)
 //! ```
 //!
-//! One writer per 128-byte line (DESIGN.md §4.3). `data_seq`/`data_waiting` are
+//! One writer per 128-byte line (docs/design.md §4.3). `data_seq`/`data_waiting` are
 //! the words of the doorbell the consumer sleeps on when the ring is empty;
 //! `space_seq`/`space_waiting` those of the doorbell the producer sleeps on
 //! when it is full (see [`crate::doorbell`]).

@@ -1,4 +1,4 @@
-//! One error type per operation (STYLE.md habit 10).
+//! One error type per operation.
 //!
 //! Creating, sealing, mapping and opening a segment fail in different ways, so
 //! each gets its own type. Every variant that wraps an OS error keeps the
@@ -258,7 +258,7 @@ impl std::error::Error for HeaderError {}
 
 /// Why [`Segment::open`](super::Segment::open) refused a received descriptor.
 ///
-/// The variants follow the order of the checks (DESIGN.md §4.2): `fstat`,
+/// The variants follow the order of the checks (docs/design.md §4.2): `fstat`,
 /// size, seals, `mmap`, header.
 #[derive(Debug)]
 #[non_exhaustive]

@@ -16,7 +16,7 @@ pub const HEADER_SIZE: usize = 128;
 /// [`init_header`] and [`check_header`], which copy values out.
 ///
 /// The header has a single writer (the creator) and is written once, so it
-/// fills one 128-byte line of its own (DESIGN.md §4.3).
+/// fills one 128-byte line of its own (docs/design.md §4.3).
 #[repr(C, align(128))]
 #[derive(Debug)]
 pub struct SegmentHeader {
@@ -24,12 +24,12 @@ pub struct SegmentHeader {
     /// `version`.
     magic: AtomicU64,
     /// Layout version. 0 means "not yet initialised"; the creator stores the
-    /// real version last, with Release (STYLE.md habit 9).
+    /// real version last, with Release (a version word stored last, the way iceoryx2 initializes its segments).
     version: AtomicU32,
     /// Segment kind (session, pool, blob, …): a value the creator chooses.
     kind: AtomicU32,
     /// The creator's length of the segment. Only ever compared with `fstat`,
-    /// never used to size anything (DESIGN.md §4.2).
+    /// never used to size anything (docs/design.md §4.2).
     segment_len: AtomicU64,
     /// Zero; room for later fields without moving the payload.
     _reserved: [AtomicU64; 13],

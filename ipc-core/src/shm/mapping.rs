@@ -13,7 +13,7 @@ use crate::sync::{AtomicU32, AtomicU64, Ordering};
 /// An owned shared mapping of a whole segment; unmapped on drop.
 ///
 /// The bytes behind it may be written by another process at any time, so a
-/// `Mapping` never hands out `&[u8]` or `&mut [u8]` (DESIGN.md §4.5). It gives
+/// `Mapping` never hands out `&[u8]` or `&mut [u8]` (docs/design.md §4.5). It gives
 /// raw pointers ([`as_ptr`](Self::as_ptr), [`ptr_at`](Self::ptr_at)), atomic
 /// loads ([`load_u32`](Self::load_u32)) and, on writable mappings, references
 /// to atomic words ([`atomic_u32`](Self::atomic_u32)), all bounds- and

@@ -1,4 +1,4 @@
-//! Shared-memory segments (DESIGN.md §3, §4).
+//! Shared-memory segments (docs/design.md §3, §4).
 //!
 //! A [`Segment`] is a memfd created with `MFD_CLOEXEC | MFD_ALLOW_SEALING`,
 //! sized with `ftruncate`, sealed with [`Segment::add_seals`] and mapped with
@@ -87,7 +87,7 @@ use crate::sync::{AtomicU32, AtomicU64};
 ///   so writing a value never leaves uninitialised bytes in shared memory.
 /// * **Self-contained:** it holds no pointers, references, `Box`/`Vec`, file
 ///   descriptors or anything else whose meaning is local to one process.
-///   Positions inside a segment are offsets (DESIGN.md §4.1).
+///   Positions inside a segment are offsets (docs/design.md §4.1).
 /// * **Hostile bytes are harmless:** every bit pattern is a valid value, since
 ///   a peer may write anything; and fields a peer can write while this process
 ///   looks at them are atomics (so that a `&T` to them is sound) — any

@@ -369,7 +369,7 @@ impl Segment {
         Ok(Segment { fd, len })
     }
 
-    /// Opens a descriptor received from a peer, with the checks of DESIGN.md
+    /// Opens a descriptor received from a peer, with the checks of docs/design.md
     /// §4.2, in this order:
     ///
     /// 1. `fstat`: a regular file, whose size matches `expect.len` and is at

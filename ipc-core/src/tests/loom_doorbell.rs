@@ -1,4 +1,4 @@
-//! loom models of the doorbell protocol (DESIGN.md §6).
+//! loom models of the doorbell protocol (docs/design.md §6).
 //!
 //! Run with
 //! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test -p ipc-core --release --lib loom_doorbell`.

@@ -1,4 +1,4 @@
-//! loom model of the frame ring (DESIGN.md §5).
+//! loom model of the frame ring (docs/design.md §5).
 //!
 //! Run: `RUSTFLAGS="--cfg loom" cargo test -p ipc-core --release --lib loom_ring`.
 //!

@@ -1,4 +1,4 @@
-//! The blob scenarios (DESIGN.md §8; the blob rows of §9 and its page-fault
+//! The blob scenarios (docs/design.md §8; the blob rows of §9 and its page-fault
 //! counter).
 //!
 //! This process is the **author**: it creates, writes and seals the blobs
@@ -62,7 +62,7 @@ pub(crate) const LARGE: &str = "blob-large";
 pub(crate) const PING: &str = "ping-same-client";
 /// The phases of `blob-create-seal`, timed one by one.
 pub(crate) const PHASES: [&str; 4] = ["create", "write_at", "seal", "drop"];
-/// Creates counted for page faults (DESIGN.md §9: 0 over 10k creates from a
+/// Creates counted for page faults (docs/design.md §9: 0 over 10k creates from a
 /// warm pool).
 pub(crate) const FAULT_OPS: u64 = 10_000;
 /// The size of the create + write + seal scenario.

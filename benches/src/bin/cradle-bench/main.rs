@@ -1,4 +1,4 @@
-//! `cradle-bench`: CRADLE's comparative latency harness (DESIGN.md §9,
+//! `cradle-bench`: CRADLE's comparative latency harness (docs/design.md §9,
 //! docs/benchmarks.md).
 //!
 //! Every measurement is a ping-pong between two processes. The baselines'
@@ -41,7 +41,7 @@ const WINDOW: usize = 256;
 /// raw baselines (shared-memory spin and futex ping-pongs, a Unix socket, a
 /// pipe, TCP on 127.0.0.1) and for CRADLE calls against a real
 /// cradle-server, in interleaved blocks; prints percentiles, ratios to the
-/// floor and to the Unix socket, hot-path counters and the DESIGN §9 targets.
+/// floor and to the Unix socket, hot-path counters and the docs/design.md §9 targets.
 ///
 /// Then the blob scenarios (--blobs): create + write + seal of a 4 KiB blob
 /// and its page faults, the pass of a blob the reader has already mapped
@@ -388,7 +388,7 @@ fn calls(
         },
     ];
     // The tokio client in the same two modes as the sync client it is held
-    // to (DESIGN.md §9: p50 <= 2x the sync client in the same mode).
+    // to (docs/design.md §9: p50 <= 2x the sync client in the same mode).
     slots.push(Slot {
         name: "cradle-async",
         baseline: "cradle-spin",

@@ -1,4 +1,4 @@
-//! Results: percentiles, per-block ratios, the DESIGN §9 targets, and the
+//! Results: percentiles, per-block ratios, the docs/design.md §9 targets, and the
 //! three outputs (terminal table, JSON, SVG plot).
 
 use std::fmt::Write as _;
@@ -120,7 +120,7 @@ pub(crate) struct Report {
     pub(crate) seconds: f64,
 }
 
-/// One DESIGN §9 target as measured in this run.
+/// One docs/design.md §9 target as measured in this run.
 #[derive(Debug, Clone)]
 pub(crate) struct Target {
     pub(crate) what: String,
@@ -144,7 +144,7 @@ impl Report {
         block_ratio(l, self.find(base, l.payload)?)
     }
 
-    /// The targets of DESIGN §9 that this harness measures.
+    /// The targets of docs/design.md §9 that this harness measures.
     pub(crate) fn targets(&self) -> Vec<Target> {
         let mut out = Vec::new();
         if !self.latency.is_empty() || !self.throughput.is_empty() {
@@ -215,7 +215,7 @@ impl Report {
             });
         }
         // Async (tokio) client against the sync client in the same mode
-        // (DESIGN.md §9: p50 <= 2x), ratio of per-block p50s.
+        // (docs/design.md §9: p50 <= 2x), ratio of per-block p50s.
         for (name, sync) in [
             ("cradle-async", "cradle-spin"),
             ("cradle-async-sleep", "cradle-sleep-both"),
@@ -306,7 +306,7 @@ impl Report {
         if let Some(b) = &self.blobs {
             s.push_str(&b.table());
         }
-        s.push_str("\ntargets (DESIGN.md §9)\n");
+        s.push_str("\ntargets (docs/design.md §9)\n");
         for t in self.targets() {
             let verdict = match (t.pass, t.measured) {
                 (Some(true), _) => "PASS",
@@ -776,7 +776,7 @@ impl BlobReport {
         }
     }
 
-    /// The blob rows of DESIGN §9.
+    /// The blob rows of docs/design.md §9.
     /// The disk scenario's medians: (load ms, read ms, median of the
     /// per-repetition load/read ratios).
     pub(crate) fn disk_summary(&self) -> Option<(f64, f64, f64)> {
