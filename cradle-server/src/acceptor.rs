@@ -2,9 +2,8 @@
 //! handshake without ever blocking on one connection, creates sessions and
 //! hands them to their workers.
 
-use crate::server::HandleInner;
+use crate::link::{ClientWaker, HandleInner, NewSession, WorkerMsg};
 use crate::stats::{SessionCounters, Shared};
-use crate::worker::{ClientWaker, NewSession, WorkerMsg};
 use ipc_core::doorbell::EventFd;
 use ipc_core::ring::{Consumer, Producer, RingRegion};
 use ipc_core::shm::{Access, Seals, Segment, init_header};

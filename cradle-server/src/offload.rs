@@ -2,48 +2,10 @@
 //! answer back to the session's worker, which publishes it by request id.
 
 use crate::blobs::{BlobCtx, BlobStore};
-use crate::handlers::{OffloadFn, Queued};
-use crate::worker::{WorkerLink, WorkerMsg};
-use ipc_core::ring::FrameMeta;
+use crate::link::{Completion, Job, WorkerLink, WorkerMsg};
 use ipc_rpc::rkyv::ser::allocator::Arena;
-use ipc_rpc::rkyv::util::AlignedVec;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
-
-/// A request taken by a worker for the pool.
-pub(crate) struct Job {
-    /// Index of the worker that owns the session.
-    pub(crate) worker: usize,
-    /// The session.
-    pub(crate) session: u64,
-    /// The request's header.
-    pub(crate) meta: FrameMeta,
-    /// A private copy of the request payload.
-    pub(crate) bytes: AlignedVec<16>,
-    /// The handler.
-    pub(crate) handler: OffloadFn,
-    /// The response ring's payload limit.
-    pub(crate) max_payload: usize,
-}
-
-impl std::fmt::Debug for Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job")
-            .field("session", &self.session)
-            .field("meta", &self.meta)
-            .finish()
-    }
-}
-
-/// The answer to a [`Job`], for its worker.
-#[derive(Debug)]
-pub(crate) struct Completion {
-    /// The session.
-    pub(crate) session: u64,
-    /// The encoded answer (`None`: nothing fits the ring; the call still
-    /// counts as done).
-    pub(crate) answer: Option<Queued>,
-}
 
 /// Starts `threads` pool threads; they stop once every `Sender<Job>` is gone.
 pub(crate) fn spawn_pool(

@@ -4,14 +4,14 @@ use crate::acceptor::{AcceptorCtx, run_acceptor};
 use crate::blobs::budget::MemoryLimits;
 use crate::blobs::{BlobConfig, BlobCtx, BlobStore, SessionQuota};
 use crate::error::{HandlerError, ServerError, StartError};
-use crate::handlers::{self, Entry, Handler, Registry};
+use crate::link::{HandleInner, WorkerLink, WorkerMsg};
+use crate::methods::{self, Entry, Handler, Registry};
 use crate::startup;
 use crate::stats::Shared;
-use crate::worker::{WorkerCtx, WorkerLink, WorkerMsg, payload_limit, run_worker};
+use crate::worker::{WorkerCtx, payload_limit, run_worker};
 use ipc_core::doorbell::EventFd;
 use ipc_core::sync::{AtomicBool, Ordering};
 use ipc_rpc::Method;
-use ipc_rpc::builtin::{Ping, Stats};
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
@@ -218,7 +218,7 @@ impl ServerBuilder {
             + Sync
             + 'static,
     {
-        self.register::<M>(Handler::Offload(handlers::offload_blob::<M, F>(f)))
+        self.register::<M>(Handler::Offload(methods::offload_blob::<M, F>(f)))
     }
 
     /// Serves method `M` on the worker thread. For short handlers that never
@@ -228,7 +228,7 @@ impl ServerBuilder {
         M: Method,
         F: Fn(M::Request) -> Result<M::Response, HandlerError> + Send + Sync + 'static,
     {
-        self.register::<M>(Handler::Inline(handlers::inline::<M, F>(f)))
+        self.register::<M>(Handler::Inline(methods::inline::<M, F>(f)))
     }
 
     /// Serves method `M` on the offload pool; the answer is published later
@@ -238,7 +238,7 @@ impl ServerBuilder {
         M: Method,
         F: Fn(M::Request) -> Result<M::Response, HandlerError> + Send + Sync + 'static,
     {
-        self.register::<M>(Handler::Offload(handlers::offload::<M, F>(f)))
+        self.register::<M>(Handler::Offload(methods::offload::<M, F>(f)))
     }
 
     fn register<M: Method>(mut self, handler: Handler) -> Self {
@@ -354,33 +354,7 @@ impl ServerBuilder {
         );
 
         let mut entries = self.entries;
-        entries.push(Entry {
-            id: <Ping as Method>::ID,
-            name: <Ping as Method>::NAME,
-            // The echo answers with the request's own archive once it is
-            // validated: `Ping`'s request and response types are the same, so
-            // no decoding or allocation is needed (it showed in profiles).
-            handler: Handler::Inline(Box::new(|bytes, req, out| {
-                match <<Ping as Method>::Request as ipc_rpc::Wire>::access(bytes) {
-                    Ok(_) => out.echo(req, bytes),
-                    Err(e) => out.error(
-                        req,
-                        ipc_rpc::ErrorCode::Malformed,
-                        format!("malformed cradle.ping request: {e}"),
-                    ),
-                }
-            })),
-        });
-        let stats_shared = Arc::clone(&shared);
-        let stats_store = Arc::clone(&store);
-        entries.push(Entry {
-            id: <Stats as Method>::ID,
-            name: <Stats as Method>::NAME,
-            handler: Handler::Inline(handlers::inline::<Stats, _>(move |()| {
-                Ok(stats_shared.snapshot(&stats_store))
-            })),
-        });
-        entries.extend(crate::blobs::methods::entries(&store));
+        entries.extend(methods::builtin_entries(&shared, &store));
         let registry = Registry::new(entries)
             .map_err(|(name, id)| StartError::DuplicateMethod { name, id })?;
 
@@ -447,17 +421,6 @@ impl Drop for SocketFile {
             let _ = std::fs::remove_file(&self.path);
         }
     }
-}
-
-/// State the [`ServerHandle`], the acceptor and the workers share.
-#[derive(Debug)]
-pub(crate) struct HandleInner {
-    /// Set once by `shutdown`.
-    pub(crate) shutdown: AtomicBool,
-    /// Wakes the acceptor.
-    pub(crate) acceptor_bell: EventFd,
-    /// The workers' channels and control eventfds.
-    pub(crate) links: Arc<[WorkerLink]>,
 }
 
 /// Stops a running server from any thread. Cheap to clone.

@@ -31,11 +31,11 @@
 //! the client's release then writes the session eventfd.
 
 use crate::blobs::BlobStore;
-use crate::handlers::{Handler, Queued, Registry, Replier};
-use crate::offload::{Completion, Job};
-use crate::server::HandleInner;
+use crate::link::{ClientWaker, Completion, HandleInner, Job, NewSession, WorkerMsg};
+use crate::methods::{Handler, Registry};
+use crate::reply::{Queued, Replier};
 use crate::stats::{SessionCounters, Shared};
-use ipc_core::doorbell::{EventFd, Futex, Waker};
+use ipc_core::doorbell::EventFd;
 use ipc_core::ring::{RingRegion, max_payload_len};
 use ipc_core::shm::{Mapping, Segment};
 use ipc_core::sync::{AtomicU32, Atomics, Ordering, StdAtomics};
@@ -74,64 +74,6 @@ const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// at 1, so they never collide with it.
 const CONTROL: u64 = 0;
 
-/// A message to a worker; sent with [`WorkerLink::send`].
-#[derive(Debug)]
-pub(crate) enum WorkerMsg {
-    /// A session the acceptor created for this worker.
-    Session(Box<NewSession>),
-    /// An offloaded call is answered.
-    Completion(Completion),
-}
-
-/// The way to a worker: its channel and the eventfd that wakes it.
-#[derive(Debug)]
-pub(crate) struct WorkerLink {
-    tx: Sender<WorkerMsg>,
-    pub(crate) bell: EventFd,
-}
-
-impl WorkerLink {
-    /// A link and the worker's receiving end.
-    pub(crate) fn new() -> std::io::Result<(Self, Receiver<WorkerMsg>)> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        Ok((
-            Self {
-                tx,
-                bell: EventFd::new()?,
-            },
-            rx,
-        ))
-    }
-
-    /// Sends `msg` and wakes the worker (always: the worker may be polling,
-    /// but a message must never wait for a session's traffic).
-    pub(crate) fn send(&self, msg: WorkerMsg) {
-        if self.tx.send(msg).is_ok() {
-            self.wake();
-        }
-    }
-
-    /// Wakes the worker.
-    pub(crate) fn wake(&self) {
-        if let Err(e) = self.bell.notify() {
-            tracing::error!(error = %e, "cannot wake a worker");
-        }
-    }
-}
-
-/// Everything a worker needs to adopt a session.
-#[derive(Debug)]
-pub(crate) struct NewSession {
-    pub(crate) id: u64,
-    pub(crate) sock: OwnedFd,
-    pub(crate) bell: EventFd,
-    pub(crate) waker: ClientWaker,
-    pub(crate) segment: Segment,
-    pub(crate) inbox: Inbox<RingRegion>,
-    pub(crate) outbox: Outbox<RingRegion>,
-    pub(crate) counters: Arc<SessionCounters>,
-}
-
 /// Why a session ends.
 #[derive(Debug)]
 enum Close {
@@ -156,26 +98,6 @@ impl Close {
 }
 
 /// A session on its worker.
-/// How the server wakes a sleeping client of a session: a futex wake on the
-/// session's word (sync clients), or a write to the client's eventfd (async
-/// clients, `HELLO_WAKE_EVENTFD`).
-#[derive(Debug)]
-pub(crate) enum ClientWaker {
-    /// `FUTEX_WAKE` on the doorbell's `seq` word.
-    Futex,
-    /// Write 1 to the client's eventfd.
-    EventFd(EventFd),
-}
-
-impl Waker<StdAtomics> for ClientWaker {
-    fn wake(&self, seq: &<StdAtomics as Atomics>::U32) {
-        match self {
-            Self::Futex => Waker::<StdAtomics>::wake(&Futex, seq),
-            Self::EventFd(e) => Waker::<StdAtomics>::wake(e, seq),
-        }
-    }
-}
-
 struct Session {
     id: u64,
     sock: OwnedFd,

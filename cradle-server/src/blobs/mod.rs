@@ -31,7 +31,6 @@
 
 pub(crate) mod budget;
 mod cache;
-pub(crate) mod methods;
 mod persist;
 pub use persist::default_disk_cache_dir;
 pub(crate) use persist::open_tier;

@@ -3,20 +3,28 @@
 //! syscalls (memfd, seals), and some must send a descriptor on the session's
 //! control socket just before answering.
 
-use super::{BlobCtx, BlobError, BlobStore};
-use crate::HandlerError;
-use crate::handlers::{Entry, Handler, InlineFn, Replier, panic_message};
+use super::registry::{Entry, Handler};
+use super::wrap;
+use crate::blobs::{BlobCtx, BlobError, BlobStore};
+use crate::error::HandlerError;
+use crate::reply::Replier;
 use bytemuck::bytes_of;
-use ipc_core::ring::FrameMeta;
 use ipc_rpc::blob::{
     Acquire, AuthorPool, CacheGet, CacheLoad, CachePut, CachePutDurable, CacheRemove, CreateLarge,
     FD_GRANT_MAGIC, FdGrant, LargeInfo, MAX_KEY_LEN, MapSegment, Release, SealLarge, SealSmall,
 };
 use ipc_rpc::handshake::send_with_fds;
-use ipc_rpc::{ErrorCode, Method, Wire};
+use ipc_rpc::{ErrorCode, Method};
 use std::os::fd::{AsFd, OwnedFd};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+
+/// A handler failure (`ErrorCode::Handler`) with `message`.
+fn handler_error(message: String) -> BlobError {
+    BlobError {
+        code: ErrorCode::Handler,
+        message,
+    }
+}
 
 /// Sends `fd` as segment `segment`'s descriptor on the session's socket.
 fn grant(out: &Replier<'_>, segment: u64, fd: &OwnedFd) -> Result<(), BlobError> {
@@ -25,14 +33,14 @@ fn grant(out: &Replier<'_>, segment: u64, fd: &OwnedFd) -> Result<(), BlobError>
         segment,
     };
     send_with_fds(out.sock, bytes_of(&msg), &[fd.as_fd()]).map_err(|e| {
-        BlobError::handler(format!(
+        handler_error(format!(
             "could not send segment {segment}'s descriptor on the control socket: {e}"
         ))
     })
 }
 
-/// Erases a blob method: decode, run `f` with the session's reply path (for
-/// descriptors), answer. Panics are caught like any handler's.
+/// A blob method served on the worker, with the session's reply path (for
+/// descriptors).
 fn method<M, F>(store: &Arc<BlobStore>, f: F) -> Entry
 where
     M: Method,
@@ -42,31 +50,12 @@ where
         + 'static,
 {
     let store = Arc::clone(store);
-    let erased: InlineFn = Box::new(move |bytes: &[u8], req: FrameMeta, out: &mut Replier<'_>| {
-        let request = match <M::Request as Wire>::decode(bytes) {
-            Ok(r) => r,
-            Err(e) => {
-                return out.error(
-                    req,
-                    ErrorCode::Malformed,
-                    format!("request for {} did not validate: {e}", M::NAME),
-                );
-            }
-        };
-        match catch_unwind(AssertUnwindSafe(|| f(&store, out, request))) {
-            Ok(Ok(resp)) => out.respond(req, &resp),
-            Ok(Err(e)) => out.error(req, e.code, e.message),
-            Err(p) => out.error(
-                req,
-                ErrorCode::HandlerPanicked,
-                format!("{} panicked: {}", M::NAME, panic_message(p.as_ref())),
-            ),
-        }
-    });
     Entry {
         id: M::ID,
         name: M::NAME,
-        handler: Handler::Inline(erased),
+        handler: Handler::Inline(wrap::inline_session::<M, _>(move |out, req| {
+            f(&store, out, req).map_err(|e| HandlerError::with_code(e.code, e.message))
+        })),
     }
 }
 
@@ -79,7 +68,7 @@ where
     Entry {
         id: M::ID,
         name: M::NAME,
-        handler: Handler::Offload(crate::handlers::offload_blob::<M, _>(move |ctx, req| {
+        handler: Handler::Offload(wrap::offload_blob::<M, _>(move |ctx, req| {
             f(ctx, req).map_err(|e| HandlerError::with_code(e.code, e.message))
         })),
     }
@@ -87,7 +76,7 @@ where
 
 fn check_key(key: &str) -> Result<(), BlobError> {
     if key.is_empty() || key.len() > MAX_KEY_LEN {
-        return Err(BlobError::handler(format!(
+        return Err(handler_error(format!(
             "a cache key must have 1 to {MAX_KEY_LEN} bytes, not {}",
             key.len()
         )));

@@ -1,143 +1,19 @@
-//! Handler registry and the reply path of a session.
-//!
-//! A handler is registered by method type and erased into a closure that
-//! decodes the request, runs the user's function under `catch_unwind`, and
-//! encodes the answer: straight into the response ring for inline handlers
-//! (through a [`Replier`]), into an owned buffer for offloaded ones.
+//! The reply path of a session: answers go straight into the response ring
+//! while it has room, else into the session's backlog, oldest first; and the
+//! encoding of ERROR and RESPONSE frames that every handler shares.
 
-use crate::blobs::BlobCtx;
-use crate::error::HandlerError;
 use ipc_core::ring::{FrameMeta, RingError, RingRegion};
 use ipc_rpc::rkyv::ser::allocator::Arena;
 use ipc_rpc::rkyv::util::AlignedVec;
-use ipc_rpc::{ErrorCode, Method, Outbox, RemoteError, SendError, Wire, wire};
-use std::any::Any;
+use ipc_rpc::{ErrorCode, Outbox, RemoteError, SendError, Wire, wire};
 use std::collections::VecDeque;
 use std::os::fd::BorrowedFd;
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 
 /// Longest error message sent to a client, in bytes.
 const MAX_ERROR_MESSAGE: usize = 1024;
 
 /// A response waiting for room in the response ring.
 pub(crate) type Queued = (FrameMeta, AlignedVec<16>);
-
-/// An inline handler, erased: request bytes, the request's header, the reply
-/// path. Returns whether the call was answered (always, today).
-pub(crate) type InlineFn = Box<dyn Fn(&[u8], FrameMeta, &mut Replier<'_>) + Send + Sync>;
-
-/// An offloaded handler, erased: request bytes, the request's header, the
-/// blob context of the calling session, an arena, the ring's payload limit →
-/// the encoded answer (`None` if not even an error frame fits the ring).
-pub(crate) type OffloadFn =
-    Arc<dyn Fn(&[u8], FrameMeta, &BlobCtx<'_>, &mut Arena, usize) -> Option<Queued> + Send + Sync>;
-
-/// How a method is served.
-pub(crate) enum Handler {
-    /// On the worker.
-    Inline(InlineFn),
-    /// On the offload pool.
-    Offload(OffloadFn),
-}
-
-impl std::fmt::Debug for Handler {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Inline(_) => f.write_str("Inline"),
-            Self::Offload(_) => f.write_str("Offload"),
-        }
-    }
-}
-
-/// A registered method.
-#[derive(Debug)]
-pub(crate) struct Entry {
-    pub(crate) id: u64,
-    pub(crate) name: &'static str,
-    pub(crate) handler: Handler,
-}
-
-/// The method table, sorted by id (binary search: a handful of methods).
-#[derive(Debug)]
-pub(crate) struct Registry {
-    entries: Vec<Entry>,
-}
-
-impl Registry {
-    /// Builds the table; fails on a duplicate id.
-    pub(crate) fn new(mut entries: Vec<Entry>) -> Result<Self, (&'static str, u64)> {
-        entries.sort_by_key(|e| e.id);
-        for w in entries.windows(2) {
-            if w[0].id == w[1].id {
-                return Err((w[1].name, w[1].id));
-            }
-        }
-        Ok(Self { entries })
-    }
-
-    /// The handler of `id`.
-    #[inline]
-    pub(crate) fn get(&self, id: u64) -> Option<&Handler> {
-        self.entries
-            .binary_search_by_key(&id, |e| e.id)
-            .ok()
-            .map(|i| &self.entries[i].handler)
-    }
-}
-
-/// What a handler run produced, short of encoding.
-type Outcome<R> = Result<R, (ErrorCode, String)>;
-
-/// Decodes the request and runs `f` under `catch_unwind`.
-fn invoke<M, F>(f: &F, bytes: &[u8]) -> Outcome<M::Response>
-where
-    M: Method,
-    F: Fn(M::Request) -> Result<M::Response, HandlerError>,
-{
-    invoke_with::<M, _>(&|_: &(), r| f(r), &(), bytes)
-}
-
-/// A user handler that takes a context, borrowed.
-type WithCtx<'f, C, M> =
-    &'f dyn Fn(&C, <M as Method>::Request) -> Result<<M as Method>::Response, HandlerError>;
-
-/// [`invoke`] for a handler that also takes a context.
-fn invoke_with<M, C>(f: WithCtx<'_, C, M>, ctx: &C, bytes: &[u8]) -> Outcome<M::Response>
-where
-    M: Method,
-    C: ?Sized,
-{
-    let req = <M::Request as Wire>::decode(bytes).map_err(|e| {
-        (
-            ErrorCode::Malformed,
-            format!("request for {} did not validate: {e}", M::NAME),
-        )
-    })?;
-    match catch_unwind(AssertUnwindSafe(|| f(ctx, req))) {
-        Ok(Ok(r)) => Ok(r),
-        Ok(Err(e)) => Err((e.code, e.message)),
-        Err(payload) => Err((
-            ErrorCode::HandlerPanicked,
-            format!(
-                "the handler of {} panicked: {}",
-                M::NAME,
-                panic_message(payload.as_ref())
-            ),
-        )),
-    }
-}
-
-/// The text of a panic payload.
-pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(a panic payload that is not a string)".to_owned()
-    }
-}
 
 /// `message` cut to at most [`MAX_ERROR_MESSAGE`] bytes on a char boundary.
 fn truncated(mut message: String) -> String {
@@ -176,45 +52,6 @@ fn response_meta(req: FrameMeta) -> FrameMeta {
     }
 }
 
-/// Erases an inline handler.
-pub(crate) fn inline<M, F>(f: F) -> InlineFn
-where
-    M: Method,
-    F: Fn(M::Request) -> Result<M::Response, HandlerError> + Send + Sync + 'static,
-{
-    Box::new(move |bytes, req, out| match invoke::<M, F>(&f, bytes) {
-        Ok(resp) => out.respond(req, &resp),
-        Err((code, message)) => out.error(req, code, message),
-    })
-}
-
-/// Erases an offloaded handler.
-pub(crate) fn offload<M, F>(f: F) -> OffloadFn
-where
-    M: Method,
-    F: Fn(M::Request) -> Result<M::Response, HandlerError> + Send + Sync + 'static,
-{
-    offload_blob::<M, _>(move |_: &BlobCtx<'_>, r| f(r))
-}
-
-/// Erases an offloaded handler that works with blobs.
-pub(crate) fn offload_blob<M, F>(f: F) -> OffloadFn
-where
-    M: Method,
-    F: Fn(&BlobCtx<'_>, M::Request) -> Result<M::Response, HandlerError> + Send + Sync + 'static,
-{
-    Arc::new(move |bytes, req, ctx, arena, max| {
-        let (code, message) = match invoke_with::<M, BlobCtx<'_>>(&f, ctx, bytes) {
-            Ok(resp) => match ipc_rpc::encode_to_vec(&resp, arena, max) {
-                Ok(v) => return Some((response_meta(req), v)),
-                Err(e) => unsendable(&e),
-            },
-            Err(ce) => ce,
-        };
-        encode_error(req, code, message, arena, max)
-    })
-}
-
 /// The error code and message for a response that could not be encoded.
 fn unsendable(e: &SendError) -> (ErrorCode, String) {
     match e {
@@ -229,6 +66,25 @@ fn unsendable(e: &SendError) -> (ErrorCode, String) {
             format!("the server could not encode the response: {other}"),
         ),
     }
+}
+
+/// The encoded answer of an offloaded call: a RESPONSE frame carrying the
+/// handler's value, or an ERROR frame (also when the value does not fit);
+/// `None` if not even that fits the ring.
+pub(crate) fn encode_answer<T: Wire>(
+    req: FrameMeta,
+    outcome: Result<T, (ErrorCode, String)>,
+    arena: &mut Arena,
+    max: usize,
+) -> Option<Queued> {
+    let (code, message) = match outcome {
+        Ok(value) => match ipc_rpc::encode_to_vec(&value, arena, max) {
+            Ok(v) => return Some((response_meta(req), v)),
+            Err(e) => unsendable(&e),
+        },
+        Err(failure) => failure,
+    };
+    encode_error(req, code, message, arena, max)
 }
 
 /// An encoded ERROR frame, or `None` if even that does not fit the ring.

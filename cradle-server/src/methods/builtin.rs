@@ -1,0 +1,41 @@
+//! `cradle.ping` and `cradle.stats`.
+
+use super::registry::{Entry, Handler};
+use super::wrap;
+use crate::blobs::BlobStore;
+use crate::stats::Shared;
+use ipc_rpc::builtin::{Ping, Stats};
+use ipc_rpc::{ErrorCode, Method, Wire};
+use std::sync::Arc;
+
+/// Ping and stats.
+pub(super) fn entries(shared: &Arc<Shared>, store: &Arc<BlobStore>) -> Vec<Entry> {
+    let shared = Arc::clone(shared);
+    let store = Arc::clone(store);
+    vec![
+        Entry {
+            id: Ping::ID,
+            name: Ping::NAME,
+            // The echo answers with the request's own archive once it is
+            // validated: `Ping`'s request and response types are the same,
+            // so no decoding or allocation is needed (it showed in profiles).
+            handler: Handler::Inline(Box::new(|bytes, req, out| {
+                match <<Ping as Method>::Request as Wire>::access(bytes) {
+                    Ok(_) => out.echo(req, bytes),
+                    Err(e) => out.error(
+                        req,
+                        ErrorCode::Malformed,
+                        format!("malformed cradle.ping request: {e}"),
+                    ),
+                }
+            })),
+        },
+        Entry {
+            id: Stats::ID,
+            name: Stats::NAME,
+            handler: Handler::Inline(wrap::inline::<Stats, _>(move |()| {
+                Ok(shared.snapshot(&store))
+            })),
+        },
+    ]
+}
