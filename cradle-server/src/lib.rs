@@ -51,6 +51,7 @@ mod methods;
 mod offload;
 mod reply;
 mod server;
+mod signals;
 mod startup;
 mod stats;
 mod worker;
@@ -61,6 +62,7 @@ mod tests;
 pub use blobs::{BlobBuilder, BlobCtx, BlobView, SessionQuota, default_disk_cache_dir};
 pub use error::{HandlerError, ServerError, StartError};
 pub use server::{Server, ServerBuilder, ServerHandle};
+pub use signals::init_logging;
 pub use startup::default_socket_path;
 
 /// Parses a byte count with an optional binary suffix (`512M`, `2GiB`,

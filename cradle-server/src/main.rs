@@ -115,53 +115,9 @@ fn invert(ctx: &BlobCtx<'_>, h: BlobHandle) -> Result<Inverted, HandlerError> {
     })
 }
 
-fn init_logging(level: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = match std::env::var_os("RUST_LOG") {
-        Some(v) if !v.is_empty() => {
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level))
-        }
-        _ => EnvFilter::new(level),
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-}
-
-/// Blocks SIGINT and SIGTERM in this thread (and so in every thread spawned
-/// after), so that only `sigwait` in the signal thread receives them.
-fn block_signals() -> Result<libc::sigset_t, String> {
-    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-    // SAFETY: sigemptyset initialises the set it is given; sigaddset and
-    // pthread_sigmask read it after that; no other memory is involved.
-    let rc = unsafe {
-        libc::sigemptyset(set.as_mut_ptr());
-        libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
-        libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), std::ptr::null_mut())
-    };
-    if rc != 0 {
-        return Err(format!(
-            "cannot block SIGINT/SIGTERM: {}",
-            std::io::Error::from_raw_os_error(rc)
-        ));
-    }
-    // SAFETY: initialised by sigemptyset above.
-    Ok(unsafe { set.assume_init() })
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(&args.log_level);
-    let set = match block_signals() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("cradle-server: {e}");
-            return ExitCode::from(1);
-        }
-    };
+    cradle_server::init_logging(&args.log_level);
     let socket = args.socket.unwrap_or_else(default_socket_path);
     let builder = Server::builder()
         .socket_path(socket)
@@ -195,34 +151,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let handle = server.handle();
-    let spawned = std::thread::Builder::new()
-        .name("cradle-signals".into())
-        .spawn(move || {
-            loop {
-                let mut sig: libc::c_int = 0;
-                // SAFETY: `set` is an initialised signal set owned by this
-                // closure; `sig` is a valid out-pointer.
-                let rc = unsafe { libc::sigwait(&set, &mut sig) };
-                if rc == 0 {
-                    tracing::info!(signal = sig, "shutting down");
-                    handle.shutdown();
-                    return;
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        eprintln!("cradle-server: cannot start the signal thread: {e}");
-        return ExitCode::from(1);
-    }
-    tracing::info!(
-        socket = %server.socket_path().display(),
-        pid = std::process::id(),
-        mem_cache_bytes = server.cache_budget(),
-        disk_cache = %server.disk_cache_dir().map_or("none".into(), |d| d.display().to_string()),
-        "cradle-server ready"
-    );
-    match server.run() {
+    match server.run_until_signal() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cradle-server: {e}");
