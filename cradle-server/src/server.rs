@@ -298,17 +298,7 @@ impl ServerBuilder {
         self.validate()?;
         // The memory budget is checked before anything touches the socket
         // directory.
-        let limits = MemoryLimits::read().map_err(|e| StartError::System {
-            what: "read /proc/meminfo",
-            source: e,
-        })?;
-        let cache_budget = match self.mem_cache_bytes {
-            Some(b) => {
-                limits.check(b).map_err(StartError::InvalidConfig)?;
-                b
-            }
-            None => limits.default_budget(),
-        };
+        let cache_budget = self.checked_cache_budget()?;
         let path = self
             .socket_path
             .clone()
@@ -346,32 +336,12 @@ impl ServerBuilder {
             store = store.with_disk(tier);
         }
         let store = Arc::new(store);
-        tracing::debug!(
-            cache_budget,
-            available = limits.available,
-            cgroup_max = ?limits.cgroup_max,
-            "memory cache budget"
-        );
 
         let mut entries = self.entries;
         entries.extend(methods::builtin_entries(&shared, &store));
         let registry = Registry::new(entries)
             .map_err(|(name, id)| StartError::DuplicateMethod { name, id })?;
-
-        let sys =
-            |what: &'static str| move |e: std::io::Error| StartError::System { what, source: e };
-        let mut links = Vec::with_capacity(self.workers);
-        let mut receivers = Vec::with_capacity(self.workers);
-        for _ in 0..self.workers {
-            let (link, rx) = WorkerLink::new().map_err(sys("eventfd"))?;
-            links.push(link);
-            receivers.push(rx);
-        }
-        let handle = Arc::new(HandleInner {
-            shutdown: AtomicBool::new(false),
-            acceptor_bell: EventFd::new().map_err(sys("eventfd"))?,
-            links: links.into(),
-        });
+        let (handle, receivers) = control_links(self.workers)?;
         Ok(Server {
             path,
             listener,
@@ -393,6 +363,29 @@ impl ServerBuilder {
             socket_file,
             _lock: lock,
         })
+    }
+
+    /// The memory cache's budget: the one set, if `/proc/meminfo` and the
+    /// cgroup allow it, else the default derived from them.
+    fn checked_cache_budget(&self) -> Result<u64, StartError> {
+        let limits = MemoryLimits::read().map_err(|e| StartError::System {
+            what: "read /proc/meminfo",
+            source: e,
+        })?;
+        let budget = match self.mem_cache_bytes {
+            Some(b) => {
+                limits.check(b).map_err(StartError::InvalidConfig)?;
+                b
+            }
+            None => limits.default_budget(),
+        };
+        tracing::debug!(
+            budget = %bytesize::ByteSize(budget).display().iec(),
+            available = %bytesize::ByteSize(limits.available).display().iec(),
+            cgroup_max = ?limits.cgroup_max.map(|b| bytesize::ByteSize(b).display().iec().to_string()),
+            "memory cache budget"
+        );
+        Ok(budget)
     }
 }
 
@@ -421,6 +414,30 @@ impl Drop for SocketFile {
             let _ = std::fs::remove_file(&self.path);
         }
     }
+}
+
+/// The shutdown handle every thread shares and, per worker, its channel's
+/// receiving end.
+fn control_links(
+    workers: usize,
+) -> Result<(Arc<HandleInner>, Vec<Receiver<WorkerMsg>>), StartError> {
+    let sys = |e: std::io::Error| StartError::System {
+        what: "eventfd",
+        source: e,
+    };
+    let mut links = Vec::with_capacity(workers);
+    let mut receivers = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let (link, rx) = WorkerLink::new().map_err(sys)?;
+        links.push(link);
+        receivers.push(rx);
+    }
+    let handle = Arc::new(HandleInner {
+        shutdown: AtomicBool::new(false),
+        acceptor_bell: EventFd::new().map_err(sys)?,
+        links: links.into(),
+    });
+    Ok((handle, receivers))
 }
 
 /// Stops a running server from any thread. Cheap to clone.
