@@ -36,7 +36,7 @@ fn ping_and_stats_work_against_a_server() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(
-        text.contains("calls served") && text.contains("sessions 1 open"),
+        text.contains("answered") && text.contains("1 connected now"),
         "{text}"
     );
     // Bad flags: a clear error and a non-zero exit code.
@@ -75,7 +75,7 @@ fn put_get_rm_move_a_file_through_the_cache() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        text.starts_with("put img: blob ") && text.contains("20971520 bytes"),
+        text.starts_with("put img: 20.0 MiB, in the memory cache"),
         "{text}"
     );
     let out = cradle(&dir, &["put", "note", small.to_str().unwrap()]);
@@ -101,7 +101,7 @@ fn put_get_rm_move_a_file_through_the_cache() {
     let out = cradle(&dir, &["stats"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("memory cache 2 entries"), "{text}");
-    assert!(text.contains("2 hits, 0 misses"), "{text}");
+    assert!(text.contains("2 gets served, 0 not found here"), "{text}");
 
     let out = cradle(&dir, &["rm", "img"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "removed img");
@@ -130,4 +130,123 @@ fn put_get_rm_move_a_file_through_the_cache() {
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(err.contains(&want), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn put_reads_stdin_and_prints_the_handle_only_when_verbose() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let (_dog, dir, _server) = with_server("cli stdin", Duration::from_secs(120), &[]);
+    // 3 MiB and a bit through a pipe: more than one read chunk, a large blob.
+    let bytes: Vec<u8> = (0..(3u32 << 20) + 12_345)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let mut child = Command::new(cli_bin())
+        .env("CRADLE_SOCKET", dir.socket())
+        .args(["put", "-v", "piped", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = {
+        let bytes = bytes.clone();
+        std::thread::spawn(move || stdin.write_all(&bytes).unwrap())
+    };
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with("put piped: 3.0 MiB"), "{text}");
+    assert!(text.contains("\nhandle "), "-v prints the handle: {text}");
+    let got = cradle(&dir, &["get", "piped"]);
+    assert!(got.status.success());
+    assert!(got.stdout == bytes, "the bytes read back differ");
+
+    // Without -v, no handle details.
+    let out = cradle(&dir, &["put", "again", "/dev/null"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("pipe it in with `-`"), "{err}");
+    let small = dir.0.join("s.txt");
+    std::fs::write(&small, b"x").unwrap();
+    let out = cradle(&dir, &["put", "again", small.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        !text.contains("handle") && !text.contains("blob "),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_keys_are_refused_before_anything_is_sent() {
+    let (_dog, dir, _server) = with_server("cli keys", Duration::from_secs(60), &[]);
+    let long = "k".repeat(1025);
+    for (key, want) in [
+        ("", "the cache key is empty"),
+        (long.as_str(), "1025 bytes long; at most 1024"),
+        ("a\nb", "control character"),
+    ] {
+        for args in [vec!["get", key], vec!["rm", key], vec!["put", key, "-"]] {
+            let out = cradle(&dir, &args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+            assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+            assert!(err.contains(want), "{args:?}: {err}");
+        }
+    }
+}
+
+#[test]
+fn an_interrupted_get_leaves_no_partial_file() {
+    let (_dog, dir, _server) = with_server(
+        "cli interrupted get",
+        Duration::from_secs(180),
+        &["--mem-cache-bytes", "2G"],
+    );
+    // 1 GiB takes long enough to write that the signal lands mid-way.
+    let input = dir.0.join("big.bin");
+    {
+        let f = std::fs::File::create(&input).unwrap();
+        f.set_len(1 << 30).unwrap();
+    }
+    let out = cradle(&dir, &["put", "big", input.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_file(&input).unwrap();
+
+    let target = dir.0.join("out.bin");
+    std::fs::write(&target, b"the old contents").unwrap();
+    let child = Command::new(cli_bin())
+        .env("CRADLE_SOCKET", dir.socket())
+        .args(["get", "big", "-o", target.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let tmp_exists = || {
+        std::fs::read_dir(&dir.0)
+            .unwrap()
+            .any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".tmp"))
+    };
+    assert!(
+        eventually(Duration::from_secs(30), tmp_exists),
+        "the temporary file never appeared"
+    );
+    signal(child.id(), libc::SIGINT);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert_eq!(std::fs::read(&target).unwrap(), b"the old contents");
+    assert!(!tmp_exists(), "the temporary file was left behind");
 }

@@ -1,7 +1,7 @@
 //! `cradle`: the command-line client of the CRADLE server.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use cradle_client::{CallOptions, Client, WaitMode};
+use cradle_client::{Blob, CallOptions, Client, WaitMode};
 use ipc_rpc::builtin::{Ping, Stats};
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -46,13 +46,14 @@ enum Command {
     /// cache (entries, bytes used / budget, hits, misses, evictions), and one
     /// line per connected session.
     Stats,
-    /// Store FILE in the shared cache under KEY: the file is read straight
-    /// into a blob in shared memory (no copy through a socket), sealed, and
-    /// put in the memory cache. Prints the blob's handle.
+    /// Store FILE (or standard input, `-`) in the shared cache under KEY: a
+    /// file is read straight into a blob in shared memory (no copy through a
+    /// socket), sealed, and put in the cache. Prints the key, the size and
+    /// where it is kept.
     Put {
-        /// The cache key (1 to 1024 bytes).
+        /// The cache key: 1 to 1024 bytes of UTF-8, no control characters.
         key: String,
-        /// A regular file.
+        /// A regular file, or `-` for standard input.
         file: PathBuf,
         /// Only store if KEY is not in the cache yet.
         #[arg(long)]
@@ -66,12 +67,17 @@ enum Command {
         /// Never show a progress bar (shown on a terminal for files of 16 MiB or more).
         #[arg(long)]
         no_progress: bool,
+        /// Also print the blob's handle (its id, segment, offset, length).
+        #[arg(short, long)]
+        verbose: bool,
     },
-    /// Write the blob cached under KEY to FILE (or stdout).
+    /// Write the blob cached under KEY to FILE (or stdout). A file is written
+    /// under a temporary name beside it and renamed when complete, so an
+    /// interrupted get never leaves a partial FILE.
     Get {
         /// The cache key.
         key: String,
-        /// Output file (created or truncated) [default: stdout].
+        /// Output file (replaced when complete) [default: stdout].
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
         /// Never show a progress bar.
@@ -83,6 +89,38 @@ enum Command {
         /// The cache key.
         key: String,
     },
+}
+
+impl Command {
+    /// The cache key the command names, if any.
+    fn key(&self) -> Option<&str> {
+        match self {
+            Self::Put { key, .. } | Self::Get { key, .. } | Self::Rm { key } => Some(key),
+            Self::Ping { .. } | Self::Stats => None,
+        }
+    }
+}
+
+/// Checks a cache key before anything is sent: the server refuses the same
+/// keys, but a message that quotes the key and says what is wrong is more use
+/// here.
+fn check_key(key: &str) -> Result<(), String> {
+    if key.is_empty() {
+        return Err("the cache key is empty; give a name of 1 to 1024 bytes".into());
+    }
+    if key.len() > ipc_rpc::blob::MAX_KEY_LEN {
+        return Err(format!(
+            "the cache key is {} bytes long; at most {} are allowed",
+            key.len(),
+            ipc_rpc::blob::MAX_KEY_LEN
+        ));
+    }
+    if let Some(c) = key.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "the cache key {key:?} contains the control character {c:?}; use printable characters"
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -114,6 +152,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Some(key) = cli.command.key()
+        && let Err(e) = check_key(key)
+    {
+        eprintln!("cradle: {e}");
+        return ExitCode::from(2);
+    }
     let result = match cli.command {
         Command::Ping {
             count,
@@ -128,7 +172,18 @@ fn main() -> ExitCode {
             if_absent,
             sync,
             no_progress,
-        } => put(&client, &key, &file, if_absent, sync, !no_progress),
+            verbose,
+        } => put(
+            &client,
+            &key,
+            &file,
+            PutOptions {
+                if_absent,
+                sync,
+                progress: !no_progress,
+                verbose,
+            },
+        ),
         Command::Get {
             key,
             output,
@@ -212,19 +267,9 @@ fn fmt_ns(ns: u64) -> String {
     }
 }
 
-/// Bytes for people: exact below 1 KiB, else two decimals of the binary unit.
+/// Bytes for people: "512 B", "1.5 MiB".
 fn fmt_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    format!("{v:.2} {}", UNITS[u])
+    bytesize::ByteSize(n).display().iec().to_string()
 }
 
 /// A progress line on stderr, redrawn at most every 100 ms; only on a
@@ -281,14 +326,51 @@ impl Progress {
     }
 }
 
-fn put(
-    client: &Client,
-    key: &str,
-    file: &Path,
+/// The switches of `cradle put`.
+#[derive(Debug, Clone, Copy)]
+struct PutOptions {
     if_absent: bool,
     sync: bool,
     progress: bool,
-) -> Result<(), String> {
+    verbose: bool,
+}
+
+fn put(client: &Client, key: &str, file: &Path, opts: PutOptions) -> Result<(), String> {
+    let blob = if file == Path::new("-") {
+        blob_from_stdin(client)?
+    } else {
+        blob_from_file(client, file, opts.progress)?
+    };
+    let len = blob.len() as u64;
+    let cache = client.cache();
+    let stored = if opts.sync {
+        cache.put_durable(key, &blob, opts.if_absent)
+    } else if opts.if_absent {
+        cache.put_if_absent(key, &blob)
+    } else {
+        cache.put(key, &blob).map(|()| true)
+    }
+    .map_err(|e| format!("cannot put {key}: {e}"))?;
+    if stored {
+        let where_ = if opts.sync {
+            "in the memory cache and durable on disk"
+        } else {
+            "in the memory cache (written to the disk cache, if the server has one, shortly)"
+        };
+        println!("put {key}: {}, {where_}", fmt_bytes(len));
+        if opts.verbose {
+            println!("handle {}", blob.handle());
+        }
+    } else {
+        println!("put {key}: already present, left unchanged (--if-absent)");
+    }
+    drop(blob);
+    client.flush().map_err(|e| e.to_string())
+}
+
+/// A sealed blob with the bytes of regular file `file`, read straight into
+/// the shared mapping.
+fn blob_from_file(client: &Client, file: &Path, progress: bool) -> Result<Blob, String> {
     let f =
         std::fs::File::open(file).map_err(|e| format!("cannot open {}: {e}", file.display()))?;
     let meta = f
@@ -296,14 +378,14 @@ fn put(
         .map_err(|e| format!("cannot stat {}: {e}", file.display()))?;
     if !meta.is_file() {
         return Err(format!(
-            "{} is not a regular file (its length must be known up front)",
+            "{} is not a regular file (its length must be known up front); pipe it in with `-` instead",
             file.display()
         ));
     }
     let len = usize::try_from(meta.len()).map_err(|_| "file too large".to_string())?;
     let mut w = client
         .create(len)
-        .map_err(|e| format!("cannot create a blob of {len} bytes: {e}"))?;
+        .map_err(|e| format!("cannot create a blob of {}: {e}", fmt_bytes(len as u64)))?;
     let mut bar = Progress::new("put", len as u64, progress);
     let mut at = 0;
     while at < len {
@@ -320,24 +402,38 @@ fn put(
         bar.update(at as u64);
     }
     bar.finish();
-    let blob = w.seal().map_err(|e| format!("cannot seal the blob: {e}"))?;
-    let cache = client.cache();
-    let stored = if sync {
-        cache.put_durable(key, &blob, if_absent)
-    } else if if_absent {
-        cache.put_if_absent(key, &blob)
-    } else {
-        cache.put(key, &blob).map(|()| true)
+    w.seal().map_err(|e| format!("cannot seal the blob: {e}"))
+}
+
+/// A sealed blob with everything standard input gives until end of file.
+/// Its length is known only at the end, so the bytes are gathered first (one
+/// copy), then written into the blob.
+fn blob_from_stdin(client: &Client) -> Result<Blob, String> {
+    use std::io::Read;
+    let mut chunks: Vec<Vec<u8>> = Vec::new();
+    let mut total = 0usize;
+    let mut stdin = std::io::stdin().lock();
+    loop {
+        let mut chunk = Vec::with_capacity(8 << 20);
+        let n = (&mut stdin)
+            .take(8 << 20)
+            .read_to_end(&mut chunk)
+            .map_err(|e| format!("reading standard input: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        total += n;
+        chunks.push(chunk);
     }
-    .map_err(|e| format!("cannot put {key}: {e}"))?;
-    if stored {
-        let durable = if sync { " (durable on disk)" } else { "" };
-        println!("put {key}: {}{durable}", blob.handle());
-    } else {
-        println!("put {key}: already present, left unchanged (--if-absent)");
+    let mut w = client
+        .create(total)
+        .map_err(|e| format!("cannot create a blob of {}: {e}", fmt_bytes(total as u64)))?;
+    let mut at = 0;
+    for c in &chunks {
+        w.write_at(at, c);
+        at += c.len();
     }
-    drop(blob);
-    client.flush().map_err(|e| e.to_string())
+    w.seal().map_err(|e| format!("cannot seal the blob: {e}"))
 }
 
 fn get(client: &Client, key: &str, output: Option<&Path>, progress: bool) -> Result<(), String> {
@@ -346,43 +442,94 @@ fn get(client: &Client, key: &str, output: Option<&Path>, progress: bool) -> Res
         .get(key)
         .map_err(|e| format!("cannot get {key}: {e}"))?
         .ok_or_else(|| format!("no entry for {key} in the cache"))?;
-    let (mut out, name): (Box<dyn Write>, String) = match output {
-        Some(p) => (
-            Box::new(
-                std::fs::File::create(p)
-                    .map_err(|e| format!("cannot create {}: {e}", p.display()))?,
-            ),
-            p.display().to_string(),
-        ),
-        None => (Box::new(std::io::stdout().lock()), "stdout".into()),
-    };
-    let mut bar = Progress::new("get", blob.len() as u64, progress && output.is_some());
-    let mut done = 0;
-    // A closed pipe on stdout (`cradle get K | head`) is the reader's
-    // choice, not an error.
-    let write_err = |e: std::io::Error| {
-        if output.is_none() && e.kind() == std::io::ErrorKind::BrokenPipe {
-            None
-        } else {
-            Some(format!("writing {name}: {e}"))
+    match output {
+        Some(path) => write_file(&blob, path, progress)?,
+        None => {
+            // A closed pipe on stdout (`cradle get K | head`) is the
+            // reader's choice, not an error.
+            let mut out = std::io::stdout().lock();
+            let written = blob
+                .chunks(8 << 20)
+                .try_for_each(|c| out.write_all(c))
+                .and_then(|()| out.flush());
+            match written {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    return Err(format!("writing stdout: {e}"));
+                }
+                _ => {}
+            }
         }
-    };
-    for chunk in blob.chunks(8 << 20) {
-        if let Err(e) = out.write_all(chunk) {
-            return write_err(e).map_or(Ok(()), Err);
-        }
-        done += chunk.len();
-        bar.update(done as u64);
-    }
-    if let Err(e) = out.flush() {
-        return write_err(e).map_or(Ok(()), Err);
-    }
-    bar.finish();
-    if output.is_some() {
-        eprintln!("get {key}: {} bytes to {name}", blob.len());
     }
     drop(blob);
     client.flush().map_err(|e| e.to_string())
+}
+
+/// Writes `bytes` to a temporary file beside `path` and renames it over
+/// `path` once complete and synced. On an error or SIGINT/SIGTERM/SIGHUP the
+/// temporary file is removed and `path` is left as it was.
+fn write_file(bytes: &[u8], path: &Path, progress: bool) -> Result<(), String> {
+    use ipc_core::sync::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .map_err(|e| format!("cannot install a signal handler: {e}"))?;
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| format!("{} names no file", path.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.cradle-{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+        let mut bar = Progress::new("get", bytes.len() as u64, progress);
+        let mut done = 0;
+        for chunk in bytes.chunks(4 << 20) {
+            // Relaxed: the flag is only a request to stop, set by the
+            // signal handler of this thread's own process; nothing else is
+            // published through it.
+            if stop.load(Ordering::Relaxed) {
+                return Err("interrupted; nothing was written".to_string());
+            }
+            f.write_all(chunk)
+                .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+            done += chunk.len();
+            bar.update(done as u64);
+        }
+        bar.finish();
+        f.sync_all()
+            .map_err(|e| format!("syncing {}: {e}", tmp.display()))?;
+        if stop.load(Ordering::Relaxed) {
+            return Err("interrupted; nothing was written".to_string());
+        }
+        std::fs::rename(&tmp, path)
+            .map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), path.display()))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result?;
+    eprintln!(
+        "wrote {} to {}",
+        fmt_bytes(bytes.len() as u64),
+        path.display()
+    );
+    Ok(())
 }
 
 fn rm(client: &Client, key: &str) -> Result<(), String> {
@@ -400,57 +547,58 @@ fn rm(client: &Client, key: &str) -> Result<(), String> {
 
 fn stats(client: &Client) -> Result<(), String> {
     let s = client.call::<Stats>(&()).map_err(|e| e.to_string())?;
+    let plural = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     println!(
-        "server pid {}  workers {}  uptime {:.1} s",
+        "server       pid {}, {}, up {:.1} s",
         s.pid,
-        s.workers,
+        plural(u64::from(s.workers), "worker thread", "worker threads"),
         s.uptime_ms as f64 / 1e3
     );
     println!(
-        "sessions {} open, {} since start ({} closed for protocol violations)",
+        "clients      {} connected now, {} since start, {} disconnected for breaking the protocol",
         s.sessions, s.sessions_total, s.sessions_killed
     );
-    println!("calls served {}", s.calls_served);
+    println!("calls        {} answered", s.calls_served);
     let b = &s.blobs;
     println!(
-        "blobs {} ({}; {} large, {} being written), {} leases",
+        "blobs        {} alive ({}), of which {} large and {} still being written; clients hold {}",
         b.blobs,
         fmt_bytes(b.blob_bytes),
         b.large_blobs,
         b.writing,
-        b.leases
+        plural(b.leases, "lease", "leases")
     );
     println!(
-        "pools {} segments, {} used of {}; {} author pools",
-        b.pool_segments,
+        "small blobs  {} of shared memory in use, of {} reserved ({}); {} writing small blobs",
         fmt_bytes(b.pool_used),
         fmt_bytes(b.pool_capacity),
-        b.author_pools
+        plural(b.pool_segments, "segment", "segments"),
+        plural(b.author_pools, "client", "clients")
     );
     println!(
-        "memory cache {} entries, {} used of {} budget; {} hits, {} misses, {} evictions, {} refused (full)",
-        b.cache_entries,
+        "memory cache {}, {} of {}; {} served, {} not found here, {} evicted, {} refused (full)",
+        plural(b.cache_entries, "entry", "entries"),
         fmt_bytes(b.cache_bytes),
         fmt_bytes(b.cache_budget),
-        b.hits,
+        plural(b.hits, "get", "gets"),
         b.misses,
         b.evictions,
-        b.cache_full
+        plural(b.cache_full, "put", "puts")
     );
     if b.disk_enabled {
         println!(
-            "disk cache {} entries, {} used of {} budget; {} hits, {} misses, {} corruptions found, {} evictions, {} puts queued",
-            b.disk_entries,
+            "disk cache   {}, {} of {}; {} served, {} not found here, {} damaged entries dropped, {} evicted, {} waiting to be written",
+            plural(b.disk_entries, "entry", "entries"),
             fmt_bytes(b.disk_bytes),
             fmt_bytes(b.disk_budget),
-            b.disk_hits,
+            plural(b.disk_hits, "get", "gets"),
             b.disk_misses,
             b.disk_corruptions,
             b.disk_evictions,
-            b.disk_queued
+            plural(b.disk_queued, "put", "puts")
         );
     } else {
-        println!("disk cache: none (server started with --no-disk-cache)");
+        println!("disk cache   none (this server keeps no disk tier)");
     }
     if !s.per_session.is_empty() {
         println!(
