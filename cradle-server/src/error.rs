@@ -7,6 +7,19 @@ use std::path::PathBuf;
 /// Why [`ServerBuilder::bind`](crate::ServerBuilder::bind) refused to start.
 ///
 /// Every variant's `Display` says what is wrong and what to do about it.
+///
+/// ```no_run
+/// use cradle_server::{Server, StartError};
+///
+/// match Server::builder().bind() {
+///     Ok(server) => server.run_until_signal()?,
+///     Err(StartError::AlreadyRunning(path)) => {
+///         println!("a server already listens on {}", path.display())
+///     }
+///     Err(e) => return Err(e.into()),
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum StartError {
@@ -138,9 +151,10 @@ impl fmt::Display for StartError {
             ),
             Self::DirBadMode { dir, mode } => write!(
                 f,
-                "the socket directory {} has mode {mode:04o}, expected 0700; run `chmod 700 {}` or choose another --socket",
+                "the socket directory {} has mode {mode:04o}, but it must be private to you (0700): \
+                 put the socket in a directory of its own, e.g. --socket {}",
                 dir.display(),
-                dir.display()
+                private_socket_suggestion().display()
             ),
             Self::Lock { path, source } => {
                 write!(f, "cannot lock {}: {source}", path.display())
@@ -179,6 +193,15 @@ impl std::error::Error for StartError {
 }
 
 /// Why [`Server::run`](crate::Server::run) stopped with an error.
+///
+/// ```no_run
+/// let server = cradle_server::Server::builder().bind()?;
+/// if let Err(e) = server.run() {
+///     eprintln!("cradle-server: {e}"); // e.g. "worker 0 failed: ..."
+///     std::process::exit(1);
+/// }
+/// # Ok::<(), cradle_server::StartError>(())
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum ServerError {
@@ -232,11 +255,24 @@ pub struct HandlerError {
 
 impl HandlerError {
     /// An error with this message.
+    ///
+    /// ```
+    /// use cradle_server::HandlerError;
+    /// let e = HandlerError::new("width must be a multiple of 8");
+    /// assert_eq!(e.to_string(), "width must be a multiple of 8");
+    /// ```
     pub fn new(message: impl Into<String>) -> Self {
         Self::with_code(ipc_rpc::ErrorCode::Handler, message)
     }
 
     /// An error with a specific code (`QuotaExceeded`, `CacheFull`, ...).
+    ///
+    /// ```
+    /// use cradle_server::HandlerError;
+    /// use ipc_rpc::ErrorCode;
+    /// let e = HandlerError::with_code(ErrorCode::QuotaExceeded, "at most 16 images per call");
+    /// # let _ = e;
+    /// ```
     pub fn with_code(code: ipc_rpc::ErrorCode, message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
@@ -264,3 +300,9 @@ impl fmt::Display for HandlerError {
 }
 
 impl std::error::Error for HandlerError {}
+
+/// A socket path in a private directory of the user's own, for advice: the
+/// default's directory (`$XDG_RUNTIME_DIR/cradle`, else `/tmp/cradle-$UID`).
+fn private_socket_suggestion() -> PathBuf {
+    ipc_rpc::session::default_socket_path()
+}

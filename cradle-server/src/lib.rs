@@ -19,10 +19,11 @@
 //!     type Response = u64;
 //! }
 //!
+//! cradle_server::init_logging("info");
 //! let server = Server::builder()
 //!     .inline::<Add, _>(|(a, b)| a.checked_add(b).ok_or(HandlerError::new("overflow")))
 //!     .bind()?;
-//! server.run()?;
+//! server.run_until_signal()?; // Ctrl-C or SIGTERM: clean stop, socket removed
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
@@ -67,6 +68,12 @@ pub use startup::default_socket_path;
 
 /// Parses a byte count with an optional binary suffix (`512M`, `2GiB`,
 /// `1073741824`), for command lines.
+///
+/// ```
+/// assert_eq!(cradle_server::parse_byte_count("512M"), Ok(512 << 20));
+/// assert_eq!(cradle_server::parse_byte_count("2GiB"), Ok(2 << 30));
+/// assert!(cradle_server::parse_byte_count("lots").is_err());
+/// ```
 pub fn parse_byte_count(s: &str) -> Result<u64, String> {
     blobs::budget::parse_bytes(s)
 }

@@ -104,12 +104,24 @@ impl Default for ServerBuilder {
 
 impl ServerBuilder {
     /// The control socket (default [`default_socket_path`](crate::default_socket_path)).
+    ///
+    /// ```
+    /// use cradle_server::Server;
+    /// let b = Server::builder().socket_path("/run/user/1000/cradle/cradle.sock".into());
+    /// # let _ = b;
+    /// ```
     pub fn socket_path(mut self, path: PathBuf) -> Self {
         self.socket_path = Some(path);
         self
     }
 
     /// Worker threads serving rings (default 1).
+    ///
+    /// ```
+    /// use cradle_server::Server;
+    /// let b = Server::builder().workers(2);
+    /// # let _ = b;
+    /// ```
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n;
         self
@@ -117,18 +129,36 @@ impl ServerBuilder {
 
     /// Capacity of each of a session's two rings, a power of two (default
     /// [`DEFAULT_RING_CAPACITY`](ipc_rpc::session::DEFAULT_RING_CAPACITY)).
+    ///
+    /// ```
+    /// use cradle_server::Server;
+    /// let b = Server::builder().ring_capacity(1 << 20);
+    /// # let _ = b;
+    /// ```
     pub fn ring_capacity(mut self, bytes: usize) -> Self {
         self.ring_capacity = bytes;
         self
     }
 
     /// Most sessions open at once (default 4096).
+    ///
+    /// ```
+    /// use cradle_server::Server;
+    /// let b = Server::builder().max_sessions(256);
+    /// # let _ = b;
+    /// ```
     pub fn max_sessions(mut self, n: usize) -> Self {
         self.max_sessions = n;
         self
     }
 
     /// How long a new connection may take to send its Hello (default 2 s).
+    ///
+    /// ```
+    /// use cradle_server::Server;
+    /// let b = Server::builder().handshake_timeout(std::time::Duration::from_millis(500));
+    /// # let _ = b;
+    /// ```
     pub fn handshake_timeout(mut self, d: Duration) -> Self {
         self.handshake_timeout = d;
         self
@@ -136,6 +166,12 @@ impl ServerBuilder {
 
     /// Offloaded requests in flight per session (default 1024); beyond it a
     /// request is answered `QuotaExceeded` at once.
+    ///
+    /// ```
+    /// use cradle_server::Server;
+    /// let b = Server::builder().max_in_flight(64);
+    /// # let _ = b;
+    /// ```
     pub fn max_in_flight(mut self, n: u32) -> Self {
         self.max_in_flight = n;
         self
@@ -144,6 +180,12 @@ impl ServerBuilder {
     /// Responses queued per session while its response ring is full (default
     /// 1024); at this many the server stops taking the session's requests
     /// until the client drains its responses.
+    ///
+    /// ```
+    /// use cradle_server::Server;
+    /// let b = Server::builder().max_backlog(256);
+    /// # let _ = b;
+    /// ```
     pub fn max_backlog(mut self, n: usize) -> Self {
         self.max_backlog = n;
         self
@@ -153,12 +195,24 @@ impl ServerBuilder {
     /// to sleep in `epoll_wait` (default 100 µs). Longer keeps spinning
     /// clients from ever needing a wake-up syscall on a noisy machine, at the
     /// cost of that much CPU after every burst.
+    ///
+    /// ```
+    /// use cradle_server::Server;
+    /// let b = Server::builder().spin(std::time::Duration::from_millis(5));
+    /// # let _ = b;
+    /// ```
     pub fn spin(mut self, d: Duration) -> Self {
         self.spin = d;
         self
     }
 
     /// Threads of the offload pool (default 2).
+    ///
+    /// ```
+    /// use cradle_server::Server;
+    /// let b = Server::builder().offload_threads(4);
+    /// # let _ = b;
+    /// ```
     pub fn offload_threads(mut self, n: usize) -> Self {
         self.offload_threads = n;
         self
@@ -167,6 +221,12 @@ impl ServerBuilder {
     /// The memory cache's budget in bytes (default: a quarter of
     /// `MemAvailable`, at most half the cgroup's `memory.max`). `bind`
     /// refuses a budget above either.
+    ///
+    /// ```
+    /// use cradle_server::Server;
+    /// let b = Server::builder().mem_cache_bytes(512 << 20);
+    /// # let _ = b;
+    /// ```
     pub fn mem_cache_bytes(mut self, bytes: u64) -> Self {
         self.mem_cache_bytes = Some(bytes);
         self
@@ -176,6 +236,12 @@ impl ServerBuilder {
     /// missing; must be writable). Without this call the server has none.
     /// [`default_disk_cache_dir`](crate::default_disk_cache_dir) is where the
     /// `cradle-server` binary puts it.
+    ///
+    /// ```
+    /// use cradle_server::Server;
+    /// let b = Server::builder().disk_cache(cradle_server::default_disk_cache_dir());
+    /// # let _ = b;
+    /// ```
     pub fn disk_cache(mut self, dir: PathBuf) -> Self {
         self.disk_cache = Some(dir);
         self
@@ -183,18 +249,39 @@ impl ServerBuilder {
 
     /// The disk tier's budget in bytes (default: 16 GiB, at most half the
     /// space available on its filesystem at start).
+    ///
+    /// ```
+    /// use cradle_server::Server;
+    /// let b = Server::builder().disk_cache_bytes(50 << 30);
+    /// # let _ = b;
+    /// ```
     pub fn disk_cache_bytes(mut self, bytes: u64) -> Self {
         self.disk_cache_bytes = Some(bytes);
         self
     }
 
     /// Per-session blob limits (default [`SessionQuota::default`]).
+    ///
+    /// ```
+    /// use cradle_server::{Server, SessionQuota};
+    /// let b = Server::builder().session_quota(SessionQuota {
+    ///     leases: 1024,
+    ///     ..SessionQuota::default()
+    /// });
+    /// # let _ = b;
+    /// ```
     pub fn session_quota(mut self, quota: SessionQuota) -> Self {
         self.quota = quota;
         self
     }
 
     /// Size of each server pool segment for small blobs (default 64 MiB).
+    ///
+    /// ```
+    /// use cradle_server::Server;
+    /// let b = Server::builder().pool_segment_bytes(16 << 20);
+    /// # let _ = b;
+    /// ```
     pub fn pool_segment_bytes(mut self, bytes: u64) -> Self {
         self.pool_segment_bytes = bytes;
         self
@@ -202,6 +289,12 @@ impl ServerBuilder {
 
     /// Size of each session's author pool (default 8 MiB, created on the
     /// session's first small blob).
+    ///
+    /// ```
+    /// use cradle_server::Server;
+    /// let b = Server::builder().author_pool_bytes(4 << 20);
+    /// # let _ = b;
+    /// ```
     pub fn author_pool_bytes(mut self, bytes: u64) -> Self {
         self.author_pool_bytes = bytes;
         self
@@ -210,6 +303,22 @@ impl ServerBuilder {
     /// Serves method `M` on the offload pool, with access to blobs: the
     /// handler may read blobs the client passes by handle and create result
     /// blobs ([`BlobCtx`]), whose handles it returns in the response.
+    ///
+    /// ```
+    /// use cradle_server::Server;
+    /// use ipc_rpc::example::{Invert, Inverted};
+    ///
+    /// // Reads the argument blob, returns an inverted copy as a new blob.
+    /// let b = Server::builder().offload_blob::<Invert, _>(|ctx, handle| {
+    ///     let input = ctx.read(&handle)?;
+    ///     let mut out = ctx.create(input.bytes().len())?;
+    ///     for (o, i) in out.bytes_mut().iter_mut().zip(input.bytes()) {
+    ///         *o = !*i;
+    ///     }
+    ///     Ok(Inverted { checksum: 0, inverted: out.seal()? })
+    /// });
+    /// # let _ = b;
+    /// ```
     pub fn offload_blob<M, F>(self, f: F) -> Self
     where
         M: Method,
@@ -223,6 +332,21 @@ impl ServerBuilder {
 
     /// Serves method `M` on the worker thread. For short handlers that never
     /// block. A panic is caught and answered `HandlerPanicked`.
+    ///
+    /// ```
+    /// use cradle_server::{HandlerError, Server};
+    /// use ipc_rpc::builtin::Ping;
+    ///
+    /// // A second echo under another name would be registered the same way.
+    /// let b = Server::builder().inline::<Ping, _>(|bytes: Vec<u8>| {
+    ///     if bytes.len() > 1024 {
+    ///         return Err(HandlerError::new("at most 1024 bytes"));
+    ///     }
+    ///     Ok(bytes)
+    /// });
+    /// // Ping is a builtin: binding this builder fails with DuplicateMethod.
+    /// # let _ = b;
+    /// ```
     pub fn inline<M, F>(self, f: F) -> Self
     where
         M: Method,
@@ -233,6 +357,17 @@ impl ServerBuilder {
 
     /// Serves method `M` on the offload pool; the answer is published later
     /// by request id. For handlers that block or take long.
+    ///
+    /// ```
+    /// use cradle_server::Server;
+    /// use ipc_rpc::builtin::Ping;
+    ///
+    /// let b = Server::builder().offload::<Ping, _>(|bytes: Vec<u8>| {
+    ///     std::thread::sleep(std::time::Duration::from_millis(10)); // may block
+    ///     Ok(bytes)
+    /// });
+    /// # let _ = b;
+    /// ```
     pub fn offload<M, F>(self, f: F) -> Self
     where
         M: Method,
@@ -294,6 +429,14 @@ impl ServerBuilder {
     /// socket directory (created 0700 if missing; must be ours, 0700, not a
     /// symlink), singleton lock, stale socket removal, bind + listen,
     /// `PR_SET_DUMPABLE 0`, `RLIMIT_NOFILE` raised, status segment sealed.
+    ///
+    /// ```no_run
+    /// let server = cradle_server::Server::builder()
+    ///     .socket_path("/tmp/cradle-demo/cradle.sock".into())
+    ///     .bind()?;
+    /// println!("listening on {}", server.socket_path().display());
+    /// # Ok::<(), cradle_server::StartError>(())
+    /// ```
     pub fn bind(self) -> Result<Server, StartError> {
         self.validate()?;
         // The memory budget is checked before anything touches the socket
@@ -449,6 +592,17 @@ pub struct ServerHandle {
 impl ServerHandle {
     /// Asks the server to shut down: every session gets a `Goodbye`, the
     /// socket file is removed and [`Server::run`] returns `Ok`. Idempotent.
+    ///
+    /// ```no_run
+    /// let server = cradle_server::Server::builder().bind()?;
+    /// let handle = server.handle();
+    /// std::thread::spawn(move || {
+    ///     std::thread::sleep(std::time::Duration::from_secs(60));
+    ///     handle.shutdown();
+    /// });
+    /// server.run()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn shutdown(&self) {
         // Release: pairs with the Acquire loads in the acceptor and worker
         // loops, which then see everything done before the request.
@@ -462,6 +616,16 @@ impl ServerHandle {
     }
 
     /// Whether shutdown was requested.
+    ///
+    /// ```no_run
+    /// let server = cradle_server::Server::builder().bind()?;
+    /// let handle = server.handle();
+    /// assert!(!handle.is_shutting_down());
+    /// handle.shutdown();
+    /// assert!(handle.is_shutting_down());
+    /// server.run()?; // returns at once
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_shutting_down(&self) -> bool {
         // Acquire: pairs with the Release store in `shutdown`.
         self.inner.shutdown.load(Ordering::Acquire)
@@ -504,11 +668,23 @@ impl std::fmt::Debug for Server {
 
 impl Server {
     /// A builder with the defaults.
+    ///
+    /// ```
+    /// let builder = cradle_server::Server::builder().workers(2);
+    /// # let _ = builder;
+    /// ```
     pub fn builder() -> ServerBuilder {
         ServerBuilder::default()
     }
 
     /// A handle that can stop [`run`](Self::run) from another thread.
+    ///
+    /// ```no_run
+    /// let server = cradle_server::Server::builder().bind()?;
+    /// let handle = server.handle(); // Clone + Send: stop the server from anywhere
+    /// # drop(handle);
+    /// # Ok::<(), cradle_server::StartError>(())
+    /// ```
     pub fn handle(&self) -> ServerHandle {
         ServerHandle {
             inner: Arc::clone(&self.handle),
@@ -521,22 +697,46 @@ impl Server {
     }
 
     /// The disk cache's directory, if the server has one.
+    ///
+    /// ```no_run
+    /// let server = cradle_server::Server::builder().bind()?;
+    /// assert_eq!(server.disk_cache_dir(), None); // no disk_cache() asked for
+    /// # Ok::<(), cradle_server::StartError>(())
+    /// ```
     pub fn disk_cache_dir(&self) -> Option<&Path> {
         self.store.disk_dir()
     }
 
     /// The memory cache's budget in bytes.
+    ///
+    /// ```no_run
+    /// let server = cradle_server::Server::builder().mem_cache_bytes(64 << 20).bind()?;
+    /// assert_eq!(server.cache_budget(), 64 << 20);
+    /// # Ok::<(), cradle_server::StartError>(())
+    /// ```
     pub fn cache_budget(&self) -> u64 {
         self.store.stats().cache_budget
     }
 
     /// This instance's epoch (random at start).
+    ///
+    /// ```no_run
+    /// let server = cradle_server::Server::builder().bind()?;
+    /// println!("instance {:016x}", server.epoch()); // blob handles of other instances are refused
+    /// # Ok::<(), cradle_server::StartError>(())
+    /// ```
     pub fn epoch(&self) -> u64 {
         self.epoch
     }
 
     /// Serves until [`ServerHandle::shutdown`]; then says goodbye to every
     /// session, removes the socket file and returns `Ok`.
+    ///
+    /// ```no_run
+    /// let server = cradle_server::Server::builder().bind()?;
+    /// server.run()?; // until ServerHandle::shutdown; see also run_until_signal
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn run(self) -> Result<(), ServerError> {
         let Server {
             path,

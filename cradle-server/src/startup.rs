@@ -26,15 +26,8 @@ const LISTEN_BACKLOG: i32 = 1024;
 /// assert!(p.ends_with("cradle.sock"));
 /// ```
 pub fn default_socket_path() -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(dir) if !dir.is_empty() && Path::new(&dir).is_absolute() => {
-            Path::new(&dir).join("cradle").join("cradle.sock")
-        }
-        _ => {
-            let uid = rustix::process::getuid().as_raw();
-            PathBuf::from(format!("/tmp/cradle-{uid}/cradle.sock"))
-        }
-    }
+    // One definition for the server and every client.
+    ipc_rpc::session::default_socket_path()
 }
 
 /// Splits a socket path into its directory and file name.

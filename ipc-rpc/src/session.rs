@@ -87,7 +87,10 @@ const _: () = {
 /// else `/tmp/cradle-$UID/cradle.sock` (docs/design.md §3). `CRADLE_SOCKET` and
 /// `--socket` override it in the binaries.
 pub fn default_socket_path() -> std::path::PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+    // A relative XDG_RUNTIME_DIR is ignored, as the XDG spec asks.
+    match std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|d| !d.is_empty() && std::path::Path::new(d).is_absolute())
+    {
         Some(dir) => std::path::PathBuf::from(dir)
             .join("cradle")
             .join("cradle.sock"),
