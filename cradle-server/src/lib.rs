@@ -66,6 +66,12 @@ pub use server::{Server, ServerBuilder, ServerHandle};
 pub use signals::init_logging;
 pub use startup::default_socket_path;
 
+/// The README's Rust snippets, compiled with the doctests so that the README
+/// cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
 /// Parses a byte count with an optional binary suffix (`512M`, `2GiB`,
 /// `1073741824`), for command lines.
 ///
