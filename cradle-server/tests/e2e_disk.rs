@@ -284,7 +284,7 @@ fn damaged_entries_are_reported_and_never_served() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("3 corruptions found"), "{text}");
+    assert!(text.contains("3 damaged entries dropped"), "{text}");
 }
 
 #[test]
