@@ -37,6 +37,9 @@ mod method;
 pub mod session;
 pub mod wire;
 
+#[cfg(test)]
+mod tests;
+
 pub use codec::Wire;
 pub use endpoint::{Inbox, Message, Outbox, SMALL_WINDOW, SendError, encode_to_vec};
 pub use error::{CallError, ErrorCode, RemoteError};
