@@ -18,7 +18,6 @@
 //! Descriptors travel over the control socket as [`FdGrant`] messages, sent
 //! just before the response that announces them.
 
-use crate::Method;
 use bytemuck::{Pod, Zeroable};
 
 /// Magic of every blob segment's header.
@@ -52,8 +51,6 @@ pub struct FdGrant {
     /// The segment the descriptor belongs to.
     pub segment: u64,
 }
-
-const _: () = assert!(size_of::<FdGrant>() == size_of::<crate::handshake::Goodbye>());
 
 /// A sealed blob's name: who made it (the server instance's `epoch`), its
 /// `id` in the server's table, and where its bytes are. Plain data; the
@@ -122,26 +119,15 @@ pub struct SegmentInfo {
     pub fd_sent: bool,
 }
 
-/// Create the session's author pool (once), and send its descriptor.
-#[derive(Debug)]
-pub struct AuthorPool;
-impl Method for AuthorPool {
-    const NAME: &'static str = "cradle.blob.author_pool";
-    const VERSION: u32 = 1;
-    type Request = ();
-    type Response = SegmentInfo;
-}
+crate::method! {
+    /// Create the session's author pool (once), and send its descriptor.
+    pub AuthorPool = "cradle.blob.author_pool" version 1: () => SegmentInfo;
 
-/// Seal a small blob: copy `len` bytes at `offset` of the author pool into a
-/// server pool. The answer's handle carries a lease for the caller.
-#[derive(Debug)]
-pub struct SealSmall;
-impl Method for SealSmall {
-    const NAME: &'static str = "cradle.blob.seal_small";
-    const VERSION: u32 = 1;
-    /// `(offset, len)` in the author pool.
-    type Request = (u64, u64);
-    type Response = BlobHandle;
+    /// Seal a small blob: copy `len` bytes at `offset` of the author pool into a
+    /// server pool. The answer's handle carries a lease for the caller.
+    ///
+    /// Request: `(offset, len)` in the author pool.
+    pub SealSmall = "cradle.blob.seal_small" version 1: (u64, u64) => BlobHandle;
 }
 
 /// The answer to [`CreateLarge`].
@@ -154,48 +140,23 @@ pub struct LargeInfo {
     pub segment: SegmentInfo,
 }
 
-/// Create a large blob of `len` bytes in its own memfd and send the author
-/// a read-write descriptor.
-#[derive(Debug)]
-pub struct CreateLarge;
-impl Method for CreateLarge {
-    const NAME: &'static str = "cradle.blob.create_large";
-    const VERSION: u32 = 1;
-    type Request = u64;
-    type Response = LargeInfo;
-}
+crate::method! {
+    /// Create a large blob of `len` bytes in its own memfd and send the author
+    /// a read-write descriptor.
+    pub CreateLarge = "cradle.blob.create_large" version 1: u64 => LargeInfo;
 
-/// Seal a large blob (the author has unmapped it): `F_SEAL_WRITE`. The
-/// answer's handle carries a lease for the caller.
-#[derive(Debug)]
-pub struct SealLarge;
-impl Method for SealLarge {
-    const NAME: &'static str = "cradle.blob.seal_large";
-    const VERSION: u32 = 1;
-    type Request = u64;
-    type Response = BlobHandle;
-}
+    /// Seal a large blob (the author has unmapped it): `F_SEAL_WRITE`. The
+    /// answer's handle carries a lease for the caller.
+    pub SealLarge = "cradle.blob.seal_large" version 1: u64 => BlobHandle;
 
-/// Take a lease on a sealed blob; with `want_fd`, also send its segment's
-/// descriptor (the caller has not mapped it).
-#[derive(Debug)]
-pub struct Acquire;
-impl Method for Acquire {
-    const NAME: &'static str = "cradle.blob.acquire";
-    const VERSION: u32 = 1;
-    /// `(handle, want_fd)`.
-    type Request = (BlobHandle, bool);
-    type Response = SegmentInfo;
-}
+    /// Take a lease on a sealed blob; with `want_fd`, also send its segment's
+    /// descriptor (the caller has not mapped it).
+    ///
+    /// Request: `(handle, want_fd)`.
+    pub Acquire = "cradle.blob.acquire" version 1: (BlobHandle, bool) => SegmentInfo;
 
-/// Send the descriptor of a pool segment or sealed large blob.
-#[derive(Debug)]
-pub struct MapSegment;
-impl Method for MapSegment {
-    const NAME: &'static str = "cradle.blob.map";
-    const VERSION: u32 = 1;
-    type Request = u64;
-    type Response = SegmentInfo;
+    /// Send the descriptor of a pool segment or sealed large blob.
+    pub MapSegment = "cradle.blob.map" version 1: u64 => SegmentInfo;
 }
 
 /// Give back leases and abandon unsealed large blobs, in one batch.
@@ -210,14 +171,9 @@ pub struct ReleaseBatch {
     pub aborted: Vec<u64>,
 }
 
-/// See [`ReleaseBatch`]. Answers how many leases were released.
-#[derive(Debug)]
-pub struct Release;
-impl Method for Release {
-    const NAME: &'static str = "cradle.blob.release";
-    const VERSION: u32 = 1;
-    type Request = ReleaseBatch;
-    type Response = u64;
+crate::method! {
+    /// See [`ReleaseBatch`]. Answers how many leases were released.
+    pub Release = "cradle.blob.release" version 1: ReleaseBatch => u64;
 }
 
 /// A memory-cache put.
@@ -235,27 +191,15 @@ pub struct PutRequest {
 /// Longest cache key, in bytes.
 pub const MAX_KEY_LEN: usize = 1024;
 
-/// Store a blob under a key; answers whether it was stored (`false`: the key
-/// existed and `if_absent` was set).
-#[derive(Debug)]
-pub struct CachePut;
-impl Method for CachePut {
-    const NAME: &'static str = "cradle.cache.put";
-    const VERSION: u32 = 1;
-    type Request = PutRequest;
-    type Response = bool;
-}
+crate::method! {
+    /// Store a blob under a key; answers whether it was stored (`false`: the key
+    /// existed and `if_absent` was set).
+    pub CachePut = "cradle.cache.put" version 1: PutRequest => bool;
 
-/// Like [`CachePut`], and also write the blob to the disk tier: answered
-/// only once its data is `fdatasync`ed and the directory `fsync`ed. (A plain
-/// [`CachePut`] is persisted too, off the call path.)
-#[derive(Debug)]
-pub struct CachePutDurable;
-impl Method for CachePutDurable {
-    const NAME: &'static str = "cradle.cache.put_durable";
-    const VERSION: u32 = 1;
-    type Request = PutRequest;
-    type Response = bool;
+    /// Like [`CachePut`], and also write the blob to the disk tier: answered
+    /// only once its data is `fdatasync`ed and the directory `fsync`ed. (A plain
+    /// [`CachePut`] is persisted too, off the call path.)
+    pub CachePutDurable = "cradle.cache.put_durable" version 1: PutRequest => bool;
 }
 
 /// A cache hit: the handle (with a lease for the caller) and its segment.
@@ -280,39 +224,20 @@ pub enum Lookup {
     Miss,
 }
 
-/// Look a key up in the memory cache; a hit takes a lease for the caller.
-/// Answered inline: a key only on disk is reported as such, and loaded
-/// with [`CacheLoad`] (on the offload pool, so that disk reads never hold up
-/// the worker).
-#[derive(Debug)]
-pub struct CacheGet;
-impl Method for CacheGet {
-    const NAME: &'static str = "cradle.cache.get";
-    const VERSION: u32 = 2;
-    type Request = String;
-    type Response = Lookup;
-}
+crate::method! {
+    /// Look a key up in the memory cache; a hit takes a lease for the caller.
+    /// Answered inline: a key only on disk is reported as such, and loaded
+    /// with [`CacheLoad`] (on the offload pool, so that disk reads never hold up
+    /// the worker).
+    pub CacheGet = "cradle.cache.get" version 2: String => Lookup;
 
-/// Load a key from the disk tier into a new blob (checksum verified; a
-/// damaged entry is dropped and answered as a miss), put it back in the
-/// memory cache if it fits, and lease it to the caller.
-#[derive(Debug)]
-pub struct CacheLoad;
-impl Method for CacheLoad {
-    const NAME: &'static str = "cradle.cache.load";
-    const VERSION: u32 = 1;
-    type Request = String;
-    type Response = Option<Hit>;
-}
+    /// Load a key from the disk tier into a new blob (checksum verified; a
+    /// damaged entry is dropped and answered as a miss), put it back in the
+    /// memory cache if it fits, and lease it to the caller.
+    pub CacheLoad = "cradle.cache.load" version 1: String => Option<Hit>;
 
-/// Remove a key from both tiers; answers whether it was in either.
-#[derive(Debug)]
-pub struct CacheRemove;
-impl Method for CacheRemove {
-    const NAME: &'static str = "cradle.cache.remove";
-    const VERSION: u32 = 1;
-    type Request = String;
-    type Response = bool;
+    /// Remove a key from both tiers; answers whether it was in either.
+    pub CacheRemove = "cradle.cache.remove" version 1: String => bool;
 }
 
 /// Blob store and cache figures, part of

@@ -1,27 +1,11 @@
 //! Methods every CRADLE server offers.
 
-use crate::Method;
+crate::method! {
+    /// Echo: the response is the request's bytes.
+    pub Ping = "cradle.ping" version 1: Vec<u8> => Vec<u8>;
 
-/// Echo: the response is the request's bytes.
-#[derive(Debug)]
-pub struct Ping;
-
-impl Method for Ping {
-    const NAME: &'static str = "cradle.ping";
-    const VERSION: u32 = 1;
-    type Request = Vec<u8>;
-    type Response = Vec<u8>;
-}
-
-/// Server figures.
-#[derive(Debug)]
-pub struct Stats;
-
-impl Method for Stats {
-    const NAME: &'static str = "cradle.stats";
-    const VERSION: u32 = 2;
-    type Request = ();
-    type Response = ServerStats;
+    /// Server figures.
+    pub Stats = "cradle.stats" version 2: () => ServerStats;
 }
 
 /// The answer of [`Stats`].

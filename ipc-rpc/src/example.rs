@@ -1,7 +1,6 @@
 //! The example blob method the server binary registers: it reads a blob
 //! argument and returns a derived blob.
 
-use crate::Method;
 use crate::blob::BlobHandle;
 
 /// The answer of [`Invert`].
@@ -15,13 +14,8 @@ pub struct Inverted {
     pub inverted: BlobHandle,
 }
 
-/// Checksum an image and return an inverted copy of it, as a blob. Served
-/// on the offload pool.
-#[derive(Debug)]
-pub struct Invert;
-impl Method for Invert {
-    const NAME: &'static str = "cradle.example.invert";
-    const VERSION: u32 = 1;
-    type Request = BlobHandle;
-    type Response = Inverted;
+crate::method! {
+    /// Checksum an image and return an inverted copy of it, as a blob. Served
+    /// on the offload pool.
+    pub Invert = "cradle.example.invert" version 1: BlobHandle => Inverted;
 }

@@ -9,9 +9,11 @@
 //!    (the client writes it to wake the server), the server's status segment
 //!    (read-only, sealed); and a fourth, the client's wake eventfd (the server
 //!    writes it), when the Hello asked for [`HELLO_WAKE_EVENTFD`];
-//! 3. then nothing but liveness: either side closing it ends the session.
-//!    The server may send one [`Goodbye`] (16 bytes) before it closes on a
-//!    clean shutdown.
+//! 3. then nothing but liveness and 16-byte server → client messages told
+//!    apart by their magic: a [`FdGrant`](crate::blob::FdGrant) with one
+//!    descriptor, just before the response that announces it, and at most
+//!    one [`Goodbye`] before the server closes on a clean shutdown. Either
+//!    side closing the socket ends the session.
 //!
 //! All integers are little-endian (the structs are `#[repr(C)]` plain data on
 //! a little-endian machine; the format is pinned to little-endian).
@@ -155,6 +157,8 @@ const _: () = {
     assert!(size_of::<Hello>() == 32);
     assert!(size_of::<Welcome>() == 64);
     assert!(size_of::<Goodbye>() == 16);
+    // A reader after the handshake takes 16-byte messages.
+    assert!(size_of::<crate::blob::FdGrant>() == size_of::<Goodbye>());
 };
 
 impl Hello {

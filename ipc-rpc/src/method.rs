@@ -4,6 +4,9 @@ use crate::Wire;
 
 /// A remote method: its name and schema version identify it on the wire.
 ///
+/// A method is a type, usually a unit struct declared with [`method!`],
+/// which writes this impl:
+///
 /// ```
 /// use ipc_rpc::{Method, rkyv};
 ///
@@ -11,14 +14,28 @@ use crate::Wire;
 /// #[rkyv(crate = rkyv)]
 /// pub struct Add { pub a: u64, pub b: u64 }
 ///
-/// pub struct AddMethod;
-/// impl Method for AddMethod {
-///     const NAME: &'static str = "example.add";
-///     const VERSION: u32 = 1;
-///     type Request = Add;
-///     type Response = u64;
+/// ipc_rpc::method! {
+///     /// Adds two numbers.
+///     pub AddMethod = "example.add" version 1: Add => u64;
 /// }
+/// assert_eq!(AddMethod::NAME, "example.add");
 /// assert_eq!(AddMethod::ID, ipc_rpc::method_id("example.add", 1));
+/// ```
+///
+/// Implementing it by hand is the same thing, spelled out:
+///
+/// ```
+/// use ipc_rpc::Method;
+///
+/// #[derive(Debug)]
+/// pub struct Echo;
+/// impl Method for Echo {
+///     const NAME: &'static str = "example.echo";
+///     const VERSION: u32 = 1;
+///     type Request = String;
+///     type Response = String;
+/// }
+/// assert_eq!(Echo::ID, ipc_rpc::method_id("example.echo", 1));
 /// ```
 pub trait Method: 'static {
     /// A unique, stable name (`"area.verb"`).
@@ -36,6 +53,17 @@ pub trait Method: 'static {
 
 /// FNV-1a (64-bit) over the name's bytes, a `0` separator and the version's
 /// little-endian bytes. Stable across builds and platforms.
+///
+/// Peers find a method by this id alone, so two methods of one server must
+/// not share a name and version.
+///
+/// ```
+/// use ipc_rpc::{Method, builtin::Ping, method_id};
+///
+/// const ID: u64 = method_id("cradle.ping", 1); // usable in constants
+/// assert_eq!(ID, Ping::ID);
+/// assert_ne!(method_id("cradle.ping", 2), ID, "a new version is a new method");
+/// ```
 pub const fn method_id(name: &str, version: u32) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
@@ -57,6 +85,76 @@ pub const fn method_id(name: &str, version: u32) -> u64 {
         j += 1;
     }
     h
+}
+
+/// Declares methods: for each, a unit struct and its [`Method`] impl.
+///
+/// One declaration per method, ending in `;`:
+///
+/// ```text
+/// #[attributes] and /// doc comments
+/// VISIBILITY TYPE = "wire.name" version N: REQUEST => RESPONSE;
+/// ```
+///
+/// `"wire.name"` and `N` are [`Method::NAME`] and [`Method::VERSION`]:
+/// together they make the wire id ([`Method::ID`]), so bump `N` whenever
+/// `REQUEST` or `RESPONSE` changes shape. The struct derives `Debug`,
+/// `Clone`, `Copy`, `Default`, `PartialEq`, `Eq` and `Hash` (do not derive
+/// them again); doc comments and other attributes go on the struct.
+///
+/// ```
+/// use ipc_rpc::{Method, rkyv};
+///
+/// /// A point, as it travels.
+/// #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq)]
+/// #[rkyv(crate = rkyv)]
+/// pub struct Point {
+///     pub x: f64,
+///     pub y: f64,
+/// }
+///
+/// ipc_rpc::method! {
+///     /// Distance from the origin.
+///     pub Norm = "geometry.norm" version 1: Point => f64;
+///
+///     /// Both coordinates scaled by a factor.
+///     #[doc(alias = "multiply")]
+///     pub(crate) Scale = "geometry.scale" version 2: (Point, f64) => Point;
+/// }
+///
+/// assert_eq!(Norm::NAME, "geometry.norm");
+/// assert_eq!(Scale::VERSION, 2);
+/// assert_eq!(Scale::ID, ipc_rpc::method_id("geometry.scale", 2));
+/// // The types a client sends and a handler answers:
+/// let request: <Scale as Method>::Request = (Point { x: 1.0, y: 2.0 }, 3.0);
+/// let response: <Norm as Method>::Response = 2.5;
+/// # let _ = (request, response);
+/// ```
+#[macro_export]
+macro_rules! method {
+    ($(
+        $(#[$attr:meta])*
+        $vis:vis $name:ident = $wire:literal version $version:literal: $request:ty => $response:ty;
+    )+) => {$(
+        $(#[$attr])*
+        #[derive(
+            ::core::fmt::Debug,
+            ::core::clone::Clone,
+            ::core::marker::Copy,
+            ::core::default::Default,
+            ::core::cmp::PartialEq,
+            ::core::cmp::Eq,
+            ::core::hash::Hash,
+        )]
+        $vis struct $name;
+
+        impl $crate::Method for $name {
+            const NAME: &'static ::core::primitive::str = $wire;
+            const VERSION: ::core::primitive::u32 = $version;
+            type Request = $request;
+            type Response = $response;
+        }
+    )+};
 }
 
 #[cfg(test)]
