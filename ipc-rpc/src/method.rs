@@ -4,7 +4,7 @@ use crate::Wire;
 
 /// A remote method: its name and schema version identify it on the wire.
 ///
-/// A method is a type, usually a unit struct declared with [`method!`],
+/// A method is a type, usually a unit struct declared with [`method!`](crate::method!),
 /// which writes this impl:
 ///
 /// ```
