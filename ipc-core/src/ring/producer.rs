@@ -165,13 +165,7 @@ impl<M: RingMemory> Producer<M> {
     /// Publishes a frame whose payload was written at `payload` (called by
     /// `WriteWindow::commit`, which checked `payload_len` against the window).
     #[inline]
-    fn publish(
-        &mut self,
-        payload: *mut u8,
-        pad: usize,
-        payload_len: usize,
-        meta: FrameMeta,
-    ) {
+    fn publish(&mut self, payload: *mut u8, pad: usize, payload_len: usize, meta: FrameMeta) {
         let cap = self.mem.capacity();
         let mask = cap - 1;
         if pad > 0 {
