@@ -2,7 +2,7 @@
 """Find file-import circles inside Rust crates.
 
 Usage:
-    .ci/import-circles.py CRATE/src [CRATE/src ...]
+    .ci/import-circles.py [--edges] CRATE/src [CRATE/src ...]
     .ci/import-circles.py --self-test
 
 For every crate root in each directory (`lib.rs`, `main.rs`) the module
@@ -19,6 +19,8 @@ of `use` expanded) whose deepest existing module is B's. Not edges:
 Every strongly connected component of two or more files is printed as
 `circle: a.rs, b.rs`, followed by the edges that close it (indented), and
 the exit status is 1; otherwise the script prints nothing and exits 0.
+With --edges it first prints every edge (`a.rs -> b.rs`), a picture of the
+imports to read top-down.
 """
 
 import os
@@ -358,10 +360,14 @@ def circles(edges):
     return sorted(comps)
 
 
-def check(src_dirs, out=sys.stdout):
+def check(src_dirs, out=sys.stdout, show_edges=False):
     found = 0
     for src in src_dirs:
         edges = graph_of(src)
+        if show_edges:
+            for a in sorted(edges):
+                for b in sorted(edges[a]):
+                    print(f"{a} -> {b}", file=out)
         for comp in circles(edges):
             found += 1
             print("circle: " + ", ".join(comp), file=out)
@@ -477,6 +483,9 @@ def self_test():
 def main(argv):
     if argv == ["--self-test"]:
         return self_test()
+    show_edges = bool(argv) and argv[0] == "--edges"
+    if show_edges:
+        argv = argv[1:]
     if not argv or any(a.startswith("-") for a in argv):
         print(__doc__.strip(), file=sys.stderr)
         return 2
@@ -484,7 +493,7 @@ def main(argv):
         if not os.path.isdir(d):
             print(f"not a directory: {d}", file=sys.stderr)
             return 2
-    return 1 if check(argv) else 0
+    return 1 if check(argv, show_edges=show_edges) else 0
 
 
 if __name__ == "__main__":

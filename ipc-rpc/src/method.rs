@@ -159,7 +159,35 @@ macro_rules! method {
 
 #[cfg(test)]
 mod tests {
-    use super::method_id;
+    use super::{Method, method_id};
+
+    mod declared {
+        // No `use` of the crate here: the expansion must name everything
+        // it needs by path.
+        crate::method! {
+            /// Private, with nested generics and an extra attribute.
+            #[allow(dead_code)]
+            Nested = "test.nested" version 3: Vec<Vec<u8>> => Option<Vec<String>>;
+            /// Public within the crate.
+            pub(crate) Unit = "test.unit" version 1: () => ();
+        }
+
+        pub(super) fn nested_id() -> u64 {
+            <Nested as crate::Method>::ID
+        }
+    }
+
+    #[test]
+    fn the_macro_writes_the_same_impl_as_by_hand() {
+        assert_eq!(declared::nested_id(), method_id("test.nested", 3));
+        assert_eq!(declared::Unit::NAME, "test.unit");
+        assert_eq!(declared::Unit::VERSION, 1);
+        assert_eq!(declared::Unit::ID, method_id("test.unit", 1));
+        // The derives: a marker that can be copied, compared and printed.
+        let u = declared::Unit;
+        assert_eq!(u, declared::Unit::default());
+        assert_eq!(format!("{u:?}"), "Unit");
+    }
 
     #[test]
     fn ids_differ_by_name_and_version_and_are_stable() {
