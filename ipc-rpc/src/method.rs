@@ -22,21 +22,8 @@ use crate::Wire;
 /// assert_eq!(AddMethod::ID, ipc_rpc::method_id("example.add", 1));
 /// ```
 ///
-/// Implementing it by hand is the same thing, spelled out:
-///
-/// ```
-/// use ipc_rpc::Method;
-///
-/// #[derive(Debug)]
-/// pub struct Echo;
-/// impl Method for Echo {
-///     const NAME: &'static str = "example.echo";
-///     const VERSION: u32 = 1;
-///     type Request = String;
-///     type Response = String;
-/// }
-/// assert_eq!(Echo::ID, ipc_rpc::method_id("example.echo", 1));
-/// ```
+/// The macro only saves typing: any type may implement the trait, as long
+/// as its name and version are unique among a server's methods.
 pub trait Method: 'static {
     /// A unique, stable name (`"area.verb"`).
     const NAME: &'static str;
