@@ -171,8 +171,11 @@ mod tests {
         assert_eq!(declared::Unit::VERSION, 1);
         assert_eq!(declared::Unit::ID, method_id("test.unit", 1));
         // The derives: a marker that can be copied, compared and printed.
-        let u = declared::Unit;
-        assert_eq!(u, declared::Unit::default());
+        fn made<T: Default + Copy>() -> T {
+            T::default()
+        }
+        let u = made::<declared::Unit>();
+        assert_eq!(u, declared::Unit);
         assert_eq!(format!("{u:?}"), "Unit");
     }
 
