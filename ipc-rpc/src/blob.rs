@@ -18,7 +18,6 @@
 //! Descriptors travel over the control socket as [`FdGrant`] messages, sent
 //! just before the response that announces them.
 
-use crate::Method;
 use bytemuck::{Pod, Zeroable};
 
 /// Magic of every blob segment's header.
@@ -44,6 +43,22 @@ pub const FD_GRANT_MAGIC: u64 = u64::from_le_bytes(*b"CRDLFDGR");
 /// (`SCM_RIGHTS`): the descriptor of segment `segment`. Same size as
 /// [`Goodbye`](crate::handshake::Goodbye), so a reader takes 16-byte
 /// messages and tells them apart by magic.
+///
+/// ```
+/// use ipc_rpc::blob::{FD_GRANT_MAGIC, FdGrant};
+/// use ipc_rpc::handshake::GOODBYE_MAGIC;
+///
+/// // What a client makes of a 16-byte message from the server.
+/// fn classify(msg: [u8; 16]) -> &'static str {
+///     match u64::from_le_bytes(msg[..8].try_into().unwrap()) {
+///         FD_GRANT_MAGIC => "descriptor grant",
+///         GOODBYE_MAGIC => "goodbye",
+///         _ => "protocol error",
+///     }
+/// }
+/// let grant = FdGrant { magic: FD_GRANT_MAGIC, segment: 3 };
+/// assert_eq!(classify(bytemuck::cast(grant)), "descriptor grant");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
 #[repr(C)]
 pub struct FdGrant {
@@ -53,11 +68,23 @@ pub struct FdGrant {
     pub segment: u64,
 }
 
-const _: () = assert!(size_of::<FdGrant>() == size_of::<crate::handshake::Goodbye>());
-
 /// A sealed blob's name: who made it (the server instance's `epoch`), its
 /// `id` in the server's table, and where its bytes are. Plain data; the
 /// server checks every field against its private table before using it.
+///
+/// ```
+/// use ipc_rpc::blob::BlobHandle;
+/// use ipc_rpc::rkyv::ser::allocator::Arena;
+/// use ipc_rpc::{Wire, encode_to_vec};
+///
+/// let h = BlobHandle { epoch: 0xfeed, id: 42, segment: 3, offset: 4096, len: 1 << 20 };
+/// assert_eq!(h.to_string(), "blob 42 (1048576 bytes, segment 3 @ 4096, epoch 000000000000feed)");
+///
+/// // Handles travel inside messages; a received one is read in place and copied out.
+/// let bytes = encode_to_vec(&h, &mut Arena::new(), 4096)?;
+/// assert_eq!(BlobHandle::from(BlobHandle::access(&bytes)?), h);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(
     rkyv::Archive,
     rkyv::Serialize,
@@ -109,6 +136,18 @@ impl std::fmt::Display for BlobHandle {
 }
 
 /// A segment a client may map: its id, exact length and kind.
+///
+/// ```
+/// use ipc_rpc::blob::{DATA_OFFSET, LARGE_KIND, SegmentInfo};
+///
+/// // What a client checks before it maps a descriptor it was sent.
+/// fn usable(info: &SegmentInfo, fstat_len: u64) -> bool {
+///     info.fd_sent && info.len == fstat_len && info.len >= DATA_OFFSET
+/// }
+/// let info = SegmentInfo { segment: 12, len: DATA_OFFSET + (1 << 20), kind: LARGE_KIND, fd_sent: true };
+/// assert!(usable(&info, DATA_OFFSET + (1 << 20)));
+/// assert!(!usable(&info, 4096), "a segment shorter than announced is refused");
+/// ```
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[rkyv(crate = rkyv)]
 pub struct SegmentInfo {
@@ -122,29 +161,55 @@ pub struct SegmentInfo {
     pub fd_sent: bool,
 }
 
-/// Create the session's author pool (once), and send its descriptor.
-#[derive(Debug)]
-pub struct AuthorPool;
-impl Method for AuthorPool {
-    const NAME: &'static str = "cradle.blob.author_pool";
-    const VERSION: u32 = 1;
-    type Request = ();
-    type Response = SegmentInfo;
-}
+crate::method! {
+    /// Create the session's author pool (once), and send its descriptor.
+    ///
+    /// ```
+    /// use ipc_rpc::Method;
+    /// use ipc_rpc::blob::{AUTHOR_KIND, AuthorPool, SegmentInfo};
+    ///
+    /// // No arguments; the answer describes the pool, whose descriptor came just before.
+    /// let _request: <AuthorPool as Method>::Request = ();
+    /// let pool: <AuthorPool as Method>::Response =
+    ///     SegmentInfo { segment: 1, len: 64 << 20, kind: AUTHOR_KIND, fd_sent: true };
+    /// assert_eq!(pool.kind, AUTHOR_KIND);
+    /// assert_eq!(AuthorPool::NAME, "cradle.blob.author_pool");
+    /// ```
+    pub AuthorPool = "cradle.blob.author_pool" version 1: () => SegmentInfo;
 
-/// Seal a small blob: copy `len` bytes at `offset` of the author pool into a
-/// server pool. The answer's handle carries a lease for the caller.
-#[derive(Debug)]
-pub struct SealSmall;
-impl Method for SealSmall {
-    const NAME: &'static str = "cradle.blob.seal_small";
-    const VERSION: u32 = 1;
-    /// `(offset, len)` in the author pool.
-    type Request = (u64, u64);
-    type Response = BlobHandle;
+    /// Seal a small blob: copy `len` bytes at `offset` of the author pool into a
+    /// server pool. The answer's handle carries a lease for the caller.
+    ///
+    /// Request: `(offset, len)` in the author pool.
+    ///
+    /// ```
+    /// # fn round_trip<T: ipc_rpc::Wire>(v: &T) -> T {
+    /// #     let mut arena = ipc_rpc::rkyv::ser::allocator::Arena::new();
+    /// #     T::decode(&ipc_rpc::encode_to_vec(v, &mut arena, 1 << 16).unwrap()).unwrap()
+    /// # }
+    /// use ipc_rpc::Method;
+    /// use ipc_rpc::blob::{DATA_OFFSET, SealSmall};
+    ///
+    /// // Seal the 100 bytes written at the start of the pool's data area.
+    /// let request: <SealSmall as Method>::Request = (DATA_OFFSET, 100);
+    /// assert_eq!(round_trip(&request), (4096, 100));
+    /// ```
+    pub SealSmall = "cradle.blob.seal_small" version 1: (u64, u64) => BlobHandle;
 }
 
 /// The answer to [`CreateLarge`].
+///
+/// ```
+/// use ipc_rpc::blob::{DATA_OFFSET, LARGE_KIND, LargeInfo, SegmentInfo};
+///
+/// let len = 256u64 << 20;
+/// let info = LargeInfo {
+///     id: 17,
+///     segment: SegmentInfo { segment: 5, len: DATA_OFFSET + len, kind: LARGE_KIND, fd_sent: true },
+/// };
+/// // The author writes the blob's bytes after the segment's header page.
+/// assert_eq!(info.segment.len - DATA_OFFSET, len);
+/// ```
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[rkyv(crate = rkyv)]
 pub struct LargeInfo {
@@ -154,51 +219,90 @@ pub struct LargeInfo {
     pub segment: SegmentInfo,
 }
 
-/// Create a large blob of `len` bytes in its own memfd and send the author
-/// a read-write descriptor.
-#[derive(Debug)]
-pub struct CreateLarge;
-impl Method for CreateLarge {
-    const NAME: &'static str = "cradle.blob.create_large";
-    const VERSION: u32 = 1;
-    type Request = u64;
-    type Response = LargeInfo;
-}
+crate::method! {
+    /// Create a large blob of `len` bytes in its own memfd and send the author
+    /// a read-write descriptor.
+    ///
+    /// ```
+    /// # fn round_trip<T: ipc_rpc::Wire>(v: &T) -> T {
+    /// #     let mut arena = ipc_rpc::rkyv::ser::allocator::Arena::new();
+    /// #     T::decode(&ipc_rpc::encode_to_vec(v, &mut arena, 1 << 16).unwrap()).unwrap()
+    /// # }
+    /// use ipc_rpc::Method;
+    /// use ipc_rpc::blob::CreateLarge;
+    ///
+    /// // The request is the blob's length in bytes.
+    /// let request: <CreateLarge as Method>::Request = 256 << 20;
+    /// assert_eq!(round_trip(&request), 268_435_456);
+    /// ```
+    pub CreateLarge = "cradle.blob.create_large" version 1: u64 => LargeInfo;
 
-/// Seal a large blob (the author has unmapped it): `F_SEAL_WRITE`. The
-/// answer's handle carries a lease for the caller.
-#[derive(Debug)]
-pub struct SealLarge;
-impl Method for SealLarge {
-    const NAME: &'static str = "cradle.blob.seal_large";
-    const VERSION: u32 = 1;
-    type Request = u64;
-    type Response = BlobHandle;
-}
+    /// Seal a large blob (the author has unmapped it): `F_SEAL_WRITE`. The
+    /// answer's handle carries a lease for the caller.
+    ///
+    /// ```
+    /// # fn round_trip<T: ipc_rpc::Wire>(v: &T) -> T {
+    /// #     let mut arena = ipc_rpc::rkyv::ser::allocator::Arena::new();
+    /// #     T::decode(&ipc_rpc::encode_to_vec(v, &mut arena, 1 << 16).unwrap()).unwrap()
+    /// # }
+    /// use ipc_rpc::Method;
+    /// use ipc_rpc::blob::{LARGE_KIND, LargeInfo, SealLarge, SegmentInfo};
+    ///
+    /// let created = LargeInfo {
+    ///     id: 17,
+    ///     segment: SegmentInfo { segment: 5, len: 8192, kind: LARGE_KIND, fd_sent: true },
+    /// };
+    /// // Written and unmapped: seal it by the id `CreateLarge` answered with.
+    /// let request: <SealLarge as Method>::Request = created.id;
+    /// assert_eq!(round_trip(&request), 17);
+    /// ```
+    pub SealLarge = "cradle.blob.seal_large" version 1: u64 => BlobHandle;
 
-/// Take a lease on a sealed blob; with `want_fd`, also send its segment's
-/// descriptor (the caller has not mapped it).
-#[derive(Debug)]
-pub struct Acquire;
-impl Method for Acquire {
-    const NAME: &'static str = "cradle.blob.acquire";
-    const VERSION: u32 = 1;
-    /// `(handle, want_fd)`.
-    type Request = (BlobHandle, bool);
-    type Response = SegmentInfo;
-}
+    /// Take a lease on a sealed blob; with `want_fd`, also send its segment's
+    /// descriptor (the caller has not mapped it).
+    ///
+    /// Request: `(handle, want_fd)`.
+    ///
+    /// ```
+    /// # fn round_trip<T: ipc_rpc::Wire>(v: &T) -> T {
+    /// #     let mut arena = ipc_rpc::rkyv::ser::allocator::Arena::new();
+    /// #     T::decode(&ipc_rpc::encode_to_vec(v, &mut arena, 1 << 16).unwrap()).unwrap()
+    /// # }
+    /// use ipc_rpc::Method;
+    /// use ipc_rpc::blob::{Acquire, BlobHandle};
+    ///
+    /// let handle = BlobHandle { epoch: 1, id: 9, segment: 2, offset: 4096, len: 10 };
+    /// // A lease for a blob whose segment this client has not mapped yet.
+    /// let request: <Acquire as Method>::Request = (handle, true);
+    /// assert_eq!(round_trip(&request), (handle, true));
+    /// ```
+    pub Acquire = "cradle.blob.acquire" version 1: (BlobHandle, bool) => SegmentInfo;
 
-/// Send the descriptor of a pool segment or sealed large blob.
-#[derive(Debug)]
-pub struct MapSegment;
-impl Method for MapSegment {
-    const NAME: &'static str = "cradle.blob.map";
-    const VERSION: u32 = 1;
-    type Request = u64;
-    type Response = SegmentInfo;
+    /// Send the descriptor of a pool segment or sealed large blob.
+    ///
+    /// ```
+    /// use ipc_rpc::Method;
+    /// use ipc_rpc::blob::{BlobHandle, MapSegment};
+    ///
+    /// // A handle from another client names a segment this one may not have.
+    /// let handle = BlobHandle { epoch: 1, id: 9, segment: 2, offset: 4096, len: 10 };
+    /// let request: <MapSegment as Method>::Request = handle.segment;
+    /// assert_eq!(request, 2);
+    /// ```
+    pub MapSegment = "cradle.blob.map" version 1: u64 => SegmentInfo;
 }
 
 /// Give back leases and abandon unsealed large blobs, in one batch.
+///
+/// ```
+/// use ipc_rpc::blob::ReleaseBatch;
+///
+/// // Dropped handles are collected and given back together.
+/// let mut batch = ReleaseBatch::default();
+/// batch.leases.extend([4, 4, 7]); // two leases on blob 4, one on blob 7
+/// batch.aborted.push(12); // a large blob dropped before it was sealed
+/// assert_eq!(batch.leases.len() + batch.aborted.len(), 4);
+/// ```
 #[derive(
     rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, Default, PartialEq, Eq,
 )]
@@ -210,17 +314,34 @@ pub struct ReleaseBatch {
     pub aborted: Vec<u64>,
 }
 
-/// See [`ReleaseBatch`]. Answers how many leases were released.
-#[derive(Debug)]
-pub struct Release;
-impl Method for Release {
-    const NAME: &'static str = "cradle.blob.release";
-    const VERSION: u32 = 1;
-    type Request = ReleaseBatch;
-    type Response = u64;
+crate::method! {
+    /// See [`ReleaseBatch`]. Answers how many leases were released.
+    ///
+    /// ```
+    /// # fn round_trip<T: ipc_rpc::Wire>(v: &T) -> T {
+    /// #     let mut arena = ipc_rpc::rkyv::ser::allocator::Arena::new();
+    /// #     T::decode(&ipc_rpc::encode_to_vec(v, &mut arena, 1 << 16).unwrap()).unwrap()
+    /// # }
+    /// use ipc_rpc::Method;
+    /// use ipc_rpc::blob::{Release, ReleaseBatch};
+    ///
+    /// let request: <Release as Method>::Request = ReleaseBatch { leases: vec![4, 7], aborted: vec![] };
+    /// assert_eq!(round_trip(&request).leases, [4, 7]);
+    /// let released: <Release as Method>::Response = 2;
+    /// # let _ = released;
+    /// ```
+    pub Release = "cradle.blob.release" version 1: ReleaseBatch => u64;
 }
 
 /// A memory-cache put.
+///
+/// ```
+/// use ipc_rpc::blob::{BlobHandle, MAX_KEY_LEN, PutRequest};
+///
+/// let handle = BlobHandle { epoch: 1, id: 9, segment: 2, offset: 4096, len: 10 };
+/// let put = PutRequest { key: "thumbs/cat.png".into(), handle, if_absent: true };
+/// assert!(put.key.len() <= MAX_KEY_LEN);
+/// ```
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(crate = rkyv)]
 pub struct PutRequest {
@@ -233,32 +354,63 @@ pub struct PutRequest {
 }
 
 /// Longest cache key, in bytes.
+///
+/// ```
+/// use ipc_rpc::blob::MAX_KEY_LEN;
+///
+/// let key = "k".repeat(MAX_KEY_LEN + 1);
+/// assert!(key.len() > MAX_KEY_LEN, "a server refuses this key");
+/// ```
 pub const MAX_KEY_LEN: usize = 1024;
 
-/// Store a blob under a key; answers whether it was stored (`false`: the key
-/// existed and `if_absent` was set).
-#[derive(Debug)]
-pub struct CachePut;
-impl Method for CachePut {
-    const NAME: &'static str = "cradle.cache.put";
-    const VERSION: u32 = 1;
-    type Request = PutRequest;
-    type Response = bool;
-}
+crate::method! {
+    /// Store a blob under a key; answers whether it was stored (`false`: the key
+    /// existed and `if_absent` was set).
+    ///
+    /// ```
+    /// # fn round_trip<T: ipc_rpc::Wire>(v: &T) -> T {
+    /// #     let mut arena = ipc_rpc::rkyv::ser::allocator::Arena::new();
+    /// #     T::decode(&ipc_rpc::encode_to_vec(v, &mut arena, 1 << 16).unwrap()).unwrap()
+    /// # }
+    /// use ipc_rpc::Method;
+    /// use ipc_rpc::blob::{BlobHandle, CachePut, PutRequest};
+    ///
+    /// let handle = BlobHandle { epoch: 1, id: 9, segment: 2, offset: 4096, len: 10 };
+    /// let request: <CachePut as Method>::Request =
+    ///     PutRequest { key: "model/weights".into(), handle, if_absent: false };
+    /// assert_eq!(round_trip(&request), request);
+    /// ```
+    pub CachePut = "cradle.cache.put" version 1: PutRequest => bool;
 
-/// Like [`CachePut`], and also write the blob to the disk tier: answered
-/// only once its data is `fdatasync`ed and the directory `fsync`ed. (A plain
-/// [`CachePut`] is persisted too, off the call path.)
-#[derive(Debug)]
-pub struct CachePutDurable;
-impl Method for CachePutDurable {
-    const NAME: &'static str = "cradle.cache.put_durable";
-    const VERSION: u32 = 1;
-    type Request = PutRequest;
-    type Response = bool;
+    /// Like [`CachePut`], and also write the blob to the disk tier: answered
+    /// only once its data is `fdatasync`ed and the directory `fsync`ed. (A plain
+    /// [`CachePut`] is persisted too, off the call path.)
+    ///
+    /// ```
+    /// use ipc_rpc::Method;
+    /// use ipc_rpc::blob::{CachePut, CachePutDurable};
+    ///
+    /// // The same request and answer as a plain put; another method id.
+    /// fn same_shape(r: <CachePut as Method>::Request) -> <CachePutDurable as Method>::Request { r }
+    /// # let _ = same_shape;
+    /// assert_ne!(CachePut::ID, CachePutDurable::ID);
+    /// ```
+    pub CachePutDurable = "cradle.cache.put_durable" version 1: PutRequest => bool;
 }
 
 /// A cache hit: the handle (with a lease for the caller) and its segment.
+///
+/// ```
+/// use ipc_rpc::blob::{BlobHandle, Hit, POOL_KIND, SegmentInfo};
+///
+/// let handle = BlobHandle { epoch: 1, id: 9, segment: 2, offset: 4160, len: 10 };
+/// let hit = Hit {
+///     handle,
+///     segment: SegmentInfo { segment: 2, len: 1 << 20, kind: POOL_KIND, fd_sent: false },
+/// };
+/// // The blob's bytes lie inside its segment.
+/// assert!(hit.handle.offset + hit.handle.len <= hit.segment.len);
+/// ```
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[rkyv(crate = rkyv)]
 pub struct Hit {
@@ -269,6 +421,20 @@ pub struct Hit {
 }
 
 /// The answer to [`CacheGet`].
+///
+/// ```
+/// use ipc_rpc::blob::Lookup;
+///
+/// // What a client does with each answer.
+/// fn next_step(answer: &Lookup) -> &'static str {
+///     match answer {
+///         Lookup::Hit(_) => "map the blob",
+///         Lookup::OnDisk => "call CacheLoad",
+///         Lookup::Miss => "compute it, then put it",
+///     }
+/// }
+/// assert_eq!(next_step(&Lookup::OnDisk), "call CacheLoad");
+/// ```
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[rkyv(crate = rkyv)]
 pub enum Lookup {
@@ -280,43 +446,79 @@ pub enum Lookup {
     Miss,
 }
 
-/// Look a key up in the memory cache; a hit takes a lease for the caller.
-/// Answered inline: a key only on disk is reported as such, and loaded
-/// with [`CacheLoad`] (on the offload pool, so that disk reads never hold up
-/// the worker).
-#[derive(Debug)]
-pub struct CacheGet;
-impl Method for CacheGet {
-    const NAME: &'static str = "cradle.cache.get";
-    const VERSION: u32 = 2;
-    type Request = String;
-    type Response = Lookup;
-}
+crate::method! {
+    /// Look a key up in the memory cache; a hit takes a lease for the caller.
+    /// Answered inline: a key only on disk is reported as such, and loaded
+    /// with [`CacheLoad`] (on the offload pool, so that disk reads never hold up
+    /// the worker).
+    ///
+    /// ```
+    /// # fn round_trip<T: ipc_rpc::Wire>(v: &T) -> T {
+    /// #     let mut arena = ipc_rpc::rkyv::ser::allocator::Arena::new();
+    /// #     T::decode(&ipc_rpc::encode_to_vec(v, &mut arena, 1 << 16).unwrap()).unwrap()
+    /// # }
+    /// use ipc_rpc::Method;
+    /// use ipc_rpc::blob::{CacheGet, Lookup};
+    ///
+    /// let request: <CacheGet as Method>::Request = "thumbs/cat.png".into();
+    /// assert_eq!(round_trip(&request), "thumbs/cat.png");
+    /// let answer: <CacheGet as Method>::Response = Lookup::Miss;
+    /// assert_eq!(round_trip(&answer), Lookup::Miss);
+    /// ```
+    pub CacheGet = "cradle.cache.get" version 2: String => Lookup;
 
-/// Load a key from the disk tier into a new blob (checksum verified; a
-/// damaged entry is dropped and answered as a miss), put it back in the
-/// memory cache if it fits, and lease it to the caller.
-#[derive(Debug)]
-pub struct CacheLoad;
-impl Method for CacheLoad {
-    const NAME: &'static str = "cradle.cache.load";
-    const VERSION: u32 = 1;
-    type Request = String;
-    type Response = Option<Hit>;
-}
+    /// Load a key from the disk tier into a new blob (checksum verified; a
+    /// damaged entry is dropped and answered as a miss), put it back in the
+    /// memory cache if it fits, and lease it to the caller.
+    ///
+    /// ```
+    /// # fn round_trip<T: ipc_rpc::Wire>(v: &T) -> T {
+    /// #     let mut arena = ipc_rpc::rkyv::ser::allocator::Arena::new();
+    /// #     T::decode(&ipc_rpc::encode_to_vec(v, &mut arena, 1 << 16).unwrap()).unwrap()
+    /// # }
+    /// use ipc_rpc::Method;
+    /// use ipc_rpc::blob::CacheLoad;
+    ///
+    /// let request: <CacheLoad as Method>::Request = "thumbs/cat.png".into();
+    /// assert_eq!(round_trip(&request), "thumbs/cat.png");
+    /// // `None`: gone from the disk tier meanwhile, or damaged and dropped.
+    /// let answer: <CacheLoad as Method>::Response = None;
+    /// assert_eq!(round_trip(&answer), None);
+    /// ```
+    pub CacheLoad = "cradle.cache.load" version 1: String => Option<Hit>;
 
-/// Remove a key from both tiers; answers whether it was in either.
-#[derive(Debug)]
-pub struct CacheRemove;
-impl Method for CacheRemove {
-    const NAME: &'static str = "cradle.cache.remove";
-    const VERSION: u32 = 1;
-    type Request = String;
-    type Response = bool;
+    /// Remove a key from both tiers; answers whether it was in either.
+    ///
+    /// ```
+    /// # fn round_trip<T: ipc_rpc::Wire>(v: &T) -> T {
+    /// #     let mut arena = ipc_rpc::rkyv::ser::allocator::Arena::new();
+    /// #     T::decode(&ipc_rpc::encode_to_vec(v, &mut arena, 1 << 16).unwrap()).unwrap()
+    /// # }
+    /// use ipc_rpc::Method;
+    /// use ipc_rpc::blob::CacheRemove;
+    ///
+    /// let request: <CacheRemove as Method>::Request = "thumbs/cat.png".into();
+    /// assert_eq!(round_trip(&request), "thumbs/cat.png");
+    /// let was_there: <CacheRemove as Method>::Response = true;
+    /// assert!(round_trip(&was_there));
+    /// ```
+    pub CacheRemove = "cradle.cache.remove" version 1: String => bool;
 }
 
 /// Blob store and cache figures, part of
 /// [`ServerStats`](crate::builtin::ServerStats).
+///
+/// ```
+/// use ipc_rpc::blob::BlobStats;
+///
+/// fn hit_ratio(s: &BlobStats) -> Option<f64> {
+///     let lookups = s.hits + s.misses;
+///     (lookups > 0).then(|| s.hits as f64 / lookups as f64)
+/// }
+/// let stats = BlobStats { hits: 3, misses: 1, ..Default::default() };
+/// assert_eq!(hit_ratio(&stats), Some(0.75));
+/// assert_eq!(hit_ratio(&BlobStats::default()), None);
+/// ```
 #[derive(
     rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq, Default,
 )]

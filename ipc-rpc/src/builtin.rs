@@ -1,30 +1,57 @@
 //! Methods every CRADLE server offers.
 
-use crate::Method;
+crate::method! {
+    /// Echo: the response is the request's bytes.
+    ///
+    /// ```
+    /// # fn round_trip<T: ipc_rpc::Wire>(v: &T) -> T {
+    /// #     let mut arena = ipc_rpc::rkyv::ser::allocator::Arena::new();
+    /// #     T::decode(&ipc_rpc::encode_to_vec(v, &mut arena, 1 << 16).unwrap()).unwrap()
+    /// # }
+    /// use ipc_rpc::Method;
+    /// use ipc_rpc::builtin::Ping;
+    ///
+    /// let request: <Ping as Method>::Request = b"are you there?".to_vec();
+    /// // A server answers with the same bytes.
+    /// let answer: <Ping as Method>::Response = round_trip(&request);
+    /// assert_eq!(answer, request);
+    /// assert_eq!((Ping::NAME, Ping::VERSION), ("cradle.ping", 1));
+    /// ```
+    pub Ping = "cradle.ping" version 1: Vec<u8> => Vec<u8>;
 
-/// Echo: the response is the request's bytes.
-#[derive(Debug)]
-pub struct Ping;
-
-impl Method for Ping {
-    const NAME: &'static str = "cradle.ping";
-    const VERSION: u32 = 1;
-    type Request = Vec<u8>;
-    type Response = Vec<u8>;
-}
-
-/// Server figures.
-#[derive(Debug)]
-pub struct Stats;
-
-impl Method for Stats {
-    const NAME: &'static str = "cradle.stats";
-    const VERSION: u32 = 2;
-    type Request = ();
-    type Response = ServerStats;
+    /// Server figures.
+    ///
+    /// ```
+    /// # fn round_trip<T: ipc_rpc::Wire>(v: &T) -> T {
+    /// #     let mut arena = ipc_rpc::rkyv::ser::allocator::Arena::new();
+    /// #     T::decode(&ipc_rpc::encode_to_vec(v, &mut arena, 1 << 16).unwrap()).unwrap()
+    /// # }
+    /// use ipc_rpc::Method;
+    /// use ipc_rpc::builtin::{ServerStats, Stats};
+    ///
+    /// let _request: <Stats as Method>::Request = ();
+    /// let answer: <Stats as Method>::Response = ServerStats { pid: 4242, workers: 2, ..Default::default() };
+    /// assert_eq!(round_trip(&answer), answer);
+    /// ```
+    pub Stats = "cradle.stats" version 2: () => ServerStats;
 }
 
 /// The answer of [`Stats`].
+///
+/// ```
+/// use ipc_rpc::builtin::{ServerStats, SessionStats};
+///
+/// let stats = ServerStats {
+///     sessions: 2,
+///     per_session: vec![
+///         SessionStats { id: 1, calls: 10, ..Default::default() },
+///         SessionStats { id: 2, calls: 5, in_flight: 1, ..Default::default() },
+///     ],
+///     ..Default::default()
+/// };
+/// let busy: Vec<u64> = stats.per_session.iter().filter(|s| s.in_flight > 0).map(|s| s.id).collect();
+/// assert_eq!(busy, [2]);
+/// ```
 #[derive(
     rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq, Default,
 )]
@@ -54,6 +81,14 @@ pub struct ServerStats {
 }
 
 /// Per-session figures in [`ServerStats`].
+///
+/// ```
+/// use ipc_rpc::builtin::SessionStats;
+///
+/// // A session that holds blobs: leases pin their bytes on the server.
+/// let s = SessionStats { id: 7, pid: 1234, leases: 3, pinned_bytes: 3 << 20, ..Default::default() };
+/// assert_eq!(s.pinned_bytes / s.leases, 1 << 20);
+/// ```
 #[derive(
     rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq, Default,
 )]

@@ -18,6 +18,14 @@ use rkyv::{Archive, Deserialize, Portable, Serialize};
 
 /// The error type of encoding and decoding (rkyv's boxed error: it allocates
 /// only when something fails).
+///
+/// ```
+/// use ipc_rpc::Wire;
+///
+/// // Bytes that are not an archived `String` (a hostile or buggy peer).
+/// let err: ipc_rpc::codec::CodecError = String::decode(&[0xff; 3]).unwrap_err();
+/// assert!(!err.to_string().is_empty());
+/// ```
 pub type CodecError = rkyv::rancor::Error;
 
 /// A serializer output over a raw window of peer-visible memory.
@@ -25,6 +33,20 @@ pub type CodecError = rkyv::rancor::Error;
 /// It writes with raw copies and never forms a reference to the window's
 /// bytes. Writing past the end fails (and sets [`overflowed`](Self::overflowed)),
 /// so the caller can retry with a larger window or report `MessageTooLarge`.
+///
+/// ```
+/// use ipc_rpc::codec::RingWriter;
+/// use ipc_rpc::rkyv::{ser::allocator::Arena, util::AlignedVec};
+/// use ipc_rpc::Wire;
+///
+/// let mut window = AlignedVec::<16>::new();
+/// window.resize(64, 0);
+/// // SAFETY: `window` holds 64 bytes, is 16-aligned, and outlives the writer.
+/// let mut out = unsafe { RingWriter::new(window.as_mut_ptr(), window.len()) };
+/// let n = 7u64.encode(&mut out, &mut Arena::new())?;
+/// assert_eq!(u64::decode(&window[..n])?, 7);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct RingWriter {
     ptr: *mut u8,
     cap: usize,
@@ -66,6 +88,16 @@ impl RingWriter {
     ///
     /// `ptr` is valid for writes of `cap` bytes while the writer is used, and
     /// 16-byte aligned (rkyv aligns relative to position 0).
+    ///
+    /// ```
+    /// use ipc_rpc::codec::RingWriter;
+    ///
+    /// let mut window = ipc_rpc::rkyv::util::AlignedVec::<16>::with_capacity(256);
+    /// window.resize(256, 0);
+    /// // SAFETY: 256 writable, 16-aligned bytes that outlive the writer.
+    /// let out = unsafe { RingWriter::new(window.as_mut_ptr(), window.len()) };
+    /// assert!(!out.overflowed());
+    /// ```
     pub unsafe fn new(ptr: *mut u8, cap: usize) -> Self {
         Self {
             ptr,
@@ -75,7 +107,21 @@ impl RingWriter {
         }
     }
 
-    /// Whether a write did not fit.
+    /// Whether a write did not fit: the message needs a larger window (as
+    /// opposed to an encoding error, which a larger window would not fix).
+    ///
+    /// ```
+    /// use ipc_rpc::codec::RingWriter;
+    /// use ipc_rpc::rkyv::{ser::allocator::Arena, util::AlignedVec};
+    /// use ipc_rpc::Wire;
+    ///
+    /// let mut window = AlignedVec::<16>::new();
+    /// window.resize(16, 0);
+    /// // SAFETY: 16 writable, 16-aligned bytes that outlive the writer.
+    /// let mut out = unsafe { RingWriter::new(window.as_mut_ptr(), window.len()) };
+    /// assert!(vec![0u8; 100].encode(&mut out, &mut Arena::new()).is_err());
+    /// assert!(out.overflowed());
+    /// ```
     pub fn overflowed(&self) -> bool {
         self.overflowed
     }
@@ -110,10 +156,45 @@ impl<E: Source> Writer<E> for RingWriter {
 }
 
 /// The serializer every [`Wire`] type is written with.
+///
+/// A hand-written `rkyv::Serialize` impl (instead of the derive) names it
+/// in its bounds; so does generic code over serializable values:
+///
+/// ```
+/// use ipc_rpc::codec::RingSerializer;
+/// use ipc_rpc::rkyv::{Archive, Serialize};
+///
+/// fn can_be_written<T: Archive + for<'a> Serialize<RingSerializer<'a>>>(_: &T) {}
+/// can_be_written(&vec![1u32, 2]);
+/// ```
 pub type RingSerializer<'a> = LowSerializer<RingWriter, ArenaHandle<'a>, CodecError>;
 /// The validator every received message is checked with.
+///
+/// ```
+/// use ipc_rpc::codec::RingValidator;
+/// use ipc_rpc::rkyv::{Archive, bytecheck::CheckBytes};
+///
+/// fn can_be_checked<T: Archive>()
+/// where
+///     T::Archived: for<'a> CheckBytes<RingValidator<'a>>,
+/// {
+/// }
+/// can_be_checked::<String>();
+/// ```
 pub type RingValidator<'a> = LowValidator<'a, CodecError>;
 /// The deserializer of owned values.
+///
+/// ```
+/// use ipc_rpc::codec::RingDeserializer;
+/// use ipc_rpc::rkyv::{Archive, Deserialize};
+///
+/// fn can_be_owned<T: Archive>()
+/// where
+///     T::Archived: Deserialize<T, RingDeserializer>,
+/// {
+/// }
+/// can_be_owned::<Vec<u8>>();
+/// ```
 pub type RingDeserializer = Strategy<(), CodecError>;
 
 /// A type that can travel in a frame: rkyv-archivable, validatable and
@@ -121,15 +202,75 @@ pub type RingDeserializer = Strategy<(), CodecError>;
 /// derives `rkyv::Archive`, `Serialize` and `Deserialize` (with `CheckBytes`,
 /// which the derive adds with rkyv's default `bytecheck` feature). Recursive
 /// types and shared pointers (`Rc`, `Arc`) are not supported on the wire.
+///
+/// ```
+/// use ipc_rpc::{Wire, encode_to_vec, rkyv};
+/// use ipc_rpc::rkyv::ser::allocator::Arena;
+///
+/// #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq)]
+/// #[rkyv(crate = rkyv)]
+/// enum Shape {
+///     Circle { r: f32 },
+///     Polygon(Vec<(f32, f32)>),
+/// }
+///
+/// let shape = Shape::Polygon(vec![(0.0, 0.0), (1.0, 0.0), (0.0, 1.0)]);
+/// let bytes = encode_to_vec(&shape, &mut Arena::new(), 4096)?;
+/// // Read in place, without building a `Shape`...
+/// match Shape::access(&bytes)? {
+///     ArchivedShape::Polygon(points) => assert_eq!(points.len(), 3),
+///     ArchivedShape::Circle { .. } => unreachable!(),
+/// }
+/// // ...or as an owned value.
+/// assert_eq!(Shape::decode(&bytes)?, shape);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub trait Wire: Sized {
     /// The archived form, read in place after validation.
     type Archived: Portable;
+
     /// Serializes `self` into `out`, returning the length written.
+    ///
+    /// ```
+    /// use ipc_rpc::codec::RingWriter;
+    /// use ipc_rpc::rkyv::{ser::allocator::Arena, util::AlignedVec};
+    /// use ipc_rpc::Wire;
+    ///
+    /// let mut window = AlignedVec::<16>::new();
+    /// window.resize(128, 0);
+    /// // SAFETY: 128 writable, 16-aligned bytes that outlive the writer.
+    /// let mut out = unsafe { RingWriter::new(window.as_mut_ptr(), window.len()) };
+    /// let n = "abc".to_string().encode(&mut out, &mut Arena::new())?;
+    /// assert!(n > 0 && n <= 128);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     fn encode(&self, out: &mut RingWriter, arena: &mut Arena) -> Result<usize, CodecError>;
+
     /// Validates `bytes` (a private, 16-aligned copy whose end is the root) and
     /// returns the archived value.
+    ///
+    /// ```
+    /// use ipc_rpc::rkyv::ser::allocator::Arena;
+    /// use ipc_rpc::{Wire, encode_to_vec};
+    ///
+    /// let bytes = encode_to_vec(&vec![10u32, 20, 30], &mut Arena::new(), 4096)?;
+    /// let archived = Vec::<u32>::access(&bytes)?;
+    /// assert_eq!(archived[1].to_native(), 20); // little-endian on the wire
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     fn access(bytes: &[u8]) -> Result<&Self::Archived, CodecError>;
+
     /// Validates and deserializes `bytes` into an owned value.
+    ///
+    /// ```
+    /// use ipc_rpc::rkyv::ser::allocator::Arena;
+    /// use ipc_rpc::{Wire, encode_to_vec};
+    ///
+    /// let bytes = encode_to_vec(&Some("x".to_string()), &mut Arena::new(), 4096)?;
+    /// assert_eq!(Option::<String>::decode(&bytes)?, Some("x".to_string()));
+    /// assert!(u64::decode(&bytes[..2]).is_err(), "too short for a u64");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     fn decode(bytes: &[u8]) -> Result<Self, CodecError>;
 }
 

@@ -9,9 +9,45 @@ use rkyv::util::AlignedVec;
 /// The first window a message is serialized into. Most messages are small;
 /// only if one overflows it is it serialized again into a window of the
 /// ring's full frame limit (which needs the ring to be half empty).
+///
+/// ```
+/// use ipc_core::ring::{FrameMeta, heap_channel};
+/// use ipc_rpc::{Outbox, SMALL_WINDOW};
+///
+/// let (tx, _rx) = heap_channel(1 << 16)?;
+/// let mut out = Outbox::new(tx);
+/// // A message larger than the first window still goes, in one frame.
+/// out.try_send(FrameMeta::default(), &vec![7u8; 2 * SMALL_WINDOW])?;
+/// assert!(out.producer().position() > 2 * SMALL_WINDOW as u64);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub const SMALL_WINDOW: usize = 4096;
 
 /// Why [`Outbox::try_send`] did not publish.
+///
+/// `Full` is temporary (wait for the consumer, or queue the message with
+/// [`Outbox::encode_to_vec`]); the others are final for that message.
+///
+/// ```
+/// use ipc_core::ring::{FrameMeta, heap_channel};
+/// use ipc_rpc::{Outbox, SendError};
+///
+/// let (tx, _rx) = heap_channel(4096)?;
+/// let mut out = Outbox::new(tx);
+/// let huge = vec![0u8; 2 * out.max_payload()];
+/// match out.try_send(FrameMeta::default(), &huge) {
+///     Err(SendError::TooLarge { max, .. }) => assert_eq!(max, out.max_payload()),
+///     other => panic!("expected TooLarge, got {other:?}"),
+/// }
+/// // Nobody consumes: the ring fills up.
+/// let small = vec![0u8; 100];
+/// while out.try_send(FrameMeta::default(), &small).is_ok() {}
+/// assert!(matches!(
+///     out.try_send(FrameMeta::default(), &small),
+///     Err(SendError::Full { .. })
+/// ));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub enum SendError {
     /// The ring has no room for a window of `need` payload bytes now.
@@ -56,6 +92,18 @@ enum Attempt {
 }
 
 /// The sending half: a ring producer and the serializer's scratch arena.
+///
+/// ```
+/// use ipc_core::ring::{FrameMeta, heap_channel};
+/// use ipc_rpc::{Inbox, Outbox, Wire};
+///
+/// let (tx, rx) = heap_channel(1 << 16)?;
+/// let (mut out, mut inbox) = (Outbox::new(tx), Inbox::new(rx));
+/// out.try_send(FrameMeta { request_id: 9, ..Default::default() }, &"hi".to_string())?;
+/// let msg = inbox.try_recv()?.expect("a frame");
+/// assert_eq!(String::decode(msg.bytes)?, "hi");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Outbox<M: RingMemory> {
     producer: Producer<M>,
     arena: Arena,
@@ -71,6 +119,13 @@ impl<M: RingMemory> fmt::Debug for Outbox<M> {
 
 impl<M: RingMemory> Outbox<M> {
     /// Wraps a producer.
+    ///
+    /// ```
+    /// let (tx, _rx) = ipc_core::ring::heap_channel(4096)?;
+    /// let out = ipc_rpc::Outbox::new(tx);
+    /// assert_eq!(out.max_payload(), ipc_core::ring::max_payload_len(4096));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(producer: Producer<M>) -> Self {
         Self {
             producer,
@@ -79,11 +134,28 @@ impl<M: RingMemory> Outbox<M> {
     }
 
     /// The ring producer (for doorbells, waits and positions).
+    ///
+    /// ```
+    /// use ipc_core::ring::{FrameMeta, heap_channel};
+    ///
+    /// let (tx, _rx) = heap_channel(4096)?;
+    /// let mut out = ipc_rpc::Outbox::new(tx);
+    /// out.try_send(FrameMeta::default(), &1u64)?;
+    /// assert!(out.producer().position() > 0, "one frame published");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn producer(&mut self) -> &mut Producer<M> {
         &mut self.producer
     }
 
     /// The largest payload one message may encode to.
+    ///
+    /// ```
+    /// let (tx, _rx) = ipc_core::ring::heap_channel(1 << 16)?;
+    /// let out = ipc_rpc::Outbox::new(tx);
+    /// assert!(out.max_payload() < (1 << 16) / 2, "a frame is at most half the ring");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn max_payload(&self) -> usize {
         self.producer.max_payload()
     }
@@ -91,6 +163,18 @@ impl<M: RingMemory> Outbox<M> {
     /// Serializes `value` directly into the ring and publishes it as one frame
     /// with `meta`. Does not ring the doorbell (the caller decides, so that a
     /// batch of frames costs at most one wake-up).
+    ///
+    /// ```
+    /// use ipc_core::ring::{FrameMeta, heap_channel};
+    /// use ipc_rpc::{Method, Outbox, builtin::Ping, wire};
+    ///
+    /// let (tx, rx) = heap_channel(1 << 16)?;
+    /// let mut out = Outbox::new(tx);
+    /// let meta = FrameMeta { request_id: 1, tag: Ping::ID, kind: wire::REQUEST, flags: 0 };
+    /// out.try_send(meta, &b"ping".to_vec())?;
+    /// assert!(rx.has_frame());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn try_send<T: Wire>(&mut self, meta: FrameMeta, value: &T) -> Result<(), SendError> {
         let max = self.producer.max_payload();
         let first = SMALL_WINDOW.min(max);
@@ -106,6 +190,19 @@ impl<M: RingMemory> Outbox<M> {
 
     /// Publishes an already-encoded message (from [`encode_to_vec`]) as one
     /// frame: for senders that must queue a message while the ring is full.
+    ///
+    /// ```
+    /// use ipc_core::ring::{FrameMeta, heap_channel};
+    /// use ipc_rpc::{Inbox, Outbox, Wire};
+    ///
+    /// let (tx, rx) = heap_channel(1 << 16)?;
+    /// let (mut out, mut inbox) = (Outbox::new(tx), Inbox::new(rx));
+    /// // Encoded while the ring was full, sent once it has room.
+    /// let queued = out.encode_to_vec(&42u32)?;
+    /// out.try_send_encoded(FrameMeta::default(), &queued)?;
+    /// assert_eq!(u32::decode(inbox.try_recv()?.unwrap().bytes)?, 42);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn try_send_encoded(&mut self, meta: FrameMeta, bytes: &[u8]) -> Result<(), SendError> {
         let mut w = match self.producer.reserve(bytes.len()) {
             Ok(w) => w,
@@ -119,6 +216,17 @@ impl<M: RingMemory> Outbox<M> {
 
     /// Serializes `value` into an owned, 16-aligned buffer (for a backlog),
     /// using this outbox's arena. Fails with `TooLarge` beyond the ring's limit.
+    ///
+    /// ```
+    /// use ipc_rpc::{Outbox, SendError, Wire};
+    ///
+    /// let (tx, _rx) = ipc_core::ring::heap_channel(4096)?;
+    /// let mut out = Outbox::new(tx);
+    /// let bytes = out.encode_to_vec(&(1u8, "one".to_string()))?;
+    /// assert_eq!(<(u8, String)>::decode(&bytes)?, (1, "one".to_string()));
+    /// assert!(matches!(out.encode_to_vec(&vec![0u8; 4096]), Err(SendError::TooLarge { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn encode_to_vec<T: Wire>(&mut self, value: &T) -> Result<AlignedVec<16>, SendError> {
         encode_to_vec(value, &mut self.arena, self.producer.max_payload())
     }
@@ -153,6 +261,16 @@ impl<M: RingMemory> Outbox<M> {
 
 /// Serializes `value` into an owned, 16-aligned buffer of at most `max`
 /// bytes, with scratch space from `arena`.
+///
+/// ```
+/// use ipc_rpc::rkyv::ser::allocator::Arena;
+/// use ipc_rpc::{Wire, encode_to_vec};
+///
+/// let mut arena = Arena::new(); // reuse it: later encodings allocate no scratch
+/// let bytes = encode_to_vec(&vec![1u16, 2, 3], &mut arena, 1 << 16)?;
+/// assert_eq!(Vec::<u16>::decode(&bytes)?, [1, 2, 3]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn encode_to_vec<T: Wire>(
     value: &T,
     arena: &mut Arena,
@@ -179,6 +297,25 @@ pub fn encode_to_vec<T: Wire>(
 /// A received message: its header fields and a private, 16-aligned,
 /// not-yet-validated copy of its payload (validate with [`Wire::access`] or
 /// [`Wire::decode`]).
+///
+/// ```
+/// use ipc_core::ring::{FrameMeta, heap_channel};
+/// use ipc_rpc::{Inbox, Message, Outbox, Wire, wire};
+///
+/// fn describe(msg: &Message<'_>) -> String {
+///     match msg.meta.kind {
+///         wire::REQUEST => format!("request {} of {} bytes", msg.meta.request_id, msg.bytes.len()),
+///         _ => "something else".into(),
+///     }
+/// }
+/// let (tx, rx) = heap_channel(4096)?;
+/// let (mut out, mut inbox) = (Outbox::new(tx), Inbox::new(rx));
+/// out.try_send(FrameMeta { request_id: 3, kind: wire::REQUEST, ..Default::default() }, &7u64)?;
+/// let msg = inbox.try_recv()?.unwrap();
+/// assert_eq!(describe(&msg), "request 3 of 8 bytes");
+/// assert_eq!(u64::decode(msg.bytes)?, 7);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct Message<'a> {
     /// Header fields.
@@ -189,6 +326,24 @@ pub struct Message<'a> {
 
 /// The receiving half: a ring consumer and the private aligned buffer that
 /// every payload is copied into before it is validated.
+///
+/// ```
+/// use ipc_core::ring::{FrameMeta, heap_channel};
+/// use ipc_rpc::{Inbox, Outbox, Wire};
+///
+/// let (tx, rx) = heap_channel(4096)?;
+/// let (mut out, mut inbox) = (Outbox::new(tx), Inbox::new(rx));
+/// for i in 0..3u32 {
+///     out.try_send(FrameMeta::default(), &i)?;
+/// }
+/// let mut got = Vec::new();
+/// while let Some(msg) = inbox.try_recv()? {
+///     got.push(u32::decode(msg.bytes)?);
+/// }
+/// inbox.consumer().release(); // give the frames' room back to the producer
+/// assert_eq!(got, [0, 1, 2]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Inbox<M: RingMemory> {
     consumer: Consumer<M>,
     buf: AlignedVec<16>,
@@ -204,6 +359,13 @@ impl<M: RingMemory> fmt::Debug for Inbox<M> {
 
 impl<M: RingMemory> Inbox<M> {
     /// Wraps a consumer.
+    ///
+    /// ```
+    /// let (_tx, rx) = ipc_core::ring::heap_channel(4096)?;
+    /// let mut inbox = ipc_rpc::Inbox::new(rx);
+    /// assert!(inbox.try_recv()?.is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(consumer: Consumer<M>) -> Self {
         Self {
             consumer,
@@ -212,12 +374,37 @@ impl<M: RingMemory> Inbox<M> {
     }
 
     /// The ring consumer (for doorbells, waits and releases).
+    ///
+    /// ```
+    /// use ipc_core::ring::{FrameMeta, heap_channel};
+    ///
+    /// let (tx, rx) = heap_channel(4096)?;
+    /// let (mut out, mut inbox) = (ipc_rpc::Outbox::new(tx), ipc_rpc::Inbox::new(rx));
+    /// out.try_send(FrameMeta::default(), &1u8)?;
+    /// assert!(inbox.consumer().has_frame());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn consumer(&mut self) -> &mut Consumer<M> {
         &mut self.consumer
     }
 
     /// Takes the next frame, copying its payload into private memory. The
     /// frame's bytes go back to the producer at the next release.
+    ///
+    /// ```
+    /// use ipc_core::ring::{FrameMeta, heap_channel};
+    /// use ipc_rpc::{Inbox, Outbox, Wire};
+    ///
+    /// let (tx, rx) = heap_channel(4096)?;
+    /// let (mut out, mut inbox) = (Outbox::new(tx), Inbox::new(rx));
+    /// out.try_send(FrameMeta { tag: 5, ..Default::default() }, &"x".to_string())?;
+    /// let msg = inbox.try_recv()?.expect("a frame");
+    /// assert_eq!(msg.meta.tag, 5);
+    /// // The copy is private: validate it, then use it in place or decode it.
+    /// assert_eq!(String::access(msg.bytes)?.as_str(), "x");
+    /// assert!(inbox.try_recv()?.is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn try_recv(&mut self) -> Result<Option<Message<'_>>, RingError> {
         let Some(frame) = self.consumer.peek()? else {
             return Ok(None);

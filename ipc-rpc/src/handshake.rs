@@ -9,9 +9,11 @@
 //!    (the client writes it to wake the server), the server's status segment
 //!    (read-only, sealed); and a fourth, the client's wake eventfd (the server
 //!    writes it), when the Hello asked for [`HELLO_WAKE_EVENTFD`];
-//! 3. then nothing but liveness: either side closing it ends the session.
-//!    The server may send one [`Goodbye`] (16 bytes) before it closes on a
-//!    clean shutdown.
+//! 3. then nothing but liveness and 16-byte server → client messages told
+//!    apart by their magic: a [`FdGrant`](crate::blob::FdGrant) with one
+//!    descriptor, just before the response that announces it, and at most
+//!    one [`Goodbye`] before the server closes on a clean shutdown. Either
+//!    side closing the socket ends the session.
 //!
 //! All integers are little-endian (the structs are `#[repr(C)]` plain data on
 //! a little-endian machine; the format is pinned to little-endian).
@@ -74,6 +76,13 @@ pub const STATUS_SHUTTING_DOWN: u32 = 5;
 pub const STATUS_RESOURCES: u32 = 6;
 
 /// A person-readable reason for a `Welcome::status`.
+///
+/// ```
+/// use ipc_rpc::handshake::{STATUS_TOO_MANY_SESSIONS, status_message};
+///
+/// assert_eq!(status_message(STATUS_TOO_MANY_SESSIONS), "the server has reached its session limit");
+/// assert_eq!(status_message(999), "unknown status");
+/// ```
 pub fn status_message(status: u32) -> &'static str {
     match status {
         STATUS_OK => "ok",
@@ -94,6 +103,15 @@ pub fn status_message(status: u32) -> &'static str {
 }
 
 /// Client → server, first message.
+///
+/// ```
+/// use ipc_rpc::handshake::{HELLO_WAKE_EVENTFD, Hello, STATUS_OK};
+///
+/// // An async client asks to be woken through an eventfd.
+/// let hello = Hello { flags: HELLO_WAKE_EVENTFD, ..Hello::current() };
+/// assert_eq!(hello.check(), Some(STATUS_OK));
+/// assert_eq!(bytemuck::bytes_of(&hello).len(), 32);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
 #[repr(C)]
 pub struct Hello {
@@ -113,6 +131,17 @@ pub struct Hello {
 }
 
 /// Server → client, the answer to [`Hello`].
+///
+/// ```
+/// use ipc_rpc::handshake::{STATUS_SHUTTING_DOWN, WELCOME_MAGIC, Welcome, status_message};
+///
+/// // What a client makes of a refusal.
+/// fn refusal(w: &Welcome) -> Option<&'static str> {
+///     (w.status != ipc_rpc::handshake::STATUS_OK).then(|| status_message(w.status))
+/// }
+/// let w = Welcome { magic: WELCOME_MAGIC, status: STATUS_SHUTTING_DOWN, ..bytemuck::Zeroable::zeroed() };
+/// assert_eq!(refusal(&w), Some("the server is shutting down"));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
 #[repr(C)]
 pub struct Welcome {
@@ -142,6 +171,20 @@ pub struct Welcome {
 }
 
 /// Server → client, optional, just before a clean close.
+///
+/// ```
+/// use ipc_rpc::handshake::{GOODBYE_MAGIC, Goodbye, recv_with_fds, send_pod};
+/// use std::os::fd::AsFd;
+/// use std::os::unix::net::UnixStream;
+///
+/// let (server, client) = UnixStream::pair()?;
+/// send_pod(&server, &Goodbye { magic: GOODBYE_MAGIC, reason: 0 })?;
+/// let mut buf = [0u8; 16];
+/// recv_with_fds(client.as_fd(), &mut buf)?;
+/// let bye: Goodbye = bytemuck::pod_read_unaligned(&buf);
+/// assert_eq!(bye.magic, GOODBYE_MAGIC);
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
 #[repr(C)]
 pub struct Goodbye {
@@ -155,10 +198,20 @@ const _: () = {
     assert!(size_of::<Hello>() == 32);
     assert!(size_of::<Welcome>() == 64);
     assert!(size_of::<Goodbye>() == 16);
+    // A reader after the handshake takes 16-byte messages.
+    assert!(size_of::<crate::blob::FdGrant>() == size_of::<Goodbye>());
 };
 
 impl Hello {
     /// This build's hello.
+    ///
+    /// ```
+    /// use ipc_rpc::handshake::{Hello, PROTOCOL_VERSION, SCHEMA_HASH};
+    ///
+    /// let hello = Hello::current();
+    /// assert_eq!((hello.protocol, hello.schema), (PROTOCOL_VERSION, SCHEMA_HASH));
+    /// assert_eq!(hello.pid, std::process::id());
+    /// ```
     pub fn current() -> Self {
         Self {
             magic: HELLO_MAGIC,
@@ -172,6 +225,16 @@ impl Hello {
 
     /// The status a server of this build answers: [`STATUS_OK`] or the first
     /// mismatch. `None` if the magic is wrong (not a CRADLE client).
+    ///
+    /// ```
+    /// use ipc_rpc::handshake::{Hello, STATUS_OK, STATUS_SCHEMA_MISMATCH};
+    ///
+    /// assert_eq!(Hello::current().check(), Some(STATUS_OK));
+    /// let other_release = Hello { schema: 1, ..Hello::current() };
+    /// assert_eq!(other_release.check(), Some(STATUS_SCHEMA_MISMATCH));
+    /// let stranger = Hello { magic: 0, ..Hello::current() };
+    /// assert_eq!(stranger.check(), None);
+    /// ```
     pub fn check(&self) -> Option<u32> {
         if self.magic != HELLO_MAGIC {
             None
@@ -189,6 +252,28 @@ impl Hello {
 
 /// Sends `bytes` and, if any, `fds` in one `SCM_RIGHTS` message. Retries on
 /// EINTR; a short write of the bytes is an error (the messages are tiny).
+///
+/// ```
+/// use ipc_rpc::handshake::{recv_with_fds, send_with_fds};
+/// use std::io::{Read, Write};
+/// use std::os::fd::AsFd;
+/// use std::os::unix::net::UnixStream;
+///
+/// let (a, b) = UnixStream::pair()?;
+/// let (mut pipe_r, mut pipe_w) = std::io::pipe()?;
+/// send_with_fds(a.as_fd(), b"here", &[pipe_w.as_fd()])?;
+///
+/// let mut buf = [0u8; 4];
+/// let fds = recv_with_fds(b.as_fd(), &mut buf)?.expect("not at end of stream");
+/// assert_eq!((&buf, fds.len()), (b"here", 1));
+/// // The received descriptor is the same pipe.
+/// std::fs::File::from(fds.into_iter().next().unwrap()).write_all(b"!")?;
+/// drop(pipe_w);
+/// let mut got = String::new();
+/// pipe_r.read_to_string(&mut got)?;
+/// assert_eq!(got, "!");
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub fn send_with_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(4))];
     let mut anc = SendAncillaryBuffer::new(&mut space);
@@ -213,6 +298,22 @@ pub fn send_with_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>])
 /// Receives exactly `buf.len()` bytes, collecting any descriptors that come
 /// with them (at most 4; more are closed and reported as an error). Returns
 /// `Ok(None)` on a clean end of stream before the first byte.
+///
+/// ```
+/// use ipc_rpc::handshake::recv_with_fds;
+/// use std::io::Write;
+/// use std::os::fd::AsFd;
+/// use std::os::unix::net::UnixStream;
+///
+/// let (mut a, b) = UnixStream::pair()?;
+/// a.write_all(b"abc")?;
+/// drop(a);
+/// let mut buf = [0u8; 3];
+/// let fds = recv_with_fds(b.as_fd(), &mut buf)?;
+/// assert_eq!((&buf, fds.map(|f| f.len())), (b"abc", Some(0)));
+/// assert!(recv_with_fds(b.as_fd(), &mut buf)?.is_none(), "the peer hung up");
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<Vec<OwnedFd>>> {
     let mut fds = Vec::new();
     let mut got = 0;
@@ -250,6 +351,19 @@ pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<
 }
 
 /// Sends a plain-data message without descriptors.
+///
+/// ```
+/// use ipc_rpc::handshake::{Hello, recv_with_fds, send_pod};
+/// use std::os::fd::AsFd;
+/// use std::os::unix::net::UnixStream;
+///
+/// let (client, server) = UnixStream::pair()?;
+/// send_pod(&client, &Hello::current())?;
+/// let mut buf = [0u8; size_of::<Hello>()];
+/// recv_with_fds(server.as_fd(), &mut buf)?;
+/// assert_eq!(bytemuck::pod_read_unaligned::<Hello>(&buf), Hello::current());
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub fn send_pod<T: Pod>(sock: impl AsFd, value: &T) -> io::Result<()> {
     send_with_fds(sock.as_fd(), bytemuck::bytes_of(value), &[])
 }

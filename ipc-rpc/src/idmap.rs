@@ -11,6 +11,16 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// A hasher for `u64` ids.
+///
+/// ```
+/// use ipc_rpc::idmap::IdHasher;
+/// use std::hash::Hasher;
+///
+/// let (mut a, mut b) = (IdHasher::default(), IdHasher::default());
+/// a.write_u64(1);
+/// b.write_u64(2);
+/// assert_ne!(a.finish() >> 56, b.finish() >> 56, "neighbours land far apart");
+/// ```
 #[derive(Debug, Default, Clone, Copy)]
 pub struct IdHasher(u64);
 
@@ -32,6 +42,18 @@ impl Hasher for IdHasher {
 }
 
 /// A map from id.
+///
+/// ```
+/// let mut sessions = ipc_rpc::idmap::IdMap::default();
+/// sessions.insert(7u64, "session seven");
+/// assert_eq!(sessions.get(&7), Some(&"session seven"));
+/// ```
 pub type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 /// A set of ids.
+///
+/// ```
+/// let mut mapped = ipc_rpc::idmap::IdSet::default();
+/// assert!(mapped.insert(3));
+/// assert!(!mapped.insert(3), "already there");
+/// ```
 pub type IdSet = HashSet<u64, BuildHasherDefault<IdHasher>>;

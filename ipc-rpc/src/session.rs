@@ -46,16 +46,41 @@ pub const STATUS_KIND: u32 = 1;
 pub const DEFAULT_RING_CAPACITY: usize = 256 << 10;
 
 /// Offset of the request ring region.
+///
+/// ```
+/// use ipc_rpc::session::{request_ring_offset, response_ring_offset};
+///
+/// // The request ring comes first, right after the segment header.
+/// assert_eq!(request_ring_offset(), ipc_core::shm::HEADER_SIZE);
+/// assert!(request_ring_offset() < response_ring_offset(4096));
+/// ```
 pub const fn request_ring_offset() -> usize {
     HEADER_SIZE
 }
 
 /// Offset of the response ring region.
+///
+/// ```
+/// use ipc_core::ring::region_len;
+/// use ipc_rpc::session::{request_ring_offset, response_ring_offset};
+///
+/// let cap = 1 << 16;
+/// assert_eq!(response_ring_offset(cap), request_ring_offset() + region_len(cap));
+/// ```
 pub const fn response_ring_offset(capacity: usize) -> usize {
     HEADER_SIZE + region_len(capacity)
 }
 
 /// Length of a session segment with rings of `capacity`.
+///
+/// ```
+/// use ipc_core::ring::region_len;
+/// use ipc_rpc::session::{DEFAULT_RING_CAPACITY, response_ring_offset, session_len};
+///
+/// let cap = DEFAULT_RING_CAPACITY;
+/// // The response ring ends the segment: a client checks fstat against this.
+/// assert_eq!(session_len(cap), response_ring_offset(cap) + region_len(cap));
+/// ```
 pub const fn session_len(capacity: usize) -> usize {
     HEADER_SIZE + 2 * region_len(capacity)
 }
@@ -68,11 +93,27 @@ pub const STATUS_PID_OFFSET: usize = HEADER_SIZE + 8;
 pub const STATUS_WORKERS_OFFSET: usize = HEADER_SIZE + 12;
 
 /// Offset of worker `i`'s `waiting` word in the status segment.
+///
+/// ```
+/// use ipc_rpc::session::worker_waiting_offset;
+///
+/// // One 128-byte line per worker, so that workers never share a cache line.
+/// assert_eq!(worker_waiting_offset(1) - worker_waiting_offset(0), 128);
+/// assert_eq!(worker_waiting_offset(0) % 128, 0);
+/// ```
 pub const fn worker_waiting_offset(worker: usize) -> usize {
     HEADER_SIZE + 128 + 128 * worker
 }
 
 /// Length of the status segment for `workers` workers (rounded up to a page).
+///
+/// ```
+/// use ipc_rpc::session::{status_len, worker_waiting_offset};
+///
+/// assert_eq!(status_len(4), 4096);
+/// assert!(status_len(64) >= worker_waiting_offset(64));
+/// assert_eq!(status_len(64) % 4096, 0);
+/// ```
 pub const fn status_len(workers: usize) -> usize {
     let raw = worker_waiting_offset(workers);
     (raw + 4095) & !4095
@@ -86,6 +127,12 @@ const _: () = {
 /// The control socket's default path: `$XDG_RUNTIME_DIR/cradle/cradle.sock`,
 /// else `/tmp/cradle-$UID/cradle.sock` (docs/design.md §3). `CRADLE_SOCKET` and
 /// `--socket` override it in the binaries.
+///
+/// ```
+/// let path = ipc_rpc::session::default_socket_path();
+/// assert!(path.is_absolute());
+/// assert_eq!(path.file_name().unwrap(), "cradle.sock");
+/// ```
 pub fn default_socket_path() -> std::path::PathBuf {
     // A relative XDG_RUNTIME_DIR is ignored, as the XDG spec asks.
     match std::env::var_os("XDG_RUNTIME_DIR")

@@ -1,12 +1,13 @@
-//! Frame metadata and the raw windows through which payload bytes move.
+//! Frame metadata, header offsets, and the raw read view of payload bytes
+//! (the write side's window is [`WriteWindow`](super::WriteWindow), next to
+//! the producer that owns it).
 //!
-//! Neither type ever forms a `&`/`&mut` over ring bytes (docs/design.md §4.5): the
+//! [`ShmSlice`] never forms a `&`/`&mut` over ring bytes (docs/design.md §4.5): the
 //! peer may write them at any moment, and a reference would let the compiler
-//! assume otherwise. Reads are volatile copies into private memory; writes go
-//! through a raw pointer.
+//! assume otherwise. Its reads are volatile copies into private memory (the
+//! write window likewise writes through a raw pointer).
 
-use super::producer::Producer;
-use super::{HEADER_LEN, RingError, RingMemory};
+use super::HEADER_LEN;
 use core::marker::PhantomData;
 use core::{fmt, ptr};
 
@@ -199,82 +200,6 @@ impl<'a> ShmSlice<'a> {
 pub(crate) unsafe fn read_field<T: Copy>(ptr: *const u8) -> T {
     // SAFETY: the caller guarantees validity and alignment.
     unsafe { ptr::read_volatile(ptr.cast::<T>()) }
-}
-
-/// A reserved, writable window in the ring: the payload area of the next
-/// frame. Write the payload, then [`commit`](Self::commit) it; dropping the
-/// window publishes nothing.
-///
-/// It is a raw pointer and a length, not a `&mut [u8]`: the consumer (another
-/// process) can read, and a hostile one write, these bytes at any time.
-pub struct WriteWindow<'a, M: RingMemory> {
-    pub(crate) producer: &'a mut Producer<M>,
-    /// Payload start (frame start + HEADER_LEN).
-    pub(crate) ptr: *mut u8,
-    /// Bytes the window holds.
-    pub(crate) len: usize,
-    /// Bytes of padding frame to publish before this frame (0 if none).
-    pub(crate) pad: usize,
-}
-
-impl<M: RingMemory> fmt::Debug for WriteWindow<'_, M> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WriteWindow")
-            .field("ptr", &self.ptr)
-            .field("len", &self.len)
-            .finish()
-    }
-}
-
-impl<M: RingMemory> WriteWindow<'_, M> {
-    /// Size of the window in bytes (at least what `reserve` asked for).
-    #[inline]
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether the window is empty.
-    #[inline]
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Raw pointer to the start of the window, 16-byte aligned, valid for
-    /// writes of [`len`](Self::len) bytes until the window is committed or
-    /// dropped. For serializers that write in place.
-    #[inline]
-    pub fn as_mut_ptr(&mut self) -> *mut u8 {
-        self.ptr
-    }
-
-    /// Copies `bytes` into the window at `offset`.
-    pub fn write_at(&mut self, offset: usize, bytes: &[u8]) -> Result<(), RingError> {
-        let end = offset.checked_add(bytes.len()).filter(|&e| e <= self.len);
-        if end.is_none() {
-            return Err(RingError::CommitTooLong {
-                len: offset.saturating_add(bytes.len()),
-                window: self.len,
-            });
-        }
-        // SAFETY: offset + len <= self.len, and the window's bytes are reserved for
-        // this producer (the consumer does not own them until commit); a raw
-        // copy, no reference to shared bytes is formed.
-        unsafe { ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(offset), bytes.len()) };
-        Ok(())
-    }
-
-    /// Publishes the first `payload_len` bytes of the window as one frame.
-    pub fn commit(self, payload_len: usize, meta: FrameMeta) -> Result<(), RingError> {
-        if payload_len > self.len {
-            return Err(RingError::CommitTooLong {
-                len: payload_len,
-                window: self.len,
-            });
-        }
-        let (pad, ptr) = (self.pad, self.ptr);
-        self.producer.publish(ptr, pad, payload_len, meta);
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -63,9 +63,9 @@ mod memory;
 mod producer;
 
 pub use consumer::{Consumer, Frame, heap_channel};
-pub use frame::{FrameMeta, ShmSlice, WriteWindow};
+pub use frame::{FrameMeta, ShmSlice};
 pub use memory::{RingMemory, RingRegion};
-pub use producer::Producer;
+pub use producer::{Producer, WriteWindow};
 
 use core::fmt;
 

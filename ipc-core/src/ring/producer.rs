@@ -1,6 +1,6 @@
 //! The producing end of a ring.
 
-use super::frame::{FrameMeta, WriteWindow, header};
+use super::frame::{FrameMeta, header};
 use super::{
     Corruption, CorruptionKind, FRAME_ALIGN, HEADER_LEN, PAD_FLAG, RingError, RingMemory,
     frame_len, max_frame_len, stamp,
@@ -165,13 +165,7 @@ impl<M: RingMemory> Producer<M> {
     /// Publishes a frame whose payload was written at `payload` (called by
     /// `WriteWindow::commit`, which checked `payload_len` against the window).
     #[inline]
-    pub(crate) fn publish(
-        &mut self,
-        payload: *mut u8,
-        pad: usize,
-        payload_len: usize,
-        meta: FrameMeta,
-    ) {
+    fn publish(&mut self, payload: *mut u8, pad: usize, payload_len: usize, meta: FrameMeta) {
         let cap = self.mem.capacity();
         let mask = cap - 1;
         if pad > 0 {
@@ -317,5 +311,81 @@ fn has_room<M: RingMemory>(
         Ok(_) => Ok(true),
         Err(RingError::Full) => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+/// A reserved, writable window in the ring: the payload area of the next
+/// frame. Write the payload, then [`commit`](Self::commit) it; dropping the
+/// window publishes nothing.
+///
+/// It is a raw pointer and a length, not a `&mut [u8]`: the consumer (another
+/// process) can read, and a hostile one write, these bytes at any time.
+pub struct WriteWindow<'a, M: RingMemory> {
+    producer: &'a mut Producer<M>,
+    /// Payload start (frame start + HEADER_LEN).
+    ptr: *mut u8,
+    /// Bytes the window holds.
+    len: usize,
+    /// Bytes of padding frame to publish before this frame (0 if none).
+    pad: usize,
+}
+
+impl<M: RingMemory> fmt::Debug for WriteWindow<'_, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WriteWindow")
+            .field("ptr", &self.ptr)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl<M: RingMemory> WriteWindow<'_, M> {
+    /// Size of the window in bytes (at least what `reserve` asked for).
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the window is empty.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Raw pointer to the start of the window, 16-byte aligned, valid for
+    /// writes of [`len`](Self::len) bytes until the window is committed or
+    /// dropped. For serializers that write in place.
+    #[inline]
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.ptr
+    }
+
+    /// Copies `bytes` into the window at `offset`.
+    pub fn write_at(&mut self, offset: usize, bytes: &[u8]) -> Result<(), RingError> {
+        let end = offset.checked_add(bytes.len()).filter(|&e| e <= self.len);
+        if end.is_none() {
+            return Err(RingError::CommitTooLong {
+                len: offset.saturating_add(bytes.len()),
+                window: self.len,
+            });
+        }
+        // SAFETY: offset + len <= self.len, and the window's bytes are reserved for
+        // this producer (the consumer does not own them until commit); a raw
+        // copy, no reference to shared bytes is formed.
+        unsafe { ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(offset), bytes.len()) };
+        Ok(())
+    }
+
+    /// Publishes the first `payload_len` bytes of the window as one frame.
+    pub fn commit(self, payload_len: usize, meta: FrameMeta) -> Result<(), RingError> {
+        if payload_len > self.len {
+            return Err(RingError::CommitTooLong {
+                len: payload_len,
+                window: self.len,
+            });
+        }
+        let (pad, ptr) = (self.pad, self.ptr);
+        self.producer.publish(ptr, pad, payload_len, meta);
+        Ok(())
     }
 }
