@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 ipc_rpc::method! {
     /// Adds two numbers; overflow is an error, not a wrap.
-    pub Add = "example.add" v1: (u64, u64) => u64;
+    pub Add = "example.add" version 1: (u64, u64) => u64;
 }
 
 fn main() -> ExitCode {

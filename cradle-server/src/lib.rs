@@ -9,14 +9,10 @@
 //!
 //! ```no_run
 //! use cradle_server::{HandlerError, Server};
-//! use ipc_rpc::Method;
 //!
-//! struct Add;
-//! impl Method for Add {
-//!     const NAME: &'static str = "example.add";
-//!     const VERSION: u32 = 1;
-//!     type Request = (u64, u64);
-//!     type Response = u64;
+//! ipc_rpc::method! {
+//!     /// Adds two numbers.
+//!     pub Add = "example.add" version 1: (u64, u64) => u64;
 //! }
 //!
 //! cradle_server::init_logging("info");

@@ -367,20 +367,11 @@ impl RawClient {
     }
 }
 
-struct Fail;
-impl Method for Fail {
-    const NAME: &'static str = "test.fail";
-    const VERSION: u32 = 1;
-    type Request = u32;
-    type Response = u32;
-}
-
-struct Slow;
-impl Method for Slow {
-    const NAME: &'static str = "test.slow";
-    const VERSION: u32 = 1;
-    type Request = u64;
-    type Response = u64;
+ipc_rpc::method! {
+    /// Fails or panics on request.
+    Fail = "test.fail" version 1: u32 => u32;
+    /// Sleeps on the offload pool.
+    Slow = "test.slow" version 1: u64 => u64;
 }
 
 fn stats(c: &mut RawClient, id: u64) -> ServerStats {
