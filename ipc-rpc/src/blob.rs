@@ -505,6 +505,131 @@ crate::method! {
     pub CacheRemove = "cradle.cache.remove" version 1: String => bool;
 }
 
+/// Why a cache key is refused; [`check_key`] says.
+///
+/// ```
+/// use ipc_rpc::blob::{KeyError, check_key};
+/// assert_eq!(check_key(""), Err(KeyError::Empty));
+/// assert_eq!(check_key("a\tb"), Err(KeyError::Control('\t')));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyError {
+    /// The key has no bytes.
+    Empty,
+    /// The key is longer than [`MAX_KEY_LEN`] bytes (this many).
+    TooLong(usize),
+    /// The key contains this control character (it would garble listings
+    /// and logs).
+    Control(char),
+}
+
+impl core::fmt::Display for KeyError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Empty => write!(f, "the cache key is empty; give a name of 1 to {MAX_KEY_LEN} bytes"),
+            Self::TooLong(n) => write!(
+                f,
+                "the cache key is {n} bytes long; at most {MAX_KEY_LEN} are allowed"
+            ),
+            Self::Control(c) => write!(
+                f,
+                "the cache key contains the control character {c:?}; use printable characters"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for KeyError {}
+
+/// Checks a cache key: 1 to [`MAX_KEY_LEN`] bytes of UTF-8 without control
+/// characters. Clients check before sending; the server refuses the same
+/// keys.
+///
+/// ```
+/// use ipc_rpc::blob::check_key;
+/// assert!(check_key("thumbs/cat.png").is_ok());
+/// assert!(check_key(&"k".repeat(2000)).is_err());
+/// ```
+pub fn check_key(key: &str) -> Result<(), KeyError> {
+    if key.is_empty() {
+        return Err(KeyError::Empty);
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(KeyError::TooLong(key.len()));
+    }
+    match key.chars().find(|c| c.is_control()) {
+        Some(c) => Err(KeyError::Control(c)),
+        None => Ok(()),
+    }
+}
+
+/// A request for one page of the cache's keys, in key order.
+///
+/// ```
+/// use ipc_rpc::blob::ListRequest;
+/// // The first page of keys under "thumbs/".
+/// let first = ListRequest { prefix: "thumbs/".into(), after: String::new(), limit: 1000 };
+/// # let _ = first;
+/// ```
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(crate = rkyv)]
+pub struct ListRequest {
+    /// Only keys that start with this (empty: every key).
+    pub prefix: String,
+    /// Only keys after this one (empty: from the first); the last key of
+    /// the previous page.
+    pub after: String,
+    /// At most this many keys (the server may answer fewer, to fit a frame).
+    pub limit: u32,
+}
+
+/// One key in a [`ListPage`].
+///
+/// ```
+/// use ipc_rpc::blob::ListedKey;
+/// let k = ListedKey { key: "model".into(), len: 100 << 20, in_memory: false, on_disk: true };
+/// assert!(k.on_disk && !k.in_memory);
+/// ```
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(crate = rkyv)]
+pub struct ListedKey {
+    /// The key.
+    pub key: String,
+    /// The blob's length in bytes.
+    pub len: u64,
+    /// The memory cache holds it.
+    pub in_memory: bool,
+    /// The disk tier holds it (written, not only queued).
+    pub on_disk: bool,
+}
+
+/// One page of keys; ask again with `after` = the last key while `more`.
+///
+/// ```
+/// use ipc_rpc::blob::ListPage;
+/// let page = ListPage { keys: Vec::new(), more: false };
+/// assert!(page.keys.is_empty() && !page.more);
+/// ```
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(crate = rkyv)]
+pub struct ListPage {
+    /// Keys in order, each once (a key in both tiers says so).
+    pub keys: Vec<ListedKey>,
+    /// More keys follow.
+    pub more: bool,
+}
+
+crate::method! {
+    /// List the keys of both tiers, a page at a time.
+    ///
+    /// ```
+    /// use ipc_rpc::Method;
+    /// use ipc_rpc::blob::CacheList;
+    /// assert_eq!(CacheList::NAME, "cradle.cache.list");
+    /// ```
+    pub CacheList = "cradle.cache.list" version 1: ListRequest => ListPage;
+}
+
 /// Blob store and cache figures, part of
 /// [`ServerStats`](crate::builtin::ServerStats).
 ///

@@ -11,7 +11,7 @@ use crate::reply::Replier;
 use bytemuck::bytes_of;
 use ipc_rpc::blob::{
     Acquire, AuthorPool, CacheGet, CacheLoad, CachePut, CachePutDurable, CacheRemove, CreateLarge,
-    FD_GRANT_MAGIC, FdGrant, LargeInfo, MAX_KEY_LEN, MapSegment, Release, SealLarge, SealSmall,
+    FD_GRANT_MAGIC, FdGrant, LargeInfo, MapSegment, Release, SealLarge, SealSmall,
 };
 use ipc_rpc::handshake::send_with_fds;
 use ipc_rpc::{ErrorCode, Method};
@@ -74,14 +74,9 @@ where
     }
 }
 
+/// The rule every client checks too (`ipc_rpc::blob::check_key`).
 fn check_key(key: &str) -> Result<(), BlobError> {
-    if key.is_empty() || key.len() > MAX_KEY_LEN {
-        return Err(handler_error(format!(
-            "a cache key must have 1 to {MAX_KEY_LEN} bytes, not {}",
-            key.len()
-        )));
-    }
-    Ok(())
+    ipc_rpc::blob::check_key(key).map_err(|e| handler_error(e.to_string()))
 }
 
 /// The blob and cache methods.
