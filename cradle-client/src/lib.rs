@@ -29,21 +29,32 @@
 #![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks, clippy::unnecessary_safety_comment)]
 
+// Files, bottom to top (each uses only those above it):
+// `fork`, `error`, `options` -> `session` (the core) -> `blob` (blob values)
+// -> `client` -> `client_blobs` (the sync client) and `async_client` ->
+// `async_blobs` (the tokio client).
+#[cfg(feature = "tokio")]
+mod async_blobs;
 #[cfg(feature = "tokio")]
 mod async_client;
 mod blob;
 mod client;
+mod client_blobs;
 mod error;
 mod fork;
+mod options;
+mod session;
 
 #[cfg(feature = "tokio")]
+pub use async_blobs::{AsyncBlobWriter, AsyncCache};
+#[cfg(feature = "tokio")]
 pub use async_client::AsyncClient;
-pub use blob::{Blob, BlobRef, BlobWriter, Cache, SMALL_BLOB_MAX};
-pub use client::{
-    CONNECT_TIMEOUT, CallOptions, Client, ClientOptions, DEFAULT_TIMEOUT, Pending,
-    default_socket_path,
-};
-pub use error::ConnectError;
+pub use blob::{Blob, BlobRef, SMALL_BLOB_MAX};
+pub use client::{Client, Pending};
+pub use client_blobs::{BlobWriter, Cache};
+pub use error::{BlobError, ConnectError, HandshakeError};
 pub use ipc_core::doorbell::WaitMode;
 pub use ipc_rpc::blob::{BlobHandle, BlobStats};
-pub use ipc_rpc::{CallError, ErrorCode, Method};
+pub use ipc_rpc::{CallError, ErrorCode, Method, ProtocolError};
+pub use options::{CallOptions, ClientOptions, DEFAULT_TIMEOUT};
+pub use session::{CONNECT_TIMEOUT, default_socket_path};

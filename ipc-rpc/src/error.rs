@@ -1,6 +1,8 @@
 //! The error model of a call (docs/design.md §7).
 
+use crate::codec::CodecError;
 use core::fmt;
+use ipc_core::ring::RingError;
 use std::time::Duration;
 
 /// Why the server answered a request with an error frame.
@@ -111,9 +113,9 @@ pub enum CallError {
         /// The ring's payload limit.
         max: usize,
     },
-    /// The server's answer did not validate as the method's response, or the
-    /// response ring was corrupt; the session is unusable.
-    Malformed(String),
+    /// The server broke the protocol: its answer did not validate, or a
+    /// ring was corrupt. What exactly is in the [`ProtocolError`].
+    Malformed(ProtocolError),
     /// A per-session quota was exceeded.
     QuotaExceeded(String),
     /// The server answered with an error.
@@ -126,8 +128,8 @@ pub enum CallError {
     /// This client was created in the parent of a `fork`; a child process
     /// must connect its own client.
     Forked,
-    /// The request could not be encoded.
-    Encode(String),
+    /// The request could not be encoded (rkyv's error).
+    Encode(CodecError),
 }
 
 impl fmt::Display for CallError {
@@ -143,21 +145,61 @@ impl fmt::Display for CallError {
                 f,
                 "request of at least {len} bytes exceeds the frame limit of {max} bytes; send large data as a blob"
             ),
-            Self::Malformed(m) => write!(f, "malformed message from the server: {m}"),
+            Self::Malformed(e) => write!(f, "{e}"),
             Self::QuotaExceeded(m) => write!(f, "quota exceeded: {m}"),
             Self::Remote { code, message } => write!(f, "server error ({code}): {message}"),
             Self::Forked => f.write_str(
                 "this client belongs to the parent process; connect a new client after fork()",
             ),
-            Self::Encode(m) => write!(f, "could not encode the request: {m}"),
+            Self::Encode(e) => write!(
+                f,
+                "could not encode the request ({e}); check the request value's rkyv serialization"
+            ),
         }
     }
 }
 
-impl std::error::Error for CallError {}
+impl std::error::Error for CallError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Malformed(e) => Some(e),
+            Self::Encode(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 impl CallError {
+    /// The server's error code, if the server answered with an error frame
+    /// (`Shutdown` and `QuotaExceeded` included).
+    ///
+    /// ```
+    /// use ipc_rpc::{CallError, ErrorCode};
+    ///
+    /// let e = CallError::QuotaExceeded("64 leases".into());
+    /// assert_eq!(e.code(), Some(ErrorCode::QuotaExceeded));
+    /// assert_eq!(CallError::PeerDead.code(), None);
+    /// ```
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Self::Remote { code, .. } => Some(*code),
+            Self::QuotaExceeded(_) => Some(ErrorCode::QuotaExceeded),
+            Self::Shutdown => Some(ErrorCode::Shutdown),
+            _ => None,
+        }
+    }
+
     /// The error a client reports for a server error frame.
+    ///
+    /// ```
+    /// use ipc_rpc::{CallError, ErrorCode, RemoteError};
+    ///
+    /// let e = CallError::from_remote(RemoteError {
+    ///     code: ErrorCode::CacheFull.to_u32(),
+    ///     message: "everything is held".into(),
+    /// });
+    /// assert!(matches!(e, CallError::Remote { code: ErrorCode::CacheFull, .. }));
+    /// ```
     pub fn from_remote(e: RemoteError) -> Self {
         match ErrorCode::from_u32(e.code) {
             ErrorCode::QuotaExceeded => Self::QuotaExceeded(e.message),
@@ -166,6 +208,71 @@ impl CallError {
                 code,
                 message: e.message,
             },
+        }
+    }
+}
+
+/// How the server broke the protocol. The session cannot be trusted after
+/// one: drop the client, connect again, and report the server's bug.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// A response did not validate as the method's response type.
+    Decode {
+        /// The method called ([`Method::ID`](crate::Method::ID)).
+        method: u64,
+        /// rkyv's validation error.
+        source: CodecError,
+    },
+    /// An error frame's payload did not validate as a [`RemoteError`].
+    ErrorFrame(CodecError),
+    /// The response to a call names another method.
+    WrongMethod {
+        /// The method called.
+        called: u64,
+        /// The method the response names.
+        answered: u64,
+    },
+    /// A frame of a kind a response ring never carries.
+    FrameKind(u16),
+    /// A ring shared with the server is corrupt (its indices or frames
+    /// break the ring protocol).
+    Ring(RingError),
+}
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Decode { method, source } => write!(
+                f,
+                "the response to method {method:#x} did not validate ({source}); client and server disagree on the method's types: build both from the same definition, and bump VERSION when its types change"
+            ),
+            Self::ErrorFrame(e) => write!(
+                f,
+                "the server sent an error frame that did not validate ({e}); connect again, and report the server's bug"
+            ),
+            Self::WrongMethod { called, answered } => write!(
+                f,
+                "the server answered a call of method {called:#x} with a response for {answered:#x}; connect again, and report the server's bug"
+            ),
+            Self::FrameKind(k) => write!(
+                f,
+                "the server sent a frame of unknown kind {k}; connect again, and report the server's bug"
+            ),
+            Self::Ring(e) => write!(
+                f,
+                "a ring shared with the server is corrupt ({e}); this session is unusable: connect again"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ProtocolError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Decode { source, .. } | Self::ErrorFrame(source) => Some(source),
+            Self::Ring(e) => Some(e),
+            _ => None,
         }
     }
 }

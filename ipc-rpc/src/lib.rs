@@ -39,7 +39,7 @@ pub mod wire;
 
 pub use codec::Wire;
 pub use endpoint::{Inbox, Message, Outbox, SMALL_WINDOW, SendError, encode_to_vec};
-pub use error::{CallError, ErrorCode, RemoteError};
+pub use error::{CallError, ErrorCode, ProtocolError, RemoteError};
 pub use method::{Method, method_id};
 
 /// Re-exported so that applications derive their message types with the
