@@ -9,8 +9,9 @@
 //! a guard that gives it back when dropped.
 
 use crate::async_client::{AsyncClient, Shared};
-use crate::blob::{Blob, BlobRef, Draft, Lease, SMALL_BLOB_MAX, Sealing, Unsealed};
-use crate::client_blobs::{put_request, retry_after_flush};
+use crate::blob::{
+    Blob, BlobRef, Draft, Lease, SMALL_BLOB_MAX, Sealing, Unsealed, put_request, retry_after_flush,
+};
 use crate::error::BlobError;
 use crate::options::slow_call;
 use crate::session::{AuthorSpace, Leftover, Owner, SegMap, salvage};

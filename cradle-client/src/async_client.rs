@@ -296,7 +296,7 @@ impl AsyncClient {
 
     /// Connects to `CRADLE_SOCKET`, else the default socket path.
     pub async fn connect_default() -> Result<Self, ConnectError> {
-        Self::connect(crate::default_socket_path()).await
+        Self::connect(session::default_socket_path()).await
     }
 
     /// Connects with explicit options. `opts.wait` decides how a call waits:

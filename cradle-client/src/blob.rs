@@ -26,9 +26,11 @@
 //! * Dropping a `Blob` or `BlobRef` gives its lease back through the client
 //!   that made it. Releases are batched; `flush` sends them now.
 
-use crate::session::{Owner, SegMap, release};
+use crate::error::BlobError;
+use crate::session::{Owner, SegMap, Session, release};
 use ipc_core::shm::{Mapping, Segment};
-use ipc_rpc::blob::{BlobHandle, DATA_OFFSET};
+use ipc_rpc::CallError;
+use ipc_rpc::blob::{BlobHandle, DATA_OFFSET, PutRequest};
 use std::fmt;
 use std::io;
 use std::ops::Deref;
@@ -58,8 +60,8 @@ impl Lease {
 
     /// The reference for this lease on `seg`, after checking that the
     /// handle lies inside it (the lease is given back if not).
-    pub(crate) fn into_ref(self, seg: Arc<SegMap>) -> Result<BlobRef, crate::BlobError> {
-        crate::session::Session::check_handle(&self.handle, &seg)?;
+    pub(crate) fn into_ref(self, seg: Arc<SegMap>) -> Result<BlobRef, BlobError> {
+        Session::check_handle(&self.handle, &seg)?;
         Ok(BlobRef { lease: self, seg })
     }
 
@@ -415,4 +417,27 @@ impl AsRef<[u8]> for BlobRef {
     fn as_ref(&self) -> &[u8] {
         self
     }
+}
+
+/// The request of a cache put.
+pub(crate) fn put_request(key: &str, blob: &Blob, if_absent: bool) -> PutRequest {
+    PutRequest {
+        key: key.to_owned(),
+        handle: *blob.handle(),
+        if_absent,
+    }
+}
+
+/// Whether a failed put is worth one retry after sending queued releases:
+/// the cache was full while this client still had releases queued (leases
+/// it dropped but did not send yet, which keep entries held).
+pub(crate) fn retry_after_flush(r: &Result<bool, CallError>, queued: bool) -> bool {
+    queued
+        && matches!(
+            r,
+            Err(CallError::Remote {
+                code: ipc_rpc::ErrorCode::CacheFull,
+                ..
+            })
+        )
 }

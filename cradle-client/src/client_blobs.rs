@@ -2,17 +2,19 @@
 //! (docs/design.md §8): the calls; the state they change is the session
 //! core's, the values are in `blob.rs`.
 
-use crate::blob::{Blob, BlobRef, Draft, Lease, SMALL_BLOB_MAX, Sealing, Unsealed};
+use crate::blob::{
+    Blob, BlobRef, Draft, Lease, SMALL_BLOB_MAX, Sealing, Unsealed, put_request, retry_after_flush,
+};
 use crate::client::{Client, Inner};
 use crate::error::BlobError;
 use crate::options::slow_call;
 use crate::session::{AuthorSpace, Owner, SegMap};
+use ipc_rpc::CallError;
 use ipc_rpc::blob::{
     Acquire, AuthorPool, BlobHandle, BlobStats, CacheGet, CacheLoad, CachePut, CachePutDurable,
-    CacheRemove, CreateLarge, Hit, Lookup, MapSegment, PutRequest, Release, SealLarge, SealSmall,
+    CacheRemove, CreateLarge, Hit, Lookup, MapSegment, Release, SealLarge, SealSmall,
 };
 use ipc_rpc::builtin::Stats;
-use ipc_rpc::{CallError, ErrorCode};
 use std::fmt;
 use std::io;
 use std::os::fd::BorrowedFd;
@@ -208,29 +210,6 @@ impl Client {
 #[derive(Debug, Clone, Copy)]
 pub struct Cache<'c> {
     client: &'c Client,
-}
-
-/// Whether a failed put is worth one retry after sending queued releases:
-/// the cache was full while this client still had releases queued (leases
-/// it dropped but did not send yet, which keep entries held).
-pub(crate) fn retry_after_flush(r: &Result<bool, CallError>, queued: bool) -> bool {
-    queued
-        && matches!(
-            r,
-            Err(CallError::Remote {
-                code: ErrorCode::CacheFull,
-                ..
-            })
-        )
-}
-
-/// The request of a put.
-pub(crate) fn put_request(key: &str, blob: &Blob, if_absent: bool) -> PutRequest {
-    PutRequest {
-        key: key.to_owned(),
-        handle: *blob.handle(),
-        if_absent,
-    }
 }
 
 impl Cache<'_> {
