@@ -290,11 +290,21 @@ impl Drop for Registration<'_> {
 impl AsyncClient {
     /// Connects to the server at `path` (must be called inside a tokio
     /// runtime; the handshake runs on the blocking pool).
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = cradle_client::AsyncClient::connect("/run/user/1000/cradle.sock").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(path: impl AsRef<Path>) -> Result<Self, ConnectError> {
         Self::connect_with(path, ClientOptions::default()).await
     }
 
     /// Connects to `CRADLE_SOCKET`, else the default socket path.
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = cradle_client::AsyncClient::connect_default().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect_default() -> Result<Self, ConnectError> {
         Self::connect(session::default_socket_path()).await
     }
@@ -303,6 +313,14 @@ impl AsyncClient {
     /// `Spin` busy-polls the response ring for up to 1 ms, `SpinThenSleep(d)`
     /// for `d` (capped at 1 ms), then the call awaits the driver; `Sleep`
     /// awaits at once, and the driver then sleeps right after each burst.
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use cradle_client::{AsyncClient, ClientOptions, WaitMode};
+    ///
+    /// let opts = ClientOptions { wait: WaitMode::Sleep, ..ClientOptions::default() };
+    /// let client = AsyncClient::connect_with(cradle_client::default_socket_path(), opts).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect_with(
         path: impl AsRef<Path>,
         opts: ClientOptions,
@@ -358,11 +376,26 @@ impl AsyncClient {
     }
 
     /// This session's id.
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = cradle_client::AsyncClient::connect_default().await?;
+    /// println!("session {}", client.session_id());
+    /// # Ok(()) }
+    /// ```
     pub fn session_id(&self) -> u64 {
         self.shared.session.welcome.session_id
     }
 
     /// The largest request payload one call can carry.
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = cradle_client::AsyncClient::connect_default().await?;
+    /// let data = vec![0u8; 1 << 20];
+    /// if data.len() > client.max_message() {
+    ///     // send it as a blob instead
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn max_message(&self) -> usize {
         ipc_core::ring::max_payload_len(self.shared.session.welcome.ring_capacity as usize)
     }
@@ -370,11 +403,34 @@ impl AsyncClient {
     /// Calls `M`, waiting at most the client's default timeout (30 s). The
     /// future may be dropped at any time (`select!`, `timeout`): the client
     /// stays usable and the late response is discarded.
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use ipc_rpc::builtin::Ping;
+    ///
+    /// let client = cradle_client::AsyncClient::connect_default().await?;
+    /// let echo = client.call::<Ping>(&b"hi".to_vec()).await?;
+    /// // Or race it against something else: dropping the loser is fine.
+    /// let req = vec![1];
+    /// tokio::select! {
+    ///     r = client.call::<Ping>(&req) => { r?; }
+    ///     _ = tokio::time::sleep(std::time::Duration::from_millis(5)) => {}
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn call<M: Method>(&self, req: &M::Request) -> Result<M::Response, CallError> {
         self.call_timeout::<M>(req, self.shared.opts.timeout).await
     }
 
     /// Calls `M` with its own deadline.
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use ipc_rpc::builtin::Ping;
+    /// use std::time::Duration;
+    ///
+    /// let client = cradle_client::AsyncClient::connect_default().await?;
+    /// client.call_timeout::<Ping>(&vec![], Duration::from_millis(100)).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn call_timeout<M: Method>(
         &self,
         req: &M::Request,
@@ -387,6 +443,17 @@ impl AsyncClient {
     /// Same as [`call_timeout`](Self::call_timeout) with [`CallOptions`]
     /// (its `timeout`; the wait mode is the client's, see
     /// [`connect_with`](Self::connect_with)).
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use cradle_client::{CallOptions, WaitMode};
+    /// use ipc_rpc::builtin::Ping;
+    /// use std::time::Duration;
+    ///
+    /// let client = cradle_client::AsyncClient::connect_default().await?;
+    /// let opts = CallOptions { timeout: Duration::from_secs(1), wait: WaitMode::Sleep };
+    /// client.call_opts::<Ping>(&vec![], opts).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn call_opts<M: Method>(
         &self,
         req: &M::Request,
@@ -397,6 +464,15 @@ impl AsyncClient {
 
     /// Calls `M` and hands the validated, archived response to `f` without
     /// deserializing it (no allocation for the response's contents).
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use ipc_rpc::builtin::Ping;
+    ///
+    /// let client = cradle_client::AsyncClient::connect_default().await?;
+    /// let n = client.call_with::<Ping, _>(&vec![7; 100], |echo| echo.len()).await?;
+    /// assert_eq!(n, 100);
+    /// # Ok(()) }
+    /// ```
     pub async fn call_with<M: Method, R>(
         &self,
         req: &M::Request,

@@ -33,6 +33,10 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 /// How long `connect` waits for each step of the handshake.
+///
+/// ```
+/// assert_eq!(cradle_client::CONNECT_TIMEOUT.as_secs(), 5);
+/// ```
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Releases are sent once this many are waiting (or at `flush`).

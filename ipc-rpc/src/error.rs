@@ -6,6 +6,13 @@ use ipc_core::ring::RingError;
 use std::time::Duration;
 
 /// Why the server answered a request with an error frame.
+///
+/// ```
+/// use ipc_rpc::ErrorCode;
+///
+/// assert_eq!(ErrorCode::from_u32(ErrorCode::CacheFull.to_u32()), ErrorCode::CacheFull);
+/// assert_eq!(ErrorCode::from_u32(77), ErrorCode::Other(77));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorCode {
@@ -34,6 +41,10 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// The wire value.
+    ///
+    /// ```
+    /// assert_eq!(ipc_rpc::ErrorCode::UnknownMethod.to_u32(), 1);
+    /// ```
     pub const fn to_u32(self) -> u32 {
         match self {
             Self::UnknownMethod => 1,
@@ -50,6 +61,10 @@ impl ErrorCode {
     }
 
     /// From the wire value.
+    ///
+    /// ```
+    /// assert_eq!(ipc_rpc::ErrorCode::from_u32(8), ipc_rpc::ErrorCode::BadHandle);
+    /// ```
     pub const fn from_u32(c: u32) -> Self {
         match c {
             1 => Self::UnknownMethod,
@@ -84,6 +99,14 @@ impl fmt::Display for ErrorCode {
 }
 
 /// The payload of an [`ERROR`](crate::wire::ERROR) frame.
+///
+/// ```
+/// use ipc_rpc::{CallError, ErrorCode, RemoteError};
+///
+/// let frame = RemoteError { code: ErrorCode::BadHandle.to_u32(), message: "stale".into() };
+/// let e = CallError::from_remote(frame);
+/// assert_eq!(e.code(), Some(ErrorCode::BadHandle));
+/// ```
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(crate = rkyv)]
 pub struct RemoteError {
@@ -94,6 +117,24 @@ pub struct RemoteError {
 }
 
 /// Why a call failed.
+///
+/// Branch on what a caller can act on; [`Display`](std::fmt::Display)
+/// says what to do about the rest.
+///
+/// ```
+/// use ipc_rpc::{CallError, ErrorCode};
+/// use std::time::Duration;
+///
+/// fn retry_later(e: &CallError) -> bool {
+///     match e {
+///         CallError::Timeout(_) | CallError::RingFull | CallError::QuotaExceeded(_) => true,
+///         CallError::Remote { code: ErrorCode::CacheFull, .. } => true,
+///         _ => false,
+///     }
+/// }
+/// assert!(retry_later(&CallError::Timeout(Duration::from_secs(1))));
+/// assert!(!retry_later(&CallError::PeerDead));
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum CallError {
@@ -214,6 +255,13 @@ impl CallError {
 
 /// How the server broke the protocol. The session cannot be trusted after
 /// one: drop the client, connect again, and report the server's bug.
+///
+/// ```
+/// use ipc_rpc::{CallError, ProtocolError};
+///
+/// let e = CallError::Malformed(ProtocolError::FrameKind(9));
+/// assert!(e.to_string().contains("connect again"));
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum ProtocolError {
