@@ -21,9 +21,33 @@
 //! per client completes calls by request id and sleeps on an eventfd
 //! registered with tokio's reactor.
 //!
+//! Blobs (written once, sealed, then shared without a copy) and the memory
+//! cache work the same through both clients: [`Client::create`],
+//! [`Client::get`], [`Client::cache`], and their futures on [`AsyncClient`].
+//! A [`Blob`] or [`BlobRef`] gives its lease back through the session it
+//! came from, whichever client made it.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use cradle_client::AsyncClient;
+//!
+//! let client = AsyncClient::connect_default().await?;
+//! let mut w = client.create(5).await?;
+//! w.write_at(0, b"image");
+//! let blob = w.seal().await?;
+//! client.cache().put("frame/1", &blob).await?;
+//! let r = client.cache().get("frame/1").await?.expect("just put");
+//! assert_eq!(&r[..], b"image");
+//! # Ok(()) }
+//! ```
+//!
+//! Errors: a call fails with a [`CallError`]; an operation that maps shared
+//! memory (create, seal, get, adopt, a cache get) with a [`BlobError`], which
+//! wraps the call's; connecting with a [`ConnectError`].
+//!
 //! # Feature flags
 //!
-//! * `tokio` (default): [`AsyncClient`].
+//! * `tokio` (default): [`AsyncClient`], [`AsyncBlobWriter`], [`AsyncCache`].
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
