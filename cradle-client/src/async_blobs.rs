@@ -10,7 +10,9 @@
 
 use crate::async_client::{AsyncClient, Shared};
 use crate::blob::{
-    Blob, BlobRef, Draft, Lease, SMALL_BLOB_MAX, Sealing, Unsealed, put_request, retry_after_flush,
+    Blob, BlobRef, Draft, Lease, SMALL_BLOB_MAX, Sealing, Unsealed, acquired_leftover,
+    author_leftover, created_leftover, loaded_leftover, lookup_leftover, put_request,
+    retry_after_flush, sealed_leftover, segment_leftover,
 };
 use crate::error::BlobError;
 use crate::options::slow_call;
@@ -27,31 +29,6 @@ use std::io;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// What an unclaimed cache hit leaves: its lease and maybe a descriptor.
-fn hit_leftover(hit: &Hit) -> Leftover {
-    Leftover {
-        lease: Some(hit.handle.id),
-        grant: hit.segment.fd_sent.then_some(hit.segment.segment),
-        ..Leftover::default()
-    }
-}
-
-/// What an unclaimed segment answer leaves: maybe a descriptor.
-fn segment_leftover(info: &SegmentInfo) -> Leftover {
-    Leftover {
-        grant: info.fd_sent.then_some(info.segment),
-        ..Leftover::default()
-    }
-}
-
-/// What an unclaimed seal leaves: the author's lease.
-fn sealed_leftover(h: &BlobHandle) -> Leftover {
-    Leftover {
-        lease: Some(h.id),
-        ..Leftover::default()
-    }
-}
 
 impl AsyncClient {
     fn owner(&self) -> Arc<dyn Owner> {
@@ -107,11 +84,7 @@ impl AsyncClient {
     /// ```
     pub async fn create_large(&self, len: usize) -> Result<AsyncBlobWriter, BlobError> {
         let info = self
-            .call_left::<CreateLarge>(&(len as u64), self.timeout(), |info| Leftover {
-                aborted: Some(info.id),
-                grant: Some(info.segment.segment),
-                ..Leftover::default()
-            })
+            .call_left::<CreateLarge>(&(len as u64), self.timeout(), created_leftover)
             .await?;
         // Abandoned on the server if mapping fails.
         let blob = Unsealed::new(self.owner(), info.id);
@@ -137,10 +110,7 @@ impl AsyncClient {
                 AuthorSpace::None => return Ok(None),
                 AuthorSpace::Unasked => {
                     match self
-                        .call_left::<AuthorPool>(&(), self.timeout(), |info| Leftover {
-                            grant: Some(info.segment),
-                            ..Leftover::default()
-                        })
+                        .call_left::<AuthorPool>(&(), self.timeout(), author_leftover)
                         .await
                     {
                         Ok(info) => session.author_install(info)?,
@@ -165,14 +135,12 @@ impl AsyncClient {
     /// ```
     pub async fn get(&self, h: &BlobHandle) -> Result<BlobRef, BlobError> {
         let mapped = self.shared.session.mapped(h.segment);
-        let id = h.id;
         let info = self
-            .call_left::<Acquire>(&(*h, mapped.is_none()), self.timeout(), move |info| {
-                Leftover {
-                    lease: Some(id),
-                    ..segment_leftover(info)
-                }
-            })
+            .call_left::<Acquire>(
+                &(*h, mapped.is_none()),
+                self.timeout(),
+                acquired_leftover(h.id),
+            )
             .await?;
         let lease = Lease::new(self.owner(), *h);
         let seg = match mapped {
@@ -364,10 +332,7 @@ impl AsyncCache<'_> {
         let c = self.client;
         let key = key.to_owned();
         let found = c
-            .call_left::<CacheGet>(&key, c.timeout(), |l| match l {
-                Lookup::Hit(hit) => hit_leftover(hit),
-                Lookup::OnDisk | Lookup::Miss => Leftover::default(),
-            })
+            .call_left::<CacheGet>(&key, c.timeout(), lookup_leftover)
             .await?;
         let hit = match found {
             Lookup::Hit(hit) => hit,
@@ -375,9 +340,7 @@ impl AsyncCache<'_> {
             Lookup::OnDisk => {
                 let timeout = slow_call(c.timeout()).timeout;
                 let loaded = c
-                    .call_left::<CacheLoad>(&key, timeout, |h| {
-                        h.as_ref().map(hit_leftover).unwrap_or_default()
-                    })
+                    .call_left::<CacheLoad>(&key, timeout, loaded_leftover)
                     .await?;
                 match loaded {
                     Some(hit) => hit,

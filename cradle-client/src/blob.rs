@@ -27,10 +27,10 @@
 //!   that made it. Releases are batched; `flush` sends them now.
 
 use crate::error::BlobError;
-use crate::session::{Owner, SegMap, Session, release};
+use crate::session::{Leftover, Owner, SegMap, Session, release};
 use ipc_core::shm::{Mapping, Segment};
 use ipc_rpc::CallError;
-use ipc_rpc::blob::{BlobHandle, DATA_OFFSET, PutRequest};
+use ipc_rpc::blob::{BlobHandle, DATA_OFFSET, Hit, LargeInfo, Lookup, PutRequest, SegmentInfo};
 use std::fmt;
 use std::io;
 use std::ops::Deref;
@@ -440,4 +440,70 @@ pub(crate) fn retry_after_flush(r: &Result<bool, CallError>, queued: bool) -> bo
                 ..
             })
         )
+}
+
+// ---- what a response nobody collects leaves to give back ----------------
+
+/// What an unclaimed cache hit leaves: its lease and maybe a descriptor.
+pub(crate) fn hit_leftover(hit: &Hit) -> Leftover {
+    Leftover {
+        lease: Some(hit.handle.id),
+        grant: hit.segment.fd_sent.then_some(hit.segment.segment),
+        ..Leftover::default()
+    }
+}
+
+/// What an unclaimed segment answer leaves: maybe a descriptor.
+pub(crate) fn segment_leftover(info: &SegmentInfo) -> Leftover {
+    Leftover {
+        grant: info.fd_sent.then_some(info.segment),
+        ..Leftover::default()
+    }
+}
+
+/// What an unclaimed seal leaves: the author's lease.
+pub(crate) fn sealed_leftover(h: &BlobHandle) -> Leftover {
+    Leftover {
+        lease: Some(h.id),
+        ..Leftover::default()
+    }
+}
+
+/// What an unclaimed new large blob leaves: the blob, and its descriptor.
+pub(crate) fn created_leftover(info: &LargeInfo) -> Leftover {
+    Leftover {
+        aborted: Some(info.id),
+        grant: Some(info.segment.segment),
+        ..Leftover::default()
+    }
+}
+
+/// What an unclaimed author pool leaves: its descriptor.
+pub(crate) fn author_leftover(info: &SegmentInfo) -> Leftover {
+    Leftover {
+        grant: Some(info.segment),
+        ..Leftover::default()
+    }
+}
+
+/// What an unclaimed `Acquire` of blob `id` leaves: its lease, and maybe a
+/// descriptor.
+pub(crate) fn acquired_leftover(id: u64) -> impl FnOnce(&SegmentInfo) -> Leftover + Send + 'static {
+    move |info| Leftover {
+        lease: Some(id),
+        ..segment_leftover(info)
+    }
+}
+
+/// What an unclaimed cache lookup leaves.
+pub(crate) fn lookup_leftover(l: &Lookup) -> Leftover {
+    match l {
+        Lookup::Hit(hit) => hit_leftover(hit),
+        Lookup::OnDisk | Lookup::Miss => Leftover::default(),
+    }
+}
+
+/// What an unclaimed load from the disk tier leaves.
+pub(crate) fn loaded_leftover(h: &Option<Hit>) -> Leftover {
+    h.as_ref().map(hit_leftover).unwrap_or_default()
 }

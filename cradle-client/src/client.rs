@@ -2,7 +2,7 @@
 
 use crate::error::ConnectError;
 use crate::options::{CallOptions, ClientOptions};
-use crate::session::{self, DEAD, Owner, Session, SocketState, lock};
+use crate::session::{self, DEAD, Owner, Salvage, Session, SocketState, lock};
 use ipc_core::doorbell::{Doorbell, EventFd, Futex, WaitMode};
 use ipc_core::ring::{Consumer, FrameMeta, Producer, RingError, RingRegion};
 use ipc_core::sync::StdAtomics;
@@ -64,8 +64,40 @@ struct Rx {
     stash: IdMap<(FrameMeta, AlignedVec<16>)>,
     /// Requests whose `Pending` was dropped: their responses are discarded.
     abandoned: IdSet,
+    /// Calls that timed out and left a salvage: their responses, when they
+    /// come, are cleaned up after (a lease given back, a descriptor closed).
+    orphans: IdMap<Salvage>,
+    /// Orphans' responses read, to clean up after once the lock is let go
+    /// (cleaning up may send a request, which may wait for ring room).
+    salvaged: Vec<(Salvage, FrameMeta, AlignedVec<16>)>,
     /// The response ring is corrupt: every call fails.
     broken: Option<RingError>,
+}
+
+/// Files a response that is not the reader's own: an orphan's is kept for
+/// its clean-up, an abandoned one dropped, any other stashed for its caller.
+/// (The fields of `Rx` but its inbox, which the frame borrows.)
+fn file(
+    stash: &mut IdMap<(FrameMeta, AlignedVec<16>)>,
+    abandoned: &mut IdSet,
+    orphans: &mut IdMap<Salvage>,
+    salvaged: &mut Vec<(Salvage, FrameMeta, AlignedVec<16>)>,
+    meta: FrameMeta,
+    bytes: &[u8],
+) {
+    let id = meta.request_id;
+    let copy = || {
+        let mut copy = AlignedVec::<16>::with_capacity(bytes.len());
+        copy.extend_from_slice(bytes);
+        copy
+    };
+    if !orphans.is_empty()
+        && let Some(s) = orphans.remove(&id)
+    {
+        salvaged.push((s, meta, copy()));
+    } else if abandoned.is_empty() || !abandoned.remove(&id) {
+        stash.insert(id, (meta, copy()));
+    }
 }
 
 impl fmt::Debug for Client {
@@ -144,6 +176,8 @@ impl Client {
                     inbox: Inbox::new(consumer),
                     stash: IdMap::default(),
                     abandoned: IdSet::default(),
+                    orphans: IdMap::default(),
+                    salvaged: Vec::new(),
                     broken: None,
                 }),
                 opts,
@@ -305,7 +339,7 @@ impl Client {
         self.inner.opts.timeout
     }
 
-    fn default_opts(&self) -> CallOptions {
+    pub(crate) fn default_opts(&self) -> CallOptions {
         CallOptions {
             timeout: self.inner.opts.timeout,
             wait: self.inner.opts.wait,
@@ -341,7 +375,30 @@ impl Inner {
         let start = Instant::now();
         let deadline = start + opts.timeout;
         let id = self.submit::<M>(req, deadline, opts.wait, block)?;
-        self.receive(M::ID, id, start, deadline, opts.wait, f)
+        self.receive(M::ID, id, start, deadline, opts.wait, None, f)
+    }
+
+    /// Calls `M`; if the call times out after the request went out,
+    /// `salvage` cleans up after the late response.
+    pub(crate) fn call_salvaged<M: Method>(
+        &self,
+        req: &M::Request,
+        opts: CallOptions,
+        salvage: Salvage,
+    ) -> Result<M::Response, CallError> {
+        let start = Instant::now();
+        let deadline = start + opts.timeout;
+        let id = self.submit::<M>(req, deadline, opts.wait, true)?;
+        let s = Some(salvage);
+        self.receive(
+            M::ID,
+            id,
+            start,
+            deadline,
+            opts.wait,
+            s,
+            session::decode::<M>,
+        )
     }
 
     /// Discards the response to `id` when it arrives.
@@ -421,17 +478,22 @@ impl Inner {
         };
         let rx = &mut *rx;
         while let Ok(Some(msg)) = rx.inbox.try_recv() {
-            let id = msg.meta.request_id;
-            if rx.abandoned.is_empty() || !rx.abandoned.remove(&id) {
-                let mut copy = AlignedVec::<16>::with_capacity(msg.bytes.len());
-                copy.extend_from_slice(msg.bytes);
-                rx.stash.insert(id, (msg.meta, copy));
-            }
+            file(
+                &mut rx.stash,
+                &mut rx.abandoned,
+                &mut rx.orphans,
+                &mut rx.salvaged,
+                msg.meta,
+                msg.bytes,
+            );
         }
         rx.inbox.consumer().release_and_notify(&self.session.bell);
     }
 
-    /// Waits for the response to request `id`.
+    /// Waits for the response to request `id`; on a timeout, `salvage` (if
+    /// any) will clean up after the late response. Then cleans up after the
+    /// orphans' responses it read.
+    #[allow(clippy::too_many_arguments)]
     fn receive<R>(
         &self,
         method: u64,
@@ -439,11 +501,35 @@ impl Inner {
         start: Instant,
         deadline: Instant,
         wait: WaitMode,
+        salvage: Option<Salvage>,
+        f: impl FnOnce(&[u8]) -> Result<R, CallError>,
+    ) -> Result<R, CallError> {
+        let mut rx = lock(&self.rx);
+        let r = self.receive_locked(&mut rx, method, id, start, deadline, wait, salvage, f);
+        if rx.salvaged.is_empty() {
+            return r;
+        }
+        let salvaged = std::mem::take(&mut rx.salvaged);
+        drop(rx);
+        for (s, meta, bytes) in salvaged {
+            s(self, meta, &bytes);
+        }
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn receive_locked<R>(
+        &self,
+        rx: &mut Rx,
+        method: u64,
+        id: u64,
+        start: Instant,
+        deadline: Instant,
+        wait: WaitMode,
+        salvage: Option<Salvage>,
         f: impl FnOnce(&[u8]) -> Result<R, CallError>,
     ) -> Result<R, CallError> {
         let session = &*self.session;
-        let mut rx = lock(&self.rx);
-        let rx = &mut *rx;
         loop {
             if let Some(e) = &rx.broken {
                 return Err(CallError::Malformed(ProtocolError::Ring(e.clone())));
@@ -464,21 +550,29 @@ impl Inner {
                     }
                     return r;
                 }
-                Ok(Some(msg)) => {
-                    let other = msg.meta.request_id;
-                    if rx.abandoned.is_empty() || !rx.abandoned.remove(&other) {
-                        let mut copy = AlignedVec::<16>::with_capacity(msg.bytes.len());
-                        copy.extend_from_slice(msg.bytes);
-                        rx.stash.insert(other, (msg.meta, copy));
-                    }
-                }
+                Ok(Some(msg)) => file(
+                    &mut rx.stash,
+                    &mut rx.abandoned,
+                    &mut rx.orphans,
+                    &mut rx.salvaged,
+                    msg.meta,
+                    msg.bytes,
+                ),
                 Ok(None) => {
                     if let Some(e) = session.state_error() {
                         return Err(e);
                     }
                     if Instant::now() >= deadline {
-                        // The response may still come: drop it then.
-                        rx.abandoned.insert(id);
+                        // The response may still come: clean up after it, or
+                        // drop it, then.
+                        match salvage {
+                            Some(s) => {
+                                rx.orphans.insert(id, s);
+                            }
+                            None => {
+                                rx.abandoned.insert(id);
+                            }
+                        }
                         return Err(CallError::Timeout(start.elapsed()));
                     }
                     let consumer = rx.inbox.consumer();
@@ -606,9 +700,10 @@ impl<M: Method> Pending<'_, M> {
         // On error, `drop` marks the id abandoned: its response is discarded.
         self.client.inner.session.check()?;
         self.done = true;
+        let deadline = start + opts.timeout;
         self.client
             .inner
-            .receive(M::ID, self.id, start, start + opts.timeout, opts.wait, f)
+            .receive(M::ID, self.id, start, deadline, opts.wait, None, f)
     }
 }
 

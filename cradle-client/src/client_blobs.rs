@@ -3,18 +3,21 @@
 //! core's, the values are in `blob.rs`.
 
 use crate::blob::{
-    Blob, BlobRef, Draft, Lease, SMALL_BLOB_MAX, Sealing, Unsealed, put_request, retry_after_flush,
+    Blob, BlobRef, Draft, Lease, SMALL_BLOB_MAX, Sealing, Unsealed, acquired_leftover,
+    author_leftover, created_leftover, loaded_leftover, lookup_leftover, put_request,
+    retry_after_flush, sealed_leftover, segment_leftover,
 };
 use crate::client::{Client, Inner};
 use crate::error::BlobError;
+use crate::options::CallOptions;
 use crate::options::slow_call;
-use crate::session::{AuthorSpace, Owner, SegMap};
-use ipc_rpc::CallError;
+use crate::session::{AuthorSpace, Leftover, Owner, SegMap, salvage};
 use ipc_rpc::blob::{
     Acquire, AuthorPool, BlobHandle, BlobStats, CacheGet, CacheLoad, CachePut, CachePutDurable,
     CacheRemove, CreateLarge, Hit, Lookup, MapSegment, Release, SealLarge, SealSmall,
 };
 use ipc_rpc::builtin::Stats;
+use ipc_rpc::{CallError, Method};
 use std::fmt;
 use std::io;
 use std::os::fd::BorrowedFd;
@@ -23,6 +26,17 @@ use std::sync::Arc;
 impl Client {
     fn owner(&self) -> Arc<dyn Owner> {
         Arc::clone(&self.inner) as Arc<Inner> as Arc<dyn Owner>
+    }
+
+    /// Calls `M`; `left` says what a response that comes after the call
+    /// timed out leaves to give back.
+    fn call_left<M: Method>(
+        &self,
+        req: &M::Request,
+        opts: CallOptions,
+        left: impl FnOnce(&M::Response) -> Leftover + Send + 'static,
+    ) -> Result<M::Response, CallError> {
+        self.inner.call_salvaged::<M>(req, opts, salvage::<M>(left))
     }
 
     /// Starts a blob of `len` bytes (zeroed for a large blob; whatever the
@@ -56,7 +70,8 @@ impl Client {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn create_large(&self, len: usize) -> Result<BlobWriter, BlobError> {
-        let info = self.call::<CreateLarge>(&(len as u64))?;
+        let info =
+            self.call_left::<CreateLarge>(&(len as u64), self.default_opts(), created_leftover)?;
         // Abandoned on the server if mapping fails.
         let blob = Unsealed::new(self.owner(), info.id);
         let (seg, map) = self.inner.session.open_large(&info)?;
@@ -79,11 +94,13 @@ impl Client {
                     }));
                 }
                 AuthorSpace::None => return Ok(None),
-                AuthorSpace::Unasked => match self.call::<AuthorPool>(&()) {
-                    Ok(info) => session.author_install(info)?,
-                    Err(CallError::QuotaExceeded(_)) => session.author_refused(),
-                    Err(e) => return Err(e.into()),
-                },
+                AuthorSpace::Unasked => {
+                    match self.call_left::<AuthorPool>(&(), self.default_opts(), author_leftover) {
+                        Ok(info) => session.author_install(info)?,
+                        Err(CallError::QuotaExceeded(_)) => session.author_refused(),
+                        Err(e) => return Err(e.into()),
+                    }
+                }
             }
         }
     }
@@ -100,7 +117,11 @@ impl Client {
     /// ```
     pub fn get(&self, h: &BlobHandle) -> Result<BlobRef, BlobError> {
         let mapped = self.inner.session.mapped(h.segment);
-        let info = self.call::<Acquire>(&(*h, mapped.is_none()))?;
+        let info = self.call_left::<Acquire>(
+            &(*h, mapped.is_none()),
+            self.default_opts(),
+            acquired_leftover(h.id),
+        )?;
         let lease = Lease::new(self.owner(), *h);
         let seg = match mapped {
             Some(m) => m,
@@ -138,7 +159,9 @@ impl Client {
     ) -> Result<Arc<SegMap>, BlobError> {
         let info = match sent {
             Some(info) => info,
-            None => self.call::<MapSegment>(&segment)?,
+            None => {
+                self.call_left::<MapSegment>(&segment, self.default_opts(), segment_leftover)?
+            }
         };
         self.inner.session.install(segment, info)
     }
@@ -285,12 +308,14 @@ impl Cache<'_> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn get(&self, key: &str) -> Result<Option<BlobRef>, BlobError> {
-        let hit = match self.client.call::<CacheGet>(&key.to_owned())? {
+        let c = self.client;
+        let found = c.call_left::<CacheGet>(&key.to_owned(), c.default_opts(), lookup_leftover)?;
+        let hit = match found {
             Lookup::Hit(hit) => hit,
             Lookup::Miss => return Ok(None),
             Lookup::OnDisk => {
                 let opts = slow_call(self.client.default_timeout());
-                match self.client.call_opts::<CacheLoad>(&key.to_owned(), opts)? {
+                match c.call_left::<CacheLoad>(&key.to_owned(), opts, loaded_leftover)? {
                     Some(hit) => hit,
                     None => return Ok(None),
                 }
@@ -460,13 +485,15 @@ impl BlobWriter {
         let Self { client, draft } = self;
         let handle = match draft.into_sealing() {
             Sealing::Small(reserved) => {
-                let r = client.call::<SealSmall>(&Sealing::small_request(&reserved));
+                let req = Sealing::small_request(&reserved);
+                let r = client.call_left::<SealSmall>(&req, client.default_opts(), sealed_leftover);
                 // Copied (or refused): the range is free again.
                 drop(reserved);
                 r?
             }
             Sealing::Large(blob) => {
-                let h = client.call::<SealLarge>(&blob.id())?;
+                let opts = client.default_opts();
+                let h = client.call_left::<SealLarge>(&blob.id(), opts, sealed_leftover)?;
                 blob.disarm();
                 h
             }

@@ -455,3 +455,61 @@ fn the_example_handler_result_is_adopted_by_the_async_client() {
         start.elapsed()
     );
 }
+
+#[test]
+fn a_get_that_times_out_gives_its_late_lease_back_with_either_client() {
+    let _turn = serial();
+    let (_dog, dir, server) = with_server("late lease", Duration::from_secs(120), &[]);
+    let observer = Client::connect(dir.socket()).unwrap();
+    let author = Client::connect(dir.socket()).unwrap();
+    let mut w = author.create(300 << 10).unwrap();
+    w.write_at(0, &[5; 300 << 10]);
+    let blob = w.seal().unwrap();
+    let short = ClientOptions {
+        timeout: Duration::from_millis(300),
+        wait: WaitMode::Sleep,
+    };
+    let sync = Client::connect_with(dir.socket(), short).unwrap();
+    let rt = runtime();
+    let asynchronous = rt
+        .block_on(AsyncClient::connect_with(dir.socket(), short))
+        .unwrap();
+    let base = stats(&observer);
+    let my_fds = fd_count(std::process::id());
+    // The server stops: both gets go out and time out unanswered.
+    signal(server.pid(), libc::SIGSTOP);
+    let e = sync.get(blob.handle()).unwrap_err();
+    assert!(
+        matches!(e.call(), Some(cradle_client::CallError::Timeout(_))),
+        "{e}"
+    );
+    let e = rt.block_on(asynchronous.get(blob.handle())).unwrap_err();
+    assert!(
+        matches!(e.call(), Some(cradle_client::CallError::Timeout(_))),
+        "{e}"
+    );
+    // It resumes and grants both leases (and sends both descriptors) to
+    // callers that are gone.
+    signal(server.pid(), libc::SIGCONT);
+    assert_eq!(
+        sync.call::<ipc_rpc::builtin::Ping>(&vec![1]).unwrap(),
+        vec![1],
+        "the sync client reads the late answer with its next call"
+    );
+    let mut last = None;
+    let back = eventually(Duration::from_secs(10), || {
+        let s = stats(&observer);
+        let fds = fd_count(std::process::id());
+        last = Some((s.leases, fds));
+        s.leases == base.leases && fds == my_fds
+    });
+    assert!(
+        back,
+        "(leases, our fds) {last:?}, baseline ({}, {my_fds})",
+        base.leases
+    );
+    // Both still work.
+    assert_eq!(sync.get(blob.handle()).unwrap()[0], 5);
+    let r = rt.block_on(asynchronous.get(blob.handle())).unwrap();
+    assert_eq!(r[1000], 5);
+}
