@@ -709,3 +709,102 @@ fn open_segment(fd: OwnedFd, info: &SegmentInfo) -> Result<SegMap, BlobError> {
         Segment::open(fd, &expect).map_err(|source| BlobError::Map { segment, source })?;
     Ok(SegMap { seg, map })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipc_rpc::ErrorCode;
+    use ipc_rpc::builtin::Ping;
+
+    fn meta(kind: u16, tag: u64) -> FrameMeta {
+        FrameMeta {
+            request_id: 1,
+            tag,
+            kind,
+            flags: wire::NO_FLAGS,
+        }
+    }
+
+    #[test]
+    fn errors_cross_threads() {
+        fn send_sync<T: Send + Sync + 'static>() {}
+        send_sync::<CallError>();
+        send_sync::<BlobError>();
+        send_sync::<ConnectError>();
+    }
+
+    #[test]
+    fn a_response_is_decoded_as_the_method_called() {
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&b"echo".to_vec()).unwrap();
+        let r = interpret(
+            Ping::ID,
+            meta(wire::RESPONSE, Ping::ID),
+            &bytes,
+            decode::<Ping>,
+        );
+        assert_eq!(r.unwrap(), b"echo");
+    }
+
+    #[test]
+    fn a_response_for_another_method_is_a_protocol_error() {
+        let r = interpret(Ping::ID, meta(wire::RESPONSE, 7), &[], decode::<Ping>);
+        match r {
+            Err(CallError::Malformed(ProtocolError::WrongMethod { called, answered })) => {
+                assert_eq!((called, answered), (Ping::ID, 7));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_undecodable_response_names_the_method() {
+        // A u32 where Ping answers a vector of bytes.
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&0xFFFF_FFFFu32).unwrap();
+        match decode::<Ping>(&bytes[..2]) {
+            Err(CallError::Malformed(ProtocolError::Decode { method, .. })) => {
+                assert_eq!(method, Ping::ID)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn error_frames_become_typed_errors() {
+        let frame = RemoteError {
+            code: ErrorCode::CacheFull.to_u32(),
+            message: "held".into(),
+        };
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&frame).unwrap();
+        let r = interpret(
+            Ping::ID,
+            meta(wire::ERROR, Ping::ID),
+            &bytes,
+            decode::<Ping>,
+        );
+        assert_eq!(r.unwrap_err().code(), Some(ErrorCode::CacheFull));
+        let r = interpret(
+            Ping::ID,
+            meta(wire::ERROR, Ping::ID),
+            &[1, 2, 3],
+            decode::<Ping>,
+        );
+        assert!(matches!(
+            r,
+            Err(CallError::Malformed(ProtocolError::ErrorFrame(_)))
+        ));
+        let r = interpret(Ping::ID, meta(0x7777, Ping::ID), &[], decode::<Ping>);
+        assert!(matches!(
+            r,
+            Err(CallError::Malformed(ProtocolError::FrameKind(0x7777)))
+        ));
+    }
+
+    #[test]
+    fn blob_errors_say_what_to_do() {
+        let e = BlobError::MissingDescriptor { segment: 3 };
+        assert!(e.to_string().contains("connect again"), "{e}");
+        let e = BlobError::from(CallError::QuotaExceeded("64 leases".into()));
+        assert_eq!(e.code(), Some(ipc_rpc::ErrorCode::QuotaExceeded));
+        assert!(e.to_string().contains("64 leases"), "{e}");
+    }
+}
