@@ -74,6 +74,9 @@ struct Rx {
     broken: Option<RingError>,
 }
 
+/// A call that leaves nothing to clean up after.
+const NO_SALVAGE: Option<fn() -> Salvage> = None;
+
 /// Files a response that is not the reader's own: an orphan's is kept for
 /// its clean-up, an abandoned one dropped, any other stashed for its caller.
 /// (The fields of `Rx` but its inbox, which the frame borrows.)
@@ -375,16 +378,17 @@ impl Inner {
         let start = Instant::now();
         let deadline = start + opts.timeout;
         let id = self.submit::<M>(req, deadline, opts.wait, block)?;
-        self.receive(M::ID, id, start, deadline, opts.wait, None, f)
+        self.receive(M::ID, id, start, deadline, opts.wait, NO_SALVAGE, f)
     }
 
     /// Calls `M`; if the call times out after the request went out,
-    /// `salvage` cleans up after the late response.
+    /// `salvage` cleans up after the late response (it is made only then:
+    /// the call itself allocates nothing for it).
     pub(crate) fn call_salvaged<M: Method>(
         &self,
         req: &M::Request,
         opts: CallOptions,
-        salvage: Salvage,
+        salvage: impl FnOnce() -> Salvage,
     ) -> Result<M::Response, CallError> {
         let start = Instant::now();
         let deadline = start + opts.timeout;
@@ -501,7 +505,7 @@ impl Inner {
         start: Instant,
         deadline: Instant,
         wait: WaitMode,
-        salvage: Option<Salvage>,
+        salvage: Option<impl FnOnce() -> Salvage>,
         f: impl FnOnce(&[u8]) -> Result<R, CallError>,
     ) -> Result<R, CallError> {
         let mut rx = lock(&self.rx);
@@ -526,7 +530,7 @@ impl Inner {
         start: Instant,
         deadline: Instant,
         wait: WaitMode,
-        salvage: Option<Salvage>,
+        salvage: Option<impl FnOnce() -> Salvage>,
         f: impl FnOnce(&[u8]) -> Result<R, CallError>,
     ) -> Result<R, CallError> {
         let session = &*self.session;
@@ -567,7 +571,7 @@ impl Inner {
                         // drop it, then.
                         match salvage {
                             Some(s) => {
-                                rx.orphans.insert(id, s);
+                                rx.orphans.insert(id, s());
                             }
                             None => {
                                 rx.abandoned.insert(id);
@@ -703,7 +707,7 @@ impl<M: Method> Pending<'_, M> {
         let deadline = start + opts.timeout;
         self.client
             .inner
-            .receive(M::ID, self.id, start, deadline, opts.wait, None, f)
+            .receive(M::ID, self.id, start, deadline, opts.wait, NO_SALVAGE, f)
     }
 }
 

@@ -36,7 +36,8 @@ impl Client {
         opts: CallOptions,
         left: impl FnOnce(&M::Response) -> Leftover + Send + 'static,
     ) -> Result<M::Response, CallError> {
-        self.inner.call_salvaged::<M>(req, opts, salvage::<M>(left))
+        self.inner
+            .call_salvaged::<M>(req, opts, move || salvage::<M>(left))
     }
 
     /// Starts a blob of `len` bytes (zeroed for a large blob; whatever the
