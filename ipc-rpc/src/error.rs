@@ -176,9 +176,16 @@ pub enum CallError {
 impl fmt::Display for CallError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Timeout(d) => write!(f, "no response within {d:?}"),
-            Self::PeerDead => f.write_str("the CRADLE server died (control socket hung up)"),
-            Self::Shutdown => f.write_str("the CRADLE server shut down"),
+            Self::Timeout(d) => write!(
+                f,
+                "no response within {d:?}; the server is busy or stopped: retry, or give the call a longer timeout"
+            ),
+            Self::PeerDead => f.write_str(
+                "the CRADLE server died (its control socket hung up); start it again and connect a new client",
+            ),
+            Self::Shutdown => f.write_str(
+                "the CRADLE server shut down; connect a new client once it runs again",
+            ),
             Self::RingFull => {
                 f.write_str("request ring full; retry, or use call() to wait for room")
             }
