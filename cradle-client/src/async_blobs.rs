@@ -397,7 +397,7 @@ pub struct AsyncBlobWriter {
 
 impl fmt::Debug for AsyncBlobWriter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.draft.fmt(f)
+        self.draft.debug("AsyncBlobWriter", f)
     }
 }
 

@@ -271,9 +271,10 @@ impl Sealing {
     }
 }
 
-impl fmt::Debug for Draft {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BlobWriter")
+impl Draft {
+    /// `Debug` for the writer type `name` that wraps this draft.
+    pub(crate) fn debug(&self, name: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct(name)
             .field("len", &self.len)
             .field("large", &self.is_large())
             .finish()

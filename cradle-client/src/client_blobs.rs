@@ -377,7 +377,7 @@ pub struct BlobWriter {
 
 impl fmt::Debug for BlobWriter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.draft.fmt(f)
+        self.draft.debug("BlobWriter", f)
     }
 }
 
