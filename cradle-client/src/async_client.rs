@@ -15,30 +15,33 @@
 //! The session is opened with `HELLO_WAKE_EVENTFD`: the server wakes this
 //! client by writing an eventfd of ours instead of a futex, so no thread ever
 //! blocks on a futex for it. Dropping a call's future removes its entry; a late
-//! response is then discarded by the driver.
+//! response is then discarded by the driver, after giving back what it
+//! granted (a lease, a new large blob, a descriptor) for the calls that
+//! carry a [`Salvage`].
+//!
+//! The handshake, the liveness state, the descriptor grants and the blob
+//! mappings are the session core's (`session.rs`), shared with the sync
+//! client.
 
-use crate::client::{CallOptions, ClientOptions, Opened, interpret, open};
 use crate::error::ConnectError;
-use crate::fork;
-use ipc_core::doorbell::{Doorbell, WaitMode};
+use crate::options::{CallOptions, ClientOptions};
+use crate::session::{self, DEAD, Owner, Salvage, Session, SocketState, interpret, lock};
+use ipc_core::doorbell::WaitMode;
 use ipc_core::ring::{Consumer, FrameMeta, Producer, RingMemory, RingRegion};
-use ipc_core::sync::{AtomicU32, AtomicUsize, Atomics, Ordering, StdAtomics};
-use ipc_rpc::handshake::{self, Goodbye, HELLO_WAKE_EVENTFD};
+use ipc_core::sync::{AtomicBool, AtomicU32, AtomicUsize, Atomics, Ordering, StdAtomics};
+use ipc_rpc::blob::{Release, ReleaseBatch};
+use ipc_rpc::handshake::HELLO_WAKE_EVENTFD;
 use ipc_rpc::idmap::IdMap;
-use ipc_rpc::{CallError, Inbox, Method, Outbox, SendError, Wire, wire};
+use ipc_rpc::{CallError, Inbox, Method, Outbox, ProtocolError, SendError, Wire, wire};
 use rkyv::util::AlignedVec;
 use std::fmt;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{Notify, oneshot};
-
-const ALIVE: u32 = 0;
-const DEAD: u32 = 1;
-const SHUTDOWN: u32 = 2;
 
 /// How long the driver keeps re-polling (yielding to other tasks) after the
 /// last response before it declares itself asleep.
@@ -69,7 +72,7 @@ type Reply = Result<(FrameMeta, AlignedVec<16>), CallError>;
 /// ```
 #[derive(Clone)]
 pub struct AsyncClient {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     _driver: Arc<AbortOnDrop>,
 }
 
@@ -81,11 +84,17 @@ impl Drop for AbortOnDrop {
     }
 }
 
-struct Shared {
-    opened: Opened,
-    state: AtomicU32,
-    fork_gen: u64,
-    opts: ClientOptions,
+/// Who waits for a response.
+enum Waiter {
+    /// A call's future.
+    Call(oneshot::Sender<Reply>),
+    /// Nobody (the future was dropped): clean up after the response.
+    Orphan(Salvage),
+}
+
+pub(crate) struct Shared {
+    pub(crate) session: Session,
+    pub(crate) opts: ClientOptions,
     tx: Mutex<Tx>,
     /// FIFO turns for senders that must wait for ring room.
     turn: tokio::sync::Mutex<()>,
@@ -94,7 +103,10 @@ struct Shared {
     slow: AtomicUsize,
     /// Signalled by the driver whenever it wakes: ring room may have appeared.
     space: Notify,
-    pending: Mutex<IdMap<oneshot::Sender<Reply>>>,
+    pending: Mutex<IdMap<Waiter>>,
+    /// Releases went back into the queue for want of ring room: the
+    /// driver sends them once responses free some.
+    release_backlog: AtomicBool,
     /// The response ring. The driver drains it; a call that spins drains it
     /// too (with `try_lock`), completing whichever calls it finds answered.
     inbox: Mutex<Inbox<RingRegion>>,
@@ -108,7 +120,7 @@ struct Tx {
 impl fmt::Debug for AsyncClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AsyncClient")
-            .field("session_id", &self.shared.opened.welcome.session_id)
+            .field("session_id", &self.shared.session.welcome.session_id)
             .finish()
     }
 }
@@ -122,36 +134,81 @@ impl AsRawFd for Fd {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section leaves the state consistent (single stores).
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Shared {
     fn state_error(&self) -> Option<CallError> {
-        // Acquire pairs with the Release store in `fail_all`.
-        match self.state.load(Ordering::Acquire) {
-            ALIVE => None,
-            SHUTDOWN => Some(CallError::Shutdown),
-            _ => Some(CallError::PeerDead),
-        }
+        self.session.state_error()
     }
 
-    fn wake_server(&self) {
-        Doorbell::<StdAtomics>::new(self.opened.req.data_seq(), self.opened.waiting_word())
-            .ring(&self.opened.bell);
-    }
-
-    /// Marks the session gone and fails every pending call.
-    fn fail_all(&self, state: u32, err: impl Fn() -> CallError) {
-        // Release pairs with the Acquire load in `state_error`; stored before
-        // the map is drained, so a call that registers after the drain sees it.
-        self.state.store(state, Ordering::Release);
+    /// Fails every pending call with the session's final state (the state
+    /// is set before the map is drained, so a call that registers after the
+    /// drain sees it).
+    fn fail_all(&self) {
         let drained: Vec<_> = lock(&self.pending).drain().collect();
-        for (_, tx) in drained {
-            let _ = tx.send(Err(err()));
+        for (_, w) in drained {
+            if let Waiter::Call(tx) = w {
+                let err = self.state_error().unwrap_or(CallError::PeerDead);
+                let _ = tx.send(Err(err));
+            }
         }
         self.space.notify_waiters();
+    }
+
+    /// The response ring is corrupt: the session is dead; every call fails
+    /// with what was found.
+    fn fail_corrupt(&self, e: &ipc_core::ring::RingError) {
+        self.session.set_state(DEAD);
+        let drained: Vec<_> = lock(&self.pending).drain().collect();
+        for (_, w) in drained {
+            if let Waiter::Call(tx) = w {
+                let _ = tx.send(Err(CallError::Malformed(ProtocolError::Ring(e.clone()))));
+            }
+        }
+        self.space.notify_waiters();
+    }
+
+    /// Publishes a request nobody waits for; `false` if the ring has no
+    /// room now (or the session cannot send).
+    fn publish_unanswered<T: Wire>(&self, tag: u64, req: &T) -> bool {
+        if self.session.check().is_err() {
+            return true;
+        }
+        let mut tx = lock(&self.tx);
+        let id = tx.next_id;
+        tx.next_id += 1;
+        let meta = FrameMeta {
+            request_id: id,
+            tag,
+            kind: wire::REQUEST,
+            flags: wire::NO_FLAGS,
+        };
+        match tx.outbox.try_send(meta, req) {
+            Ok(()) => {
+                drop(tx);
+                self.session.wake_server();
+                true
+            }
+            Err(SendError::Full { .. }) => false,
+            // Nothing to retry: the batch cannot go (a broken ring).
+            Err(_) => true,
+        }
+    }
+}
+
+impl Owner for Shared {
+    fn session(&self) -> &Session {
+        &self.session
+    }
+
+    fn send_release(&self, batch: ReleaseBatch) {
+        // Fire and forget: the driver discards the answer (no call waits
+        // for its id). Never waits: this runs in `Drop`, maybe in the
+        // driver itself.
+        if !self.publish_unanswered(Release::ID, &batch) {
+            self.session.requeue(batch);
+            // Relaxed: a hint the driver reads after its next frames; the
+            // queue itself is behind a mutex.
+            self.release_backlog.store(true, Ordering::Relaxed);
+        }
     }
 }
 
@@ -192,17 +249,40 @@ impl Drop for Armed<'_> {
     }
 }
 
-/// Removes a call's entry if its future is dropped before the response.
+/// A call's entry in the pending map, and its end of the hand-off. If the
+/// call's future is dropped before the response, the entry goes, or, for a
+/// call with a [`Salvage`] whose request was sent, becomes an orphan that
+/// cleans up after the response when it comes.
 struct Registration<'a> {
     shared: &'a Shared,
     id: u64,
+    reply: oneshot::Receiver<Reply>,
+    salvage: Option<Salvage>,
+    /// The request is in the ring.
+    sent: bool,
     armed: bool,
 }
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        if self.armed {
-            lock(&self.shared.pending).remove(&self.id);
+        if !self.armed {
+            return;
+        }
+        let salvage = if self.sent { self.salvage.take() } else { None };
+        let mut pending = lock(&self.shared.pending);
+        let was_waiting = pending.remove(&self.id).is_some();
+        match salvage {
+            Some(s) if was_waiting => {
+                pending.insert(self.id, Waiter::Orphan(s));
+            }
+            Some(s) => {
+                drop(pending);
+                // Delivered while we were being dropped: clean up now.
+                if let Ok(Ok((meta, bytes))) = self.reply.try_recv() {
+                    s(self.shared, meta, &bytes);
+                }
+            }
+            None => {}
         }
     }
 }
@@ -210,34 +290,53 @@ impl Drop for Registration<'_> {
 impl AsyncClient {
     /// Connects to the server at `path` (must be called inside a tokio
     /// runtime; the handshake runs on the blocking pool).
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = cradle_client::AsyncClient::connect("/run/user/1000/cradle.sock").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(path: impl AsRef<Path>) -> Result<Self, ConnectError> {
         Self::connect_with(path, ClientOptions::default()).await
     }
 
     /// Connects to `CRADLE_SOCKET`, else the default socket path.
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = cradle_client::AsyncClient::connect_default().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect_default() -> Result<Self, ConnectError> {
-        Self::connect(crate::default_socket_path()).await
+        Self::connect(session::default_socket_path()).await
     }
 
     /// Connects with explicit options. `opts.wait` decides how a call waits:
     /// `Spin` busy-polls the response ring for up to 1 ms, `SpinThenSleep(d)`
     /// for `d` (capped at 1 ms), then the call awaits the driver; `Sleep`
     /// awaits at once, and the driver then sleeps right after each burst.
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use cradle_client::{AsyncClient, ClientOptions, WaitMode};
+    ///
+    /// let opts = ClientOptions { wait: WaitMode::Sleep, ..ClientOptions::default() };
+    /// let client = AsyncClient::connect_with(cradle_client::default_socket_path(), opts).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect_with(
         path: impl AsRef<Path>,
         opts: ClientOptions,
     ) -> Result<Self, ConnectError> {
         let path: PathBuf = path.as_ref().to_path_buf();
-        let opened = tokio::task::spawn_blocking(move || open(&path, HELLO_WAKE_EVENTFD))
-            .await
-            .map_err(|e| ConnectError::Protocol(format!("handshake task: {e}")))??;
-        let wake = opened
-            .wake
-            .as_ref()
-            .ok_or_else(|| ConnectError::Protocol("no wake descriptor".into()))?
-            .try_clone()?;
+        let (session, wake) =
+            tokio::task::spawn_blocking(move || Session::open(&path, HELLO_WAKE_EVENTFD))
+                .await
+                .map_err(|e| ConnectError::Io(std::io::Error::other(e)))??;
+        // `Session::open` checked that the Welcome came with it.
+        let wake: OwnedFd = wake.ok_or(crate::error::HandshakeError::Descriptors {
+            expected: 4,
+            got: 3,
+        })?;
         rustix::io::ioctl_fionbio(&wake, true).map_err(std::io::Error::from)?;
-        let sock = opened.socket.try_clone()?;
+        let sock = session.socket.try_clone()?;
         // SAFETY: `Fd` owns its descriptor (an `OwnedFd` duplicated above): it is
         // open, stays open and refers to the same file description until the
         // `AsyncFd` drops it, and `as_raw_fd` always returns that descriptor.
@@ -251,14 +350,12 @@ impl AsyncClient {
         // another process); nothing else in this process touches the regions.
         let (producer, consumer) = unsafe {
             (
-                Producer::attach(opened.req.clone()),
-                Consumer::attach(opened.resp.clone()),
+                Producer::attach(session.req.clone()),
+                Consumer::attach(session.resp.clone()),
             )
         };
         let shared = Arc::new(Shared {
-            opened,
-            state: AtomicU32::new(ALIVE),
-            fork_gen: fork::generation(),
+            session,
             opts,
             tx: Mutex::new(Tx {
                 outbox: Outbox::new(producer),
@@ -268,6 +365,7 @@ impl AsyncClient {
             slow: AtomicUsize::new(0),
             space: Notify::new(),
             pending: Mutex::new(IdMap::default()),
+            release_backlog: AtomicBool::new(false),
             inbox: Mutex::new(Inbox::new(consumer)),
         });
         let driver = tokio::spawn(drive(Arc::clone(&shared), wake, sock));
@@ -278,37 +376,84 @@ impl AsyncClient {
     }
 
     /// This session's id.
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = cradle_client::AsyncClient::connect_default().await?;
+    /// println!("session {}", client.session_id());
+    /// # Ok(()) }
+    /// ```
     pub fn session_id(&self) -> u64 {
-        self.shared.opened.welcome.session_id
+        self.shared.session.welcome.session_id
     }
 
     /// The largest request payload one call can carry.
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = cradle_client::AsyncClient::connect_default().await?;
+    /// let data = vec![0u8; 1 << 20];
+    /// if data.len() > client.max_message() {
+    ///     // send it as a blob instead
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn max_message(&self) -> usize {
-        ipc_core::ring::max_payload_len(self.shared.opened.welcome.ring_capacity as usize)
+        ipc_core::ring::max_payload_len(self.shared.session.welcome.ring_capacity as usize)
     }
 
     /// Calls `M`, waiting at most the client's default timeout (30 s). The
     /// future may be dropped at any time (`select!`, `timeout`): the client
     /// stays usable and the late response is discarded.
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use ipc_rpc::builtin::Ping;
+    ///
+    /// let client = cradle_client::AsyncClient::connect_default().await?;
+    /// let echo = client.call::<Ping>(&b"hi".to_vec()).await?;
+    /// // Or race it against something else: dropping the loser is fine.
+    /// let req = vec![1];
+    /// tokio::select! {
+    ///     r = client.call::<Ping>(&req) => { r?; }
+    ///     _ = tokio::time::sleep(std::time::Duration::from_millis(5)) => {}
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn call<M: Method>(&self, req: &M::Request) -> Result<M::Response, CallError> {
         self.call_timeout::<M>(req, self.shared.opts.timeout).await
     }
 
     /// Calls `M` with its own deadline.
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use ipc_rpc::builtin::Ping;
+    /// use std::time::Duration;
+    ///
+    /// let client = cradle_client::AsyncClient::connect_default().await?;
+    /// client.call_timeout::<Ping>(&vec![], Duration::from_millis(100)).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn call_timeout<M: Method>(
         &self,
         req: &M::Request,
         timeout: Duration,
     ) -> Result<M::Response, CallError> {
-        let decode = |b: &[u8]| {
-            <M::Response as Wire>::decode(b).map_err(|e| CallError::Malformed(e.to_string()))
-        };
-        self.round_trip::<M, _>(req, timeout, decode).await
+        self.round_trip::<M, _>(req, timeout, None, session::decode::<M>)
+            .await
     }
 
     /// Same as [`call_timeout`](Self::call_timeout) with [`CallOptions`]
     /// (its `timeout`; the wait mode is the client's, see
     /// [`connect_with`](Self::connect_with)).
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use cradle_client::{CallOptions, WaitMode};
+    /// use ipc_rpc::builtin::Ping;
+    /// use std::time::Duration;
+    ///
+    /// let client = cradle_client::AsyncClient::connect_default().await?;
+    /// let opts = CallOptions { timeout: Duration::from_secs(1), wait: WaitMode::Sleep };
+    /// client.call_opts::<Ping>(&vec![], opts).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn call_opts<M: Method>(
         &self,
         req: &M::Request,
@@ -319,17 +464,34 @@ impl AsyncClient {
 
     /// Calls `M` and hands the validated, archived response to `f` without
     /// deserializing it (no allocation for the response's contents).
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use ipc_rpc::builtin::Ping;
+    ///
+    /// let client = cradle_client::AsyncClient::connect_default().await?;
+    /// let n = client.call_with::<Ping, _>(&vec![7; 100], |echo| echo.len()).await?;
+    /// assert_eq!(n, 100);
+    /// # Ok(()) }
+    /// ```
     pub async fn call_with<M: Method, R>(
         &self,
         req: &M::Request,
         f: impl FnOnce(&<M::Response as Wire>::Archived) -> R,
     ) -> Result<R, CallError> {
-        let access = |b: &[u8]| {
-            <M::Response as Wire>::access(b)
-                .map(f)
-                .map_err(|e| CallError::Malformed(e.to_string()))
-        };
-        self.round_trip::<M, _>(req, self.shared.opts.timeout, access)
+        let access = |b: &[u8]| session::access::<M, R>(b, f);
+        self.round_trip::<M, _>(req, self.shared.opts.timeout, None, access)
+            .await
+    }
+
+    /// Calls `M`; if the future is dropped (or times out) after the request
+    /// went out, `salvage` cleans up after the late response.
+    pub(crate) async fn call_salvaged<M: Method>(
+        &self,
+        req: &M::Request,
+        timeout: Duration,
+        salvage: Salvage,
+    ) -> Result<M::Response, CallError> {
+        self.round_trip::<M, _>(req, timeout, Some(salvage), session::decode::<M>)
             .await
     }
 
@@ -340,19 +502,14 @@ impl AsyncClient {
         &self,
         req: &M::Request,
         timeout: Duration,
+        salvage: Option<Salvage>,
         f: impl FnOnce(&[u8]) -> Result<R, CallError>,
     ) -> Result<R, CallError> {
         let sh = &*self.shared;
         let start = Instant::now();
         let deadline = start + timeout;
-        if fork::generation() != sh.fork_gen {
-            return Err(CallError::Forked);
-        }
-        if let Some(e) = sh.state_error() {
-            return Err(e);
-        }
-        let (reply_tx, mut reply_rx) = oneshot::channel();
-        let mut reg = self.publish::<M>(req, reply_tx, start, deadline).await?;
+        sh.session.check()?;
+        let mut reg = self.publish::<M>(req, salvage, start, deadline).await?;
         // Spin first (per the wait mode), reading the ring ourselves as the
         // sync client does; then leave the wait to the driver.
         let spin = match sh.opts.wait {
@@ -363,7 +520,7 @@ impl AsyncClient {
         .min(deadline.saturating_duration_since(start));
         let mut f = Some(f);
         if !spin.is_zero() {
-            match spin_for_reply(sh, reg.id, &mut reply_rx, spin, M::ID, &mut f) {
+            match spin_for_reply(sh, reg.id, &mut reg.reply, spin, M::ID, &mut f) {
                 Spun::Mine(r) => {
                     reg.armed = false;
                     return r;
@@ -372,19 +529,19 @@ impl AsyncClient {
                     reg.armed = false;
                     let (meta, bytes) = r?;
                     let f = f.take().expect("f is used once");
-                    return interpret(M::ID, meta, &bytes, f);
+                    return session::interpret(M::ID, meta, &bytes, f);
                 }
                 Spun::Nothing => {}
             }
         }
-        let reply = match tokio::time::timeout_at(deadline.into(), reply_rx).await {
+        let reply = match tokio::time::timeout_at(deadline.into(), &mut reg.reply).await {
             Ok(r) => r.map_err(|_| sh.state_error().unwrap_or(CallError::PeerDead)),
             Err(_) => return Err(CallError::Timeout(start.elapsed())),
         };
         reg.armed = false;
         let (meta, bytes) = reply??;
         let f = f.take().expect("f is used once");
-        interpret(M::ID, meta, &bytes, f)
+        session::interpret(M::ID, meta, &bytes, f)
     }
 
     /// Registers the call and publishes its request, waiting (fairly, in FIFO
@@ -392,7 +549,7 @@ impl AsyncClient {
     async fn publish<M: Method>(
         &self,
         req: &M::Request,
-        reply: oneshot::Sender<Reply>,
+        salvage: Option<Salvage>,
         start: Instant,
         deadline: Instant,
     ) -> Result<Registration<'_>, CallError> {
@@ -403,10 +560,14 @@ impl AsyncClient {
             tx.next_id += 1;
             id
         };
-        lock(&sh.pending).insert(id, reply);
-        let reg = Registration {
+        let (reply_tx, reply) = oneshot::channel();
+        lock(&sh.pending).insert(id, Waiter::Call(reply_tx));
+        let mut reg = Registration {
             shared: sh,
             id,
+            reply,
+            salvage,
+            sent: false,
             armed: true,
         };
         // A death after our insert is seen here (see `fail_all`).
@@ -423,6 +584,7 @@ impl AsyncClient {
         // Relaxed: a hint; a sender that misses a fresh waiter only gets ahead
         // of it once.
         if sh.slow.load(Ordering::Relaxed) == 0 && self.try_publish(meta, req)?.is_none() {
+            reg.sent = true;
             return Ok(reg);
         }
         // Slow path: wait for a turn and for room, within the deadline (the
@@ -440,7 +602,7 @@ impl AsyncClient {
                 let notified = sh.space.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                let armed = Armed::new(sh.opened.req.space_waiting());
+                let armed = Armed::new(sh.session.req.space_waiting());
                 // The SeqCst fence of the doorbell protocol (docs/design.md §6):
                 // pairs with the server's fence after it stores `head`.
                 StdAtomics::fence(Ordering::SeqCst);
@@ -459,7 +621,10 @@ impl AsyncClient {
             }
         };
         match tokio::time::timeout_at(deadline.into(), slow).await {
-            Ok(Ok(())) => Ok(reg),
+            Ok(Ok(())) => {
+                reg.sent = true;
+                Ok(reg)
+            }
             Ok(Err(e)) => Err(e),
             Err(_) => Err(CallError::Timeout(start.elapsed())),
         }
@@ -472,13 +637,13 @@ impl AsyncClient {
         let r = lock(&sh.tx).outbox.try_send(meta, req);
         match r {
             Ok(()) => {
-                sh.wake_server();
+                sh.session.wake_server();
                 Ok(None)
             }
             Err(SendError::Full { need }) => Ok(Some(need)),
             Err(SendError::TooLarge { len, max }) => Err(CallError::MessageTooLarge { len, max }),
-            Err(SendError::Encode(e)) => Err(CallError::Encode(e.to_string())),
-            Err(SendError::Ring(e)) => Err(CallError::Malformed(e.to_string())),
+            Err(SendError::Encode(e)) => Err(CallError::Encode(e)),
+            Err(SendError::Ring(e)) => Err(CallError::Malformed(ProtocolError::Ring(e))),
         }
     }
 }
@@ -495,8 +660,7 @@ fn complete_all(shared: &Shared, inbox: &mut Inbox<RingRegion>) -> Result<bool, 
             }
             Ok(None) => return Ok(got),
             Err(e) => {
-                let m = format!("response ring: {e}");
-                shared.fail_all(DEAD, || CallError::Malformed(m.clone()));
+                shared.fail_corrupt(&e);
                 return Err(());
             }
         }
@@ -506,7 +670,7 @@ fn complete_all(shared: &Shared, inbox: &mut Inbox<RingRegion>) -> Result<bool, 
 /// Wakes senders waiting for request-ring room if one is armed. Relaxed: a
 /// hint; the sender re-checks the room itself after being notified.
 fn notify_space(shared: &Shared) {
-    if shared.opened.req.space_waiting().load(Ordering::Relaxed) != 0 {
+    if shared.session.req.space_waiting().load(Ordering::Relaxed) != 0 {
         shared.space.notify_waiters();
     }
 }
@@ -555,15 +719,14 @@ fn spin_for_reply<R, F: FnOnce(&[u8]) -> Result<R, CallError>>(
                     Ok(Some(msg)) => deliver(sh, msg),
                     Ok(None) => break,
                     Err(e) => {
-                        let m = format!("response ring: {e}");
-                        sh.fail_all(DEAD, || CallError::Malformed(m.clone()));
+                        sh.fail_corrupt(&e);
                         return Spun::Nothing;
                     }
                 }
             }
-            let cap = sh.opened.welcome.ring_capacity as u64;
+            let cap = sh.session.welcome.ring_capacity as u64;
             if inbox.consumer().unreleased() > cap / 4 {
-                inbox.consumer().release_and_notify(&sh.opened.bell);
+                inbox.consumer().release_and_notify(&sh.session.bell);
             }
             if let Some(r) = mine {
                 return Spun::Mine(r);
@@ -578,16 +741,26 @@ fn spin_for_reply<R, F: FnOnce(&[u8]) -> Result<R, CallError>>(
     }
 }
 
-/// Hands a response to its call (copying it out of the ring), or drops it if
-/// the call is gone.
+/// Hands a response to its call (copying it out of the ring), cleans up
+/// after it if its call was dropped, or drops it if nobody waits for it.
 fn deliver(sh: &Shared, msg: ipc_rpc::Message<'_>) {
-    let tx = lock(&sh.pending).remove(&msg.meta.request_id);
-    if let Some(tx) = tx {
-        let mut copy = AlignedVec::<16>::with_capacity(msg.bytes.len());
-        copy.extend_from_slice(msg.bytes);
-        let _ = tx.send(Ok((msg.meta, copy)));
+    let mut pending = lock(&sh.pending);
+    match pending.remove(&msg.meta.request_id) {
+        Some(Waiter::Call(tx)) => {
+            let mut copy = AlignedVec::<16>::with_capacity(msg.bytes.len());
+            copy.extend_from_slice(msg.bytes);
+            // Sent under the lock: a call whose future is being dropped
+            // (`Registration::drop`, which takes the lock) either still
+            // finds its entry, or finds the response in its receiver.
+            let _ = tx.send(Ok((msg.meta, copy)));
+        }
+        Some(Waiter::Orphan(s)) => {
+            drop(pending);
+            s(sh, msg.meta, msg.bytes);
+        }
+        // No entry: the call was dropped, or nobody waits (a release).
+        None => {}
     }
-    // No entry: the call was dropped; its response is discarded.
 }
 
 /// The driver task: completes calls from the response ring, sleeps on the
@@ -606,10 +779,17 @@ async fn drive(shared: Arc<Shared>, wake: AsyncFd<Fd>, sock: AsyncFd<Fd>) {
                 return;
             };
             if got {
-                inbox.consumer().release_and_notify(&shared.opened.bell);
+                inbox.consumer().release_and_notify(&shared.session.bell);
             }
             got
         };
+        // Relaxed: see `send_release`.
+        if got && shared.release_backlog.swap(false, Ordering::Relaxed) {
+            let batch = shared.session.take_releases();
+            if !batch.leases.is_empty() || !batch.aborted.is_empty() {
+                shared.send_release(batch);
+            }
+        }
         if got {
             last_frame = Instant::now();
             // While we stay busy we never reach the sleep below, where waiting
@@ -619,6 +799,8 @@ async fn drive(shared: Arc<Shared>, wake: AsyncFd<Fd>, sock: AsyncFd<Fd>) {
             continue;
         }
         if shared.state_error().is_some() {
+            // Gone, seen by a call that read the control socket.
+            shared.fail_all();
             return;
         }
         // Stay awake a little after the last frame (yielding to other tasks),
@@ -632,12 +814,12 @@ async fn drive(shared: Arc<Shared>, wake: AsyncFd<Fd>, sock: AsyncFd<Fd>) {
         // Sleep: declare it, fence, re-check (docs/design.md §6), then await.
         lock(&shared.inbox)
             .consumer()
-            .release_and_notify(&shared.opened.bell);
-        let waiting = shared.opened.resp.data_waiting();
+            .release_and_notify(&shared.session.bell);
+        let waiting = shared.session.resp.data_waiting();
         // Relaxed + the fence: pairs with the server's fence after its commit.
         waiting.store(1, Ordering::Relaxed);
         StdAtomics::fence(Ordering::SeqCst);
-        let mut gone = None;
+        let mut gone = false;
         if !lock(&shared.inbox).consumer().has_frame() {
             tokio::select! {
                 r = wake.readable() => {
@@ -650,24 +832,22 @@ async fn drive(shared: Arc<Shared>, wake: AsyncFd<Fd>, sock: AsyncFd<Fd>) {
                     if let Ok(mut g) = r {
                         g.clear_ready();
                     }
-                    gone = peer_state(sock.get_ref());
+                    // Descriptor grants are kept for the calls that expect
+                    // them; a goodbye or the end of the stream ends the session.
+                    gone = shared.session.read_socket() != SocketState::Quiet
+                        || shared.state_error().is_some();
                 }
             }
         }
         // Relaxed: the flag is ours; set again before the next sleep.
         waiting.store(0, Ordering::Relaxed);
-        if let Some(state) = gone {
+        if gone {
             // The server publishes its last responses before it says goodbye
             // or dies: complete them first, then fail the rest.
             if complete_all(&shared, &mut lock(&shared.inbox)).is_err() {
                 return;
             }
-            let err = if state == SHUTDOWN {
-                || CallError::Shutdown
-            } else {
-                || CallError::PeerDead
-            };
-            shared.fail_all(state, err);
+            shared.fail_all();
             return;
         }
         last_frame = Instant::now();
@@ -680,21 +860,4 @@ fn drain_eventfd(fd: &Fd) {
     let mut buf = [0u8; 8];
     // Non-blocking: one read resets the counter; EAGAIN means it was empty.
     let _ = rustix::io::read(&fd.0, &mut buf);
-}
-
-/// What a readable control socket says: `Some(SHUTDOWN)` on a Goodbye,
-/// `Some(DEAD)` on EOF or an error, `None` if nothing conclusive.
-fn peer_state(fd: &Fd) -> Option<u32> {
-    let mut buf = [0u8; size_of::<Goodbye>()];
-    match rustix::net::recv(fd.0.as_fd(), &mut buf, rustix::net::RecvFlags::DONTWAIT) {
-        Ok((n, _))
-            if n == buf.len()
-                && bytemuck::pod_read_unaligned::<Goodbye>(&buf).magic
-                    == handshake::GOODBYE_MAGIC =>
-        {
-            Some(SHUTDOWN)
-        }
-        Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => None,
-        _ => Some(DEAD),
-    }
 }

@@ -1,64 +1,20 @@
 //! The synchronous client.
 
-use crate::blob::{BlobState, Grants, SocketState, drain_socket};
 use crate::error::ConnectError;
-use crate::fork;
-use ipc_core::doorbell::{Doorbell, EventFd, Futex, WaitMode, Waker};
-use ipc_core::ring::{Consumer, FrameMeta, Producer, RingError, RingMemory, RingRegion};
-use ipc_core::shm::{Access, Mapping, OpenExpect, Seals, Segment};
-use ipc_core::sync::{AtomicU32, Ordering, StdAtomics};
-use ipc_rpc::handshake::{self, Hello, Welcome};
+use crate::options::{CallOptions, ClientOptions};
+use crate::session::{self, DEAD, Owner, Salvage, Session, SocketState, lock};
+use ipc_core::doorbell::{Doorbell, EventFd, Futex, WaitMode};
+use ipc_core::ring::{Consumer, FrameMeta, Producer, RingError, RingRegion};
+use ipc_core::sync::StdAtomics;
+use ipc_rpc::blob::{Release, ReleaseBatch};
 use ipc_rpc::idmap::{IdMap, IdSet};
-use ipc_rpc::session::{
-    self, LAYOUT_VERSION, SESSION_KIND, SESSION_MAGIC, STATUS_KIND, STATUS_MAGIC,
-};
-use ipc_rpc::{CallError, Inbox, Method, Outbox, RemoteError, SendError, Wire, wire};
+use ipc_rpc::{CallError, Inbox, Method, Outbox, ProtocolError, SendError, Wire, wire};
 use rkyv::util::AlignedVec;
 use std::fmt;
-use std::io;
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// How long a call waits for its response unless told otherwise.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long `connect` waits for the handshake.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-const ALIVE: u32 = 0;
-const DEAD: u32 = 1;
-const SHUTDOWN: u32 = 2;
-
-/// Options of a client; [`Default`] gives a 30 s call timeout and
-/// spin-then-sleep waits.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientOptions {
-    /// Default deadline of a call, from its start.
-    pub timeout: Duration,
-    /// Default way to wait for a response or for ring space.
-    pub wait: WaitMode,
-}
-
-impl Default for ClientOptions {
-    fn default() -> Self {
-        Self {
-            timeout: DEFAULT_TIMEOUT,
-            wait: WaitMode::default(),
-        }
-    }
-}
-
-/// Per-call options.
-#[derive(Debug, Clone, Copy)]
-pub struct CallOptions {
-    /// Deadline of this call, from its start.
-    pub timeout: Duration,
-    /// How this call waits.
-    pub wait: WaitMode,
-}
 
 /// A connection to the CRADLE server: one session, with its own request and
 /// response rings in shared memory.
@@ -70,38 +26,31 @@ pub struct CallOptions {
 ///
 /// Calls check that they run in the process that connected: after `fork`, the
 /// child gets [`CallError::Forked`] and must connect its own client.
+///
+/// ```no_run
+/// use cradle_client::Client;
+/// use ipc_rpc::builtin::Ping;
+///
+/// let client = Client::connect_default()?;
+/// std::thread::scope(|s| {
+///     for _ in 0..4 {
+///         s.spawn(|| client.call::<Ping>(&b"hi".to_vec()));
+///     }
+/// });
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Client {
     pub(crate) inner: Arc<Inner>,
 }
 
 pub(crate) struct Inner {
+    pub(crate) session: Arc<Session>,
     tx: Mutex<Tx>,
     rx: Mutex<Rx>,
-    pub(crate) link: Arc<Link>,
-    fork_gen: u64,
     opts: ClientOptions,
-    welcome: Welcome,
     watcher: Option<std::thread::JoinHandle<()>>,
-    /// Mapped segments, the author pool, queued releases.
-    pub(crate) blobs: BlobState,
-}
-
-/// What the watcher thread shares with the client.
-pub(crate) struct Link {
-    state: AtomicU32,
-    req: RingRegion,
-    resp: RingRegion,
-    /// The status segment (read-only), for the worker's `waiting` word.
-    status: Mapping,
-    waiting_offset: usize,
-    /// The session's doorbell: writing it wakes the server's worker.
-    eventfd: EventFd,
-    pub(crate) socket: OwnedFd,
-    /// Descriptors read from the socket, by segment (by the watcher or by
-    /// the caller that expects one).
-    pub(crate) grants: Mutex<Grants>,
     /// Written by `Drop` to stop the watcher.
-    stop: EventFd,
+    stop: Arc<EventFd>,
 }
 
 struct Tx {
@@ -115,119 +64,113 @@ struct Rx {
     stash: IdMap<(FrameMeta, AlignedVec<16>)>,
     /// Requests whose `Pending` was dropped: their responses are discarded.
     abandoned: IdSet,
+    /// Calls that timed out and left a salvage: their responses, when they
+    /// come, are cleaned up after (a lease given back, a descriptor closed).
+    orphans: IdMap<Salvage>,
+    /// Orphans' responses read, to clean up after once the lock is let go
+    /// (cleaning up may send a request, which may wait for ring room).
+    salvaged: Vec<(Salvage, FrameMeta, AlignedVec<16>)>,
     /// The response ring is corrupt: every call fails.
-    broken: Option<String>,
+    broken: Option<RingError>,
+}
+
+/// A call that leaves nothing to clean up after.
+const NO_SALVAGE: Option<fn() -> Salvage> = None;
+
+/// Files a response that is not the reader's own: an orphan's is kept for
+/// its clean-up, an abandoned one dropped, any other stashed for its caller.
+/// (The fields of `Rx` but its inbox, which the frame borrows.)
+fn file(
+    stash: &mut IdMap<(FrameMeta, AlignedVec<16>)>,
+    abandoned: &mut IdSet,
+    orphans: &mut IdMap<Salvage>,
+    salvaged: &mut Vec<(Salvage, FrameMeta, AlignedVec<16>)>,
+    meta: FrameMeta,
+    bytes: &[u8],
+) {
+    let id = meta.request_id;
+    let copy = || {
+        let mut copy = AlignedVec::<16>::with_capacity(bytes.len());
+        copy.extend_from_slice(bytes);
+        copy
+    };
+    if !orphans.is_empty()
+        && let Some(s) = orphans.remove(&id)
+    {
+        salvaged.push((s, meta, copy()));
+    } else if abandoned.is_empty() || !abandoned.remove(&id) {
+        stash.insert(id, (meta, copy()));
+    }
 }
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("session_id", &self.inner.welcome.session_id)
-            .field("server_pid", &self.inner.welcome.server_pid)
+            .field("session_id", &self.inner.session.welcome.session_id)
+            .field("server_pid", &self.inner.session.welcome.server_pid)
             .finish()
-    }
-}
-
-impl Link {
-    fn waiting_word(&self) -> &AtomicU32 {
-        waiting_word(&self.status, self.waiting_offset)
-    }
-
-    /// Rings the server's doorbell: request ring `data_seq` + the worker's
-    /// `waiting` word, waking through the session eventfd.
-    fn wake_server(&self) {
-        Doorbell::<StdAtomics>::new(self.req.data_seq(), self.waiting_word()).ring(&self.eventfd);
-    }
-
-    fn state_error(&self) -> Option<CallError> {
-        // Acquire pairs with the Release store in `watch`.
-        match self.state.load(Ordering::Acquire) {
-            ALIVE => None,
-            SHUTDOWN => Some(CallError::Shutdown),
-            _ => Some(CallError::PeerDead),
-        }
-    }
-
-    /// Marks the server gone (once: a goodbye followed by the hang-up stays
-    /// a shutdown) and wakes every sleeper.
-    pub(crate) fn mark_gone(&self, goodbye: bool) {
-        let state = if goodbye { SHUTDOWN } else { DEAD };
-        // AcqRel on success: the Release half pairs with the Acquire load in
-        // `state_error`, as `mark`'s store does (it repeats the value and
-        // wakes the sleepers). Relaxed on failure: another caller already set
-        // a final state; this one publishes nothing.
-        if self
-            .state
-            .compare_exchange(ALIVE, state, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
-        {
-            self.mark(state);
-        }
-    }
-
-    /// Marks the server gone and wakes anything sleeping on our futexes.
-    fn mark(&self, state: u32) {
-        // Release pairs with the Acquire load in `state_error`.
-        self.state.store(state, Ordering::Release);
-        for seq in [self.resp.data_seq(), self.req.space_seq()] {
-            // Release: a sleeper that wakes and re-reads `seq` also sees `state`.
-            seq.fetch_add(1, Ordering::Release);
-            Waker::<StdAtomics>::wake(&Futex, seq);
-        }
     }
 }
 
 impl Client {
     /// Connects to the server at `path`.
+    ///
+    /// ```no_run
+    /// let client = cradle_client::Client::connect("/run/user/1000/cradle.sock")?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn connect(path: impl AsRef<Path>) -> Result<Self, ConnectError> {
         Self::connect_with(path, ClientOptions::default())
     }
 
     /// Connects to the server at the default socket path
-    /// (`CRADLE_SOCKET`, else [`session::default_socket_path`]).
+    /// (`CRADLE_SOCKET`, else [`default_socket_path`](crate::default_socket_path)).
+    ///
+    /// ```no_run
+    /// let client = cradle_client::Client::connect_default()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn connect_default() -> Result<Self, ConnectError> {
-        Self::connect(default_socket_path())
+        Self::connect(session::default_socket_path())
     }
 
     /// Connects with explicit options.
+    ///
+    /// ```no_run
+    /// use cradle_client::{Client, ClientOptions, WaitMode};
+    ///
+    /// let opts = ClientOptions { wait: WaitMode::Sleep, ..ClientOptions::default() };
+    /// let client = Client::connect_with(cradle_client::default_socket_path(), opts)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn connect_with(path: impl AsRef<Path>, opts: ClientOptions) -> Result<Self, ConnectError> {
-        let o = open(path.as_ref(), 0)?;
-        let link = Link {
-            state: AtomicU32::new(ALIVE),
-            req: o.req,
-            resp: o.resp,
-            status: o.status,
-            waiting_offset: o.waiting_offset,
-            eventfd: o.bell,
-            socket: o.socket,
-            grants: Mutex::new(Grants::default()),
-            stop: EventFd::new()?,
-        };
-        Ok(Self::start(o.welcome, link, opts))
+        let (session, _) = Session::open(path.as_ref(), 0)?;
+        let stop = Arc::new(EventFd::new()?);
+        Ok(Self::start(session, stop, opts))
     }
 
-    fn start(welcome: Welcome, link: Link, opts: ClientOptions) -> Self {
-        let cap = welcome.ring_capacity as usize;
+    fn start(session: Session, stop: Arc<EventFd>, opts: ClientOptions) -> Self {
         // SAFETY: this client is the only producer of the request ring and the only
         // consumer of the response ring (the server holds the other ends, in
         // another process); nothing else in this process touches the regions.
         let (producer, consumer) = unsafe {
             (
-                Producer::attach(link.req.clone()),
-                Consumer::attach(link.resp.clone()),
+                Producer::attach(session.req.clone()),
+                Consumer::attach(session.resp.clone()),
             )
         };
-        debug_assert_eq!(producer.capacity(), cap);
-        let link = Arc::new(link);
+        let session = Arc::new(session);
         let watcher = {
-            let link = link.clone();
+            let session = Arc::clone(&session);
+            let stop = Arc::clone(&stop);
             std::thread::Builder::new()
-                .name(format!("cradle-watch-{}", welcome.session_id))
-                .spawn(move || watch(&link))
+                .name(format!("cradle-watch-{}", session.welcome.session_id))
+                .spawn(move || watch(&session, &stop))
                 .ok()
         };
         Self {
             inner: Arc::new(Inner {
+                session,
                 tx: Mutex::new(Tx {
                     outbox: Outbox::new(producer),
                     next_id: 1,
@@ -236,84 +179,157 @@ impl Client {
                     inbox: Inbox::new(consumer),
                     stash: IdMap::default(),
                     abandoned: IdSet::default(),
+                    orphans: IdMap::default(),
+                    salvaged: Vec::new(),
                     broken: None,
                 }),
-                link,
-                fork_gen: fork::generation(),
                 opts,
-                welcome,
                 watcher,
-                blobs: BlobState::default(),
+                stop,
             }),
         }
     }
 
     /// This session's id.
+    ///
+    /// ```no_run
+    /// # let client = cradle_client::Client::connect_default()?;
+    /// println!("session {}", client.session_id());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn session_id(&self) -> u64 {
-        self.inner.welcome.session_id
+        self.inner.session.welcome.session_id
     }
 
     /// The server instance's epoch.
+    ///
+    /// ```no_run
+    /// # let client = cradle_client::Client::connect_default()?;
+    /// println!("server instance {:016x}", client.epoch());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn epoch(&self) -> u64 {
-        self.inner.welcome.epoch
+        self.inner.session.welcome.epoch
     }
 
     /// The server's pid.
+    ///
+    /// ```no_run
+    /// # let client = cradle_client::Client::connect_default()?;
+    /// println!("server pid {}", client.server_pid());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn server_pid(&self) -> u32 {
-        self.inner.welcome.server_pid
+        self.inner.session.welcome.server_pid
     }
 
     /// The largest request payload one call can carry.
+    ///
+    /// ```no_run
+    /// # let client = cradle_client::Client::connect_default()?;
+    /// let data = vec![0u8; 1 << 20];
+    /// if data.len() > client.max_message() {
+    ///     // send it as a blob instead
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn max_message(&self) -> usize {
-        ipc_core::ring::max_payload_len(self.inner.welcome.ring_capacity as usize)
+        ipc_core::ring::max_payload_len(self.inner.session.welcome.ring_capacity as usize)
     }
 
     /// Calls `M` with the client's default timeout and wait mode, waiting for
     /// ring space if needed.
+    ///
+    /// ```no_run
+    /// use ipc_rpc::builtin::Ping;
+    /// # let client = cradle_client::Client::connect_default()?;
+    /// assert_eq!(client.call::<Ping>(&b"hi".to_vec())?, b"hi");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn call<M: Method>(&self, req: &M::Request) -> Result<M::Response, CallError> {
         self.call_opts::<M>(req, self.default_opts())
     }
 
     /// Calls `M` with per-call options.
+    ///
+    /// ```no_run
+    /// use cradle_client::{CallOptions, WaitMode};
+    /// use ipc_rpc::builtin::Ping;
+    /// use std::time::Duration;
+    /// # let client = cradle_client::Client::connect_default()?;
+    /// let opts = CallOptions { timeout: Duration::from_secs(1), wait: WaitMode::Sleep };
+    /// client.call_opts::<Ping>(&vec![], opts)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn call_opts<M: Method>(
         &self,
         req: &M::Request,
         opts: CallOptions,
     ) -> Result<M::Response, CallError> {
-        self.round_trip::<M, _>(req, opts, true, |b| {
-            <M::Response as Wire>::decode(b).map_err(|e| CallError::Malformed(e.to_string()))
-        })
+        self.inner
+            .round_trip::<M, _>(req, opts, true, session::decode::<M>)
     }
 
     /// Like [`call`](Self::call), but fails with [`CallError::RingFull`]
     /// instead of waiting when the request ring has no room.
+    ///
+    /// ```no_run
+    /// use cradle_client::CallError;
+    /// use ipc_rpc::builtin::Ping;
+    /// # let client = cradle_client::Client::connect_default()?;
+    /// match client.try_call::<Ping>(&vec![]) {
+    ///     Err(CallError::RingFull) => { /* do something else, retry later */ }
+    ///     r => { r?; }
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn try_call<M: Method>(&self, req: &M::Request) -> Result<M::Response, CallError> {
-        self.round_trip::<M, _>(req, self.default_opts(), false, |b| {
-            <M::Response as Wire>::decode(b).map_err(|e| CallError::Malformed(e.to_string()))
-        })
+        self.inner
+            .round_trip::<M, _>(req, self.default_opts(), false, session::decode::<M>)
     }
 
     /// Calls `M` and hands the validated, archived response to `f` without
     /// deserializing it (no allocation for the response, whatever its type).
+    ///
+    /// ```no_run
+    /// use ipc_rpc::builtin::Ping;
+    /// # let client = cradle_client::Client::connect_default()?;
+    /// let opts = cradle_client::CallOptions {
+    ///     timeout: cradle_client::DEFAULT_TIMEOUT,
+    ///     wait: cradle_client::WaitMode::default(),
+    /// };
+    /// let n = client.call_with::<Ping, _>(&vec![7; 100], opts, |echo| echo.len())?;
+    /// assert_eq!(n, 100);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn call_with<M: Method, R>(
         &self,
         req: &M::Request,
         opts: CallOptions,
         f: impl FnOnce(&<M::Response as Wire>::Archived) -> R,
     ) -> Result<R, CallError> {
-        self.round_trip::<M, _>(req, opts, true, |b| {
-            <M::Response as Wire>::access(b)
-                .map(f)
-                .map_err(|e| CallError::Malformed(e.to_string()))
-        })
+        self.inner
+            .round_trip::<M, _>(req, opts, true, |b| session::access::<M, R>(b, f))
     }
 
     /// Sends a request without waiting for its response: for pipelining.
     /// Collect the response with [`Pending::wait`].
+    ///
+    /// ```no_run
+    /// use ipc_rpc::builtin::Ping;
+    /// # let client = cradle_client::Client::connect_default()?;
+    /// let calls: Vec<_> = (0..8u8)
+    ///     .map(|i| client.send::<Ping>(&vec![i]))
+    ///     .collect::<Result<_, _>>()?;
+    /// for (i, p) in calls.into_iter().enumerate() {
+    ///     assert_eq!(p.wait()?, vec![i as u8]);
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn send<M: Method>(&self, req: &M::Request) -> Result<Pending<'_, M>, CallError> {
         let opts = self.default_opts();
         let deadline = Instant::now() + opts.timeout;
-        let id = self.submit::<M>(req, deadline, opts.wait, true)?;
+        let id = self.inner.submit::<M>(req, deadline, opts.wait, true)?;
         Ok(Pending {
             client: self,
             id,
@@ -326,23 +342,32 @@ impl Client {
         self.inner.opts.timeout
     }
 
-    fn default_opts(&self) -> CallOptions {
+    pub(crate) fn default_opts(&self) -> CallOptions {
         CallOptions {
             timeout: self.inner.opts.timeout,
             wait: self.inner.opts.wait,
         }
     }
+}
 
-    fn check(&self) -> Result<(), CallError> {
-        if fork::generation() != self.inner.fork_gen {
-            return Err(CallError::Forked);
-        }
-        match self.inner.link.state_error() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+impl Owner for Inner {
+    fn session(&self) -> &Session {
+        &self.session
     }
 
+    fn send_release(&self, batch: ReleaseBatch) {
+        // Fire and forget: the answer (a count) is discarded on arrival. If
+        // the server is gone, so are the leases.
+        let opts = self.opts;
+        if let Ok(id) =
+            self.submit::<Release>(&batch, Instant::now() + opts.timeout, opts.wait, true)
+        {
+            self.abandon(id);
+        }
+    }
+}
+
+impl Inner {
     fn round_trip<M: Method, R>(
         &self,
         req: &M::Request,
@@ -353,7 +378,39 @@ impl Client {
         let start = Instant::now();
         let deadline = start + opts.timeout;
         let id = self.submit::<M>(req, deadline, opts.wait, block)?;
-        self.receive(M::ID, id, start, deadline, opts.wait, f)
+        self.receive(M::ID, id, start, deadline, opts.wait, NO_SALVAGE, f)
+    }
+
+    /// Calls `M`; if the call times out after the request went out,
+    /// `salvage` cleans up after the late response (it is made only then:
+    /// the call itself allocates nothing for it).
+    pub(crate) fn call_salvaged<M: Method>(
+        &self,
+        req: &M::Request,
+        opts: CallOptions,
+        salvage: impl FnOnce() -> Salvage,
+    ) -> Result<M::Response, CallError> {
+        let start = Instant::now();
+        let deadline = start + opts.timeout;
+        let id = self.submit::<M>(req, deadline, opts.wait, true)?;
+        let s = Some(salvage);
+        self.receive(
+            M::ID,
+            id,
+            start,
+            deadline,
+            opts.wait,
+            s,
+            session::decode::<M>,
+        )
+    }
+
+    /// Discards the response to `id` when it arrives.
+    fn abandon(&self, id: u64) {
+        let mut rx = lock(&self.rx);
+        if rx.stash.remove(&id).is_none() {
+            rx.abandoned.insert(id);
+        }
     }
 
     /// Publishes one request; returns its id.
@@ -364,9 +421,9 @@ impl Client {
         wait: WaitMode,
         block: bool,
     ) -> Result<u64, CallError> {
-        self.check()?;
-        let link = &self.inner.link;
-        let mut tx = lock(&self.inner.tx);
+        let session = &*self.session;
+        session.check()?;
+        let mut tx = lock(&self.tx);
         let id = tx.next_id;
         tx.next_id += 1;
         let meta = FrameMeta {
@@ -378,14 +435,14 @@ impl Client {
         loop {
             match tx.outbox.try_send(meta, req) {
                 Ok(()) => {
-                    link.wake_server();
+                    session.wake_server();
                     return Ok(id);
                 }
                 Err(SendError::Full { need }) => {
                     if !block {
                         return Err(CallError::RingFull);
                     }
-                    if let Some(e) = link.state_error() {
+                    if let Some(e) = session.state_error() {
                         return Err(e);
                     }
                     let now = Instant::now();
@@ -395,7 +452,7 @@ impl Client {
                     // The server may be throttling us because our response ring
                     // is full: read responses while we wait, or both wait forever.
                     self.drain_to_stash();
-                    link.wake_server();
+                    session.wake_server();
                     let slice = deadline.min(now + Duration::from_millis(1));
                     match tx
                         .outbox
@@ -403,14 +460,16 @@ impl Client {
                         .wait_for_room(need, &Futex, wait, Some(slice))
                     {
                         Ok(()) | Err(RingError::Timeout) => {}
-                        Err(e) => return Err(CallError::Malformed(e.to_string())),
+                        Err(e) => return Err(CallError::Malformed(ProtocolError::Ring(e))),
                     }
                 }
                 Err(SendError::TooLarge { len, max }) => {
                     return Err(CallError::MessageTooLarge { len, max });
                 }
-                Err(SendError::Encode(e)) => return Err(CallError::Encode(e.to_string())),
-                Err(SendError::Ring(e)) => return Err(CallError::Malformed(e.to_string())),
+                Err(SendError::Encode(e)) => return Err(CallError::Encode(e)),
+                Err(SendError::Ring(e)) => {
+                    return Err(CallError::Malformed(ProtocolError::Ring(e)));
+                }
             }
         }
     }
@@ -418,24 +477,27 @@ impl Client {
     /// Moves every response in the ring into the stash (called by a sender
     /// that waits for room). Skips if another thread is reading.
     fn drain_to_stash(&self) {
-        let Ok(mut rx) = self.inner.rx.try_lock() else {
+        let Ok(mut rx) = self.rx.try_lock() else {
             return;
         };
         let rx = &mut *rx;
         while let Ok(Some(msg)) = rx.inbox.try_recv() {
-            let id = msg.meta.request_id;
-            if rx.abandoned.is_empty() || !rx.abandoned.remove(&id) {
-                let mut copy = AlignedVec::<16>::with_capacity(msg.bytes.len());
-                copy.extend_from_slice(msg.bytes);
-                rx.stash.insert(id, (msg.meta, copy));
-            }
+            file(
+                &mut rx.stash,
+                &mut rx.abandoned,
+                &mut rx.orphans,
+                &mut rx.salvaged,
+                msg.meta,
+                msg.bytes,
+            );
         }
-        rx.inbox
-            .consumer()
-            .release_and_notify(&self.inner.link.eventfd);
+        rx.inbox.consumer().release_and_notify(&self.session.bell);
     }
 
-    /// Waits for the response to request `id`.
+    /// Waits for the response to request `id`; on a timeout, `salvage` (if
+    /// any) will clean up after the late response. Then cleans up after the
+    /// orphans' responses it read.
+    #[allow(clippy::too_many_arguments)]
     fn receive<R>(
         &self,
         method: u64,
@@ -443,61 +505,92 @@ impl Client {
         start: Instant,
         deadline: Instant,
         wait: WaitMode,
+        salvage: Option<impl FnOnce() -> Salvage>,
         f: impl FnOnce(&[u8]) -> Result<R, CallError>,
     ) -> Result<R, CallError> {
-        let link = &self.inner.link;
-        let mut rx = lock(&self.inner.rx);
-        let rx = &mut *rx;
+        let mut rx = lock(&self.rx);
+        let r = self.receive_locked(&mut rx, method, id, start, deadline, wait, salvage, f);
+        if rx.salvaged.is_empty() {
+            return r;
+        }
+        let salvaged = std::mem::take(&mut rx.salvaged);
+        drop(rx);
+        for (s, meta, bytes) in salvaged {
+            s(self, meta, &bytes);
+        }
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn receive_locked<R>(
+        &self,
+        rx: &mut Rx,
+        method: u64,
+        id: u64,
+        start: Instant,
+        deadline: Instant,
+        wait: WaitMode,
+        salvage: Option<impl FnOnce() -> Salvage>,
+        f: impl FnOnce(&[u8]) -> Result<R, CallError>,
+    ) -> Result<R, CallError> {
+        let session = &*self.session;
         loop {
-            if let Some(b) = &rx.broken {
-                return Err(CallError::Malformed(b.clone()));
+            if let Some(e) = &rx.broken {
+                return Err(CallError::Malformed(ProtocolError::Ring(e.clone())));
             }
             // The stash is empty unless calls are pipelined or threads share
             // the client: skip the hash lookup then (it showed in profiles).
             if !rx.stash.is_empty()
                 && let Some((meta, bytes)) = rx.stash.remove(&id)
             {
-                return interpret(method, meta, &bytes, f);
+                return session::interpret(method, meta, &bytes, f);
             }
             match rx.inbox.try_recv() {
                 Ok(Some(msg)) if msg.meta.request_id == id => {
-                    let r = interpret(method, msg.meta, msg.bytes, f);
-                    let cap = self.inner.welcome.ring_capacity as u64;
+                    let r = session::interpret(method, msg.meta, msg.bytes, f);
+                    let cap = session.welcome.ring_capacity as u64;
                     if rx.inbox.consumer().unreleased() > cap / 4 {
-                        rx.inbox.consumer().release_and_notify(&link.eventfd);
+                        rx.inbox.consumer().release_and_notify(&session.bell);
                     }
                     return r;
                 }
-                Ok(Some(msg)) => {
-                    let other = msg.meta.request_id;
-                    if rx.abandoned.is_empty() || !rx.abandoned.remove(&other) {
-                        let mut copy = AlignedVec::<16>::with_capacity(msg.bytes.len());
-                        copy.extend_from_slice(msg.bytes);
-                        rx.stash.insert(other, (msg.meta, copy));
-                    }
-                }
+                Ok(Some(msg)) => file(
+                    &mut rx.stash,
+                    &mut rx.abandoned,
+                    &mut rx.orphans,
+                    &mut rx.salvaged,
+                    msg.meta,
+                    msg.bytes,
+                ),
                 Ok(None) => {
-                    if let Some(e) = link.state_error() {
+                    if let Some(e) = session.state_error() {
                         return Err(e);
                     }
                     if Instant::now() >= deadline {
-                        // The response may still come: drop it then.
-                        rx.abandoned.insert(id);
+                        // The response may still come: clean up after it, or
+                        // drop it, then.
+                        match salvage {
+                            Some(s) => {
+                                rx.orphans.insert(id, s());
+                            }
+                            None => {
+                                rx.abandoned.insert(id);
+                            }
+                        }
                         return Err(CallError::Timeout(start.elapsed()));
                     }
                     let consumer = rx.inbox.consumer();
-                    consumer.release_and_notify(&link.eventfd);
+                    consumer.release_and_notify(&session.bell);
                     let (seq, waiting) = consumer.data_bell_words();
                     let bell = Doorbell::<StdAtomics>::new(seq, waiting);
                     let poll =
-                        || (consumer.has_frame() || link.state_error().is_some()).then_some(());
+                        || (consumer.has_frame() || session.state_error().is_some()).then_some(());
                     // A timeout here is handled at the top of the loop.
                     let _ = bell.wait(poll, &Futex, wait, Some(deadline));
                 }
                 Err(e) => {
-                    let m = format!("response ring: {e}");
-                    rx.broken = Some(m.clone());
-                    return Err(CallError::Malformed(m));
+                    rx.broken = Some(e.clone());
+                    return Err(CallError::Malformed(ProtocolError::Ring(e)));
                 }
             }
         }
@@ -506,7 +599,7 @@ impl Client {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.link.stop.notify().ok();
+        self.stop.notify().ok();
         if let Some(w) = self.watcher.take() {
             let _ = w.join();
         }
@@ -515,6 +608,15 @@ impl Drop for Inner {
 
 /// A request sent with [`Client::send`] whose response has not been collected.
 /// Dropping it discards the response when it arrives.
+///
+/// ```no_run
+/// use ipc_rpc::builtin::Ping;
+/// # let client = cradle_client::Client::connect_default()?;
+/// let p = client.send::<Ping>(&b"later".to_vec())?;
+/// // ... other work ...
+/// assert_eq!(p.wait()?, b"later");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[must_use = "a pending call's response is discarded unless waited for"]
 pub struct Pending<'c, M: Method> {
     client: &'c Client,
@@ -534,36 +636,63 @@ impl<M: Method> fmt::Debug for Pending<'_, M> {
 
 impl<M: Method> Pending<'_, M> {
     /// The request id.
+    ///
+    /// ```no_run
+    /// use ipc_rpc::builtin::Ping;
+    /// # let client = cradle_client::Client::connect_default()?;
+    /// let p = client.send::<Ping>(&vec![])?;
+    /// println!("request {}", p.id());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn id(&self) -> u64 {
         self.id
     }
 
     /// Waits for the response with the client's default timeout.
+    ///
+    /// ```no_run
+    /// use ipc_rpc::builtin::Ping;
+    /// # let client = cradle_client::Client::connect_default()?;
+    /// let echo = client.send::<Ping>(&vec![1, 2])?.wait()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn wait(self) -> Result<M::Response, CallError> {
         let opts = self.client.default_opts();
         self.wait_opts(opts)
     }
 
     /// Waits for the response with explicit options.
+    ///
+    /// ```no_run
+    /// use cradle_client::{CallOptions, WaitMode};
+    /// use ipc_rpc::builtin::Ping;
+    /// use std::time::Duration;
+    /// # let client = cradle_client::Client::connect_default()?;
+    /// let opts = CallOptions { timeout: Duration::from_secs(2), wait: WaitMode::Sleep };
+    /// let echo = client.send::<Ping>(&vec![1, 2])?.wait_opts(opts)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn wait_opts(self, opts: CallOptions) -> Result<M::Response, CallError> {
-        self.finish(opts, |b| {
-            <M::Response as Wire>::decode(b).map_err(|e| CallError::Malformed(e.to_string()))
-        })
+        self.finish(opts, session::decode::<M>)
     }
 
     /// Waits for the response (default timeout and wait mode) and hands the
     /// validated, archived response to `f` without deserializing it: no
     /// allocation for the response.
+    ///
+    /// ```no_run
+    /// use ipc_rpc::builtin::Ping;
+    /// # let client = cradle_client::Client::connect_default()?;
+    /// let n = client.send::<Ping>(&vec![0; 64])?.wait_with(|echo| echo.len())?;
+    /// assert_eq!(n, 64);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn wait_with<R>(
         self,
         f: impl FnOnce(&<M::Response as Wire>::Archived) -> R,
     ) -> Result<R, CallError> {
         let opts = self.client.default_opts();
-        self.finish(opts, |b| {
-            <M::Response as Wire>::access(b)
-                .map(f)
-                .map_err(|e| CallError::Malformed(e.to_string()))
-        })
+        self.finish(opts, |b| session::access::<M, R>(b, f))
     }
 
     fn finish<R>(
@@ -573,227 +702,38 @@ impl<M: Method> Pending<'_, M> {
     ) -> Result<R, CallError> {
         let start = Instant::now();
         // On error, `drop` marks the id abandoned: its response is discarded.
-        self.client.check()?;
+        self.client.inner.session.check()?;
         self.done = true;
+        let deadline = start + opts.timeout;
         self.client
-            .receive(M::ID, self.id, start, start + opts.timeout, opts.wait, f)
+            .inner
+            .receive(M::ID, self.id, start, deadline, opts.wait, NO_SALVAGE, f)
     }
 }
 
 impl<M: Method> Drop for Pending<'_, M> {
     fn drop(&mut self) {
         if !self.done {
-            let mut rx = lock(&self.client.inner.rx);
-            if rx.stash.remove(&self.id).is_none() {
-                rx.abandoned.insert(self.id);
-            }
+            self.client.inner.abandon(self.id);
         }
     }
 }
 
-/// Turns a response frame into the call's result.
-pub(crate) fn interpret<R>(
-    method: u64,
-    meta: FrameMeta,
-    bytes: &[u8],
-    f: impl FnOnce(&[u8]) -> Result<R, CallError>,
-) -> Result<R, CallError> {
-    match meta.kind {
-        wire::RESPONSE if meta.tag == method => f(bytes),
-        wire::RESPONSE => Err(CallError::Malformed(format!(
-            "response for method {:#x} to a call of {method:#x}",
-            meta.tag
-        ))),
-        wire::ERROR => match RemoteError::decode(bytes) {
-            Ok(e) => Err(CallError::from_remote(e)),
-            Err(e) => Err(CallError::Malformed(format!("error frame: {e}"))),
-        },
-        k => Err(CallError::Malformed(format!("unexpected frame kind {k}"))),
-    }
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic in another thread while it held the lock leaves the ring state
-    // consistent (every ring step is a single store), so carry on.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The socket path from `CRADLE_SOCKET`, else the default.
-pub fn default_socket_path() -> PathBuf {
-    std::env::var_os("CRADLE_SOCKET")
-        .filter(|s| !s.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(session::default_socket_path)
-}
-
-/// A session opened by the handshake, before any ring end is attached.
-pub(crate) struct Opened {
-    pub(crate) welcome: Welcome,
-    pub(crate) req: RingRegion,
-    pub(crate) resp: RingRegion,
-    /// The status segment (read-only).
-    pub(crate) status: Mapping,
-    /// Offset of our worker's `waiting` word in `status` (checked).
-    pub(crate) waiting_offset: usize,
-    /// The session's doorbell: writing it wakes the server's worker.
-    pub(crate) bell: EventFd,
-    /// The control socket (non-blocking).
-    pub(crate) socket: OwnedFd,
-    /// With `HELLO_WAKE_EVENTFD`: the eventfd the server writes to wake us.
-    pub(crate) wake: Option<OwnedFd>,
-}
-
-impl Opened {
-    /// The worker's `waiting` word.
-    pub(crate) fn waiting_word(&self) -> &AtomicU32 {
-        waiting_word(&self.status, self.waiting_offset)
-    }
-}
-
-fn waiting_word(status: &Mapping, offset: usize) -> &AtomicU32 {
-    let ptr = status
-        .ptr_at::<AtomicU32>(offset)
-        .expect("offset checked at connect");
-    // SAFETY: `ptr_at` checked bounds and alignment inside the live status
-    // mapping (borrowed for the result's lifetime); the word is only ever loaded
-    // (the mapping is read-only: a store would fault, and none is made).
-    unsafe { ptr.as_ref() }
-}
-
-/// Connects to `path`, checks the server's uid, does the handshake (with
-/// `flags` in the Hello) and opens the descriptors with the checks of
-/// docs/design.md §4.2. Blocking (at most `CONNECT_TIMEOUT` per step).
-pub(crate) fn open(path: &Path, flags: u32) -> Result<Opened, ConnectError> {
-    let stream = UnixStream::connect(path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ConnectError::NoServer {
-            path: path.to_path_buf(),
-        },
-        _ => ConnectError::Connect {
-            path: path.to_path_buf(),
-            source: e,
-        },
-    })?;
-    // The server must be us: only then are its descriptors trusted.
-    let cred = rustix::net::sockopt::socket_peercred(&stream).map_err(io::Error::from)?;
-    let our_uid = rustix::process::geteuid().as_raw();
-    if cred.uid.as_raw() != our_uid {
-        return Err(ConnectError::ForeignServer {
-            server_uid: cred.uid.as_raw(),
-            our_uid,
-        });
-    }
-    stream.set_read_timeout(Some(CONNECT_TIMEOUT))?;
-    stream.set_write_timeout(Some(CONNECT_TIMEOUT))?;
-    handshake::send_pod(
-        &stream,
-        &Hello {
-            flags,
-            ..Hello::current()
-        },
-    )?;
-    let mut buf = [0u8; size_of::<Welcome>()];
-    let fds = handshake::recv_with_fds(stream.as_fd(), &mut buf)?
-        .ok_or_else(|| ConnectError::Protocol("the server closed the connection".into()))?;
-    let w: Welcome = bytemuck::pod_read_unaligned(&buf);
-    if w.magic != handshake::WELCOME_MAGIC {
-        return Err(ConnectError::Protocol(
-            "not a CRADLE server (bad welcome magic)".into(),
-        ));
-    }
-    if w.status != handshake::STATUS_OK {
-        return Err(ConnectError::Refused {
-            status: w.status,
-            reason: handshake::status_message(w.status),
-        });
-    }
-    let want_fds = if flags & handshake::HELLO_WAKE_EVENTFD != 0 {
-        4
-    } else {
-        3
-    };
-    if fds.len() != want_fds {
-        return Err(ConnectError::Protocol(format!(
-            "expected {want_fds} descriptors, got {}",
-            fds.len()
-        )));
-    }
-    let mut fds = fds.into_iter();
-    let (session_fd, event_fd, status_fd) = match (fds.next(), fds.next(), fds.next()) {
-        (Some(a), Some(b), Some(c)) => (a, b, c),
-        _ => return Err(ConnectError::Protocol("descriptors missing".into())),
-    };
-    let wake = fds.next();
-    let cap = w.ring_capacity as usize;
-    ipc_core::ring::check_capacity(cap).map_err(|e| ConnectError::Protocol(e.to_string()))?;
-    let want = session::session_len(cap);
-    if w.session_len != want as u64 {
-        return Err(ConnectError::Protocol(format!(
-            "session segment of {} bytes announced, rings of {cap} need {want}",
-            w.session_len
-        )));
-    }
-    let expect = OpenExpect::exact(SESSION_MAGIC, LAYOUT_VERSION, want)
-        .kind(SESSION_KIND)
-        .seals(Seals::SHRINK | Seals::GROW | Seals::SEAL)
-        .access(Access::ReadWrite)
-        // The rings are used at once: fault them in now, not on first calls.
-        .populate(true);
-    let (_seg, map) = Segment::open(session_fd, &expect)
-        .map_err(|e| ConnectError::Protocol(format!("session segment: {e}")))?;
-    let status_len = usize::try_from(w.status_len)
-        .map_err(|_| ConnectError::Protocol("status length".into()))?;
-    let waiting_offset = session::worker_waiting_offset(w.worker as usize);
-    if waiting_offset + 4 > status_len {
-        return Err(ConnectError::Protocol(format!(
-            "worker {} outside the status segment",
-            w.worker
-        )));
-    }
-    let expect = OpenExpect::exact(STATUS_MAGIC, LAYOUT_VERSION, status_len)
-        .kind(STATUS_KIND)
-        .seals(Seals::SHRINK | Seals::GROW | Seals::FUTURE_WRITE | Seals::SEAL)
-        .access(Access::ReadOnly);
-    let (_status_seg, status) = Segment::open(status_fd, &expect)
-        .map_err(|e| ConnectError::Protocol(format!("status segment: {e}")))?;
-    status
-        .ptr_at::<AtomicU32>(waiting_offset)
-        .map_err(|e| ConnectError::Protocol(format!("status segment: {e}")))?;
-    let bell = EventFd::from_fd(event_fd)
-        .map_err(|e| ConnectError::Protocol(format!("doorbell descriptor: {e}")))?;
-    let map = Arc::new(map);
-    let region = |off| {
-        RingRegion::in_mapping(map.clone(), off, cap)
-            .map_err(|e| ConnectError::Protocol(e.to_string()))
-    };
-    let req = region(session::request_ring_offset())?;
-    let resp = region(session::response_ring_offset(cap))?;
-    stream.set_nonblocking(true)?;
-    Ok(Opened {
-        welcome: w,
-        req,
-        resp,
-        status,
-        waiting_offset,
-        bell,
-        socket: OwnedFd::from(stream),
-        wake,
-    })
-}
-
 /// The watcher: waits for the control socket to report the server's death
 /// (HUP, EOF) or a clean goodbye, then fails every waiting call at once.
-fn watch(link: &Link) {
+/// Descriptor grants it reads are kept for the caller that expects them.
+fn watch(session: &Session, stop: &EventFd) {
     use rustix::event::{PollFd, PollFlags, poll};
     loop {
         let mut fds = [
-            PollFd::new(&link.socket, PollFlags::IN | PollFlags::RDHUP),
-            PollFd::new(&link.stop, PollFlags::IN),
+            PollFd::new(&session.socket, PollFlags::IN | PollFlags::RDHUP),
+            PollFd::new(stop, PollFlags::IN),
         ];
         match poll(&mut fds, None) {
             Ok(_) => {}
             Err(rustix::io::Errno::INTR) => continue,
             Err(_) => {
-                link.mark(DEAD);
+                session.set_state(DEAD);
                 return;
             }
         }
@@ -803,14 +743,8 @@ fn watch(link: &Link) {
         if fds[0].revents().is_empty() {
             continue;
         }
-        // Descriptor grants are kept for the caller that expects them; a
-        // goodbye or the end of the stream ends the session.
-        let state = drain_socket(link.socket.as_fd(), &mut lock(&link.grants));
-        match state {
-            SocketState::Quiet => continue,
-            SocketState::Goodbye => link.mark_gone(true),
-            SocketState::Dead => link.mark_gone(false),
+        if session.read_socket() != SocketState::Quiet {
+            return;
         }
-        return;
     }
 }

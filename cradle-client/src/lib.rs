@@ -21,29 +21,64 @@
 //! per client completes calls by request id and sleeps on an eventfd
 //! registered with tokio's reactor.
 //!
+//! Blobs (written once, sealed, then shared without a copy) and the memory
+//! cache work the same through both clients: [`Client::create`],
+//! [`Client::get`], [`Client::cache`], and their futures on [`AsyncClient`].
+//! A [`Blob`] or [`BlobRef`] gives its lease back through the session it
+//! came from, whichever client made it.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use cradle_client::AsyncClient;
+//!
+//! let client = AsyncClient::connect_default().await?;
+//! let mut w = client.create(5).await?;
+//! w.write_at(0, b"image");
+//! let blob = w.seal().await?;
+//! client.cache().put("frame/1", &blob).await?;
+//! let r = client.cache().get("frame/1").await?.expect("just put");
+//! assert_eq!(&r[..], b"image");
+//! # Ok(()) }
+//! ```
+//!
+//! Errors: a call fails with a [`CallError`]; an operation that maps shared
+//! memory (create, seal, get, adopt, a cache get) with a [`BlobError`], which
+//! wraps the call's; connecting with a [`ConnectError`].
+//!
 //! # Feature flags
 //!
-//! * `tokio` (default): [`AsyncClient`].
+//! * `tokio` (default): [`AsyncClient`], [`AsyncBlobWriter`], [`AsyncCache`].
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks, clippy::unnecessary_safety_comment)]
 
+// Files, bottom to top (each uses only those above it):
+// `fork`, `error`, `options` -> `session` (the core) -> `blob` (blob values)
+// -> `client` -> `client_blobs` (the sync client) and `async_client` ->
+// `async_blobs` (the tokio client).
+#[cfg(feature = "tokio")]
+mod async_blobs;
 #[cfg(feature = "tokio")]
 mod async_client;
 mod blob;
 mod client;
+mod client_blobs;
 mod error;
 mod fork;
+mod options;
+mod session;
 
 #[cfg(feature = "tokio")]
+pub use async_blobs::{AsyncBlobWriter, AsyncCache};
+#[cfg(feature = "tokio")]
 pub use async_client::AsyncClient;
-pub use blob::{Blob, BlobRef, BlobWriter, Cache, SMALL_BLOB_MAX};
-pub use client::{
-    CONNECT_TIMEOUT, CallOptions, Client, ClientOptions, DEFAULT_TIMEOUT, Pending,
-    default_socket_path,
-};
-pub use error::ConnectError;
+pub use blob::{Blob, BlobRef, SMALL_BLOB_MAX};
+pub use client::{Client, Pending};
+pub use client_blobs::{BlobWriter, Cache};
+pub use error::{BlobError, ConnectError, HandshakeError};
 pub use ipc_core::doorbell::WaitMode;
 pub use ipc_rpc::blob::{BlobHandle, BlobStats};
-pub use ipc_rpc::{CallError, ErrorCode, Method};
+pub use ipc_rpc::{CallError, ErrorCode, Method, ProtocolError};
+pub use options::{CallOptions, ClientOptions, DEFAULT_TIMEOUT};
+pub use session::{CONNECT_TIMEOUT, default_socket_path};

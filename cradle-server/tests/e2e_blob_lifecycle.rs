@@ -5,7 +5,7 @@
 
 mod support;
 
-use cradle_client::{CallError, Client, ErrorCode};
+use cradle_client::{BlobError, CallError, Client, ErrorCode};
 use ipc_core::sync::{AtomicBool, AtomicU64, Ordering};
 use ipc_rpc::blob::BlobStats;
 use ipc_rpc::builtin::{Ping, Stats};
@@ -251,12 +251,15 @@ fn a_client_over_its_quota_is_refused_and_others_go_on() {
         }
         assert!(refs.len() <= 50, "no lease quota");
     };
-    assert!(matches!(err, CallError::QuotaExceeded(_)), "{err}");
+    assert!(
+        matches!(err, BlobError::Call(CallError::QuotaExceeded(_))),
+        "{err}"
+    );
     assert_eq!(refs.len(), 49, "the author's own lease counts");
     // Bytes being written over the quota.
     assert!(matches!(
         greedy.create(2 << 20),
-        Err(CallError::QuotaExceeded(_))
+        Err(BlobError::Call(CallError::QuotaExceeded(_)))
     ));
     // The other session is not affected.
     let mine = blob_of(&other, 1000, 2);

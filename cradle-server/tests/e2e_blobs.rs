@@ -3,7 +3,7 @@
 
 mod support;
 
-use cradle_client::{BlobHandle, CallError, Client, ErrorCode};
+use cradle_client::{BlobError, BlobHandle, CallError, Client, ErrorCode};
 use ipc_rpc::builtin::Stats;
 use ipc_rpc::example::Invert;
 use std::time::Duration;
@@ -57,10 +57,10 @@ fn forged_stale_and_foreign_handles_are_refused() {
     let blob = put_bytes(&a, b"precious");
     let h = *blob.handle();
     let bad = |h: BlobHandle| match a.get(&h) {
-        Err(CallError::Remote {
+        Err(BlobError::Call(CallError::Remote {
             code: ErrorCode::BadHandle,
             message,
-        }) => message,
+        })) => message,
         other => panic!("{h}: expected BadHandle, got {other:?}"),
     };
     assert!(

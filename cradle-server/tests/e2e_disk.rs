@@ -73,7 +73,7 @@ fn child_entry() {
                 let put = c.create(len).and_then(|mut w| {
                     w.write_at(0, &data);
                     let b = w.seal()?;
-                    c.cache().put_durable(&format!("r{round}-{i}"), &b, false)
+                    Ok(c.cache().put_durable(&format!("r{round}-{i}"), &b, false)?)
                 });
                 match put {
                     Ok(_) => {

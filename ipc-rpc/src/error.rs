@@ -1,9 +1,18 @@
 //! The error model of a call (docs/design.md §7).
 
+use crate::codec::CodecError;
 use core::fmt;
+use ipc_core::ring::RingError;
 use std::time::Duration;
 
 /// Why the server answered a request with an error frame.
+///
+/// ```
+/// use ipc_rpc::ErrorCode;
+///
+/// assert_eq!(ErrorCode::from_u32(ErrorCode::CacheFull.to_u32()), ErrorCode::CacheFull);
+/// assert_eq!(ErrorCode::from_u32(77), ErrorCode::Other(77));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorCode {
@@ -32,6 +41,10 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// The wire value.
+    ///
+    /// ```
+    /// assert_eq!(ipc_rpc::ErrorCode::UnknownMethod.to_u32(), 1);
+    /// ```
     pub const fn to_u32(self) -> u32 {
         match self {
             Self::UnknownMethod => 1,
@@ -48,6 +61,10 @@ impl ErrorCode {
     }
 
     /// From the wire value.
+    ///
+    /// ```
+    /// assert_eq!(ipc_rpc::ErrorCode::from_u32(8), ipc_rpc::ErrorCode::BadHandle);
+    /// ```
     pub const fn from_u32(c: u32) -> Self {
         match c {
             1 => Self::UnknownMethod,
@@ -82,6 +99,14 @@ impl fmt::Display for ErrorCode {
 }
 
 /// The payload of an [`ERROR`](crate::wire::ERROR) frame.
+///
+/// ```
+/// use ipc_rpc::{CallError, ErrorCode, RemoteError};
+///
+/// let frame = RemoteError { code: ErrorCode::BadHandle.to_u32(), message: "stale".into() };
+/// let e = CallError::from_remote(frame);
+/// assert_eq!(e.code(), Some(ErrorCode::BadHandle));
+/// ```
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(crate = rkyv)]
 pub struct RemoteError {
@@ -92,6 +117,24 @@ pub struct RemoteError {
 }
 
 /// Why a call failed.
+///
+/// Branch on what a caller can act on; [`Display`](std::fmt::Display)
+/// says what to do about the rest.
+///
+/// ```
+/// use ipc_rpc::{CallError, ErrorCode};
+/// use std::time::Duration;
+///
+/// fn retry_later(e: &CallError) -> bool {
+///     match e {
+///         CallError::Timeout(_) | CallError::RingFull | CallError::QuotaExceeded(_) => true,
+///         CallError::Remote { code: ErrorCode::CacheFull, .. } => true,
+///         _ => false,
+///     }
+/// }
+/// assert!(retry_later(&CallError::Timeout(Duration::from_secs(1))));
+/// assert!(!retry_later(&CallError::PeerDead));
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum CallError {
@@ -111,9 +154,9 @@ pub enum CallError {
         /// The ring's payload limit.
         max: usize,
     },
-    /// The server's answer did not validate as the method's response, or the
-    /// response ring was corrupt; the session is unusable.
-    Malformed(String),
+    /// The server broke the protocol: its answer did not validate, or a
+    /// ring was corrupt. What exactly is in the [`ProtocolError`].
+    Malformed(ProtocolError),
     /// A per-session quota was exceeded.
     QuotaExceeded(String),
     /// The server answered with an error.
@@ -126,16 +169,23 @@ pub enum CallError {
     /// This client was created in the parent of a `fork`; a child process
     /// must connect its own client.
     Forked,
-    /// The request could not be encoded.
-    Encode(String),
+    /// The request could not be encoded (rkyv's error).
+    Encode(CodecError),
 }
 
 impl fmt::Display for CallError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Timeout(d) => write!(f, "no response within {d:?}"),
-            Self::PeerDead => f.write_str("the CRADLE server died (control socket hung up)"),
-            Self::Shutdown => f.write_str("the CRADLE server shut down"),
+            Self::Timeout(d) => write!(
+                f,
+                "no response within {d:?}; the server is busy or stopped: retry, or give the call a longer timeout"
+            ),
+            Self::PeerDead => f.write_str(
+                "the CRADLE server died (its control socket hung up); start it again and connect a new client",
+            ),
+            Self::Shutdown => f.write_str(
+                "the CRADLE server shut down; connect a new client once it runs again",
+            ),
             Self::RingFull => {
                 f.write_str("request ring full; retry, or use call() to wait for room")
             }
@@ -143,21 +193,61 @@ impl fmt::Display for CallError {
                 f,
                 "request of at least {len} bytes exceeds the frame limit of {max} bytes; send large data as a blob"
             ),
-            Self::Malformed(m) => write!(f, "malformed message from the server: {m}"),
+            Self::Malformed(e) => write!(f, "{e}"),
             Self::QuotaExceeded(m) => write!(f, "quota exceeded: {m}"),
             Self::Remote { code, message } => write!(f, "server error ({code}): {message}"),
             Self::Forked => f.write_str(
                 "this client belongs to the parent process; connect a new client after fork()",
             ),
-            Self::Encode(m) => write!(f, "could not encode the request: {m}"),
+            Self::Encode(e) => write!(
+                f,
+                "could not encode the request ({e}); check the request value's rkyv serialization"
+            ),
         }
     }
 }
 
-impl std::error::Error for CallError {}
+impl std::error::Error for CallError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Malformed(e) => Some(e),
+            Self::Encode(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 impl CallError {
+    /// The server's error code, if the server answered with an error frame
+    /// (`Shutdown` and `QuotaExceeded` included).
+    ///
+    /// ```
+    /// use ipc_rpc::{CallError, ErrorCode};
+    ///
+    /// let e = CallError::QuotaExceeded("64 leases".into());
+    /// assert_eq!(e.code(), Some(ErrorCode::QuotaExceeded));
+    /// assert_eq!(CallError::PeerDead.code(), None);
+    /// ```
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Self::Remote { code, .. } => Some(*code),
+            Self::QuotaExceeded(_) => Some(ErrorCode::QuotaExceeded),
+            Self::Shutdown => Some(ErrorCode::Shutdown),
+            _ => None,
+        }
+    }
+
     /// The error a client reports for a server error frame.
+    ///
+    /// ```
+    /// use ipc_rpc::{CallError, ErrorCode, RemoteError};
+    ///
+    /// let e = CallError::from_remote(RemoteError {
+    ///     code: ErrorCode::CacheFull.to_u32(),
+    ///     message: "everything is held".into(),
+    /// });
+    /// assert!(matches!(e, CallError::Remote { code: ErrorCode::CacheFull, .. }));
+    /// ```
     pub fn from_remote(e: RemoteError) -> Self {
         match ErrorCode::from_u32(e.code) {
             ErrorCode::QuotaExceeded => Self::QuotaExceeded(e.message),
@@ -166,6 +256,78 @@ impl CallError {
                 code,
                 message: e.message,
             },
+        }
+    }
+}
+
+/// How the server broke the protocol. The session cannot be trusted after
+/// one: drop the client, connect again, and report the server's bug.
+///
+/// ```
+/// use ipc_rpc::{CallError, ProtocolError};
+///
+/// let e = CallError::Malformed(ProtocolError::FrameKind(9));
+/// assert!(e.to_string().contains("connect again"));
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// A response did not validate as the method's response type.
+    Decode {
+        /// The method called ([`Method::ID`](crate::Method::ID)).
+        method: u64,
+        /// rkyv's validation error.
+        source: CodecError,
+    },
+    /// An error frame's payload did not validate as a [`RemoteError`].
+    ErrorFrame(CodecError),
+    /// The response to a call names another method.
+    WrongMethod {
+        /// The method called.
+        called: u64,
+        /// The method the response names.
+        answered: u64,
+    },
+    /// A frame of a kind a response ring never carries.
+    FrameKind(u16),
+    /// A ring shared with the server is corrupt (its indices or frames
+    /// break the ring protocol).
+    Ring(RingError),
+}
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Decode { method, source } => write!(
+                f,
+                "the response to method {method:#x} did not validate ({source}); client and server disagree on the method's types: build both from the same definition, and bump VERSION when its types change"
+            ),
+            Self::ErrorFrame(e) => write!(
+                f,
+                "the server sent an error frame that did not validate ({e}); connect again, and report the server's bug"
+            ),
+            Self::WrongMethod { called, answered } => write!(
+                f,
+                "the server answered a call of method {called:#x} with a response for {answered:#x}; connect again, and report the server's bug"
+            ),
+            Self::FrameKind(k) => write!(
+                f,
+                "the server sent a frame of unknown kind {k}; connect again, and report the server's bug"
+            ),
+            Self::Ring(e) => write!(
+                f,
+                "a ring shared with the server is corrupt ({e}); this session is unusable: connect again"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ProtocolError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Decode { source, .. } | Self::ErrorFrame(source) => Some(source),
+            Self::Ring(e) => Some(e),
+            _ => None,
         }
     }
 }

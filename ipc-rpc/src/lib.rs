@@ -91,7 +91,7 @@ mod tests;
 
 pub use codec::Wire;
 pub use endpoint::{Inbox, Message, Outbox, SMALL_WINDOW, SendError, encode_to_vec};
-pub use error::{CallError, ErrorCode, RemoteError};
+pub use error::{CallError, ErrorCode, ProtocolError, RemoteError};
 pub use method::{Method, method_id};
 
 /// The rkyv this crate is built with, re-exported: derive message types with
