@@ -438,6 +438,7 @@ impl AsyncClient {
     ) -> Result<M::Response, CallError> {
         self.round_trip::<M, _>(req, timeout, None, session::decode::<M>)
             .await
+            .map_err(session::name_unknown::<M>)
     }
 
     /// Same as [`call_timeout`](Self::call_timeout) with [`CallOptions`]
@@ -481,6 +482,7 @@ impl AsyncClient {
         let access = |b: &[u8]| session::access::<M, R>(b, f);
         self.round_trip::<M, _>(req, self.shared.opts.timeout, None, access)
             .await
+            .map_err(session::name_unknown::<M>)
     }
 
     /// Calls `M`; if the future is dropped (or times out) after the request

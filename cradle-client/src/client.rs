@@ -379,6 +379,7 @@ impl Inner {
         let deadline = start + opts.timeout;
         let id = self.submit::<M>(req, deadline, opts.wait, block)?;
         self.receive(M::ID, id, start, deadline, opts.wait, NO_SALVAGE, f)
+            .map_err(session::name_unknown::<M>)
     }
 
     /// Calls `M`; if the call times out after the request went out,
@@ -708,6 +709,7 @@ impl<M: Method> Pending<'_, M> {
         self.client
             .inner
             .receive(M::ID, self.id, start, deadline, opts.wait, NO_SALVAGE, f)
+            .map_err(session::name_unknown::<M>)
     }
 }
 

@@ -23,7 +23,7 @@ use ipc_rpc::handshake::{self, Goodbye, Hello, Welcome};
 use ipc_rpc::session::{
     self as layout, LAYOUT_VERSION, SESSION_KIND, SESSION_MAGIC, STATUS_KIND, STATUS_MAGIC,
 };
-use ipc_rpc::{CallError, Method, ProtocolError, RemoteError, Wire, wire};
+use ipc_rpc::{CallError, ErrorCode, Method, ProtocolError, RemoteError, Wire, wire};
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -131,6 +131,27 @@ pub(crate) fn salvage<M: Method>(
             release(owner, left.lease, left.aborted, true);
         }
     })
+}
+
+/// The server knows a method only by its id: an `UnknownMethod` answer is
+/// given the name, version and id of `M`, which the caller knows.
+pub(crate) fn name_unknown<M: Method>(e: CallError) -> CallError {
+    match e {
+        CallError::Remote {
+            code: ErrorCode::UnknownMethod,
+            ..
+        } => CallError::Remote {
+            code: ErrorCode::UnknownMethod,
+            message: format!(
+                "this server has no method {} (version {}, id {:#018x}): no handler or provider \
+                 registered it, or the server is older than this client",
+                M::NAME,
+                M::VERSION,
+                M::ID
+            ),
+        },
+        e => e,
+    }
 }
 
 /// Turns a response frame into the call's result.

@@ -149,3 +149,47 @@ fn a_request_over_the_frame_limit_fails_at_the_caller() {
     let fits = vec![1u8; client.max_message() - 64];
     assert_eq!(client.call::<Ping>(&fits).unwrap().len(), fits.len());
 }
+
+ipc_rpc::method! {
+    /// A method no server registers.
+    Missing = "example.not_registered" version 3: u32 => u32;
+}
+
+#[test]
+fn an_unknown_method_is_named_in_the_error() {
+    let (_dog, dir, _server) = with_server("unknown method", Duration::from_secs(60), &[]);
+    let check = |e: cradle_client::CallError| {
+        assert_eq!(
+            e.code(),
+            Some(cradle_client::ErrorCode::UnknownMethod),
+            "{e}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains("example.not_registered") && text.contains("version 3"),
+            "{text}"
+        );
+    };
+    let client = Client::connect(dir.socket()).unwrap();
+    check(client.call::<Missing>(&1).unwrap_err());
+    check(client.send::<Missing>(&2).unwrap().wait().unwrap_err());
+    // The session stays usable.
+    assert_eq!(client.call::<Ping>(&vec![1]).unwrap(), vec![1]);
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = cradle_client::AsyncClient::connect(dir.socket())
+            .await
+            .unwrap();
+        check(client.call::<Missing>(&3).await.unwrap_err());
+        check(
+            client
+                .call_with::<Missing, _>(&4, |r| *r)
+                .await
+                .unwrap_err(),
+        );
+    });
+}

@@ -526,7 +526,10 @@ pub enum KeyError {
 impl core::fmt::Display for KeyError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            Self::Empty => write!(f, "the cache key is empty; give a name of 1 to {MAX_KEY_LEN} bytes"),
+            Self::Empty => write!(
+                f,
+                "the cache key is empty; give a name of 1 to {MAX_KEY_LEN} bytes"
+            ),
             Self::TooLong(n) => write!(
                 f,
                 "the cache key is {n} bytes long; at most {MAX_KEY_LEN} are allowed"
