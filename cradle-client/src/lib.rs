@@ -48,6 +48,9 @@
 //! # Feature flags
 //!
 //! * `tokio` (default): [`AsyncClient`], [`AsyncBlobWriter`], [`AsyncCache`].
+//! * `cli` (default): the `cradle` command-line binary and its dependencies
+//!   (clap, bytesize, signal-hook); an application that links the library
+//!   can turn default features off and keep `tokio` only.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
