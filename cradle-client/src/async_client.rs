@@ -677,9 +677,10 @@ async fn drive(shared: Arc<Shared>, wake: AsyncFd<Fd>, sock: AsyncFd<Fd>) {
 }
 
 fn drain_eventfd(fd: &Fd) {
-    let mut buf = [0u8; 8];
-    // Non-blocking: one read resets the counter; EAGAIN means it was empty.
-    let _ = rustix::io::read(&fd.0, &mut buf);
+    let mut buf = [0u8; 64];
+    // Non-blocking: the server's wake descriptor is a socket on which each
+    // wake queues 8 bytes, so read until EAGAIN (or EOF, or an error).
+    while matches!(rustix::io::read(&fd.0, &mut buf), Ok(n) if n > 0) {}
 }
 
 /// What a readable control socket says: `Some(SHUTDOWN)` on a Goodbye,

@@ -5,7 +5,7 @@
 use crate::server::HandleInner;
 use crate::stats::{SessionCounters, Shared};
 use crate::worker::{ClientWaker, NewSession, WorkerMsg};
-use ipc_core::doorbell::EventFd;
+use ipc_core::doorbell::{EventFd, WakeSocket};
 use ipc_core::ring::{Consumer, Producer, RingRegion};
 use ipc_core::shm::{Access, Seals, Segment, init_header};
 use ipc_core::sync::Ordering;
@@ -291,26 +291,27 @@ impl Acceptor<'_> {
             status_len: ctx.status_len as u64,
             ..welcome(STATUS_OK, ctx.epoch)
         };
-        // An async client sleeps on an eventfd of its own, which we write.
-        let waker = if hello.flags & HELLO_WAKE_EVENTFD != 0 {
-            match EventFd::new() {
-                Ok(e) => ClientWaker::EventFd(e),
+        // An async client sleeps on a descriptor it can poll: one end of a
+        // socketpair, whose other end only we hold and write.
+        let (waker, client_wake) = if hello.flags & HELLO_WAKE_EVENTFD != 0 {
+            match WakeSocket::pair() {
+                Ok((ours, theirs)) => (ClientWaker::Socket(ours), Some(theirs)),
                 Err(e) => {
-                    tracing::warn!(pid = p.pid, error = %e, "cannot create a client eventfd");
+                    tracing::warn!(pid = p.pid, error = %e, "cannot create a client wake socket");
                     refuse(STATUS_RESOURCES);
                     return;
                 }
             }
         } else {
-            ClientWaker::Futex
+            (ClientWaker::Futex, None)
         };
         let mut fds = vec![
             parts.segment.fd(),
             parts.bell.as_fd(),
             ctx.status_ro.as_fd(),
         ];
-        if let ClientWaker::EventFd(e) = &waker {
-            fds.push(e.as_fd());
+        if let Some(theirs) = &client_wake {
+            fds.push(theirs.as_fd());
         }
         if let Err(e) = send_with_fds(p.sock.as_fd(), bytemuck::bytes_of(&w), &fds) {
             tracing::warn!(pid = p.pid, error = %e, "cannot send the welcome; connection closed");

@@ -35,7 +35,7 @@ use crate::handlers::{Handler, Queued, Registry, Replier};
 use crate::offload::{Completion, Job};
 use crate::server::HandleInner;
 use crate::stats::{SessionCounters, Shared};
-use ipc_core::doorbell::{EventFd, Futex, Waker};
+use ipc_core::doorbell::{EventFd, Futex, WakeSocket, Waker};
 use ipc_core::ring::{RingRegion, max_payload_len};
 use ipc_core::shm::{Mapping, Segment};
 use ipc_core::sync::{AtomicU32, Atomics, Ordering, StdAtomics};
@@ -155,27 +155,29 @@ impl Close {
     }
 }
 
-/// A session on its worker.
 /// How the server wakes a sleeping client of a session: a futex wake on the
-/// session's word (sync clients), or a write to the client's eventfd (async
-/// clients, `HELLO_WAKE_EVENTFD`).
+/// session's word (sync clients), or a write to our end of the socketpair
+/// whose other end the client sleeps on (async clients, `HELLO_WAKE_EVENTFD`).
+/// Never a descriptor whose file description the client shares: it could
+/// make our write block (see [`WakeSocket`]).
 #[derive(Debug)]
 pub(crate) enum ClientWaker {
     /// `FUTEX_WAKE` on the doorbell's `seq` word.
     Futex,
-    /// Write 1 to the client's eventfd.
-    EventFd(EventFd),
+    /// Send 8 bytes on our end of the client's wake socketpair.
+    Socket(WakeSocket),
 }
 
 impl Waker<StdAtomics> for ClientWaker {
     fn wake(&self, seq: &<StdAtomics as Atomics>::U32) {
         match self {
             Self::Futex => Waker::<StdAtomics>::wake(&Futex, seq),
-            Self::EventFd(e) => Waker::<StdAtomics>::wake(e, seq),
+            Self::Socket(w) => Waker::<StdAtomics>::wake(w, seq),
         }
     }
 }
 
+/// A session on its worker.
 struct Session {
     id: u64,
     sock: OwnedFd,
@@ -445,11 +447,12 @@ impl Worker<'_> {
             close: None,
             _segment: n.segment,
         };
+        // Edge-triggered, and never read (see `poll_events`).
         let reg = epoll::add(
             &self.epoll,
             s.bell.as_fd(),
             EventData::new_u64(s.id << 1),
-            EventFlags::IN,
+            EventFlags::IN | EventFlags::ET,
         )
         .and_then(|()| {
             epoll::add(
@@ -507,9 +510,9 @@ impl Worker<'_> {
                 continue;
             };
             if token & 1 == 0 {
-                if let Err(e) = s.bell.drain() {
-                    s.close = Some(Close::Internal(format!("session eventfd failed: {e}")));
-                }
+                // Never read: the client shares this eventfd's file
+                // description and could make a read block. It is registered
+                // edge-triggered, and every write raises an edge.
                 s.active = true;
                 s.last_active = now;
             } else if flags.intersects(EventFlags::HUP | EventFlags::RDHUP | EventFlags::ERR) {

@@ -71,6 +71,7 @@
 
 mod eventfd;
 mod futex;
+mod socket;
 
 use core::fmt;
 use std::time::{Duration, Instant};
@@ -81,6 +82,7 @@ use crate::sync::{Atomics, Ordering, Word32};
 
 pub use self::eventfd::EventFd;
 pub use self::futex::Futex;
+pub use self::socket::WakeSocket;
 
 /// The spin budget of [`WaitMode::default()`]: 50 µs, about the time of two
 /// context switches, so a peer that answers within a few microseconds is
@@ -422,7 +424,8 @@ where
 static WAKE_SYSCALLS: WakeCounter = WakeCounter::new();
 
 /// The number of wake syscalls (futex wakes by [`Futex`], eventfd writes by
-/// [`EventFd::notify`]) this process has made so far.
+/// [`EventFd::notify`], socket writes by [`WakeSocket::notify`]) this process
+/// has made so far.
 ///
 /// ```
 /// let before = ipc_core::doorbell::wake_syscalls();
