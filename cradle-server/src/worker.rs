@@ -257,6 +257,19 @@ fn serve(s: &mut Session, ctx: &WorkerCtx) -> bool {
             )));
             break;
         }
+        if meta.flags != wire::NO_FLAGS {
+            // No request flag is defined: refuse the call, keep the session
+            // (a client of a later protocol learns why; nothing was run).
+            out.error(
+                meta,
+                ErrorCode::Malformed,
+                format!(
+                    "request frame flags {:#06x}: this server defines none (must be 0)",
+                    meta.flags
+                ),
+            );
+            continue;
+        }
         match ctx.registry.get(meta.tag) {
             None => out.error(
                 meta,

@@ -255,3 +255,40 @@ fn descriptor_tricks_cannot_block_the_only_worker() {
 fn four_hostile_sessions_cannot_block_four_workers() {
     run("hostile fds 4 workers", "4", 4);
 }
+
+/// Frame flags other than 0 are refused with a `Malformed` error answer;
+/// the session stays usable.
+#[test]
+fn a_request_with_nonzero_flags_is_answered_with_malformed() {
+    use ipc_rpc::{ErrorCode, RemoteError, Wire};
+    let (_dog, dir, _server) = with_server("frame flags", Duration::from_secs(60), &[]);
+    let raw = RawSession::open(&dir.socket());
+    let mut out = Outbox::new(raw.producer());
+    let mut inbox = ipc_rpc::Inbox::new(raw.consumer());
+    for (id, flags) in [(1u64, 1u16), (2, 0x8000), (3, 0)] {
+        let meta = FrameMeta {
+            request_id: id,
+            tag: Ping::ID,
+            kind: wire::REQUEST,
+            flags,
+        };
+        out.try_send(meta, &vec![7u8; 8]).expect("room");
+        raw.kick();
+        let (meta, bytes) = loop {
+            if let Some(m) = inbox.try_recv().expect("response ring") {
+                break (m.meta, m.bytes.to_vec());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        inbox.consumer().release_and_notify(&raw.eventfd);
+        assert_eq!(meta.request_id, id);
+        if flags == 0 {
+            assert_eq!(meta.kind, wire::RESPONSE, "a clean request is served");
+        } else {
+            assert_eq!(meta.kind, wire::ERROR, "flags {flags:#x} accepted");
+            let e = <RemoteError as Wire>::decode(&bytes).expect("error payload");
+            assert_eq!(ErrorCode::from_u32(e.code), ErrorCode::Malformed);
+            eprintln!("flags {flags:#x}: {}", e.message);
+        }
+    }
+}
