@@ -32,6 +32,66 @@ const LISTENER: u64 = 0;
 const BELL: u64 = 1;
 const HELLO_LEN: usize = size_of::<Hello>();
 
+/// Connections allowed in the handshake at once. A new connection beyond it
+/// closes the oldest pending one: a flood of silent connections costs at most
+/// this many descriptors and never locks out a client that says Hello at once.
+pub(crate) const MAX_PENDING: usize = 64;
+
+/// One log line per kind per this period; the rest are counted.
+const LOG_PERIOD: Duration = Duration::from_secs(1);
+
+/// Rate limit of the acceptor's repeated warnings: at most one line per kind
+/// per [`LOG_PERIOD`], the next one saying how many were suppressed.
+#[derive(Debug, Default)]
+struct LogLimiter {
+    /// Per kind: when its last line was written, and lines suppressed since.
+    kinds: HashMap<&'static str, (Instant, u64)>,
+}
+
+/// `" (N more suppressed)"`, or nothing when N is 0.
+struct Suppressed(u64);
+
+impl std::fmt::Display for Suppressed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            0 => Ok(()),
+            n => write!(f, " ({n} more suppressed)"),
+        }
+    }
+}
+
+impl LogLimiter {
+    /// Whether a line of `kind` may be written now; if so, how many were
+    /// suppressed before it.
+    fn allow(&mut self, kind: &'static str, now: Instant) -> Option<Suppressed> {
+        match self.kinds.get_mut(kind) {
+            Some((last, n)) if now.duration_since(*last) < LOG_PERIOD => {
+                *n += 1;
+                None
+            }
+            Some((last, n)) => {
+                *last = now;
+                Some(Suppressed(std::mem::take(n)))
+            }
+            None => {
+                self.kinds.insert(kind, (now, 0));
+                Some(Suppressed(0))
+            }
+        }
+    }
+
+    /// Reports the counts of kinds that went quiet with lines suppressed.
+    fn flush(&mut self, now: Instant) {
+        for (kind, (last, n)) in &mut self.kinds {
+            if *n > 0 && now.duration_since(*last) >= LOG_PERIOD {
+                tracing::warn!("{kind}: {n} more suppressed");
+                *last = now;
+                *n = 0;
+            }
+        }
+    }
+}
+
 /// What the acceptor needs.
 #[derive(Debug)]
 pub(crate) struct AcceptorCtx {
@@ -147,6 +207,7 @@ struct Acceptor<'a> {
     ctx: &'a AcceptorCtx,
     epoll: OwnedFd,
     pending: HashMap<u64, Pending>,
+    log: LogLimiter,
     next_token: u64,
     next_session: u64,
     next_worker: usize,
@@ -165,7 +226,9 @@ impl Acceptor<'_> {
                 Err(e) => {
                     // Out of descriptors or memory: back off a little rather
                     // than spin on a listener that stays readable.
-                    tracing::warn!(error = %e, "accept failed; pausing 20 ms");
+                    if let Some(n) = self.log.allow("accept failed", Instant::now()) {
+                        tracing::warn!(error = %e, "accept failed; pausing 20 ms{n}");
+                    }
                     std::thread::sleep(Duration::from_millis(20));
                     return;
                 }
@@ -173,19 +236,26 @@ impl Acceptor<'_> {
             let cred = match rustix::net::sockopt::socket_peercred(&sock) {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!(error = %e, "SO_PEERCRED failed; connection closed");
+                    if let Some(n) = self.log.allow("SO_PEERCRED failed", Instant::now()) {
+                        tracing::warn!(error = %e, "SO_PEERCRED failed; connection closed{n}");
+                    }
                     continue;
                 }
             };
             let uid = cred.uid.as_raw();
             let pid = cred.pid.as_raw_nonzero().get() as u32;
             if uid != self.ctx.euid {
-                tracing::warn!(
-                    peer_uid = uid,
-                    peer_pid = pid,
-                    "connection from another user refused"
-                );
+                if let Some(n) = self.log.allow("another user", Instant::now()) {
+                    tracing::warn!(
+                        peer_uid = uid,
+                        peer_pid = pid,
+                        "connection from another user refused{n}"
+                    );
+                }
                 continue;
+            }
+            if self.pending.len() >= MAX_PENDING {
+                self.drop_oldest_pending();
             }
             let token = self.next_token;
             self.next_token += 1;
@@ -195,7 +265,9 @@ impl Acceptor<'_> {
                 EventData::new_u64(token),
                 EventFlags::IN | EventFlags::RDHUP,
             ) {
-                tracing::warn!(error = %e, "epoll registration failed; connection closed");
+                if let Some(n) = self.log.allow("epoll registration", Instant::now()) {
+                    tracing::warn!(error = %e, "epoll registration failed; connection closed{n}");
+                }
                 continue;
             }
             self.pending.insert(
@@ -209,6 +281,23 @@ impl Acceptor<'_> {
                     uid,
                 },
             );
+        }
+    }
+
+    /// Closes the pending connection accepted first (the smallest token).
+    fn drop_oldest_pending(&mut self) {
+        let Some(&oldest) = self.pending.keys().min() else {
+            return;
+        };
+        if let Some(p) = self.pending.remove(&oldest) {
+            let _ = epoll::delete(&self.epoll, &p.sock);
+            if let Some(n) = self.log.allow("pending handshakes", Instant::now()) {
+                tracing::warn!(
+                    pid = p.pid,
+                    limit = MAX_PENDING,
+                    "too many connections in the handshake; the oldest closed{n}"
+                );
+            }
         }
     }
 
@@ -242,16 +331,20 @@ impl Acceptor<'_> {
         };
         match hello.check() {
             None => {
-                tracing::warn!(pid = p.pid, "not a CRADLE client (bad hello magic); closed");
+                if let Some(n) = self.log.allow("bad hello", Instant::now()) {
+                    tracing::warn!(pid = p.pid, "not a CRADLE client (bad hello magic); closed{n}");
+                }
                 return;
             }
             Some(STATUS_OK) => {}
             Some(status) => {
-                tracing::warn!(
-                    pid = p.pid,
-                    reason = status_message(status),
-                    "handshake refused"
-                );
+                if let Some(n) = self.log.allow("handshake refused", Instant::now()) {
+                    tracing::warn!(
+                        pid = p.pid,
+                        reason = status_message(status),
+                        "handshake refused{n}"
+                    );
+                }
                 refuse(status);
                 return;
             }
@@ -262,11 +355,13 @@ impl Acceptor<'_> {
             return;
         }
         if ctx.shared.open_sessions() >= ctx.max_sessions as u64 {
-            tracing::warn!(
-                pid = p.pid,
-                limit = ctx.max_sessions,
-                "session limit reached; connection refused"
-            );
+            if let Some(n) = self.log.allow("session limit", Instant::now()) {
+                tracing::warn!(
+                    pid = p.pid,
+                    limit = ctx.max_sessions,
+                    "session limit reached; connection refused{n}"
+                );
+            }
             refuse(STATUS_TOO_MANY_SESSIONS);
             return;
         }
@@ -274,7 +369,9 @@ impl Acceptor<'_> {
         let parts = match create_session(id, ctx.ring_capacity) {
             Ok(parts) => parts,
             Err(e) => {
-                tracing::warn!(pid = p.pid, error = %e, "cannot create a session");
+                if let Some(n) = self.log.allow("cannot create a session", Instant::now()) {
+                    tracing::warn!(pid = p.pid, error = %e, "cannot create a session{n}");
+                }
                 refuse(STATUS_RESOURCES);
                 return;
             }
@@ -297,7 +394,9 @@ impl Acceptor<'_> {
             match WakeSocket::pair() {
                 Ok((ours, theirs)) => (ClientWaker::Socket(ours), Some(theirs)),
                 Err(e) => {
-                    tracing::warn!(pid = p.pid, error = %e, "cannot create a client wake socket");
+                    if let Some(n) = self.log.allow("client wake socket", Instant::now()) {
+                        tracing::warn!(pid = p.pid, error = %e, "cannot create a client wake socket{n}");
+                    }
                     refuse(STATUS_RESOURCES);
                     return;
                 }
@@ -314,7 +413,9 @@ impl Acceptor<'_> {
             fds.push(theirs.as_fd());
         }
         if let Err(e) = send_with_fds(p.sock.as_fd(), bytemuck::bytes_of(&w), &fds) {
-            tracing::warn!(pid = p.pid, error = %e, "cannot send the welcome; connection closed");
+            if let Some(n) = self.log.allow("cannot send the welcome", Instant::now()) {
+                tracing::warn!(pid = p.pid, error = %e, "cannot send the welcome; connection closed{n}");
+            }
             return;
         }
         let counters = Arc::new(SessionCounters::new(id, p.pid));
@@ -348,10 +449,12 @@ impl Acceptor<'_> {
         for t in late {
             if let Some(p) = self.pending.remove(&t) {
                 let _ = epoll::delete(&self.epoll, &p.sock);
-                tracing::warn!(
-                    pid = p.pid,
-                    "no complete hello within the handshake timeout; closed"
-                );
+                if let Some(n) = self.log.allow("handshake timeout", now) {
+                    tracing::warn!(
+                        pid = p.pid,
+                        "no complete hello within the handshake timeout; closed{n}"
+                    );
+                }
             }
         }
     }
@@ -376,6 +479,7 @@ pub(crate) fn run_acceptor(ctx: &AcceptorCtx) -> std::io::Result<()> {
         ctx,
         epoll,
         pending: HashMap::new(),
+        log: LogLimiter::default(),
         next_token: 2,
         next_session: 1,
         next_worker: 0,
@@ -413,6 +517,8 @@ pub(crate) fn run_acceptor(ctx: &AcceptorCtx) -> std::io::Result<()> {
                 t => a.on_readable(t),
             }
         }
-        a.expire(Instant::now());
+        let now = Instant::now();
+        a.expire(now);
+        a.log.flush(now);
     }
 }

@@ -1,0 +1,116 @@
+//! Server-wide limits against many cheap clients: silent connections, many
+//! sessions, sessions that never read their responses. The server's memory
+//! and descriptors stay bounded, its log stays readable, and a well-behaved
+//! client keeps being served.
+
+mod support;
+
+use cradle_client::Client;
+use ipc_rpc::builtin::{Ping, Stats};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use support::*;
+
+/// Raises this process's `RLIMIT_NOFILE` soft limit to the hard limit and
+/// returns it.
+fn raise_nofile() -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let lim = getrlimit(Resource::Nofile);
+    if let Some(hard) = lim.maximum {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(hard),
+                maximum: Some(hard),
+            },
+        );
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+/// Starts a server whose log (stderr, at `info`) goes to `log`.
+fn server_logging_to(socket: &Path, log: &Path, extra: &[&str]) -> ServerProc {
+    let file = std::fs::File::create(log).expect("log file");
+    let child = Command::new(server_bin())
+        .arg("--socket")
+        .arg(socket)
+        .arg("--disk-cache")
+        .arg(socket.with_file_name("disk"))
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .expect("spawn cradle-server");
+    let server = ServerProc {
+        child,
+        socket: socket.to_path_buf(),
+    };
+    server.wait_ready();
+    server
+}
+
+/// Descriptors the process `pid` has open now.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn five_thousand_silent_connections_leave_room_and_the_log_readable() {
+    const SILENT: usize = 5000;
+    let limit = raise_nofile();
+    assert!(
+        limit > SILENT as u64 + 200,
+        "RLIMIT_NOFILE {limit} too small for {SILENT} connections"
+    );
+    let dog = Watchdog::arm("silent connections", Duration::from_secs(120));
+    let dir = TempDir::new("silent");
+    let log = dir.0.join("server.log");
+    let mut server = server_logging_to(&dir.socket(), &log, &[]);
+    dog.watch_child(server.pid());
+    let fds_before = open_fds(server.pid());
+    let mut silent = Vec::with_capacity(SILENT);
+    for i in 0..SILENT {
+        match UnixStream::connect(dir.socket()) {
+            Ok(s) => silent.push(s),
+            Err(e) => panic!("silent connection {i}: {e}"),
+        }
+    }
+    // Every connection was accepted (the listen queue is empty once a real
+    // client gets through below); the server holds only a bounded number.
+    let good = Client::connect_with(dir.socket(), sleeping()).expect("a real client connects");
+    assert_eq!(good.call::<Ping>(&b"hi".to_vec()).unwrap(), b"hi");
+    let fds_during = open_fds(server.pid());
+    eprintln!(
+        "server descriptors: {fds_before} before, {fds_during} with {SILENT} silent connections"
+    );
+    assert!(
+        fds_during < fds_before + 200,
+        "the server keeps {} descriptors for silent connections",
+        fds_during - fds_before
+    );
+    // Past the handshake timeout (2 s) the last pending ones are dropped too.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(good.call::<Ping>(&b"again".to_vec()).unwrap(), b"again");
+    drop(good);
+    drop(silent);
+    assert!(server.terminate().success());
+    let text = std::fs::read_to_string(&log).expect("read log");
+    let warns = text.lines().filter(|l| l.contains("WARN")).count();
+    eprintln!(
+        "server log: {} lines, {warns} warnings; the warnings:",
+        text.lines().count()
+    );
+    for l in text.lines().filter(|l| l.contains("WARN")) {
+        eprintln!("  {l}");
+    }
+    assert!(warns > 0, "the flood was not reported at all");
+    assert!(
+        warns < 50,
+        "{warns} warning lines for {SILENT} silent connections"
+    );
+}
