@@ -332,7 +332,10 @@ impl Acceptor<'_> {
         match hello.check() {
             None => {
                 if let Some(n) = self.log.allow("bad hello", Instant::now()) {
-                    tracing::warn!(pid = p.pid, "not a CRADLE client (bad hello magic); closed{n}");
+                    tracing::warn!(
+                        pid = p.pid,
+                        "not a CRADLE client (bad hello magic); closed{n}"
+                    );
                 }
                 return;
             }

@@ -373,11 +373,12 @@ impl ServerBuilder {
         });
         let stats_shared = Arc::clone(&shared);
         let stats_store = Arc::clone(&store);
+        let stats_room = ipc_core::ring::max_payload_len(self.ring_capacity);
         entries.push(Entry {
             id: <Stats as Method>::ID,
             name: <Stats as Method>::NAME,
             handler: Handler::Inline(handlers::inline::<Stats, _>(move |()| {
-                Ok(stats_shared.snapshot(&stats_store))
+                Ok(stats_shared.snapshot(&stats_store, stats_room))
             })),
         });
         entries.extend(crate::blobs::methods::entries(&store));

@@ -114,3 +114,58 @@ fn five_thousand_silent_connections_leave_room_and_the_log_readable() {
         "{warns} warning lines for {SILENT} silent connections"
     );
 }
+
+#[test]
+fn stats_with_4096_sessions_fits_one_frame_and_lists_the_busiest() {
+    const SESSIONS: usize = 4096;
+    let limit = raise_nofile();
+    assert!(limit > 2 * SESSIONS as u64 + 200, "RLIMIT_NOFILE {limit}");
+    let (_dog, dir, _server) = with_server(
+        "stats 4096",
+        Duration::from_secs(300),
+        &["--max-sessions", "4200"],
+    );
+    // The busiest session: a well-behaved client with many calls.
+    let good = Client::connect_with(dir.socket(), sleeping()).unwrap();
+    for i in 0..200u32 {
+        let p = i.to_le_bytes().to_vec();
+        assert_eq!(good.call::<Ping>(&p).unwrap(), p);
+    }
+    let raw: Vec<RawSession> = (0..SESSIONS)
+        .map(|_| RawSession::open(&dir.socket()))
+        .collect();
+    let s = good.call::<Stats>(&()).expect("stats with 4096 sessions");
+    eprintln!(
+        "stats: {} sessions open, {} listed",
+        s.sessions,
+        s.per_session.len()
+    );
+    assert_eq!(s.sessions, SESSIONS as u64 + 1);
+    assert!(!s.per_session.is_empty() && s.per_session.len() <= SESSIONS + 1);
+    let busiest = s.per_session.iter().max_by_key(|p| p.calls).unwrap();
+    assert!(
+        busiest.calls >= 200,
+        "the busiest session is not listed: {busiest:?}"
+    );
+    // The CLI prints it too (when the workspace's binaries are built).
+    let cli = std::path::Path::new(server_bin()).with_file_name("cradle");
+    if cli.exists() {
+        let out = Command::new(&cli)
+            .arg("--socket")
+            .arg(dir.socket())
+            .arg("stats")
+            .output()
+            .expect("run cradle stats");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "cradle stats failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Its own session is one more.
+        assert!(text.contains("sessions 4098 open"), "cradle stats said: {text}");
+    } else {
+        eprintln!("{} not built: CLI part skipped", cli.display());
+    }
+    drop(raw);
+}

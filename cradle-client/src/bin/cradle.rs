@@ -452,6 +452,13 @@ fn stats(client: &Client) -> Result<(), String> {
     } else {
         println!("disk cache: none (server started with --no-disk-cache)");
     }
+    if (s.per_session.len() as u64) < s.sessions {
+        println!(
+            "the {} most active of {} sessions:",
+            s.per_session.len(),
+            s.sessions
+        );
+    }
     if !s.per_session.is_empty() {
         println!(
             "{:>8} {:>8} {:>12} {:>9} {:>8} {:>7} {:>10} {:>10}",
