@@ -71,6 +71,12 @@ pub(crate) struct Shared {
     pub(crate) sessions_total: AtomicU64,
     pub(crate) calls_served: AtomicU64,
     pub(crate) sessions_killed: AtomicU64,
+    /// Heap bytes of all sessions' response backlogs (each worker adds and
+    /// subtracts its sessions' shares).
+    pub(crate) backlog_bytes: AtomicU64,
+    /// Server-wide cap on `backlog_bytes`: beyond it, sessions with a
+    /// backlog have no more requests taken.
+    pub(crate) backlog_limit: u64,
     sessions: Mutex<HashMap<u64, Arc<SessionCounters>>>,
 }
 
@@ -84,8 +90,16 @@ impl Shared {
             sessions_total: AtomicU64::new(0),
             calls_served: AtomicU64::new(0),
             sessions_killed: AtomicU64::new(0),
+            backlog_bytes: AtomicU64::new(0),
+            backlog_limit: u64::MAX,
             sessions: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same, with a server-wide cap on response backlog bytes.
+    pub(crate) fn with_backlog_limit(mut self, bytes: u64) -> Self {
+        self.backlog_limit = bytes;
+        self
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<u64, Arc<SessionCounters>>> {

@@ -38,7 +38,7 @@ use crate::stats::{SessionCounters, Shared};
 use ipc_core::doorbell::{EventFd, Futex, WakeSocket, Waker};
 use ipc_core::ring::{RingRegion, max_payload_len};
 use ipc_core::shm::{Mapping, Segment};
-use ipc_core::sync::{AtomicU32, Atomics, Ordering, StdAtomics};
+use ipc_core::sync::{AtomicU32, AtomicU64, Atomics, Ordering, StdAtomics};
 use ipc_rpc::handshake::{GOODBYE_MAGIC, Goodbye, send_pod};
 use ipc_rpc::rkyv::util::AlignedVec;
 use ipc_rpc::{ErrorCode, Inbox, Outbox, wire};
@@ -186,6 +186,8 @@ struct Session {
     inbox: Inbox<RingRegion>,
     outbox: Outbox<RingRegion>,
     backlog: VecDeque<Queued>,
+    /// Heap bytes of `backlog`, as counted in `Shared::backlog_bytes`.
+    backlog_bytes: u64,
     in_flight: u32,
     calls: u64,
     counters: Arc<SessionCounters>,
@@ -232,8 +234,31 @@ fn serve(s: &mut Session, ctx: &WorkerCtx) -> bool {
     if !out.backlog.is_empty() && out.flush() {
         worked = true;
     }
+    let global = &ctx.shared.backlog_bytes;
+    settle_backlog(&mut s.backlog_bytes, queued_bytes(out.backlog), global);
+    let session_cap = session_backlog_cap(ctx);
+    let global_cap = ctx.shared.backlog_limit;
     let mut taken = 0;
-    while taken < BATCH && out.backlog.len() < ctx.max_backlog && out.broken.is_none() {
+    while taken < BATCH && out.broken.is_none() {
+        // Throttle: take a request only while its answer has somewhere to
+        // go within the caps (count and bytes, per session and server-wide),
+        // or will go straight into the response ring.
+        let within_caps = out.backlog.len() < ctx.max_backlog
+            && s.backlog_bytes < session_cap
+            // Relaxed: a soft limit; each worker overshoots it by at most one
+            // answer (it re-reads after every enqueue).
+            && global.load(Ordering::Relaxed) < global_cap;
+        if !within_caps
+            && !(out.backlog.is_empty()
+                && out
+                    .outbox
+                    .producer()
+                    .has_room(ctx.max_payload)
+                    .unwrap_or(false))
+        {
+            break;
+        }
+        let queued_before = out.backlog.len();
         let msg = match s.inbox.try_recv() {
             Ok(Some(m)) => m,
             Ok(None) => break,
@@ -309,6 +334,12 @@ fn serve(s: &mut Session, ctx: &WorkerCtx) -> bool {
                 }
             }
         }
+        if out.backlog.len() > queued_before
+            && let Some((_, b)) = out.backlog.back()
+        {
+            let now = s.backlog_bytes + b.capacity() as u64;
+            settle_backlog(&mut s.backlog_bytes, now, global);
+        }
     }
     if taken > 0 {
         worked = true;
@@ -344,6 +375,7 @@ fn serve(s: &mut Session, ctx: &WorkerCtx) -> bool {
         }
         worked = true;
     }
+    settle_backlog(&mut s.backlog_bytes, queued_bytes(out.backlog), global);
     let (published, broken, answered) = (out.published, out.broken.take(), out.answered);
     if published {
         // The sync client sleeps on the response ring's data doorbell (futex).
@@ -355,6 +387,45 @@ fn serve(s: &mut Session, ctx: &WorkerCtx) -> bool {
     }
     account(s, ctx, answered);
     worked
+}
+
+/// Heap bytes held by a backlog (0 at once when it is empty).
+fn queued_bytes(backlog: &VecDeque<Queued>) -> u64 {
+    backlog.iter().map(|(_, b)| b.capacity() as u64).sum()
+}
+
+/// Sets a session's share of the server-wide backlog byte count to `now`.
+fn settle_backlog(mine: &mut u64, now: u64, global: &AtomicU64) {
+    if now > *mine {
+        // Relaxed: a soft limit read by the workers' throttles; it publishes
+        // no data.
+        global.fetch_add(now - *mine, Ordering::Relaxed);
+    } else if now < *mine {
+        // Relaxed: as above.
+        global.fetch_sub(*mine - now, Ordering::Relaxed);
+    }
+    *mine = now;
+}
+
+/// The backlog bytes one session may hold before its requests are no longer
+/// taken: four rings' worth of the largest answers, never more than the
+/// server-wide cap.
+fn session_backlog_cap(ctx: &WorkerCtx) -> u64 {
+    (8 * ctx.max_payload as u64).min(ctx.shared.backlog_limit)
+}
+
+/// Whether `s` may take requests now (see the throttle in `serve`).
+fn may_take(s: &mut Session, ctx: &WorkerCtx) -> bool {
+    let within_caps = s.backlog.len() < ctx.max_backlog
+        && s.backlog_bytes < session_backlog_cap(ctx)
+        // Relaxed: a soft limit (see `serve`).
+        && ctx.shared.backlog_bytes.load(Ordering::Relaxed) < ctx.shared.backlog_limit;
+    within_caps
+        || (s.backlog.is_empty()
+            && s.outbox
+                .producer()
+                .has_room(ctx.max_payload)
+                .unwrap_or(false))
 }
 
 /// Counts answered calls and publishes the session's figures if they changed.
@@ -374,7 +445,7 @@ fn account(s: &mut Session, ctx: &WorkerCtx, answered: u64) {
 }
 
 /// Whether `s` has something to do now (checked before sleeping).
-fn has_work(s: &mut Session, max_backlog: usize) -> bool {
+fn has_work(s: &mut Session, ctx: &WorkerCtx) -> bool {
     if s.close.is_some() {
         return true;
     }
@@ -383,7 +454,7 @@ fn has_work(s: &mut Session, max_backlog: usize) -> bool {
         Some((_, b)) => s.outbox.producer().has_room(b.len()).unwrap_or(true),
         None => false,
     };
-    room || (s.backlog.len() < max_backlog && s.inbox.consumer().has_frame())
+    room || (s.inbox.consumer().has_frame() && may_take(s, ctx))
 }
 
 /// Delivers an offload completion.
@@ -394,6 +465,8 @@ fn complete(s: &mut Session, ctx: &WorkerCtx, c: Completion) {
         Some((meta, bytes)) => out.send_encoded(meta, bytes),
         None => out.answered += 1,
     }
+    let queued = queued_bytes(out.backlog);
+    settle_backlog(&mut s.backlog_bytes, queued, &ctx.shared.backlog_bytes);
     let (published, broken, answered) = (out.published, out.broken.take(), out.answered);
     if published {
         s.outbox.producer().notify(&s.waker);
@@ -450,6 +523,7 @@ impl Worker<'_> {
             inbox: n.inbox,
             outbox: n.outbox,
             backlog: VecDeque::new(),
+            backlog_bytes: 0,
             in_flight: 0,
             calls: 0,
             counters: n.counters,
@@ -560,6 +634,7 @@ impl Worker<'_> {
     /// remove it), then rings, mapping, fds and quotas go with `s`.
     fn free(&mut self, mut s: Session) {
         let close = s.close.take().unwrap_or(Close::Shutdown);
+        settle_backlog(&mut s.backlog_bytes, 0, &self.ctx.shared.backlog_bytes);
         let _ = epoll::delete(&self.epoll, s.bell.as_fd());
         let _ = epoll::delete(&self.epoll, &s.sock);
         if matches!(close, Close::Shutdown) {
@@ -639,7 +714,7 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
                 break Err(e);
             }
             for s in w.sessions.values_mut() {
-                if !s.active && has_work(s, ctx.max_backlog) {
+                if !s.active && has_work(s, ctx) {
                     s.active = true;
                     s.last_active = now;
                 }
@@ -661,7 +736,7 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
         <StdAtomics as Atomics>::fence(Ordering::SeqCst);
         let mut found = false;
         for s in w.sessions.values_mut() {
-            if has_work(s, ctx.max_backlog) {
+            if has_work(s, ctx) {
                 s.active = true;
                 s.last_active = now;
                 found = true;

@@ -163,9 +163,138 @@ fn stats_with_4096_sessions_fits_one_frame_and_lists_the_busiest() {
             String::from_utf8_lossy(&out.stderr)
         );
         // Its own session is one more.
-        assert!(text.contains("sessions 4098 open"), "cradle stats said: {text}");
+        assert!(
+            text.contains("sessions 4098 open"),
+            "cradle stats said: {text}"
+        );
     } else {
         eprintln!("{} not built: CLI part skipped", cli.display());
     }
     drop(raw);
+}
+
+/// `RssAnon` (heap and other private memory) of `pid`, in bytes.
+fn rss_anon(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("RssAnon:"))
+        .expect("RssAnon line");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("RssAnon value");
+    kib * 1024
+}
+
+/// 16 sessions that never read, each sending the largest pings its ring
+/// takes, for `secs`; a well-behaved client calls meanwhile. Returns the
+/// stats at the end, the server's `RssAnon` growth, and the good calls.
+fn never_readers(
+    server: &ServerProc,
+    socket: &Path,
+    secs: u64,
+) -> (ipc_rpc::builtin::ServerStats, u64, u64, usize) {
+    use ipc_core::ring::FrameMeta;
+    use ipc_rpc::{Method, Outbox, SendError, wire};
+    use std::time::Instant;
+    let good = Client::connect_with(socket, sleeping()).unwrap();
+    assert_eq!(good.call::<Ping>(&b"warm".to_vec()).unwrap(), b"warm");
+    let base = rss_anon(server.pid());
+    let raw: Vec<RawSession> = (0..16).map(|_| RawSession::open(socket)).collect();
+    let payload = ipc_core::ring::max_payload_len(raw[0].cap()) - 64;
+    let body = vec![0x5au8; payload];
+    let mut outs: Vec<_> = raw.iter().map(|r| Outbox::new(r.producer())).collect();
+    let mut ids = vec![0u64; raw.len()];
+    let (mut sent, mut calls, mut peak) = (0u64, 0u64, 0u64);
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        for (i, out) in outs.iter_mut().enumerate() {
+            loop {
+                let meta = FrameMeta {
+                    request_id: ids[i],
+                    tag: Ping::ID,
+                    kind: wire::REQUEST,
+                    flags: 0,
+                };
+                match out.try_send(meta, &body) {
+                    Ok(()) => {
+                        ids[i] += 1;
+                        sent += 1;
+                    }
+                    Err(SendError::Full { .. }) => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            raw[i].kick();
+        }
+        let p = calls.to_le_bytes().to_vec();
+        assert_eq!(good.call::<Ping>(&p).expect("well-behaved call"), p);
+        calls += 1;
+        peak = peak.max(rss_anon(server.pid()));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let stats = good.call::<Stats>(&()).unwrap();
+    eprintln!(
+        "16 never-reading sessions sent {sent} pings of {payload} B; {calls} good calls; \
+         server RssAnon {} KiB at start, peak {} KiB",
+        base / 1024,
+        peak / 1024
+    );
+    (stats, peak.saturating_sub(base), calls, payload)
+}
+
+#[test]
+fn never_reading_sessions_cannot_grow_the_server_heap_without_bound() {
+    // 64 KiB rings: without byte caps, 1,024 queued answers of ~32 KiB per
+    // session would be 512 MiB of heap for 16 sessions.
+    let (_dog, dir, server) = with_server(
+        "backlog bytes",
+        Duration::from_secs(120),
+        &["--ring-bytes", "65536"],
+    );
+    let (stats, growth, calls, payload) = never_readers(&server, &dir.socket(), 2);
+    assert!(calls > 0);
+    let queued: u64 = stats.per_session.iter().map(|p| u64::from(p.backlog)).sum();
+    eprintln!(
+        "{queued} answers queued in all; heap growth {} KiB",
+        growth / 1024
+    );
+    // Each session stops being served at four rings (8 answers) of bytes.
+    for p in &stats.per_session {
+        assert!(
+            u64::from(p.backlog) * payload as u64 <= 8 * 32 * 1024 + payload as u64,
+            "session {} has {} answers queued",
+            p.id,
+            p.backlog
+        );
+    }
+    assert!(
+        growth < 64 << 20,
+        "the server's heap grew by {} MiB",
+        growth >> 20
+    );
+}
+
+#[test]
+fn the_server_wide_backlog_cap_holds_across_sessions() {
+    let (_dog, dir, server) = with_server(
+        "backlog global",
+        Duration::from_secs(120),
+        &["--ring-bytes", "65536", "--max-backlog-bytes", "1M"],
+    );
+    let (stats, growth, calls, payload) = never_readers(&server, &dir.socket(), 2);
+    assert!(calls > 0);
+    let queued: u64 = stats.per_session.iter().map(|p| u64::from(p.backlog)).sum();
+    eprintln!(
+        "{queued} answers queued in all; heap growth {} KiB",
+        growth / 1024
+    );
+    // 1 MiB, plus at most one answer over it (one worker).
+    assert!(
+        queued * payload as u64 <= (1 << 20) + payload as u64,
+        "{queued} answers of {payload} B queued past a 1 MiB cap"
+    );
+    assert!(queued > 0, "nothing was held back at all");
 }
