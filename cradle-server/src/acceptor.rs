@@ -8,7 +8,7 @@ use crate::worker::{ClientWaker, NewSession, WorkerMsg};
 use ipc_core::doorbell::{EventFd, WakeSocket};
 use ipc_core::ring::{Consumer, Producer, RingRegion};
 use ipc_core::shm::{Access, Seals, Segment, init_header};
-use ipc_core::sync::Ordering;
+use ipc_core::sync::{AtomicBool, Ordering};
 use ipc_rpc::handshake::{
     HELLO_WAKE_EVENTFD, Hello, PROTOCOL_VERSION, STATUS_OK, STATUS_RESOURCES, STATUS_SHUTTING_DOWN,
     STATUS_TOO_MANY_SESSIONS, WELCOME_MAGIC, Welcome, send_with_fds, status_message,
@@ -442,6 +442,38 @@ impl Acceptor<'_> {
         })));
     }
 
+    /// Hands the listener (a duplicate) and the pending connections to a
+    /// thread that tells every client connecting from now on that the
+    /// server is shutting down, until [`Farewell::finish`] (see
+    /// [`farewell`]). Without it, a client that connects while the server
+    /// stops would hear only "connection reset".
+    fn start_farewell(&mut self) -> Farewell {
+        let pending: Vec<OwnedFd> = self.pending.drain().map(|(_, p)| p.sock).collect();
+        let listener = match self.ctx.listener.try_clone() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(error = %e, "no farewell for late clients: cannot dup the listener");
+                for sock in &pending {
+                    say_shutting_down(sock.as_fd(), self.ctx.epoch);
+                }
+                return Farewell(None);
+            }
+        };
+        let (epoch, euid) = (self.ctx.epoch, self.ctx.euid);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = Arc::clone(&stop);
+        let spawned = std::thread::Builder::new()
+            .name("cradle-farewell".into())
+            .spawn(move || farewell(listener, pending, epoch, euid, &stop2));
+        match spawned {
+            Ok(j) => Farewell(Some((stop, j))),
+            Err(e) => {
+                tracing::debug!(error = %e, "no farewell for late clients: cannot spawn a thread");
+                Farewell(None)
+            }
+        }
+    }
+
     fn expire(&mut self, now: Instant) {
         let late: Vec<u64> = self
             .pending
@@ -463,8 +495,17 @@ impl Acceptor<'_> {
     }
 }
 
-/// The acceptor loop; returns when the server shuts down.
-pub(crate) fn run_acceptor(ctx: &AcceptorCtx) -> std::io::Result<()> {
+/// The acceptor loop; returns when the server shuts down, with the
+/// [`Farewell`] that answers clients connecting from then on (call
+/// [`Farewell::finish`] once the socket file is removed).
+pub(crate) fn run_acceptor(ctx: &AcceptorCtx) -> (std::io::Result<()>, Farewell) {
+    let mut farewell = Farewell(None);
+    let r = accept_loop(ctx, &mut farewell);
+    (r, farewell)
+}
+
+/// The body of [`run_acceptor`].
+fn accept_loop(ctx: &AcceptorCtx, farewell: &mut Farewell) -> std::io::Result<()> {
     let epoll = epoll::create(CreateFlags::CLOEXEC)?;
     epoll::add(
         &epoll,
@@ -491,6 +532,7 @@ pub(crate) fn run_acceptor(ctx: &AcceptorCtx) -> std::io::Result<()> {
     loop {
         // Acquire: pairs with the Release store in `ServerHandle::shutdown`.
         if ctx.handle.shutdown.load(Ordering::Acquire) {
+            *farewell = a.start_farewell();
             return Ok(());
         }
         let now = Instant::now();
@@ -523,5 +565,132 @@ pub(crate) fn run_acceptor(ctx: &AcceptorCtx) -> std::io::Result<()> {
         let now = Instant::now();
         a.expire(now);
         a.log.flush(now);
+    }
+}
+
+/// How long the farewell waits for a client's Hello before answering anyway
+/// (answering first would make the client's Hello fail with `EPIPE`).
+const FAREWELL_HELLO_WAIT: Duration = Duration::from_secs(1);
+
+/// After [`Farewell::finish`], how long the connections still waiting get
+/// for their Hello, all together.
+const FAREWELL_LAST_WAIT: Duration = Duration::from_millis(100);
+
+/// Waits until `sock` is readable or `deadline` passes.
+fn wait_readable(sock: BorrowedFd<'_>, deadline: Instant) {
+    use rustix::event::{PollFd, PollFlags, poll};
+    let left = deadline.saturating_duration_since(Instant::now());
+    let Ok(ts) = rustix::event::Timespec::try_from(left) else {
+        return;
+    };
+    let mut fds = [PollFd::new(&sock, PollFlags::IN | PollFlags::RDHUP)];
+    let _ = poll(&mut fds, Some(&ts));
+}
+
+/// The farewell never lasts longer than this (the server finishes it long
+/// before).
+const FAREWELL_MAX: Duration = Duration::from_secs(60);
+
+/// Reads whatever the client sent, answers `STATUS_SHUTTING_DOWN` and lets
+/// the caller close the connection. Never blocks (the socket is
+/// non-blocking, and its file description is ours alone).
+fn say_shutting_down(sock: BorrowedFd<'_>, epoch: u64) {
+    let mut buf = [0u8; 256];
+    // Unread bytes at close would turn the client's read into a reset.
+    while let Ok((n, _)) = rustix::net::recv(sock, &mut buf, RecvFlags::DONTWAIT) {
+        if n == 0 {
+            break;
+        }
+    }
+    let w = welcome(STATUS_SHUTTING_DOWN, epoch);
+    let _ = send_with_fds(sock, bytemuck::bytes_of(&w), &[]);
+}
+
+/// The thread that answers clients connecting while the server stops.
+#[derive(Debug)]
+pub(crate) struct Farewell(Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>);
+
+impl Farewell {
+    /// Ends the farewell: answers whoever is still waiting and closes the
+    /// listener's last descriptor. Call it after the socket file is
+    /// removed, so that no new client can reach the listener.
+    pub(crate) fn finish(self) {
+        if let Some((stop, thread)) = self.0 {
+            // Release: pairs with the Acquire load in `farewell`.
+            stop.store(true, Ordering::Release);
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The farewell loop: accepts every connection, waits (at most
+/// [`FAREWELL_HELLO_WAIT`]) for its Hello and answers
+/// `STATUS_SHUTTING_DOWN`, until `stop` (or [`FAREWELL_MAX`]); then accepts
+/// what is left in the queue, answers everyone still waiting and returns,
+/// closing the listener's last descriptor.
+fn farewell(listener: OwnedFd, pending: Vec<OwnedFd>, epoch: u64, euid: u32, stop: &AtomicBool) {
+    use rustix::event::{PollFd, PollFlags, poll};
+    let started = Instant::now();
+    let mut waiting: Vec<(OwnedFd, Instant)> = pending
+        .into_iter()
+        .map(|s| (s, started + FAREWELL_HELLO_WAIT))
+        .collect();
+    loop {
+        let now = Instant::now();
+        // Acquire: pairs with the Release store in `Farewell::finish`.
+        let listening = !stop.load(Ordering::Acquire) && now.duration_since(started) < FAREWELL_MAX;
+        // Accept everything queued (also once more at the end).
+        loop {
+            match rustix::net::accept_with(&listener, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK)
+            {
+                Ok(sock) => {
+                    let ours = rustix::net::sockopt::socket_peercred(&sock)
+                        .is_ok_and(|c| c.uid.as_raw() == euid);
+                    if ours {
+                        waiting.push((sock, now + FAREWELL_HELLO_WAIT));
+                    }
+                }
+                Err(Errno::INTR | Errno::CONNABORTED) => {}
+                Err(_) => break,
+            }
+        }
+        // Bounded like the handshake: the oldest are answered at once.
+        while waiting.len() > MAX_PENDING {
+            let (sock, _) = waiting.remove(0);
+            say_shutting_down(sock.as_fd(), epoch);
+        }
+        if !listening {
+            // The last ones get a short grace for their Hello.
+            let end = now + FAREWELL_LAST_WAIT;
+            for (sock, _) in &waiting {
+                wait_readable(sock.as_fd(), end);
+                say_shutting_down(sock.as_fd(), epoch);
+            }
+            return;
+        }
+        let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(waiting.len() + 1);
+        fds.push(PollFd::new(&listener, PollFlags::IN));
+        for (sock, _) in &waiting {
+            fds.push(PollFd::new(sock, PollFlags::IN | PollFlags::RDHUP));
+        }
+        let tick = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 20_000_000,
+        };
+        let ready: Vec<bool> = match poll(&mut fds, Some(&tick)) {
+            Ok(_) => fds[1..].iter().map(|f| !f.revents().is_empty()).collect(),
+            Err(_) => vec![false; waiting.len()],
+        };
+        drop(fds);
+        let now = Instant::now();
+        let mut i = 0;
+        waiting.retain(|(sock, deadline)| {
+            let answer = ready.get(i).copied().unwrap_or(false) || now >= *deadline;
+            i += 1;
+            if answer {
+                say_shutting_down(sock.as_fd(), epoch);
+            }
+            !answer
+        });
     }
 }

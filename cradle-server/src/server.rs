@@ -668,7 +668,7 @@ impl Server {
             max_sessions,
             handshake_timeout,
         };
-        let accepted = run_acceptor(&actx);
+        let (accepted, farewell) = run_acceptor(&actx);
         if let Err(e) = &accepted {
             tracing::error!(error = %e, "acceptor failed; shutting down");
         }
@@ -694,6 +694,8 @@ impl Server {
         // Stop accepting before the socket file disappears.
         drop(actx);
         drop(socket_file);
+        // Clients that reached the socket before it went are told why.
+        farewell.finish();
         tracing::info!(socket = %path.display(), "server stopped");
         result
     }

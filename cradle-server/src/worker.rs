@@ -106,8 +106,12 @@ impl WorkerLink {
     /// Sends `msg` and wakes the worker (always: the worker may be polling,
     /// but a message must never wait for a session's traffic).
     pub(crate) fn send(&self, msg: WorkerMsg) {
-        if self.tx.send(msg).is_ok() {
-            self.wake();
+        match self.tx.send(msg) {
+            Ok(()) => self.wake(),
+            // The worker has stopped (the server shuts down): the client of a
+            // session it never adopted hears so, rather than a hang-up.
+            Err(std::sync::mpsc::SendError(WorkerMsg::Session(n))) => say_goodbye(&n.sock),
+            Err(_) => {}
         }
     }
 
@@ -117,6 +121,16 @@ impl WorkerLink {
             tracing::error!(error = %e, "cannot wake a worker");
         }
     }
+}
+
+/// Sends the clean-shutdown [`Goodbye`] on a session's control socket
+/// (non-blocking: the socket's file description is ours alone).
+fn say_goodbye(sock: &OwnedFd) {
+    let bye = Goodbye {
+        magic: GOODBYE_MAGIC,
+        reason: 0,
+    };
+    let _ = send_pod(sock, &bye);
 }
 
 /// Everything a worker needs to adopt a session.
@@ -638,11 +652,7 @@ impl Worker<'_> {
         let _ = epoll::delete(&self.epoll, s.bell.as_fd());
         let _ = epoll::delete(&self.epoll, &s.sock);
         if matches!(close, Close::Shutdown) {
-            let bye = Goodbye {
-                magic: GOODBYE_MAGIC,
-                reason: 0,
-            };
-            let _ = send_pod(&s.sock, &bye);
+            say_goodbye(&s.sock);
         }
         // Everything the session held: leases, unsealed blobs, author pool.
         self.ctx.store.close_session(s.id);
@@ -754,6 +764,9 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
         next_check = last_work + EPOLL_CHECK_EVERY;
         w.reap();
     };
+    // Sessions the acceptor handed over but we never adopted: adopt them
+    // now, so that their clients too hear a clean goodbye.
+    let _ = w.handle_msgs(rx);
     for s in w.sessions.values_mut() {
         s.close.get_or_insert(Close::Shutdown);
     }
