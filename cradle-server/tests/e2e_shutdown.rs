@@ -136,3 +136,55 @@ fn clients_hear_shut_down_during_sigterm() {
         "every session's call should end with shut down"
     );
 }
+
+/// A `cradle get` that has mapped its blob delivers every byte and exits 0
+/// (with a warning) even if the server dies before the lease is released.
+#[test]
+fn a_complete_get_succeeds_when_the_server_dies_before_the_release() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let (_dog, dir, mut server) = with_server("get then death", Duration::from_secs(120), &[]);
+    let cli = cli_bin();
+    let data: Vec<u8> = (0..4u32 << 20).map(|i| (i * 7 + i / 4096) as u8).collect();
+    let file = dir.0.join("input");
+    std::fs::write(&file, &data).unwrap();
+    let put = Command::new(&cli)
+        .arg("--socket")
+        .arg(dir.socket())
+        .args(["put", "--no-progress", "k"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let mut get = Command::new(&cli)
+        .arg("--socket")
+        .arg(dir.socket())
+        .args(["get", "k"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    _dog.watch_child(get.id());
+    let mut stdout = get.stdout.take().unwrap();
+    // The first byte means the blob is mapped; the pipe then holds the rest
+    // back while the server dies.
+    let mut got = vec![0u8; 1];
+    stdout.read_exact(&mut got).unwrap();
+    server.kill9();
+    stdout.read_to_end(&mut got).unwrap();
+    let mut stderr = String::new();
+    get.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = get.wait().unwrap();
+    eprintln!("cradle get: {status}; stderr: {stderr}");
+    assert!(got == data, "the bytes delivered differ from the blob");
+    assert!(status.success(), "cradle get failed: {stderr}");
+    assert!(stderr.contains("warning"), "no warning: {stderr}");
+}

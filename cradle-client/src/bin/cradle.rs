@@ -337,7 +337,14 @@ fn put(
         println!("put {key}: already present, left unchanged (--if-absent)");
     }
     drop(blob);
-    client.flush().map_err(|e| e.to_string())
+    // Every byte is delivered: a lease that cannot be released (the server
+    // went away meanwhile) is no failure of the get.
+    if let Err(e) = client.flush() {
+        eprintln!(
+            "cradle: warning: {key} was delivered in full, but its lease was not released: {e}"
+        );
+    }
+    Ok(())
 }
 
 fn get(client: &Client, key: &str, output: Option<&Path>, progress: bool) -> Result<(), String> {
@@ -382,7 +389,14 @@ fn get(client: &Client, key: &str, output: Option<&Path>, progress: bool) -> Res
         eprintln!("get {key}: {} bytes to {name}", blob.len());
     }
     drop(blob);
-    client.flush().map_err(|e| e.to_string())
+    // Every byte is delivered: a lease that cannot be released (the server
+    // went away meanwhile) is no failure of the get.
+    if let Err(e) = client.flush() {
+        eprintln!(
+            "cradle: warning: {key} was delivered in full, but its lease was not released: {e}"
+        );
+    }
+    Ok(())
 }
 
 fn rm(client: &Client, key: &str) -> Result<(), String> {
