@@ -166,7 +166,7 @@ impl Shared {
             per_session.sort_unstable_by_key(|s| {
                 std::cmp::Reverse((
                     s.calls,
-                    u64::from(s.in_flight) + u64::from(s.backlog) + u64::from(s.leases),
+                    u64::from(s.in_flight) + u64::from(s.backlog) + s.leases,
                     s.pinned_bytes + s.pool_bytes,
                 ))
             });

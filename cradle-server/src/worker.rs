@@ -262,14 +262,15 @@ fn serve(s: &mut Session, ctx: &WorkerCtx) -> bool {
             // Relaxed: a soft limit; each worker overshoots it by at most one
             // answer (it re-reads after every enqueue).
             && global.load(Ordering::Relaxed) < global_cap;
-        if !within_caps
-            && !(out.backlog.is_empty()
+        let mut straight_to_ring = || {
+            out.backlog.is_empty()
                 && out
                     .outbox
                     .producer()
                     .has_room(ctx.max_payload)
-                    .unwrap_or(false))
-        {
+                    .unwrap_or(false)
+        };
+        if !(within_caps || straight_to_ring()) {
             break;
         }
         let queued_before = out.backlog.len();
