@@ -25,10 +25,18 @@
 //! `waiting` is this worker's word in the status segment. Either the fences
 //! order the client's commit before our re-check (we see the frame and do not
 //! sleep), or our `waiting = 1` before the client's load (it writes the
-//! eventfd, which stays readable until drained, so `epoll_wait` returns). The
+//! eventfd, and the write raises an edge that `epoll_wait` returns). The
 //! same argument covers the response ring's *space* doorbell while a backlog
 //! waits for room: we set its `space_waiting` word, fence, and re-check room;
 //! the client's release then writes the session eventfd.
+//!
+//! The session eventfd is registered edge-triggered and never read here:
+//! the client shares its file description and could clear `O_NONBLOCK` and
+//! drain it first, so a `read(2)` could block the worker. Every successful
+//! write raises an edge whatever the counter holds (tested in `ipc-core`).
+//! The other way, an async client is woken through a socketpair whose end we
+//! write with `MSG_DONTWAIT` ([`WakeSocket`]), never through a descriptor it
+//! shares with us.
 
 use crate::blobs::BlobStore;
 use crate::handlers::{Handler, Queued, Registry, Replier};

@@ -20,7 +20,9 @@
 //! takes the syscall as a [`Waker`] / [`Sleeper`] value, so the loom models in
 //! `src/tests/loom_doorbell.rs` run the very same code over loom's atomics with
 //! a model futex. Production code uses [`Futex`] (threads and processes that
-//! block in the kernel) or [`EventFd`] (tokio `AsyncFd`, the server's epoll).
+//! block in the kernel), [`EventFd`] (tokio `AsyncFd`, the server's epoll)
+//! or, to wake a peer that must not be trusted, [`WakeSocket`] (a socketpair
+//! end written with `MSG_DONTWAIT`: the peer cannot make the write block).
 //!
 //! # The protocol
 //!
