@@ -485,7 +485,33 @@ fn complete(s: &mut Session, ctx: &WorkerCtx, c: Completion) {
     s.in_flight = s.in_flight.saturating_sub(1);
     let mut out = Replier::new(s.id, s.sock.as_fd(), &mut s.outbox, &mut s.backlog);
     match c.answer {
-        Some((meta, bytes)) => out.send_encoded(meta, bytes),
+        Some((meta, bytes)) => {
+            // An answer that would be queued past a backlog byte cap is
+            // replaced by a short error: offloaded calls were taken before
+            // the backlog grew, and their answers must not grow it without
+            // bound (the client is not reading them anyway).
+            let to_ring = out.backlog.is_empty()
+                && out.outbox.producer().has_room(bytes.len()).unwrap_or(false);
+            let size = bytes.capacity() as u64;
+            let over = !to_ring
+                && (s.backlog_bytes + size > session_backlog_cap(ctx)
+                    // Relaxed: a soft limit (see `serve`).
+                    || ctx.shared.backlog_bytes.load(Ordering::Relaxed) + size
+                        > ctx.shared.backlog_limit);
+            if over {
+                out.error(
+                    meta,
+                    ErrorCode::QuotaExceeded,
+                    format!(
+                        "the answer ({} bytes) was dropped: too many answers wait for this \
+                         client to read them",
+                        bytes.len()
+                    ),
+                );
+            } else {
+                out.send_encoded(meta, bytes);
+            }
+        }
         None => out.answered += 1,
     }
     let queued = queued_bytes(out.backlog);
