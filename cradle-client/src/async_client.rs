@@ -678,9 +678,11 @@ async fn drive(shared: Arc<Shared>, wake: AsyncFd<Fd>, sock: AsyncFd<Fd>) {
 
 fn drain_eventfd(fd: &Fd) {
     let mut buf = [0u8; 64];
-    // Non-blocking: the server's wake descriptor is a socket on which each
-    // wake queues 8 bytes, so read until EAGAIN (or EOF, or an error).
-    while matches!(rustix::io::read(&fd.0, &mut buf), Ok(n) if n > 0) {}
+    // Non-blocking: the server's wake descriptor is a stream socket on which
+    // each wake queues 8 bytes. A read that does not fill the buffer took
+    // all there was; one that does may have left more (EAGAIN, EOF or an
+    // error end it too).
+    while matches!(rustix::io::read(&fd.0, &mut buf), Ok(n) if n == buf.len()) {}
 }
 
 /// What a readable control socket says: `Some(SHUTDOWN)` on a Goodbye,
