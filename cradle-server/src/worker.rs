@@ -305,27 +305,26 @@ fn serve(s: &mut Session, ctx: &WorkerCtx) -> bool {
             )));
             break;
         }
-        if meta.flags != wire::NO_FLAGS {
-            // No request flag is defined: refuse the call, keep the session
-            // (a client of a later protocol learns why; nothing was run).
-            out.error(
+        // No request flag is defined: a frame with any is refused, the
+        // session stays (a client of a later protocol learns why; nothing
+        // was run).
+        let handler = match meta.flags {
+            wire::NO_FLAGS => Ok(ctx.registry.get(meta.tag)),
+            flags => Err(flags),
+        };
+        match handler {
+            Err(flags) => out.error(
                 meta,
                 ErrorCode::Malformed,
-                format!(
-                    "request frame flags {:#06x}: this server defines none (must be 0)",
-                    meta.flags
-                ),
-            );
-            continue;
-        }
-        match ctx.registry.get(meta.tag) {
-            None => out.error(
+                format!("request frame flags {flags:#06x}: this server defines none (must be 0)"),
+            ),
+            Ok(None) => out.error(
                 meta,
                 ErrorCode::UnknownMethod,
                 format!("this server has no method with id {:#018x}", meta.tag),
             ),
-            Some(Handler::Inline(f)) => f(msg.bytes, meta, &mut out),
-            Some(Handler::Offload(f)) => {
+            Ok(Some(Handler::Inline(f))) => f(msg.bytes, meta, &mut out),
+            Ok(Some(Handler::Offload(f))) => {
                 if s.in_flight >= ctx.max_in_flight {
                     out.error(
                         meta,
