@@ -859,7 +859,10 @@ async fn drive(shared: Arc<Shared>, wake: AsyncFd<Fd>, sock: AsyncFd<Fd>) {
 }
 
 fn drain_eventfd(fd: &Fd) {
-    let mut buf = [0u8; 8];
-    // Non-blocking: one read resets the counter; EAGAIN means it was empty.
-    let _ = rustix::io::read(&fd.0, &mut buf);
+    let mut buf = [0u8; 64];
+    // Non-blocking: the server's wake descriptor is a stream socket on which
+    // each wake queues 8 bytes. A read that does not fill the buffer took
+    // all there was; one that does may have left more (EAGAIN, EOF or an
+    // error end it too).
+    while matches!(rustix::io::read(&fd.0, &mut buf), Ok(n) if n == buf.len()) {}
 }

@@ -4,10 +4,10 @@
 
 use crate::link::{ClientWaker, HandleInner, NewSession, WorkerMsg};
 use crate::stats::{SessionCounters, Shared};
-use ipc_core::doorbell::EventFd;
+use ipc_core::doorbell::{EventFd, WakeSocket};
 use ipc_core::ring::{Consumer, Producer, RingRegion};
 use ipc_core::shm::{Access, Seals, Segment, init_header};
-use ipc_core::sync::Ordering;
+use ipc_core::sync::{AtomicBool, Ordering};
 use ipc_rpc::handshake::{
     HELLO_WAKE_EVENTFD, Hello, PROTOCOL_VERSION, STATUS_OK, STATUS_RESOURCES, STATUS_SHUTTING_DOWN,
     STATUS_TOO_MANY_SESSIONS, WELCOME_MAGIC, Welcome, send_with_fds, status_message,
@@ -30,6 +30,66 @@ use std::time::{Duration, Instant};
 const LISTENER: u64 = 0;
 const BELL: u64 = 1;
 const HELLO_LEN: usize = size_of::<Hello>();
+
+/// Connections allowed in the handshake at once. A new connection beyond it
+/// closes the oldest pending one: a flood of silent connections costs at most
+/// this many descriptors and never locks out a client that says Hello at once.
+pub(crate) const MAX_PENDING: usize = 64;
+
+/// One log line per kind per this period; the rest are counted.
+const LOG_PERIOD: Duration = Duration::from_secs(1);
+
+/// Rate limit of the acceptor's repeated warnings: at most one line per kind
+/// per [`LOG_PERIOD`], the next one saying how many were suppressed.
+#[derive(Debug, Default)]
+struct LogLimiter {
+    /// Per kind: when its last line was written, and lines suppressed since.
+    kinds: HashMap<&'static str, (Instant, u64)>,
+}
+
+/// `" (N more suppressed)"`, or nothing when N is 0.
+struct Suppressed(u64);
+
+impl std::fmt::Display for Suppressed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            0 => Ok(()),
+            n => write!(f, " ({n} more suppressed)"),
+        }
+    }
+}
+
+impl LogLimiter {
+    /// Whether a line of `kind` may be written now; if so, how many were
+    /// suppressed before it.
+    fn allow(&mut self, kind: &'static str, now: Instant) -> Option<Suppressed> {
+        match self.kinds.get_mut(kind) {
+            Some((last, n)) if now.duration_since(*last) < LOG_PERIOD => {
+                *n += 1;
+                None
+            }
+            Some((last, n)) => {
+                *last = now;
+                Some(Suppressed(std::mem::take(n)))
+            }
+            None => {
+                self.kinds.insert(kind, (now, 0));
+                Some(Suppressed(0))
+            }
+        }
+    }
+
+    /// Reports the counts of kinds that went quiet with lines suppressed.
+    fn flush(&mut self, now: Instant) {
+        for (kind, (last, n)) in &mut self.kinds {
+            if *n > 0 && now.duration_since(*last) >= LOG_PERIOD {
+                tracing::warn!("{kind}: {n} more suppressed");
+                *last = now;
+                *n = 0;
+            }
+        }
+    }
+}
 
 /// What the acceptor needs.
 #[derive(Debug)]
@@ -146,6 +206,7 @@ struct Acceptor<'a> {
     ctx: &'a AcceptorCtx,
     epoll: OwnedFd,
     pending: HashMap<u64, Pending>,
+    log: LogLimiter,
     next_token: u64,
     next_session: u64,
     next_worker: usize,
@@ -164,7 +225,9 @@ impl Acceptor<'_> {
                 Err(e) => {
                     // Out of descriptors or memory: back off a little rather
                     // than spin on a listener that stays readable.
-                    tracing::warn!(error = %e, "accept failed; pausing 20 ms");
+                    if let Some(n) = self.log.allow("accept failed", Instant::now()) {
+                        tracing::warn!(error = %e, "accept failed; pausing 20 ms{n}");
+                    }
                     std::thread::sleep(Duration::from_millis(20));
                     return;
                 }
@@ -172,19 +235,26 @@ impl Acceptor<'_> {
             let cred = match rustix::net::sockopt::socket_peercred(&sock) {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!(error = %e, "SO_PEERCRED failed; connection closed");
+                    if let Some(n) = self.log.allow("SO_PEERCRED failed", Instant::now()) {
+                        tracing::warn!(error = %e, "SO_PEERCRED failed; connection closed{n}");
+                    }
                     continue;
                 }
             };
             let uid = cred.uid.as_raw();
             let pid = cred.pid.as_raw_nonzero().get() as u32;
             if uid != self.ctx.euid {
-                tracing::warn!(
-                    peer_uid = uid,
-                    peer_pid = pid,
-                    "connection from another user refused"
-                );
+                if let Some(n) = self.log.allow("another user", Instant::now()) {
+                    tracing::warn!(
+                        peer_uid = uid,
+                        peer_pid = pid,
+                        "connection from another user refused{n}"
+                    );
+                }
                 continue;
+            }
+            if self.pending.len() >= MAX_PENDING {
+                self.drop_oldest_pending();
             }
             let token = self.next_token;
             self.next_token += 1;
@@ -194,7 +264,9 @@ impl Acceptor<'_> {
                 EventData::new_u64(token),
                 EventFlags::IN | EventFlags::RDHUP,
             ) {
-                tracing::warn!(error = %e, "epoll registration failed; connection closed");
+                if let Some(n) = self.log.allow("epoll registration", Instant::now()) {
+                    tracing::warn!(error = %e, "epoll registration failed; connection closed{n}");
+                }
                 continue;
             }
             self.pending.insert(
@@ -208,6 +280,23 @@ impl Acceptor<'_> {
                     uid,
                 },
             );
+        }
+    }
+
+    /// Closes the pending connection accepted first (the smallest token).
+    fn drop_oldest_pending(&mut self) {
+        let Some(&oldest) = self.pending.keys().min() else {
+            return;
+        };
+        if let Some(p) = self.pending.remove(&oldest) {
+            let _ = epoll::delete(&self.epoll, &p.sock);
+            if let Some(n) = self.log.allow("pending handshakes", Instant::now()) {
+                tracing::warn!(
+                    pid = p.pid,
+                    limit = MAX_PENDING,
+                    "too many connections in the handshake; the oldest closed{n}"
+                );
+            }
         }
     }
 
@@ -241,16 +330,23 @@ impl Acceptor<'_> {
         };
         match hello.check() {
             None => {
-                tracing::warn!(pid = p.pid, "not a CRADLE client (bad hello magic); closed");
+                if let Some(n) = self.log.allow("bad hello", Instant::now()) {
+                    tracing::warn!(
+                        pid = p.pid,
+                        "not a CRADLE client (bad hello magic); closed{n}"
+                    );
+                }
                 return;
             }
             Some(STATUS_OK) => {}
             Some(status) => {
-                tracing::warn!(
-                    pid = p.pid,
-                    reason = status_message(status),
-                    "handshake refused"
-                );
+                if let Some(n) = self.log.allow("handshake refused", Instant::now()) {
+                    tracing::warn!(
+                        pid = p.pid,
+                        reason = status_message(status),
+                        "handshake refused{n}"
+                    );
+                }
                 refuse(status);
                 return;
             }
@@ -261,11 +357,13 @@ impl Acceptor<'_> {
             return;
         }
         if ctx.shared.open_sessions() >= ctx.max_sessions as u64 {
-            tracing::warn!(
-                pid = p.pid,
-                limit = ctx.max_sessions,
-                "session limit reached; connection refused"
-            );
+            if let Some(n) = self.log.allow("session limit", Instant::now()) {
+                tracing::warn!(
+                    pid = p.pid,
+                    limit = ctx.max_sessions,
+                    "session limit reached; connection refused{n}"
+                );
+            }
             refuse(STATUS_TOO_MANY_SESSIONS);
             return;
         }
@@ -273,7 +371,9 @@ impl Acceptor<'_> {
         let parts = match create_session(id, ctx.ring_capacity) {
             Ok(parts) => parts,
             Err(e) => {
-                tracing::warn!(pid = p.pid, error = %e, "cannot create a session");
+                if let Some(n) = self.log.allow("cannot create a session", Instant::now()) {
+                    tracing::warn!(pid = p.pid, error = %e, "cannot create a session{n}");
+                }
                 refuse(STATUS_RESOURCES);
                 return;
             }
@@ -290,29 +390,34 @@ impl Acceptor<'_> {
             status_len: ctx.status_len as u64,
             ..welcome(STATUS_OK, ctx.epoch)
         };
-        // An async client sleeps on an eventfd of its own, which we write.
-        let waker = if hello.flags & HELLO_WAKE_EVENTFD != 0 {
-            match EventFd::new() {
-                Ok(e) => ClientWaker::EventFd(e),
+        // An async client sleeps on a descriptor it can poll: one end of a
+        // socketpair, whose other end only we hold and write.
+        let (waker, client_wake) = if hello.flags & HELLO_WAKE_EVENTFD != 0 {
+            match WakeSocket::pair() {
+                Ok((ours, theirs)) => (ClientWaker::Socket(ours), Some(theirs)),
                 Err(e) => {
-                    tracing::warn!(pid = p.pid, error = %e, "cannot create a client eventfd");
+                    if let Some(n) = self.log.allow("client wake socket", Instant::now()) {
+                        tracing::warn!(pid = p.pid, error = %e, "cannot create a client wake socket{n}");
+                    }
                     refuse(STATUS_RESOURCES);
                     return;
                 }
             }
         } else {
-            ClientWaker::Futex
+            (ClientWaker::Futex, None)
         };
         let mut fds = vec![
             parts.segment.fd(),
             parts.bell.as_fd(),
             ctx.status_ro.as_fd(),
         ];
-        if let ClientWaker::EventFd(e) = &waker {
-            fds.push(e.as_fd());
+        if let Some(theirs) = &client_wake {
+            fds.push(theirs.as_fd());
         }
         if let Err(e) = send_with_fds(p.sock.as_fd(), bytemuck::bytes_of(&w), &fds) {
-            tracing::warn!(pid = p.pid, error = %e, "cannot send the welcome; connection closed");
+            if let Some(n) = self.log.allow("cannot send the welcome", Instant::now()) {
+                tracing::warn!(pid = p.pid, error = %e, "cannot send the welcome; connection closed{n}");
+            }
             return;
         }
         let counters = Arc::new(SessionCounters::new(id, p.pid));
@@ -336,6 +441,38 @@ impl Acceptor<'_> {
         })));
     }
 
+    /// Hands the listener (a duplicate) and the pending connections to a
+    /// thread that tells every client connecting from now on that the
+    /// server is shutting down, until [`Farewell::finish`] (see
+    /// [`farewell`]). Without it, a client that connects while the server
+    /// stops would hear only "connection reset".
+    fn start_farewell(&mut self) -> Farewell {
+        let pending: Vec<OwnedFd> = self.pending.drain().map(|(_, p)| p.sock).collect();
+        let listener = match self.ctx.listener.try_clone() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(error = %e, "no farewell for late clients: cannot dup the listener");
+                for sock in &pending {
+                    say_shutting_down(sock.as_fd(), self.ctx.epoch);
+                }
+                return Farewell(None);
+            }
+        };
+        let (epoch, euid) = (self.ctx.epoch, self.ctx.euid);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = Arc::clone(&stop);
+        let spawned = std::thread::Builder::new()
+            .name("cradle-farewell".into())
+            .spawn(move || farewell(listener, pending, epoch, euid, &stop2));
+        match spawned {
+            Ok(j) => Farewell(Some((stop, j))),
+            Err(e) => {
+                tracing::debug!(error = %e, "no farewell for late clients: cannot spawn a thread");
+                Farewell(None)
+            }
+        }
+    }
+
     fn expire(&mut self, now: Instant) {
         let late: Vec<u64> = self
             .pending
@@ -346,17 +483,28 @@ impl Acceptor<'_> {
         for t in late {
             if let Some(p) = self.pending.remove(&t) {
                 let _ = epoll::delete(&self.epoll, &p.sock);
-                tracing::warn!(
-                    pid = p.pid,
-                    "no complete hello within the handshake timeout; closed"
-                );
+                if let Some(n) = self.log.allow("handshake timeout", now) {
+                    tracing::warn!(
+                        pid = p.pid,
+                        "no complete hello within the handshake timeout; closed{n}"
+                    );
+                }
             }
         }
     }
 }
 
-/// The acceptor loop; returns when the server shuts down.
-pub(crate) fn run_acceptor(ctx: &AcceptorCtx) -> std::io::Result<()> {
+/// The acceptor loop; returns when the server shuts down, with the
+/// [`Farewell`] that answers clients connecting from then on (call
+/// [`Farewell::finish`] once the socket file is removed).
+pub(crate) fn run_acceptor(ctx: &AcceptorCtx) -> (std::io::Result<()>, Farewell) {
+    let mut farewell = Farewell(None);
+    let r = accept_loop(ctx, &mut farewell);
+    (r, farewell)
+}
+
+/// The body of [`run_acceptor`].
+fn accept_loop(ctx: &AcceptorCtx, farewell: &mut Farewell) -> std::io::Result<()> {
     let epoll = epoll::create(CreateFlags::CLOEXEC)?;
     epoll::add(
         &epoll,
@@ -374,6 +522,7 @@ pub(crate) fn run_acceptor(ctx: &AcceptorCtx) -> std::io::Result<()> {
         ctx,
         epoll,
         pending: HashMap::new(),
+        log: LogLimiter::default(),
         next_token: 2,
         next_session: 1,
         next_worker: 0,
@@ -382,6 +531,7 @@ pub(crate) fn run_acceptor(ctx: &AcceptorCtx) -> std::io::Result<()> {
     loop {
         // Acquire: pairs with the Release store in `ServerHandle::shutdown`.
         if ctx.handle.shutdown.load(Ordering::Acquire) {
+            *farewell = a.start_farewell();
             return Ok(());
         }
         let now = Instant::now();
@@ -411,6 +561,135 @@ pub(crate) fn run_acceptor(ctx: &AcceptorCtx) -> std::io::Result<()> {
                 t => a.on_readable(t),
             }
         }
-        a.expire(Instant::now());
+        let now = Instant::now();
+        a.expire(now);
+        a.log.flush(now);
+    }
+}
+
+/// How long the farewell waits for a client's Hello before answering anyway
+/// (answering first would make the client's Hello fail with `EPIPE`).
+const FAREWELL_HELLO_WAIT: Duration = Duration::from_secs(1);
+
+/// After [`Farewell::finish`], how long the connections still waiting get
+/// for their Hello, all together.
+const FAREWELL_LAST_WAIT: Duration = Duration::from_millis(100);
+
+/// Waits until `sock` is readable or `deadline` passes.
+fn wait_readable(sock: BorrowedFd<'_>, deadline: Instant) {
+    use rustix::event::{PollFd, PollFlags, poll};
+    let left = deadline.saturating_duration_since(Instant::now());
+    let Ok(ts) = rustix::event::Timespec::try_from(left) else {
+        return;
+    };
+    let mut fds = [PollFd::new(&sock, PollFlags::IN | PollFlags::RDHUP)];
+    let _ = poll(&mut fds, Some(&ts));
+}
+
+/// The farewell never lasts longer than this (the server finishes it long
+/// before).
+const FAREWELL_MAX: Duration = Duration::from_secs(60);
+
+/// Reads whatever the client sent, answers `STATUS_SHUTTING_DOWN` and lets
+/// the caller close the connection. Never blocks (the socket is
+/// non-blocking, and its file description is ours alone).
+fn say_shutting_down(sock: BorrowedFd<'_>, epoch: u64) {
+    let mut buf = [0u8; 256];
+    // Unread bytes at close would turn the client's read into a reset.
+    while let Ok((n, _)) = rustix::net::recv(sock, &mut buf, RecvFlags::DONTWAIT) {
+        if n == 0 {
+            break;
+        }
+    }
+    let w = welcome(STATUS_SHUTTING_DOWN, epoch);
+    let _ = send_with_fds(sock, bytemuck::bytes_of(&w), &[]);
+}
+
+/// The thread that answers clients connecting while the server stops.
+#[derive(Debug)]
+pub(crate) struct Farewell(Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>);
+
+impl Farewell {
+    /// Ends the farewell: answers whoever is still waiting and closes the
+    /// listener's last descriptor. Call it after the socket file is
+    /// removed, so that no new client can reach the listener.
+    pub(crate) fn finish(self) {
+        if let Some((stop, thread)) = self.0 {
+            // Release: pairs with the Acquire load in `farewell`.
+            stop.store(true, Ordering::Release);
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The farewell loop: accepts every connection, waits (at most
+/// [`FAREWELL_HELLO_WAIT`]) for its Hello and answers
+/// `STATUS_SHUTTING_DOWN`, until `stop` (or [`FAREWELL_MAX`]); then accepts
+/// what is left in the queue, answers everyone still waiting and returns,
+/// closing the listener's last descriptor.
+fn farewell(listener: OwnedFd, pending: Vec<OwnedFd>, epoch: u64, euid: u32, stop: &AtomicBool) {
+    use rustix::event::{PollFd, PollFlags, poll};
+    let started = Instant::now();
+    let mut waiting: Vec<(OwnedFd, Instant)> = pending
+        .into_iter()
+        .map(|s| (s, started + FAREWELL_HELLO_WAIT))
+        .collect();
+    loop {
+        let now = Instant::now();
+        // Acquire: pairs with the Release store in `Farewell::finish`.
+        let listening = !stop.load(Ordering::Acquire) && now.duration_since(started) < FAREWELL_MAX;
+        // Accept everything queued (also once more at the end).
+        loop {
+            match rustix::net::accept_with(&listener, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK)
+            {
+                Ok(sock) => {
+                    let ours = rustix::net::sockopt::socket_peercred(&sock)
+                        .is_ok_and(|c| c.uid.as_raw() == euid);
+                    if ours {
+                        waiting.push((sock, now + FAREWELL_HELLO_WAIT));
+                    }
+                }
+                Err(Errno::INTR | Errno::CONNABORTED) => {}
+                Err(_) => break,
+            }
+        }
+        // Bounded like the handshake: the oldest are answered at once.
+        while waiting.len() > MAX_PENDING {
+            let (sock, _) = waiting.remove(0);
+            say_shutting_down(sock.as_fd(), epoch);
+        }
+        if !listening {
+            // The last ones get a short grace for their Hello.
+            let end = now + FAREWELL_LAST_WAIT;
+            for (sock, _) in &waiting {
+                wait_readable(sock.as_fd(), end);
+                say_shutting_down(sock.as_fd(), epoch);
+            }
+            return;
+        }
+        let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(waiting.len() + 1);
+        fds.push(PollFd::new(&listener, PollFlags::IN));
+        for (sock, _) in &waiting {
+            fds.push(PollFd::new(sock, PollFlags::IN | PollFlags::RDHUP));
+        }
+        let tick = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 20_000_000,
+        };
+        let ready: Vec<bool> = match poll(&mut fds, Some(&tick)) {
+            Ok(_) => fds[1..].iter().map(|f| !f.revents().is_empty()).collect(),
+            Err(_) => vec![false; waiting.len()],
+        };
+        drop(fds);
+        let now = Instant::now();
+        let mut i = 0;
+        waiting.retain(|(sock, deadline)| {
+            let answer = ready.get(i).copied().unwrap_or(false) || now >= *deadline;
+            i += 1;
+            if answer {
+                say_shutting_down(sock.as_fd(), epoch);
+            }
+            !answer
+        });
     }
 }

@@ -8,10 +8,11 @@
 use crate::methods::OffloadFn;
 use crate::reply::Queued;
 use crate::stats::SessionCounters;
-use ipc_core::doorbell::{EventFd, Futex, Waker};
+use ipc_core::doorbell::{EventFd, Futex, WakeSocket, Waker};
 use ipc_core::ring::{FrameMeta, RingRegion};
 use ipc_core::shm::Segment;
 use ipc_core::sync::{AtomicBool, Atomics, StdAtomics};
+use ipc_rpc::handshake::{GOODBYE_MAGIC, Goodbye, send_pod};
 use ipc_rpc::rkyv::util::AlignedVec;
 use ipc_rpc::{Inbox, Outbox};
 use std::os::fd::OwnedFd;
@@ -61,8 +62,12 @@ impl WorkerLink {
     /// Sends `msg` and wakes the worker (always: the worker may be polling,
     /// but a message must never wait for a session's traffic).
     pub(crate) fn send(&self, msg: WorkerMsg) {
-        if self.tx.send(msg).is_ok() {
-            self.wake();
+        match self.tx.send(msg) {
+            Ok(()) => self.wake(),
+            // The worker has stopped (the server shuts down): the client of a
+            // session it never adopted hears so, rather than a hang-up.
+            Err(std::sync::mpsc::SendError(WorkerMsg::Session(n))) => say_goodbye(&n.sock),
+            Err(_) => {}
         }
     }
 
@@ -72,6 +77,16 @@ impl WorkerLink {
             tracing::error!(error = %e, "cannot wake a worker");
         }
     }
+}
+
+/// Sends the clean-shutdown [`Goodbye`] on a session's control socket
+/// (non-blocking: the socket's file description is ours alone).
+pub(crate) fn say_goodbye(sock: &OwnedFd) {
+    let bye = Goodbye {
+        magic: GOODBYE_MAGIC,
+        reason: 0,
+    };
+    let _ = send_pod(sock, &bye);
 }
 
 /// Everything a worker needs to adopt a session.
@@ -88,21 +103,23 @@ pub(crate) struct NewSession {
 }
 
 /// How the server wakes a sleeping client of a session: a futex wake on the
-/// session's word (sync clients), or a write to the client's eventfd (async
-/// clients, `HELLO_WAKE_EVENTFD`).
+/// session's word (sync clients), or a write to our end of the socketpair
+/// whose other end the client sleeps on (async clients, `HELLO_WAKE_EVENTFD`).
+/// Never a descriptor whose file description the client shares: it could
+/// make our write block (see [`WakeSocket`]).
 #[derive(Debug)]
 pub(crate) enum ClientWaker {
     /// `FUTEX_WAKE` on the doorbell's `seq` word.
     Futex,
-    /// Write 1 to the client's eventfd.
-    EventFd(EventFd),
+    /// Send 8 bytes on our end of the client's wake socketpair.
+    Socket(WakeSocket),
 }
 
 impl Waker<StdAtomics> for ClientWaker {
     fn wake(&self, seq: &<StdAtomics as Atomics>::U32) {
         match self {
             Self::Futex => Waker::<StdAtomics>::wake(&Futex, seq),
-            Self::EventFd(e) => Waker::<StdAtomics>::wake(e, seq),
+            Self::Socket(w) => Waker::<StdAtomics>::wake(w, seq),
         }
     }
 }

@@ -49,6 +49,12 @@ struct Args {
     #[arg(long, value_name = "US", default_value_t = 100)]
     spin_us: u64,
 
+    /// Heap bytes of responses queued for clients that do not read them,
+    /// all sessions together, e.g. 256M; beyond it their requests wait
+    /// [default: an eighth of the memory cache budget, 32 MiB to 1 GiB].
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    max_backlog_bytes: Option<u64>,
+
     /// Memory cache budget, e.g. 4G or 512M [default: a quarter of
     /// MemAvailable, at most half the cgroup's memory.max]. Blob memory
     /// cannot be swapped out, so a budget above MemAvailable or memory.max is
@@ -131,6 +137,10 @@ fn main() -> ExitCode {
             pool_bytes: args.session_quota_bytes,
         })
         .offload_blob::<Invert, _>(invert);
+    let builder = match args.max_backlog_bytes {
+        Some(b) => builder.max_backlog_bytes(b),
+        None => builder,
+    };
     let builder = match args.mem_cache_bytes {
         Some(b) => builder.mem_cache_bytes(b),
         None => builder,

@@ -48,6 +48,7 @@ pub struct ServerBuilder {
     handshake_timeout: Duration,
     max_in_flight: u32,
     max_backlog: usize,
+    max_backlog_bytes: Option<u64>,
     offload_threads: usize,
     spin: Duration,
     mem_cache_bytes: Option<u64>,
@@ -89,6 +90,7 @@ impl Default for ServerBuilder {
             handshake_timeout: Duration::from_secs(2),
             max_in_flight: 1024,
             max_backlog: 1024,
+            max_backlog_bytes: None,
             offload_threads: 2,
             spin: crate::worker::DEFAULT_SPIN,
             mem_cache_bytes: None,
@@ -188,6 +190,23 @@ impl ServerBuilder {
     /// ```
     pub fn max_backlog(mut self, n: usize) -> Self {
         self.max_backlog = n;
+        self
+    }
+
+    /// Heap bytes of queued responses, all sessions together, beyond which
+    /// the server stops taking requests from sessions that have responses
+    /// queued (clients that do not read their answers) [default: an eighth
+    /// of the memory cache budget, between 32 MiB and 1 GiB]. One session
+    /// alone may queue at most four response rings' worth.
+    ///
+    /// ```no_run
+    /// let server = cradle_server::Server::builder()
+    ///     .max_backlog_bytes(64 << 20)
+    ///     .bind()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn max_backlog_bytes(mut self, bytes: u64) -> Self {
+        self.max_backlog_bytes = Some(bytes);
         self
     }
 
@@ -399,6 +418,9 @@ impl ServerBuilder {
         if self.max_in_flight == 0 {
             return bad("max_in_flight must be at least 1".into());
         }
+        if self.max_backlog_bytes == Some(0) {
+            return bad("max_backlog_bytes must be more than zero".into());
+        }
         if self.max_backlog == 0 {
             return bad("max_backlog must be at least 1".into());
         }
@@ -465,7 +487,10 @@ impl ServerBuilder {
 
         let epoch = startup::random_epoch();
         let status = startup::create_status_segment(self.workers, epoch)?;
-        let shared = Arc::new(Shared::new(self.workers));
+        let backlog_limit = self
+            .max_backlog_bytes
+            .unwrap_or((cache_budget / 8).clamp(32 << 20, 1 << 30));
+        let shared = Arc::new(Shared::new(self.workers).with_backlog_limit(backlog_limit));
         let mut store = BlobStore::new(
             epoch,
             BlobConfig {
@@ -481,7 +506,11 @@ impl ServerBuilder {
         let store = Arc::new(store);
 
         let mut entries = self.entries;
-        entries.extend(methods::builtin_entries(&shared, &store));
+        entries.extend(methods::builtin_entries(
+            &shared,
+            &store,
+            ipc_core::ring::max_payload_len(self.ring_capacity),
+        ));
         let registry = Registry::new(entries)
             .map_err(|(name, id)| StartError::DuplicateMethod { name, id })?;
         let (handle, receivers) = control_links(self.workers)?;
@@ -822,7 +851,7 @@ impl Server {
             max_sessions,
             handshake_timeout,
         };
-        let accepted = run_acceptor(&actx);
+        let (accepted, farewell) = run_acceptor(&actx);
         if let Err(e) = &accepted {
             tracing::error!(error = %e, "acceptor failed; shutting down");
         }
@@ -848,6 +877,8 @@ impl Server {
         // Stop accepting before the socket file disappears.
         drop(actx);
         drop(socket_file);
+        // Clients that reached the socket before it went are told why.
+        farewell.finish();
         tracing::info!(socket = %path.display(), "server stopped");
         result
     }

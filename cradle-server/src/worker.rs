@@ -25,21 +25,28 @@
 //! `waiting` is this worker's word in the status segment. Either the fences
 //! order the client's commit before our re-check (we see the frame and do not
 //! sleep), or our `waiting = 1` before the client's load (it writes the
-//! eventfd, which stays readable until drained, so `epoll_wait` returns). The
+//! eventfd, and the write raises an edge that `epoll_wait` returns). The
 //! same argument covers the response ring's *space* doorbell while a backlog
 //! waits for room: we set its `space_waiting` word, fence, and re-check room;
 //! the client's release then writes the session eventfd.
+//!
+//! The session eventfd is registered edge-triggered and never read here:
+//! the client shares its file description and could clear `O_NONBLOCK` and
+//! drain it first, so a `read(2)` could block the worker. Every successful
+//! write raises an edge whatever the counter holds (tested in `ipc-core`).
+//! The other way, an async client is woken through a socketpair whose end we
+//! write with `MSG_DONTWAIT` ([`WakeSocket`]), never through a descriptor it
+//! shares with us.
 
 use crate::blobs::BlobStore;
-use crate::link::{ClientWaker, Completion, HandleInner, Job, NewSession, WorkerMsg};
+use crate::link::{ClientWaker, Completion, HandleInner, Job, NewSession, WorkerMsg, say_goodbye};
 use crate::methods::{Handler, Registry};
 use crate::reply::{Queued, Replier};
 use crate::stats::{SessionCounters, Shared};
 use ipc_core::doorbell::EventFd;
 use ipc_core::ring::{RingRegion, max_payload_len};
 use ipc_core::shm::{Mapping, Segment};
-use ipc_core::sync::{AtomicU32, Atomics, Ordering, StdAtomics};
-use ipc_rpc::handshake::{GOODBYE_MAGIC, Goodbye, send_pod};
+use ipc_core::sync::{AtomicU32, AtomicU64, Atomics, Ordering, StdAtomics};
 use ipc_rpc::rkyv::util::AlignedVec;
 use ipc_rpc::{ErrorCode, Inbox, Outbox, wire};
 use rustix::buffer::spare_capacity;
@@ -106,6 +113,8 @@ struct Session {
     inbox: Inbox<RingRegion>,
     outbox: Outbox<RingRegion>,
     backlog: VecDeque<Queued>,
+    /// Heap bytes of `backlog`, as counted in `Shared::backlog_bytes`.
+    backlog_bytes: u64,
     in_flight: u32,
     calls: u64,
     counters: Arc<SessionCounters>,
@@ -152,8 +161,32 @@ fn serve(s: &mut Session, ctx: &WorkerCtx) -> bool {
     if !out.backlog.is_empty() && out.flush() {
         worked = true;
     }
+    let global = &ctx.shared.backlog_bytes;
+    settle_backlog(&mut s.backlog_bytes, queued_bytes(out.backlog), global);
+    let session_cap = session_backlog_cap(ctx);
+    let global_cap = ctx.shared.backlog_limit;
     let mut taken = 0;
-    while taken < BATCH && out.backlog.len() < ctx.max_backlog && out.broken.is_none() {
+    while taken < BATCH && out.broken.is_none() {
+        // Throttle: take a request only while its answer has somewhere to
+        // go within the caps (count and bytes, per session and server-wide),
+        // or will go straight into the response ring.
+        let within_caps = out.backlog.len() < ctx.max_backlog
+            && s.backlog_bytes < session_cap
+            // Relaxed: a soft limit; each worker overshoots it by at most one
+            // answer (it re-reads after every enqueue).
+            && global.load(Ordering::Relaxed) < global_cap;
+        let mut straight_to_ring = || {
+            out.backlog.is_empty()
+                && out
+                    .outbox
+                    .producer()
+                    .has_room(ctx.max_payload)
+                    .unwrap_or(false)
+        };
+        if !(within_caps || straight_to_ring()) {
+            break;
+        }
+        let queued_before = out.backlog.len();
         let msg = match s.inbox.try_recv() {
             Ok(Some(m)) => m,
             Ok(None) => break,
@@ -177,14 +210,26 @@ fn serve(s: &mut Session, ctx: &WorkerCtx) -> bool {
             )));
             break;
         }
-        match ctx.registry.get(meta.tag) {
-            None => out.error(
+        // No request flag is defined: a frame with any is refused, the
+        // session stays (a client of a later protocol learns why; nothing
+        // was run).
+        let handler = match meta.flags {
+            wire::NO_FLAGS => Ok(ctx.registry.get(meta.tag)),
+            flags => Err(flags),
+        };
+        match handler {
+            Err(flags) => out.error(
+                meta,
+                ErrorCode::Malformed,
+                format!("request frame flags {flags:#06x}: this server defines none (must be 0)"),
+            ),
+            Ok(None) => out.error(
                 meta,
                 ErrorCode::UnknownMethod,
                 format!("this server has no method with id {:#018x}", meta.tag),
             ),
-            Some(Handler::Inline(f)) => f(msg.bytes, meta, &mut out),
-            Some(Handler::Offload(f)) => {
+            Ok(Some(Handler::Inline(f))) => f(msg.bytes, meta, &mut out),
+            Ok(Some(Handler::Offload(f))) => {
                 if s.in_flight >= ctx.max_in_flight {
                     out.error(
                         meta,
@@ -215,6 +260,12 @@ fn serve(s: &mut Session, ctx: &WorkerCtx) -> bool {
                     }
                 }
             }
+        }
+        if out.backlog.len() > queued_before
+            && let Some((_, b)) = out.backlog.back()
+        {
+            let now = s.backlog_bytes + b.capacity() as u64;
+            settle_backlog(&mut s.backlog_bytes, now, global);
         }
     }
     if taken > 0 {
@@ -251,6 +302,7 @@ fn serve(s: &mut Session, ctx: &WorkerCtx) -> bool {
         }
         worked = true;
     }
+    settle_backlog(&mut s.backlog_bytes, queued_bytes(out.backlog), global);
     let (published, broken, answered) = (out.published, out.broken.take(), out.answered);
     if published {
         // The sync client sleeps on the response ring's data doorbell (futex).
@@ -262,6 +314,45 @@ fn serve(s: &mut Session, ctx: &WorkerCtx) -> bool {
     }
     account(s, ctx, answered);
     worked
+}
+
+/// Heap bytes held by a backlog (0 at once when it is empty).
+fn queued_bytes(backlog: &VecDeque<Queued>) -> u64 {
+    backlog.iter().map(|(_, b)| b.capacity() as u64).sum()
+}
+
+/// Sets a session's share of the server-wide backlog byte count to `now`.
+fn settle_backlog(mine: &mut u64, now: u64, global: &AtomicU64) {
+    if now > *mine {
+        // Relaxed: a soft limit read by the workers' throttles; it publishes
+        // no data.
+        global.fetch_add(now - *mine, Ordering::Relaxed);
+    } else if now < *mine {
+        // Relaxed: as above.
+        global.fetch_sub(*mine - now, Ordering::Relaxed);
+    }
+    *mine = now;
+}
+
+/// The backlog bytes one session may hold before its requests are no longer
+/// taken: four rings' worth of the largest answers, never more than the
+/// server-wide cap.
+fn session_backlog_cap(ctx: &WorkerCtx) -> u64 {
+    (8 * ctx.max_payload as u64).min(ctx.shared.backlog_limit)
+}
+
+/// Whether `s` may take requests now (see the throttle in `serve`).
+fn may_take(s: &mut Session, ctx: &WorkerCtx) -> bool {
+    let within_caps = s.backlog.len() < ctx.max_backlog
+        && s.backlog_bytes < session_backlog_cap(ctx)
+        // Relaxed: a soft limit (see `serve`).
+        && ctx.shared.backlog_bytes.load(Ordering::Relaxed) < ctx.shared.backlog_limit;
+    within_caps
+        || (s.backlog.is_empty()
+            && s.outbox
+                .producer()
+                .has_room(ctx.max_payload)
+                .unwrap_or(false))
 }
 
 /// Counts answered calls and publishes the session's figures if they changed.
@@ -281,7 +372,7 @@ fn account(s: &mut Session, ctx: &WorkerCtx, answered: u64) {
 }
 
 /// Whether `s` has something to do now (checked before sleeping).
-fn has_work(s: &mut Session, max_backlog: usize) -> bool {
+fn has_work(s: &mut Session, ctx: &WorkerCtx) -> bool {
     if s.close.is_some() {
         return true;
     }
@@ -290,7 +381,7 @@ fn has_work(s: &mut Session, max_backlog: usize) -> bool {
         Some((_, b)) => s.outbox.producer().has_room(b.len()).unwrap_or(true),
         None => false,
     };
-    room || (s.backlog.len() < max_backlog && s.inbox.consumer().has_frame())
+    room || (s.inbox.consumer().has_frame() && may_take(s, ctx))
 }
 
 /// Delivers an offload completion.
@@ -298,9 +389,37 @@ fn complete(s: &mut Session, ctx: &WorkerCtx, c: Completion) {
     s.in_flight = s.in_flight.saturating_sub(1);
     let mut out = Replier::new(s.id, s.sock.as_fd(), &mut s.outbox, &mut s.backlog);
     match c.answer {
-        Some((meta, bytes)) => out.send_encoded(meta, bytes),
+        Some((meta, bytes)) => {
+            // An answer that would be queued past a backlog byte cap is
+            // replaced by a short error: offloaded calls were taken before
+            // the backlog grew, and their answers must not grow it without
+            // bound (the client is not reading them anyway).
+            let to_ring = out.backlog.is_empty()
+                && out.outbox.producer().has_room(bytes.len()).unwrap_or(false);
+            let size = bytes.capacity() as u64;
+            let over = !to_ring
+                && (s.backlog_bytes + size > session_backlog_cap(ctx)
+                    // Relaxed: a soft limit (see `serve`).
+                    || ctx.shared.backlog_bytes.load(Ordering::Relaxed) + size
+                        > ctx.shared.backlog_limit);
+            if over {
+                out.error(
+                    meta,
+                    ErrorCode::QuotaExceeded,
+                    format!(
+                        "the answer ({} bytes) was dropped: too many answers wait for this \
+                         client to read them",
+                        bytes.len()
+                    ),
+                );
+            } else {
+                out.send_encoded(meta, bytes);
+            }
+        }
         None => out.answered += 1,
     }
+    let queued = queued_bytes(out.backlog);
+    settle_backlog(&mut s.backlog_bytes, queued, &ctx.shared.backlog_bytes);
     let (published, broken, answered) = (out.published, out.broken.take(), out.answered);
     if published {
         s.outbox.producer().notify(&s.waker);
@@ -357,6 +476,7 @@ impl Worker<'_> {
             inbox: n.inbox,
             outbox: n.outbox,
             backlog: VecDeque::new(),
+            backlog_bytes: 0,
             in_flight: 0,
             calls: 0,
             counters: n.counters,
@@ -367,11 +487,12 @@ impl Worker<'_> {
             close: None,
             _segment: n.segment,
         };
+        // Edge-triggered, and never read (see `poll_events`).
         let reg = epoll::add(
             &self.epoll,
             s.bell.as_fd(),
             EventData::new_u64(s.id << 1),
-            EventFlags::IN,
+            EventFlags::IN | EventFlags::ET,
         )
         .and_then(|()| {
             epoll::add(
@@ -429,9 +550,9 @@ impl Worker<'_> {
                 continue;
             };
             if token & 1 == 0 {
-                if let Err(e) = s.bell.drain() {
-                    s.close = Some(Close::Internal(format!("session eventfd failed: {e}")));
-                }
+                // Never read: the client shares this eventfd's file
+                // description and could make a read block. It is registered
+                // edge-triggered, and every write raises an edge.
                 s.active = true;
                 s.last_active = now;
             } else if flags.intersects(EventFlags::HUP | EventFlags::RDHUP | EventFlags::ERR) {
@@ -466,14 +587,11 @@ impl Worker<'_> {
     /// remove it), then rings, mapping, fds and quotas go with `s`.
     fn free(&mut self, mut s: Session) {
         let close = s.close.take().unwrap_or(Close::Shutdown);
+        settle_backlog(&mut s.backlog_bytes, 0, &self.ctx.shared.backlog_bytes);
         let _ = epoll::delete(&self.epoll, s.bell.as_fd());
         let _ = epoll::delete(&self.epoll, &s.sock);
         if matches!(close, Close::Shutdown) {
-            let bye = Goodbye {
-                magic: GOODBYE_MAGIC,
-                reason: 0,
-            };
-            let _ = send_pod(&s.sock, &bye);
+            say_goodbye(&s.sock);
         }
         // Everything the session held: leases, unsealed blobs, author pool.
         self.ctx.store.close_session(s.id);
@@ -545,7 +663,7 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
                 break Err(e);
             }
             for s in w.sessions.values_mut() {
-                if !s.active && has_work(s, ctx.max_backlog) {
+                if !s.active && has_work(s, ctx) {
                     s.active = true;
                     s.last_active = now;
                 }
@@ -567,7 +685,7 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
         <StdAtomics as Atomics>::fence(Ordering::SeqCst);
         let mut found = false;
         for s in w.sessions.values_mut() {
-            if has_work(s, ctx.max_backlog) {
+            if has_work(s, ctx) {
                 s.active = true;
                 s.last_active = now;
                 found = true;
@@ -585,6 +703,9 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
         next_check = last_work + EPOLL_CHECK_EVERY;
         w.reap();
     };
+    // Sessions the acceptor handed over but we never adopted: adopt them
+    // now, so that their clients too hear a clean goodbye.
+    let _ = w.handle_msgs(rx);
     for s in w.sessions.values_mut() {
         s.close.get_or_insert(Close::Shutdown);
     }

@@ -76,7 +76,8 @@ pub struct ServerStats {
     pub wake_syscalls: u64,
     /// Blob store and memory cache.
     pub blobs: crate::blob::BlobStats,
-    /// One entry per open session.
+    /// The open sessions, by id: all of them, or the most active ones when
+    /// they would not fit one frame (`sessions` counts them all).
     pub per_session: Vec<SessionStats>,
 }
 

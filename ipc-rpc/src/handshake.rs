@@ -7,8 +7,10 @@
 //!    [`STATUS_OK`], three descriptors in one `SCM_RIGHTS` message, in this
 //!    order: the session segment (read-write), the session's doorbell eventfd
 //!    (the client writes it to wake the server), the server's status segment
-//!    (read-only, sealed); and a fourth, the client's wake eventfd (the server
-//!    writes it), when the Hello asked for [`HELLO_WAKE_EVENTFD`];
+//!    (read-only, sealed); and a fourth, the client's wake descriptor (one
+//!    end of a stream socketpair; the server sends 8 bytes on its own end to
+//!    wake the client, which reads until `EAGAIN`), when the Hello asked for
+//!    [`HELLO_WAKE_EVENTFD`];
 //! 3. then nothing but liveness and 16-byte server → client messages told
 //!    apart by their magic: a [`FdGrant`](crate::blob::FdGrant) with one
 //!    descriptor, just before the response that announces it, and at most
@@ -53,10 +55,13 @@ pub const WELCOME_MAGIC: u64 = u64::from_le_bytes(*b"CRDLWLCM");
 /// `Goodbye::magic`.
 pub const GOODBYE_MAGIC: u64 = u64::from_le_bytes(*b"CRDLBYE!");
 
-/// `Hello::flags`: the client sleeps on an eventfd (an async reactor), not on
-/// futexes. The server then sends a fourth descriptor, the client's wake
-/// eventfd, and wakes this client by writing it wherever it would otherwise
-/// `FUTEX_WAKE` one of the session's words.
+/// `Hello::flags`: the client sleeps on a descriptor (an async reactor), not
+/// on futexes. The server then sends a fourth descriptor, the client's end of
+/// a stream socketpair, and wakes this client by sending 8 bytes on its own
+/// end wherever it would otherwise `FUTEX_WAKE` one of the session's words;
+/// the client reads its end until `EAGAIN`. (The name is historical: it was
+/// an eventfd, which the client shared with the server and could make
+/// blocking.)
 pub const HELLO_WAKE_EVENTFD: u32 = 1;
 
 /// The session was created; three descriptors follow (four with

@@ -461,7 +461,14 @@ fn get(client: &Client, key: &str, output: Option<&Path>, progress: bool) -> Res
         }
     }
     drop(blob);
-    client.flush().map_err(|e| e.to_string())
+    // Every byte is delivered: a lease that cannot be released (the server
+    // went away meanwhile) is no failure of the get.
+    if let Err(e) = client.flush() {
+        eprintln!(
+            "cradle: warning: {key} was delivered in full, but its lease was not released: {e}"
+        );
+    }
+    Ok(())
 }
 
 /// Writes `bytes` to a temporary file beside `path` and renames it over
@@ -599,6 +606,13 @@ fn stats(client: &Client) -> Result<(), String> {
         );
     } else {
         println!("disk cache   none (this server keeps no disk tier)");
+    }
+    if (s.per_session.len() as u64) < s.sessions {
+        println!(
+            "the {} most active of {} sessions:",
+            s.per_session.len(),
+            s.sessions
+        );
     }
     if !s.per_session.is_empty() {
         println!(

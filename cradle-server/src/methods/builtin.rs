@@ -8,8 +8,12 @@ use ipc_rpc::builtin::{Ping, Stats};
 use ipc_rpc::{ErrorCode, Method, Wire};
 use std::sync::Arc;
 
-/// Ping and stats.
-pub(super) fn entries(shared: &Arc<Shared>, store: &Arc<BlobStore>) -> Vec<Entry> {
+/// Ping and stats (whose answer is cut to fit `max_payload` bytes).
+pub(super) fn entries(
+    shared: &Arc<Shared>,
+    store: &Arc<BlobStore>,
+    max_payload: usize,
+) -> Vec<Entry> {
     let shared = Arc::clone(shared);
     let store = Arc::clone(store);
     vec![
@@ -34,7 +38,7 @@ pub(super) fn entries(shared: &Arc<Shared>, store: &Arc<BlobStore>) -> Vec<Entry
             id: Stats::ID,
             name: Stats::NAME,
             handler: Handler::Inline(wrap::inline::<Stats, _>(move |()| {
-                Ok(shared.snapshot(&store))
+                Ok(shared.snapshot(&store, max_payload))
             })),
         },
     ]

@@ -22,10 +22,14 @@ use crate::blobs::BlobStore;
 use crate::stats::Shared;
 use std::sync::Arc;
 
-/// The methods every server offers: ping, stats, and the blob and cache
-/// methods over `store`.
-pub(crate) fn builtin_entries(shared: &Arc<Shared>, store: &Arc<BlobStore>) -> Vec<Entry> {
-    let mut entries = builtin::entries(shared, store);
+/// The methods every server offers: ping, stats (its answer fits
+/// `max_payload` bytes), and the blob and cache methods over `store`.
+pub(crate) fn builtin_entries(
+    shared: &Arc<Shared>,
+    store: &Arc<BlobStore>,
+    max_payload: usize,
+) -> Vec<Entry> {
+    let mut entries = builtin::entries(shared, store, max_payload);
     entries.extend(blob::entries(store));
     entries
 }

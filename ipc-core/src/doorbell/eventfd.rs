@@ -25,6 +25,13 @@ const MAX_SLEEP: Duration = Duration::from_secs(24 * 60 * 60);
 /// resets the counter ([`drain`](Self::drain)). The same fd can be registered
 /// with tokio's `AsyncFd` or an epoll set instead of blocking in `poll`.
 ///
+/// A reader that must not trust the writer (a server reading a doorbell its
+/// client writes) need not read it at all: registered edge-triggered
+/// (`EPOLLET`) in an epoll set, every successful write raises a new edge
+/// whether or not the counter was already non-zero, so the reader learns of
+/// each ring without a `read(2)` that a client in control of the shared file
+/// status flags could turn into a blocking one (tested below).
+///
 /// As a [`Sleeper`] it ignores the futex `seq` word except as a shortcut: the
 /// eventfd counter itself remembers a wake that happened before the sleep, so
 /// no wake-up is lost between the waiter's last poll and its `poll(2)`. It
@@ -177,5 +184,56 @@ impl Sleeper<StdAtomics> for EventFd {
         if let Ok(true) = self.wait_readable(deadline) {
             let _ = self.drain();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::event::epoll::{self, CreateFlags, Event, EventData, EventFlags};
+
+    fn events(ep: &OwnedFd) -> usize {
+        let mut buf = Vec::<Event>::with_capacity(4);
+        let zero = Timespec::default();
+        epoll::wait(ep, rustix::buffer::spare_capacity(&mut buf), Some(&zero)).unwrap();
+        buf.len()
+    }
+
+    /// What a reader that never reads relies on: with `EPOLLET`, every
+    /// write raises one edge, also while the counter is non-zero, also at
+    /// the counter's maximum less one; nothing is reported without a write.
+    #[test]
+    fn every_write_raises_an_edge_without_any_read() {
+        let efd = EventFd::new().unwrap();
+        let ep = epoll::create(CreateFlags::CLOEXEC).unwrap();
+        epoll::add(
+            &ep,
+            efd.as_fd(),
+            EventData::new_u64(7),
+            EventFlags::IN | EventFlags::ET,
+        )
+        .unwrap();
+        assert_eq!(events(&ep), 0);
+        for round in 0..1000 {
+            efd.notify().unwrap();
+            assert_eq!(events(&ep), 1, "round {round}: the write raised no edge");
+            assert_eq!(events(&ep), 0, "round {round}: an edge without a write");
+        }
+        // Two writes before one wait: one event (enough for a reader that
+        // then looks at all its work).
+        efd.notify().unwrap();
+        efd.notify().unwrap();
+        assert_eq!(events(&ep), 1);
+        assert_eq!(events(&ep), 0);
+        // Near the maximum: the last write that fits still raises an edge.
+        let max = 0xffff_ffff_ffff_fffe_u64;
+        let have = 1002u64;
+        rustix::io::write(&efd.fd, &(max - have - 1).to_ne_bytes()).unwrap();
+        assert_eq!(events(&ep), 1);
+        efd.notify().unwrap();
+        assert_eq!(events(&ep), 1);
+        // Full: the write fails (EAGAIN, success for `notify`), no edge.
+        efd.notify().unwrap();
+        assert_eq!(events(&ep), 0);
     }
 }

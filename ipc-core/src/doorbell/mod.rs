@@ -20,7 +20,9 @@
 //! takes the syscall as a [`Waker`] / [`Sleeper`] value, so the loom models in
 //! `src/tests/loom_doorbell.rs` run the very same code over loom's atomics with
 //! a model futex. Production code uses [`Futex`] (threads and processes that
-//! block in the kernel) or [`EventFd`] (tokio `AsyncFd`, the server's epoll).
+//! block in the kernel), [`EventFd`] (tokio `AsyncFd`, the server's epoll)
+//! or, to wake a peer that must not be trusted, [`WakeSocket`] (a socketpair
+//! end written with `MSG_DONTWAIT`: the peer cannot make the write block).
 //!
 //! # The protocol
 //!
@@ -71,6 +73,7 @@
 
 mod eventfd;
 mod futex;
+mod socket;
 
 use core::fmt;
 use std::time::{Duration, Instant};
@@ -81,6 +84,7 @@ use crate::sync::{Atomics, Ordering, Word32};
 
 pub use self::eventfd::EventFd;
 pub use self::futex::Futex;
+pub use self::socket::WakeSocket;
 
 /// The spin budget of [`WaitMode::default()`]: 50 µs, about the time of two
 /// context switches, so a peer that answers within a few microseconds is
@@ -422,7 +426,8 @@ where
 static WAKE_SYSCALLS: WakeCounter = WakeCounter::new();
 
 /// The number of wake syscalls (futex wakes by [`Futex`], eventfd writes by
-/// [`EventFd::notify`]) this process has made so far.
+/// [`EventFd::notify`], socket writes by [`WakeSocket::notify`]) this process
+/// has made so far.
 ///
 /// ```
 /// let before = ipc_core::doorbell::wake_syscalls();
