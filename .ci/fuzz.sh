@@ -52,7 +52,7 @@ for t in $targets; do
     -print_final_stats=1 >"$log" 2>&1
   rc=$?
   set -e
-  grep -E '^(#[0-9]+ +(INITED|DONE)|Done|stat::|==[0-9]+==|SUMMARY|Test unit written)' "$log" || true
+  grep -E '^(#[0-9]+[[:space:]]+(INITED|DONE)|Done|stat::|==[0-9]+==|SUMMARY|Test unit written)' "$log" || true
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n 1)
   echo "${t}: ${execs:-0} executions, ${rate:-0} per second (libFuzzer's figures)"
