@@ -556,6 +556,55 @@ fn method_ids_and_schema_follow_the_documented_formulas() {
         "protocol.md must give the schema value {SCHEMA_HASH:#018x}"
     );
     assert_eq!(FORMAT, 7);
+    // The magics, as the integers the document names.
+    for (name, magic) in [
+        ("CRDLHELO", HELLO_MAGIC),
+        ("CRDLWLCM", WELCOME_MAGIC),
+        ("CRDLBYE!", GOODBYE_MAGIC),
+        ("CRDLFDGR", FD_GRANT_MAGIC),
+    ] {
+        assert_eq!(magic.to_le_bytes(), *name.as_bytes());
+        let text = format!("\"{name}\" = {magic:#018x}");
+        assert!(DOC.contains(&text), "protocol.md lacks {text}");
+    }
+}
+
+/// The table of word offsets in the session segment (§3) is where the real
+/// ring puts its words, for the default capacity.
+#[test]
+fn session_segment_word_offsets_are_as_documented() {
+    use ipc_core::ring::RingMemory;
+    use ipc_rpc::session::{DEFAULT_RING_CAPACITY, request_ring_offset, response_ring_offset};
+    let cap = DEFAULT_RING_CAPACITY;
+    let ring = RingRegion::on_heap(cap).unwrap();
+    let base = ring.base().as_ptr() as usize;
+    let at = |p: *const u8| p as usize - base;
+    let words: [(&str, usize); 7] = [
+        ("`tail`", at(std::ptr::from_ref(ring.tail()).cast())),
+        ("`data_seq`", at(std::ptr::from_ref(ring.data_seq()).cast())),
+        (
+            "`space_waiting`",
+            at(std::ptr::from_ref(ring.space_waiting()).cast()),
+        ),
+        ("`head`", at(std::ptr::from_ref(ring.head()).cast())),
+        (
+            "`data_waiting`",
+            at(std::ptr::from_ref(ring.data_waiting()).cast()),
+        ),
+        (
+            "`space_seq`",
+            at(std::ptr::from_ref(ring.space_seq()).cast()),
+        ),
+        ("frames", at(ring.data())),
+    ];
+    for (name, off) in words {
+        let row = format!(
+            "| {name} | {} | {} |",
+            request_ring_offset() + off,
+            response_ring_offset(cap) + off
+        );
+        assert!(DOC.contains(&row), "protocol.md lacks the row {row}");
+    }
 }
 
 // ---------------------------------------------------------------------------
