@@ -547,6 +547,7 @@ fn method_ids_and_schema_follow_the_documented_formulas() {
     }
     // SCHEMA_HASH, from the document's formula.
     let mut h = fnv_id("cradle.core", 1);
+    assert!(DOC.contains(&format!("id(\"cradle.core\", 1)            = {h:#018x}")));
     h ^= (32u64 << 32) | 16;
     h = h.rotate_left(17) ^ fnv_id("cradle.ping", 1);
     h = h.rotate_left(17) ^ fnv_id("cradle.stats", 2);
