@@ -450,7 +450,7 @@ fn stats(client: &Client) -> Result<(), String> {
             b.disk_queued
         );
     } else {
-        println!("disk cache: none (server started with --no-disk-cache)");
+        println!("disk cache: none (no disk tier configured)");
     }
     if !s.per_session.is_empty() {
         println!(

@@ -1,8 +1,12 @@
 //! The store's tables in one process: handle checks, leases, quotas, the
 //! cache's LRU eviction. Cross-process behaviour is in `tests/e2e_blobs*.rs`.
 
-use super::*;
-use ipc_rpc::blob::Lookup;
+use super::store::{BlobConfig, BlobStore, default_held_limit};
+use super::{BlobCtx, SessionQuota};
+use ipc_core::shm::{Access, Segment};
+use ipc_rpc::ErrorCode;
+use ipc_rpc::blob::{AUTHOR_KIND, BlobHandle, DATA_OFFSET, Lookup};
+use std::sync::Arc;
 
 /// The handle of a memory hit, `None` otherwise (no disk tier here).
 fn hit(st: &BlobStore, session: u64, key: &str) -> Option<BlobHandle> {
@@ -22,6 +26,7 @@ fn store(budget: u64, quota: SessionQuota) -> Arc<BlobStore> {
             pool_segment_len: 1 << 20,
             author_pool_len: 64 << 10,
             cache_budget: budget,
+            held_limit: default_held_limit(budget),
             quota,
         },
     ))
