@@ -170,16 +170,27 @@ fn a_deleted_live_disk_cache_directory_does_not_admit_a_second_server() {
     let disk = dir.0.join("disk");
     let _a = ServerProc::start(&dir.socket(), &["--disk-cache", disk.to_str().unwrap()]);
     std::fs::remove_dir_all(&disk).unwrap();
-    let out = Command::new(server_bin())
+    let mut second = Command::new(server_bin())
         .arg("--socket")
         .arg(other.socket())
         .arg("--disk-cache")
         .arg(&disk)
         .stdin(std::process::Stdio::null())
-        .output()
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    // It must stop on its own; if it serves instead, stop it and fail.
+    let exited = eventually(Duration::from_secs(30), || {
+        other.socket().exists() || second.try_wait().unwrap().is_some()
+    });
+    if !exited || other.socket().exists() {
+        let _ = second.kill();
+        let _ = second.wait();
+        panic!("a second server started on the deleted live disk cache directory");
+    }
+    let out = second.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "second server started: {err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("in use by another server"), "{err}");
     assert!(err.contains(&disk.display().to_string()), "{err}");
     assert!(!other.socket().exists());

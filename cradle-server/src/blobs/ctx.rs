@@ -8,7 +8,7 @@
 use super::error::{BlobError, human};
 use super::segments::{SegEntry, new_large};
 use super::store::BlobStore;
-use crate::HandlerError;
+use crate::error::HandlerError;
 use ipc_core::shm::{Access, Mapping, Seals, Segment};
 use ipc_rpc::blob::{BlobHandle, DATA_OFFSET};
 use std::sync::Arc;

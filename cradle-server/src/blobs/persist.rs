@@ -245,8 +245,8 @@ const DEFAULT_DISK_BUDGET: u64 = 16 << 30;
 pub(crate) fn open_tier(
     dir: &std::path::Path,
     budget: Option<u64>,
-) -> Result<DiskTier, crate::StartError> {
-    let bad = |m: String| crate::StartError::InvalidConfig(m);
+) -> Result<DiskTier, crate::error::StartError> {
+    let bad = |m: String| crate::error::StartError::InvalidConfig(m);
     if budget == Some(0) {
         return Err(bad(
             "--disk-cache-bytes must be more than 0 (or use --no-disk-cache)".into(),

@@ -73,7 +73,11 @@
 //! All methods take `&self`; the tier is `Send + Sync`. A `get` that races
 //! with a `put` of the same key returns the old or the new value, both
 //! checked. One tier per directory: a second open (in any process) fails
-//! with [`DiskError::Locked`].
+//! with [`DiskError::Locked`]. The lock is held twice: an `flock` on
+//! `<dir>/lock`, and an abstract Unix socket named after the directory's
+//! canonical path and the user id (`fs.rs`), which nothing on the
+//! filesystem can remove: after `rm -rf` of a live directory, a second
+//! server that recreates it still finds the directory in use.
 
 mod error;
 #[cfg(test)]
