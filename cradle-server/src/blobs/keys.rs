@@ -235,6 +235,11 @@ impl BlobStore {
         if_absent: bool,
         durable: Option<Done<()>>,
     ) -> Result<bool, BlobError> {
+        // The store as the disk writer's jobs hold it (before any change).
+        let me = match &self.disk {
+            Some(_) => Some(self.me()?),
+            None => None,
+        };
         let mut g = self.lock();
         let len = g.table.check(self.epoch, h)?.len;
         let exists = g.cache.peek(key).is_some() || g.pending.contains_key(key);
@@ -261,7 +266,7 @@ impl BlobStore {
                 g.uncache(key);
             }
         }
-        let Some(d) = &self.disk else {
+        let (Some(d), Some(me)) = (&self.disk, me) else {
             return Ok(true);
         };
         // Held until the writer is done with it; `pending` answers gets of
@@ -287,7 +292,7 @@ impl BlobStore {
         // older put the writer is finishing either lands before this and
         // is removed here, or sees itself superseded and is dropped.
         let job = Box::new(QueuedBlob {
-            store: self.me()?,
+            store: me,
             key: key.to_owned(),
             blob: h.id,
         });

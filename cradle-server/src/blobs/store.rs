@@ -34,10 +34,6 @@ pub(crate) struct BlobConfig {
 
 /// The default server-wide limit for a memory budget: twice the budget,
 /// and at least 256 MiB (the author pools of 32 sessions).
-///
-/// ```ignore
-/// assert_eq!(default_held_limit(1 << 30), 2 << 30);
-/// ```
 pub(crate) fn default_held_limit(cache_budget: u64) -> u64 {
     cache_budget.saturating_mul(2).max(256 << 20)
 }

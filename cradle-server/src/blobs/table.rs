@@ -36,7 +36,8 @@ pub struct SessionQuota {
     pub leases: u64,
     /// Bytes of the distinct blobs a session holds leases on.
     pub pinned_bytes: u64,
-    /// Bytes a session is writing: its author pool and unsealed large blobs.
+    /// Bytes a session is writing: its author pool, its unsealed large
+    /// blobs, and result blobs a handler is building for it.
     pub pool_bytes: u64,
 }
 
