@@ -14,6 +14,7 @@ mod support;
 use cradle_client::{Blob, CallError, Client};
 use ipc_rpc::ErrorCode;
 use ipc_rpc::builtin::{Ping, Stats};
+use ipc_rpc::example::Invert;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -241,10 +242,26 @@ fn a_blob_larger_than_the_memory_budget_is_kept_on_disk_and_served_from_there() 
         .put("big", &blob(&c, &data))
         .expect("put over the budget");
     c.flush().unwrap();
-    assert_eq!(value(&c, "big").as_deref(), Some(&data[..]));
+    // Written to disk (meanwhile a get is served from memory).
+    assert!(eventually(Duration::from_secs(30), || {
+        let st = c.call::<Stats>(&()).unwrap().blobs;
+        st.disk_queued == 0 && st.disk_entries == 1
+    }));
     let st = c.call::<Stats>(&()).unwrap().blobs;
-    assert!(st.cache_bytes <= 1 << 20, "{st:?}");
-    assert_eq!(st.disk_entries, 1, "{st:?}");
+    assert_eq!(
+        (st.cache_entries, st.blobs),
+        (0, 0),
+        "memory let it go: {st:?}"
+    );
+    // Served from disk, into a blob memory does not keep.
+    assert_eq!(value(&c, "big").as_deref(), Some(&data[..]));
+    c.flush().unwrap();
+    let st = c.call::<Stats>(&()).unwrap().blobs;
+    assert_eq!(
+        (st.disk_hits, st.cache_entries, st.blobs),
+        (1, 0, 0),
+        "{st:?}"
+    );
 }
 
 #[test]
@@ -325,4 +342,33 @@ fn sixteen_pinning_sessions_cannot_hold_past_the_server_wide_limit() {
         );
         assert!(m.contains("server-wide limit of 128 MiB"), "{m}");
     }
+}
+
+#[test]
+fn a_handler_cannot_allocate_past_the_server_wide_limit() {
+    let _dog = Watchdog::arm("handler allocation", Duration::from_secs(120));
+    let dir = TempDir::new("invert-limit");
+    let _s = ServerProc::start(
+        &dir.socket(),
+        &[
+            "--mem-cache-bytes",
+            "16M",
+            "--max-held-bytes",
+            "64M",
+            "--no-disk-cache",
+        ],
+    );
+    let c = Client::connect(dir.socket()).unwrap();
+    // A 40 MiB blob never written: inverting it needs another 40 MiB.
+    let input = c.create(40 << 20).unwrap().seal().unwrap();
+    let e = c.call::<Invert>(input.handle()).unwrap_err();
+    let m = e.to_string();
+    assert!(m.contains("server-wide limit of 64 MiB"), "{m}");
+    // Once the input is gone, the same call on a smaller blob works.
+    drop(input);
+    c.flush().unwrap();
+    let small = blob(&c, &[7u8; 1 << 20]);
+    let r = c.call::<Invert>(small.handle()).unwrap();
+    let inv = c.adopt(&r.inverted).unwrap();
+    assert!(inv.iter().all(|&b| b == !7));
 }
