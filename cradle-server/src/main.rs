@@ -62,6 +62,13 @@ struct Args {
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     mem_cache_bytes: Option<u64>,
 
+    /// Server-wide limit on blob bytes held outside the memory cache
+    /// (leased, being read by handlers, waiting for the disk) plus bytes
+    /// being written, all clients together [default: twice the memory
+    /// cache budget, at least 256M].
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    max_held_bytes: Option<u64>,
+
     /// Directory of the disk cache, the tier that survives restarts
     /// [default: $XDG_CACHE_HOME/cradle, else ~/.cache/cradle]. Created with
     /// mode 0700 if missing; the server refuses to start if it cannot write
@@ -143,6 +150,10 @@ fn main() -> ExitCode {
     };
     let builder = match args.mem_cache_bytes {
         Some(b) => builder.mem_cache_bytes(b),
+        None => builder,
+    };
+    let builder = match args.max_held_bytes {
+        Some(b) => builder.max_held_bytes(b),
         None => builder,
     };
     let builder = if args.no_disk_cache {

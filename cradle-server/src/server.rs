@@ -52,6 +52,7 @@ pub struct ServerBuilder {
     offload_threads: usize,
     spin: Duration,
     mem_cache_bytes: Option<u64>,
+    max_held_bytes: Option<u64>,
     quota: SessionQuota,
     pool_segment_bytes: u64,
     author_pool_bytes: u64,
@@ -94,6 +95,7 @@ impl Default for ServerBuilder {
             offload_threads: 2,
             spin: crate::worker::DEFAULT_SPIN,
             mem_cache_bytes: None,
+            max_held_bytes: None,
             quota: SessionQuota::default(),
             pool_segment_bytes: DEFAULT_POOL_SEGMENT,
             author_pool_bytes: DEFAULT_AUTHOR_POOL,
@@ -248,6 +250,21 @@ impl ServerBuilder {
     /// ```
     pub fn mem_cache_bytes(mut self, bytes: u64) -> Self {
         self.mem_cache_bytes = Some(bytes);
+        self
+    }
+
+    /// Server-wide limit on blob bytes held outside the memory cache
+    /// (leased, pinned by handlers, waiting for the disk writer) plus bytes
+    /// being written (author pools, unsealed blobs, handlers' result
+    /// blobs), all sessions together; an allocation that would cross it
+    /// fails with `QuotaExceeded`. Default: twice the memory cache's
+    /// budget, at least 256 MiB.
+    ///
+    /// ```
+    /// let b = cradle_server::Server::builder().max_held_bytes(1 << 30);
+    /// ```
+    pub fn max_held_bytes(mut self, bytes: u64) -> Self {
+        self.max_held_bytes = Some(bytes);
         self
     }
 
@@ -497,6 +514,9 @@ impl ServerBuilder {
                 pool_segment_len: self.pool_segment_bytes,
                 author_pool_len: self.author_pool_bytes,
                 cache_budget,
+                held_limit: self
+                    .max_held_bytes
+                    .unwrap_or_else(|| crate::blobs::default_held_limit(cache_budget)),
                 quota: self.quota,
             },
         );

@@ -1,24 +1,101 @@
-//! The memory cache's index: key → blob, with an LRU order and a byte count.
-//! What may be evicted (blobs nobody holds) is decided by the store.
+//! The memory cache: key → blob, within a byte budget, and the policy that
+//! chooses what to evict ([`EvictionPolicy`], implemented by [`Lru`]).
+//!
+//! To change the eviction policy, write another [`EvictionPolicy`] and name
+//! it in [`Policy`]. The cache only asks it for candidates in order; which
+//! of them may really go (nothing a client or handler holds, nothing the
+//! disk writer still needs) is decided by the caller through
+//! [`MemCache::plan_eviction`].
 
 use std::collections::{BTreeMap, HashMap};
+
+/// The order in which the memory cache gives entries up.
+pub(crate) trait EvictionPolicy: Default + std::fmt::Debug {
+    /// `key` was stored.
+    fn inserted(&mut self, key: &str);
+    /// `key` was read or stored again.
+    fn touched(&mut self, key: &str);
+    /// `key` left the cache.
+    fn removed(&mut self, key: &str);
+    /// Every key, the first to evict first.
+    fn candidates(&self) -> Box<dyn Iterator<Item = &str> + '_>;
+}
+
+/// The policy the cache uses.
+pub(crate) type Policy = Lru;
+
+/// Least recently used first.
+#[derive(Debug, Default)]
+pub(crate) struct Lru {
+    tick: u64,
+    /// Key → its position in `order`.
+    ticks: HashMap<String, u64>,
+    /// Position → key, oldest first.
+    order: BTreeMap<u64, String>,
+}
+
+impl EvictionPolicy for Lru {
+    fn inserted(&mut self, key: &str) {
+        self.touched(key);
+    }
+
+    fn touched(&mut self, key: &str) {
+        self.tick += 1;
+        let t = self.tick;
+        if let Some(old) = self.ticks.insert(key.to_owned(), t) {
+            self.order.remove(&old);
+        }
+        self.order.insert(t, key.to_owned());
+    }
+
+    fn removed(&mut self, key: &str) {
+        if let Some(t) = self.ticks.remove(key) {
+            self.order.remove(&t);
+        }
+    }
+
+    fn candidates(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        Box::new(self.order.values().map(String::as_str))
+    }
+}
+
+/// Whether the blob of an entry could leave memory now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Evictable {
+    /// Nothing but the cache refers to it.
+    Now,
+    /// Only the disk writer still needs it: once written, it can go.
+    AfterWrite,
+    /// A client's lease or a handler's pin holds it.
+    Held,
+}
+
+/// What making room for a new entry takes.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Eviction {
+    /// Evict these keys (possibly none).
+    Evict(Vec<String>),
+    /// Not yet: enough would be free once the disk writer has written
+    /// `queued` bytes of entries.
+    WaitForWriter { queued: u64 },
+    /// Impossible: only `free` bytes could ever be made free, `held` bytes
+    /// are held by leases or handlers.
+    Held { free: u64, held: u64 },
+}
 
 #[derive(Debug)]
 struct Entry {
     blob: u64,
     len: u64,
-    /// Position in `lru`.
-    tick: u64,
 }
 
-/// Key → blob id, least recently used first.
+/// Key → blob id within a byte budget, with its counters.
 #[derive(Debug)]
 pub(crate) struct MemCache {
     budget: u64,
     used: u64,
-    tick: u64,
     entries: HashMap<String, Entry>,
-    lru: BTreeMap<u64, String>,
+    policy: Policy,
     pub(crate) hits: u64,
     pub(crate) misses: u64,
     pub(crate) evictions: u64,
@@ -30,9 +107,8 @@ impl MemCache {
         Self {
             budget,
             used: 0,
-            tick: 0,
             entries: HashMap::new(),
-            lru: BTreeMap::new(),
+            policy: Policy::default(),
             hits: 0,
             misses: 0,
             evictions: 0,
@@ -52,51 +128,65 @@ impl MemCache {
         self.entries.len()
     }
 
-    fn next_tick(&mut self) -> u64 {
-        self.tick += 1;
-        self.tick
-    }
-
-    /// The blob and length under `key`, without touching the order.
+    /// The blob and length under `key`, without counting or touching.
     pub(crate) fn peek(&self, key: &str) -> Option<(u64, u64)> {
         self.entries.get(key).map(|e| (e.blob, e.len))
     }
 
-    /// Marks `key` most recently used.
+    /// Marks `key` used.
     pub(crate) fn touch(&mut self, key: &str) {
-        let t = self.next_tick();
-        if let Some(e) = self.entries.get_mut(key) {
-            if let Some(k) = self.lru.remove(&e.tick) {
-                self.lru.insert(t, k);
-            }
-            e.tick = t;
+        if self.entries.contains_key(key) {
+            self.policy.touched(key);
         }
     }
 
-    /// A lookup: counts a hit or a miss; a hit becomes most recently used.
-    pub(crate) fn get(&mut self, key: &str) -> Option<u64> {
-        match self.entries.get(key) {
-            Some(e) => {
-                let blob = e.blob;
-                self.hits += 1;
-                self.touch(key);
-                Some(blob)
+    /// What storing `len` bytes under `key` takes; `status` says whether a
+    /// blob could leave memory. Counts nothing.
+    pub(crate) fn plan_eviction(
+        &self,
+        key: &str,
+        len: u64,
+        status: impl Fn(u64) -> Evictable,
+    ) -> Eviction {
+        let replaced = self.entries.get(key).map_or(0, |e| e.len);
+        let after = self.used - replaced + len;
+        if after <= self.budget {
+            return Eviction::Evict(Vec::new());
+        }
+        let need = after - self.budget;
+        let (mut free, mut later, mut held) = (0, 0, 0);
+        let mut victims = Vec::new();
+        for k in self.policy.candidates() {
+            if free >= need {
+                break;
             }
-            None => {
-                self.misses += 1;
-                None
+            let Some(e) = self.entries.get(k).filter(|_| k != key) else {
+                continue;
+            };
+            match status(e.blob) {
+                Evictable::Now => {
+                    victims.push(k.to_owned());
+                    free += e.len;
+                }
+                Evictable::AfterWrite => later += e.len,
+                Evictable::Held => held += e.len,
             }
+        }
+        if free >= need {
+            Eviction::Evict(victims)
+        } else if free + later >= need {
+            Eviction::WaitForWriter { queued: later }
+        } else {
+            Eviction::Held { free, held }
         }
     }
 
-    /// Stores `blob` under `key` as most recently used; returns the blob it
-    /// replaced. The caller made room.
+    /// Stores `blob` under `key`; returns the blob it replaced. The caller
+    /// made room (see [`plan_eviction`](Self::plan_eviction)).
     pub(crate) fn insert(&mut self, key: &str, blob: u64, len: u64) -> Option<u64> {
         let old = self.remove(key);
-        let tick = self.next_tick();
-        self.lru.insert(tick, key.to_owned());
-        self.entries
-            .insert(key.to_owned(), Entry { blob, len, tick });
+        self.policy.inserted(key);
+        self.entries.insert(key.to_owned(), Entry { blob, len });
         self.used += len;
         old
     }
@@ -104,15 +194,58 @@ impl MemCache {
     /// Removes `key`; returns its blob.
     pub(crate) fn remove(&mut self, key: &str) -> Option<u64> {
         let e = self.entries.remove(key)?;
-        self.lru.remove(&e.tick);
+        self.policy.removed(key);
         self.used -= e.len;
         Some(e.blob)
     }
 
-    /// `(key, blob, len)`, least recently used first.
-    pub(crate) fn oldest_first(&self) -> impl Iterator<Item = (&str, u64, u64)> {
-        self.lru
-            .values()
-            .filter_map(|k| self.entries.get(k).map(|e| (k.as_str(), e.blob, e.len)))
+    /// `(key, len)` of every entry whose key starts with `prefix`.
+    pub(crate) fn keys<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, u64)> {
+        self.entries
+            .iter()
+            .filter(move |(k, _)| k.starts_with(prefix))
+            .map(|(k, e)| (k.as_str(), e.len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lru_offers_the_least_recently_used_first_and_skips_held_entries() {
+        let mut c = MemCache::new(300);
+        for (i, k) in ["a", "b", "c"].into_iter().enumerate() {
+            c.insert(k, i as u64, 100);
+        }
+        c.touch("a");
+        let all_free = |_| Evictable::Now;
+        assert_eq!(
+            c.plan_eviction("d", 100, all_free),
+            Eviction::Evict(vec!["b".into()])
+        );
+        let b_held = |blob| {
+            if blob == 1 {
+                Evictable::Held
+            } else {
+                Evictable::Now
+            }
+        };
+        assert_eq!(
+            c.plan_eviction("d", 100, b_held),
+            Eviction::Evict(vec!["c".into()])
+        );
+        let queued = |_| Evictable::AfterWrite;
+        assert_eq!(
+            c.plan_eviction("d", 100, queued),
+            Eviction::WaitForWriter { queued: 300 }
+        );
+        let held = |_| Evictable::Held;
+        assert_eq!(
+            c.plan_eviction("d", 100, held),
+            Eviction::Held { free: 0, held: 300 }
+        );
+        // Replacing a key needs only the difference.
+        assert_eq!(c.plan_eviction("a", 100, held), Eviction::Evict(vec![]));
     }
 }

@@ -1,8 +1,12 @@
 //! The store's tables in one process: handle checks, leases, quotas, the
 //! cache's LRU eviction. Cross-process behaviour is in `tests/e2e_blobs*.rs`.
 
-use super::*;
-use ipc_rpc::blob::Lookup;
+use super::store::{BlobConfig, BlobStore, default_held_limit};
+use super::{BlobCtx, SessionQuota};
+use ipc_core::shm::{Access, Segment};
+use ipc_rpc::ErrorCode;
+use ipc_rpc::blob::{AUTHOR_KIND, BlobHandle, DATA_OFFSET, Lookup};
+use std::sync::Arc;
 
 /// The handle of a memory hit, `None` otherwise (no disk tier here).
 fn hit(st: &BlobStore, session: u64, key: &str) -> Option<BlobHandle> {
@@ -22,6 +26,7 @@ fn store(budget: u64, quota: SessionQuota) -> Arc<BlobStore> {
             pool_segment_len: 1 << 20,
             author_pool_len: 64 << 10,
             cache_budget: budget,
+            held_limit: default_held_limit(budget),
             quota,
         },
     ))
@@ -262,4 +267,318 @@ fn load_cost() {
         );
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A store whose disk tier lives in `fs` (an in-memory filesystem that can
+/// fill up), with its writer running.
+fn disk_store(budget: u64, fs: &crate::disk::FaultyFs, disk_budget: u64) -> Arc<BlobStore> {
+    let tier = crate::disk::DiskTier::open_with(
+        std::path::Path::new("/cache"),
+        disk_budget,
+        Arc::new(fs.clone()),
+    )
+    .unwrap();
+    let st = Arc::new(
+        BlobStore::new(
+            EPOCH,
+            BlobConfig {
+                pool_segment_len: 1 << 20,
+                author_pool_len: 64 << 10,
+                cache_budget: budget,
+                held_limit: default_held_limit(budget),
+                quota: SessionQuota::default(),
+            },
+        )
+        .with_disk(tier),
+    );
+    st.start_disk().unwrap();
+    st
+}
+
+/// Waits until the disk writer has nothing queued.
+fn drain(st: &BlobStore) {
+    let d = st.disk.as_ref().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while d.queued() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the disk writer is stuck"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// The bytes under `key` as a client would get them (memory, else a load
+/// from disk), `None` on a miss; leases are given back.
+fn value(st: &Arc<BlobStore>, session: u64, key: &str) -> Option<Vec<u8>> {
+    let h = match st.cache_get(session, key).unwrap() {
+        Lookup::Hit(h) => h.handle,
+        Lookup::Miss => return None,
+        Lookup::OnDisk => st.cache_load(session, key).unwrap()?.handle,
+    };
+    let ctx = BlobCtx { store: st, session };
+    let v = ctx.read(&h).unwrap().bytes().to_vec();
+    st.release(session, &[h.id], &[]);
+    Some(v)
+}
+
+/// Puts `n` unheld 100-byte fillers, pushing older entries out of memory.
+fn fill(st: &Arc<BlobStore>, session: u64, n: usize) {
+    for i in 0..n {
+        let f = small(st, session, &[0xf0; 100]);
+        st.cache_put(&format!("filler{i}"), &f, false).unwrap();
+        st.release(session, &[f.id], &[]);
+    }
+}
+
+#[test]
+fn a_failed_write_behind_never_lets_a_key_go_back_to_an_older_value() {
+    let fs = crate::disk::FaultyFs::new();
+    let st = disk_store(300, &fs, 1 << 20);
+    st.open_session(1);
+    let v1 = small(&st, 1, &[1; 100]);
+    assert!(st.cache_put_durable("k", &v1, false).unwrap());
+    assert_eq!(st.disk.as_ref().unwrap().tier().len_of("k"), Some(100));
+    // The disk fills up: the write-behind of v2 fails (ENOSPC), after v2
+    // was acknowledged.
+    fs.set_full(true);
+    let v2 = small(&st, 1, &[2; 120]);
+    assert!(st.cache_put("k", &v2, false).unwrap());
+    // Already at the acknowledgement, v1 is no longer on disk.
+    assert_eq!(st.disk.as_ref().unwrap().tier().len_of("k"), None);
+    drain(&st);
+    st.release(1, &[v1.id, v2.id], &[]);
+    assert_eq!(value(&st, 1, "k"), Some(vec![2; 120]), "v2 from memory");
+    // Memory evicts v2: a miss, never v1.
+    fill(&st, 1, 3);
+    drain(&st);
+    assert!(st.lock().cache.peek("k").is_none(), "k left memory");
+    assert_eq!(value(&st, 1, "k"), None);
+    // A clean restart with the disk usable again: still never v1.
+    st.close_session(1);
+    st.stop_disk();
+    drop(st);
+    fs.set_full(false);
+    let st = disk_store(300, &fs, 1 << 20);
+    st.open_session(1);
+    assert_eq!(value(&st, 1, "k"), None);
+    st.stop_disk();
+}
+
+#[test]
+fn a_put_the_writer_has_not_reached_is_never_overtaken_by_an_older_one() {
+    let fs = crate::disk::FaultyFs::new();
+    let st = disk_store(1 << 20, &fs, 1 << 20);
+    st.open_session(1);
+    // Many puts of one key back to back: whatever the writer has done when
+    // each is acknowledged, the disk never holds an older value than the
+    // last acknowledged one once it is done, and after a restart.
+    for round in 0..50u8 {
+        let v = small(&st, 1, &vec![round; 64 + usize::from(round)]);
+        st.cache_put("k", &v, false).unwrap();
+        st.release(1, &[v.id], &[]);
+        let on_disk = st.disk.as_ref().unwrap().tier().len_of("k");
+        assert!(
+            on_disk.is_none() || on_disk == Some(64 + u64::from(round)),
+            "round {round}: disk holds {on_disk:?}"
+        );
+    }
+    drain(&st);
+    st.close_session(1);
+    st.stop_disk();
+    drop(st);
+    let st = disk_store(300, &fs, 1 << 20);
+    st.open_session(1);
+    assert_eq!(value(&st, 1, "k"), Some(vec![49; 64 + 49]));
+    st.stop_disk();
+}
+
+#[test]
+fn a_get_counts_one_hit_or_one_miss_per_tier() {
+    let fs = crate::disk::FaultyFs::new();
+    let st = disk_store(300, &fs, 1 << 20);
+    st.open_session(1);
+    let a = small(&st, 1, &[7; 100]);
+    st.cache_put("a", &a, false).unwrap();
+    st.release(1, &[a.id], &[]);
+    drain(&st);
+    fill(&st, 1, 3);
+    drain(&st);
+    let figures = |st: &BlobStore| {
+        let s = st.stats();
+        (s.hits, s.misses, s.disk_hits, s.disk_misses)
+    };
+    let before = figures(&st);
+    // Served from disk: one memory miss, one disk hit.
+    assert_eq!(value(&st, 1, "a"), Some(vec![7; 100]));
+    let after = figures(&st);
+    assert_eq!(
+        (
+            after.0 - before.0,
+            after.1 - before.1,
+            after.2 - before.2,
+            after.3 - before.3
+        ),
+        (0, 1, 1, 0)
+    );
+    // In neither tier: one miss in each.
+    assert_eq!(value(&st, 1, "absent"), None);
+    let again = figures(&st);
+    assert_eq!(
+        (
+            again.0 - after.0,
+            again.1 - after.1,
+            again.2 - after.2,
+            again.3 - after.3
+        ),
+        (0, 1, 0, 1)
+    );
+    // Loaded back into memory: one memory hit, nothing on disk.
+    assert_eq!(value(&st, 1, "a"), Some(vec![7; 100]));
+    let last = figures(&st);
+    assert_eq!(
+        (
+            last.0 - again.0,
+            last.1 - again.1,
+            last.2 - again.2,
+            last.3 - again.3
+        ),
+        (1, 0, 0, 0)
+    );
+    st.stop_disk();
+}
+
+#[test]
+fn a_blob_over_the_memory_budget_goes_to_disk_or_names_both_budgets() {
+    let fs = crate::disk::FaultyFs::new();
+    let st = disk_store(1000, &fs, 1 << 20);
+    st.open_session(1);
+    let big = small(&st, 1, &[3; 5000]);
+    assert!(st.cache_put("big", &big, false).unwrap());
+    assert_eq!(st.stats().cache_entries, 0, "not in the memory cache");
+    st.release(1, &[big.id], &[]);
+    drain(&st);
+    assert_eq!(st.stats().blobs, 0, "memory let it go once written");
+    assert_eq!(value(&st, 1, "big"), Some(vec![3; 5000]));
+    let s = st.stats();
+    assert_eq!((s.cache_entries, s.blobs), (0, 0), "served, not kept");
+    st.stop_disk();
+
+    // A disk tier too small for it.
+    let fs = crate::disk::FaultyFs::new();
+    let st = disk_store(1000, &fs, 4096);
+    st.open_session(1);
+    let big = small(&st, 1, &[3; 5000]);
+    let e = st.cache_put("big", &big, false).unwrap_err();
+    assert_eq!(e.code, ErrorCode::CacheFull);
+    for needle in ["--mem-cache-bytes", "--disk-cache-bytes", "1000 B", "4 KiB"] {
+        assert!(e.message.contains(needle), "{needle}: {e}");
+    }
+    st.stop_disk();
+
+    // No disk tier at all.
+    let st = store(1000, SessionQuota::default());
+    st.open_session(1);
+    let big = small(&st, 1, &[3; 5000]);
+    let e = st.cache_put("big", &big, false).unwrap_err();
+    assert_eq!(e.code, ErrorCode::CacheFull);
+    assert!(e.message.contains("no disk tier configured"), "{e}");
+    assert!(e.message.contains("--mem-cache-bytes"), "{e}");
+}
+
+#[test]
+fn a_server_wide_limit_caps_what_all_sessions_hold_or_write() {
+    let st = Arc::new(BlobStore::new(
+        EPOCH,
+        BlobConfig {
+            pool_segment_len: 1 << 20,
+            author_pool_len: 64 << 10,
+            cache_budget: 1 << 20,
+            held_limit: 1 << 20,
+            quota: SessionQuota::default(),
+        },
+    ));
+    // A cached blob nobody holds (its author pool counts: 64 KiB).
+    st.open_session(9);
+    let c = small(&st, 9, &[5; 100]);
+    st.cache_put("c", &c, false).unwrap();
+    st.release(9, &[c.id], &[]);
+    // Sessions writing (and then holding) 300 KiB each: the fourth is over.
+    let mut ids = Vec::new();
+    for s in 1..=3 {
+        st.open_session(s);
+        ids.push(st.create_large(s, 300 << 10).unwrap().0);
+    }
+    st.open_session(4);
+    let e = st.create_large(4, 300 << 10).unwrap_err();
+    assert_eq!(e.code, ErrorCode::QuotaExceeded);
+    assert!(e.message.contains("server-wide limit of 1 MiB"), "{e}");
+    // A handler cannot allocate past it either.
+    let ctx = BlobCtx {
+        store: &st,
+        session: 4,
+    };
+    let e = ctx.create(300 << 10).unwrap_err();
+    assert!(e.to_string().contains("server-wide limit"), "{e}");
+    // Reading what is cached costs nothing: others still work.
+    assert!(hit(&st, 4, "c").is_some());
+    let (held, writing, limit, refused) = st.held_figures();
+    assert!(held + writing <= limit, "{held} + {writing} > {limit}");
+    assert_eq!(refused, 2);
+    // One writer gives up: room again.
+    st.release(1, &[], &[ids[0]]);
+    st.create_large(4, 300 << 10).unwrap();
+    for s in [1, 2, 3, 4, 9] {
+        st.close_session(s);
+    }
+    assert_eq!(st.held_figures().0 + st.held_figures().1, 0);
+}
+
+#[test]
+fn list_names_every_key_with_its_size_and_tiers() {
+    let fs = crate::disk::FaultyFs::new();
+    let st = disk_store(300, &fs, 1 << 20);
+    st.open_session(1);
+    for (k, n) in [("img/a", 100), ("img/b", 50), ("txt/c", 10)] {
+        let b = small(&st, 1, &vec![1; n]);
+        st.cache_put(k, &b, false).unwrap();
+        st.release(1, &[b.id], &[]);
+    }
+    drain(&st);
+    fill(&st, 1, 2);
+    drain(&st);
+    let (l, more) = st.list("img/", "", |_| true);
+    assert!(!more);
+    let got: Vec<_> = l
+        .iter()
+        .map(|e| (e.key.as_str(), e.len, e.in_memory, e.on_disk))
+        .collect();
+    assert_eq!(
+        got,
+        [("img/a", 100, false, true), ("img/b", 50, true, true)],
+        "a was evicted from memory"
+    );
+    // Pages: two keys at a time, each page after the last key of the one
+    // before, every key once.
+    let mut seen = Vec::new();
+    let mut after = String::new();
+    loop {
+        let mut room = 2;
+        let (page, more) = st.list("", &after, |_| {
+            room -= 1;
+            room >= 0
+        });
+        assert!(page.len() <= 2);
+        seen.extend(page.iter().map(|e| e.key.clone()));
+        if !more {
+            break;
+        }
+        after = page.last().expect("a page before more").key.clone();
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(seen, sorted, "in order, each once");
+    assert_eq!(seen.len(), 5);
+    st.stop_disk();
 }

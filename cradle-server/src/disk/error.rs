@@ -76,18 +76,18 @@ impl fmt::Display for DiskError {
         match self {
             Self::CreateDir { path, source } => write!(
                 f,
-                "disk cache: cannot create the directory {}: {source}; choose another directory or fix its permissions",
+                "disk cache: cannot create the directory {}: {source}; choose another directory (--disk-cache DIR), fix its permissions, or run without a disk cache (--no-disk-cache)",
                 path.display()
             ),
             Self::Unusable { dir, probe, source } => write!(
                 f,
-                "disk cache: cannot write in the directory {} (probe file {}): {source}; choose another directory or fix its permissions",
+                "disk cache: cannot write in the directory {} (probe file {}): {source}; choose another directory (--disk-cache DIR), fix its permissions, or run without a disk cache (--no-disk-cache)",
                 dir.display(),
                 probe.display()
             ),
             Self::Locked { dir } => write!(
                 f,
-                "disk cache: the directory {} is in use by another server; give each server its own directory",
+                "disk cache: the directory {} is in use by another server (even if it was deleted and created again meanwhile); give each server its own directory (--disk-cache DIR), or run without a disk cache (--no-disk-cache)",
                 dir.display()
             ),
             Self::Io { op, path, source } => {

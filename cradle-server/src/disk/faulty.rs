@@ -197,6 +197,8 @@ struct State {
     locks: BTreeSet<PathBuf>,
     /// See [`CutReport`].
     report: CutReport,
+    /// File writes fail with `ENOSPC` (the filesystem is full).
+    no_space: bool,
 }
 
 /// The error of every operation while the power is off.
@@ -366,6 +368,12 @@ impl FaultyFs {
         st.dead = false;
     }
 
+    /// Makes every file write fail with `ENOSPC` (`true`), or succeed
+    /// again (`false`): a full filesystem.
+    pub(crate) fn set_full(&self, full: bool) {
+        self.state().no_space = full;
+    }
+
     /// Whether the power is off.
     pub(crate) fn is_dead(&self) -> bool {
         self.state().dead
@@ -411,6 +419,14 @@ impl FsFile for FaultyFile {
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         if !self.writable {
             return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        if self
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .no_space
+        {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
         self.with(|inode| {
             let start = usize::try_from(offset).map_err(io::Error::other)?;

@@ -85,8 +85,24 @@ impl Fs for RealFs {
             .mode(0o600)
             .open(path)?;
         rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive)?;
-        // The lock lives as long as the open file description.
-        Ok(Box::new(file))
+        // The flock lives as long as the open file description, but only
+        // guards the file: after `rm -rf` of the directory a new `lock`
+        // file would be free. The second lock is a name nothing on the
+        // filesystem can remove: an abstract socket named after the
+        // directory's canonical path, held as long as this process lives.
+        let dir = path.parent().unwrap_or(path);
+        let name = std::fs::canonicalize(dir)?;
+        let name = abstract_lock_name(&name);
+        let socket = match abstract_lock(&name)? {
+            AbstractLock::Held(l) => Some(l),
+            AbstractLock::Busy => return Err(io::ErrorKind::WouldBlock.into()),
+            AbstractLock::Squatted => {
+                tracing::warn!(dir = %dir.display(), lock = %name, "the disk cache's lock name is held by another user's process; relying on the lock file alone");
+                None
+            }
+        };
+        // The lock lives as long as the open file description and the socket.
+        Ok(Box::new((file, socket)))
     }
 
     fn create(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
@@ -146,5 +162,47 @@ impl FsFile for RealFile {
     fn set_mtime(&self, mtime: SystemTime) -> io::Result<()> {
         // futimens on the fd; the owner may do it on a read-only fd.
         self.0.set_modified(mtime)
+    }
+}
+
+/// The abstract socket name that locks the directory at canonical path
+/// `dir` for this user.
+fn abstract_lock_name(dir: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let uid = rustix::process::geteuid().as_raw();
+    let hash = xxhash_rust::xxh3::xxh3_128(dir.as_os_str().as_bytes());
+    format!("cradle-disk-cache/{uid}/{hash:032x}")
+}
+
+/// The outcome of [`abstract_lock`].
+enum AbstractLock {
+    /// Ours until dropped.
+    Held(std::os::unix::net::UnixListener),
+    /// A process of this user holds it.
+    Busy,
+    /// Someone holds it whom we cannot verify as this user (another user
+    /// squatting the name): not a reason to refuse; the flock still guards.
+    Squatted,
+}
+
+/// Binds the abstract socket `name`; if it is taken, asks its holder's
+/// credentials (a listening socket answers a connect from its backlog).
+fn abstract_lock(name: &str) -> io::Result<AbstractLock> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+    let addr = SocketAddr::from_abstract_name(name.as_bytes())?;
+    match UnixListener::bind_addr(&addr) {
+        Ok(l) => Ok(AbstractLock::Held(l)),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            let Ok(peer) = UnixStream::connect_addr(&addr) else {
+                return Ok(AbstractLock::Squatted);
+            };
+            let me = rustix::process::geteuid();
+            match rustix::net::sockopt::socket_peercred(&peer) {
+                Ok(cred) if cred.uid == me => Ok(AbstractLock::Busy),
+                _ => Ok(AbstractLock::Squatted),
+            }
+        }
+        Err(e) => Err(e),
     }
 }

@@ -73,7 +73,11 @@
 //! All methods take `&self`; the tier is `Send + Sync`. A `get` that races
 //! with a `put` of the same key returns the old or the new value, both
 //! checked. One tier per directory: a second open (in any process) fails
-//! with [`DiskError::Locked`].
+//! with [`DiskError::Locked`]. The lock is held twice: an `flock` on
+//! `<dir>/lock`, and an abstract Unix socket named after the directory's
+//! canonical path and the user id (`fs.rs`), which nothing on the
+//! filesystem can remove: after `rm -rf` of a live directory, a second
+//! server that recreates it still finds the directory in use.
 
 mod error;
 #[cfg(test)]
@@ -84,6 +88,8 @@ mod fs;
 mod tests;
 
 pub(crate) use error::{DiskError, GetError};
+#[cfg(test)]
+pub(crate) use faulty::FaultyFs;
 pub(crate) use fs::{Fs, FsFile, FsLock, RealFs};
 
 use format::{Damage, HEADER_LEN, MAX_KEY_LEN};
@@ -508,6 +514,75 @@ impl DiskTier {
         self.lock().lookup(hash_key(key), key).map(|s| s.data_len)
     }
 
+    /// The byte budget.
+    pub(crate) fn budget(&self) -> u64 {
+        self.budget
+    }
+
+    /// Whether an entry of `data_len` bytes under `key` could fit in the
+    /// budget at all (its file: header, key, padding, data).
+    pub(crate) fn fits(&self, key: &str, data_len: u64) -> bool {
+        key.len() <= MAX_KEY_LEN
+            && format::file_len(key.len(), data_len).is_some_and(|l| l <= self.budget)
+    }
+
+    /// Counts a lookup that found nothing in this tier (a key the memory
+    /// tier missed too, see the store's statistics).
+    pub(crate) fn count_miss(&self) {
+        self.lock().misses += 1;
+    }
+
+    /// `(key, data length)` of every entry whose key starts with `prefix`,
+    /// in no particular order.
+    pub(crate) fn keys(&self, prefix: &str) -> Vec<(String, u64)> {
+        self.lock()
+            .slots
+            .values()
+            .filter(|s| s.key.starts_with(prefix))
+            .map(|s| (s.key.to_string(), s.data_len))
+            .collect()
+    }
+
+    /// Takes `key`'s entry out of the index and its file out of `entries/`
+    /// at once (a rename into `tmp/`, without `fsync`): from now on no
+    /// `get`, and no later open of the directory, serves it. Returns the
+    /// retired file to [`discard`](Self::discard) later (unlinking a large
+    /// file takes time), or `None` if there was no entry.
+    ///
+    /// Used before a newer value of the key is acknowledged but not yet
+    /// written, so that the key can never fall back to this older value.
+    ///
+    /// Errors: [`DiskError::Io`] if the file could not be moved nor
+    /// unlinked; the entry has left the index all the same.
+    pub(crate) fn invalidate(&self, key: &str) -> Result<Option<PathBuf>, DiskError> {
+        let hash = hash_key(key);
+        let mut ix = self.lock();
+        if ix.lookup(hash, key).is_none() {
+            return Ok(None);
+        }
+        ix.remove(hash);
+        let seq = ix.take_seq();
+        ix.dir_changes += 1;
+        let from = self.entries.join(file_name(hash));
+        let to = self.tmp.join(format!("{seq:016x}.old"));
+        match self.fs.rename(&from, &to) {
+            Ok(()) => Ok(Some(to)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => {
+                // Under the lock still: no put can rename a new file onto
+                // the name between the failed rename and this unlink.
+                self.fs
+                    .remove(&from)
+                    .map_err(|source| DiskError::io("unlink", &from, source))
+                    .map_err(|err| {
+                        tracing::warn!(path = %from.display(), rename = %e, error = %err, "cannot invalidate a disk cache entry");
+                        err
+                    })?;
+                Ok(None)
+            }
+        }
+    }
+
     /// Stores `data` under `key`, replacing any entry for `key`, and evicts
     /// least recently used entries until the files fit in the budget.
     ///
@@ -522,12 +597,29 @@ impl DiskTier {
     /// [`DiskError::Io`]; on an error before the rename nothing changed.
     /// If only the final directory `fsync` fails, the entry is in place but
     /// not known durable.
+    #[cfg(test)]
     pub(crate) fn put(
         &self,
         key: &str,
         data: &[u8],
         durable: bool,
     ) -> Result<PutOutcome, DiskError> {
+        self.put_if(key, data, durable, &|| true)
+            .map(|o| o.unwrap_or_default())
+    }
+
+    /// [`put`](Self::put), but the new file replaces the entry only if
+    /// `current()` still holds when it is renamed into place (asked under
+    /// the index lock, so no `invalidate` or `remove` of the key runs
+    /// meanwhile); otherwise nothing changes and the answer is `Ok(None)`.
+    /// `current` must not call the tier.
+    pub(crate) fn put_if(
+        &self,
+        key: &str,
+        data: &[u8],
+        durable: bool,
+        current: &dyn Fn() -> bool,
+    ) -> Result<Option<PutOutcome>, DiskError> {
         if key.len() > MAX_KEY_LEN {
             return Err(DiskError::KeyTooLong {
                 len: key.len(),
@@ -563,6 +655,11 @@ impl DiskTier {
             // Under the lock: the index and the directory change together,
             // so a concurrent put, remove or eviction of this name cannot
             // interleave with ours.
+            if !current() {
+                drop(ix);
+                self.discard(&tmp);
+                return Ok(None);
+            }
             if let Err(source) = self.fs.rename(&tmp, &dest) {
                 drop(ix);
                 self.discard(&tmp);
@@ -599,7 +696,7 @@ impl DiskTier {
                 "disk cache evicted entries to make room"
             );
         }
-        Ok(outcome)
+        Ok(Some(outcome))
     }
 
     /// Reads `key`'s data into a destination the caller allocates once it
@@ -803,7 +900,7 @@ impl DiskTier {
     }
 
     /// Unlinks a file in `tmp/`, best effort (the next open empties `tmp/`).
-    fn discard(&self, path: &Path) {
+    pub(crate) fn discard(&self, path: &Path) {
         if let Err(e) = self.fs.remove(path)
             && e.kind() != io::ErrorKind::NotFound
         {

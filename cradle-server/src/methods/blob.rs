@@ -10,8 +10,9 @@ use crate::error::HandlerError;
 use crate::reply::Replier;
 use bytemuck::bytes_of;
 use ipc_rpc::blob::{
-    Acquire, AuthorPool, CacheGet, CacheLoad, CachePut, CachePutDurable, CacheRemove, CreateLarge,
-    FD_GRANT_MAGIC, FdGrant, LargeInfo, MapSegment, Release, SealLarge, SealSmall,
+    Acquire, AuthorPool, CacheGet, CacheList, CacheLoad, CachePut, CachePutDurable, CacheRemove,
+    CreateLarge, FD_GRANT_MAGIC, FdGrant, LargeInfo, ListPage, ListedKey, MapSegment, Release,
+    SealLarge, SealSmall,
 };
 use ipc_rpc::handshake::send_with_fds;
 use ipc_rpc::{ErrorCode, Method};
@@ -79,8 +80,12 @@ fn check_key(key: &str) -> Result<(), BlobError> {
     ipc_rpc::blob::check_key(key).map_err(|e| handler_error(e.to_string()))
 }
 
-/// The blob and cache methods.
-pub(crate) fn entries(store: &Arc<BlobStore>) -> Vec<Entry> {
+/// A page of keys fills at most this share of a response frame (an entry is
+/// its key plus about 32 bytes of rkyv layout).
+const LIST_FILL: usize = 2;
+
+/// The blob and cache methods; `max_payload` is the ring's frame limit.
+pub(crate) fn entries(store: &Arc<BlobStore>, max_payload: usize) -> Vec<Entry> {
     vec![
         method::<AuthorPool, _>(store, |st, out, ()| {
             let (info, fd) = st.author_pool(out.session)?;
@@ -117,15 +122,49 @@ pub(crate) fn entries(store: &Arc<BlobStore>) -> Vec<Entry> {
         method::<Release, _>(store, |st, out, batch| {
             Ok(st.release(out.session, &batch.leases, &batch.aborted))
         }),
-        method::<CachePut, _>(store, |st, _out, req| {
-            check_key(&req.key)?;
-            st.cache_put(&req.key, &req.handle, req.if_absent)
+        method::<CacheList, _>(store, move |st, _out, req| {
+            let prefix_ok = req.prefix.is_empty() || check_key(&req.prefix).is_ok();
+            if !prefix_ok {
+                return Err(handler_error(format!(
+                    "the prefix {:?} can match no key",
+                    req.prefix
+                )));
+            }
+            let mut room = max_payload / LIST_FILL;
+            let mut left = req.limit.max(1);
+            let (page, more) = st.list(&req.prefix, &req.after, |e| {
+                let cost = e.key.len() + 32;
+                if left == 0 || cost > room {
+                    return false;
+                }
+                left -= 1;
+                room -= cost;
+                true
+            });
+            Ok(ListPage {
+                keys: page
+                    .into_iter()
+                    .map(|e| ListedKey {
+                        key: e.key,
+                        len: e.len,
+                        in_memory: e.in_memory,
+                        on_disk: e.on_disk,
+                    })
+                    .collect(),
+                more,
+            })
         }),
         method::<CacheGet, _>(store, |st, out, key| {
             check_key(&key)?;
             st.cache_get(out.session, &key)
         }),
-        // The three that may wait for the disk run on the offload pool.
+        // The ones that may wait for the disk run on the offload pool: a put
+        // may wait (bounded) for the disk writer to free memory, a durable
+        // put for fsync, a load for a read, a remove for an unlink.
+        offloaded::<CachePut, _>(|ctx, req| {
+            check_key(&req.key)?;
+            ctx.store.cache_put(&req.key, &req.handle, req.if_absent)
+        }),
         offloaded::<CachePutDurable, _>(|ctx, req| {
             check_key(&req.key)?;
             ctx.store

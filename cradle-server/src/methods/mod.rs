@@ -30,6 +30,6 @@ pub(crate) fn builtin_entries(
     max_payload: usize,
 ) -> Vec<Entry> {
     let mut entries = builtin::entries(shared, store, max_payload);
-    entries.extend(blob::entries(store));
+    entries.extend(blob::entries(store, max_payload));
     entries
 }
