@@ -33,6 +33,7 @@
 use crate::blobs::BlobStore;
 use crate::link::{ClientWaker, Completion, HandleInner, Job, NewSession, WorkerMsg};
 use crate::methods::{Handler, Registry};
+use crate::metrics::cells::CallCells;
 use crate::reply::{Queued, Replier};
 use crate::stats::{SessionCounters, Shared};
 use ipc_core::doorbell::EventFd;
@@ -135,6 +136,9 @@ pub(crate) struct WorkerCtx {
     pub(crate) max_payload: usize,
     /// Polling budget after the last frame before sleeping.
     pub(crate) spin: Duration,
+    /// Per-method figures for the metrics endpoint (`None`: no endpoint,
+    /// calls are not timed).
+    pub(crate) calls: Option<Arc<CallCells>>,
 }
 
 impl std::fmt::Debug for WorkerCtx {
@@ -177,6 +181,9 @@ fn serve(s: &mut Session, ctx: &WorkerCtx) -> bool {
             )));
             break;
         }
+        // Timed only with a metrics endpoint; offloaded calls are timed by the pool.
+        let timed = ctx.calls.as_ref().map(|_| (Instant::now(), s.in_flight));
+        out.last_error = 0;
         match ctx.registry.get(meta.tag) {
             None => out.error(
                 meta,
@@ -215,6 +222,11 @@ fn serve(s: &mut Session, ctx: &WorkerCtx) -> bool {
                     }
                 }
             }
+        }
+        if let (Some(calls), Some((started, in_flight))) = (&ctx.calls, timed)
+            && s.in_flight == in_flight
+        {
+            calls.record_owned(ctx.index, meta.tag, out.last_error, started.elapsed());
         }
     }
     if taken > 0 {

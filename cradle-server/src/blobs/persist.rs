@@ -158,6 +158,7 @@ impl BlobStore {
                         .map(|_| ());
                     self.lock().finish_pending(&key, blob);
                     if let Err(e) = &r {
+                        crate::metrics::cells::disk_write_failed();
                         tracing::warn!(key = %key, error = %e, "could not write a cache entry to disk");
                     }
                     if let Some(done) = done {
