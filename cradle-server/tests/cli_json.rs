@@ -216,3 +216,46 @@ fn completions_generate_for_bash_zsh_and_fish_and_man_renders() {
     assert!(page.contains(".TH cradle 1"), "{page}");
     assert!(page.contains("completions"), "{page}");
 }
+
+#[test]
+fn the_server_logs_one_json_object_per_line() {
+    let dog = Watchdog::arm("json logs", Duration::from_secs(60));
+    let dir = TempDir::new("json-logs");
+    let child = Command::new(server_bin())
+        .arg("--socket")
+        .arg(dir.socket())
+        .args([
+            "--no-disk-cache",
+            "--log-format",
+            "json",
+            "--log-level",
+            "info",
+        ])
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    dog.watch_child(child.id());
+    let ready = eventually(Duration::from_secs(30), || {
+        cradle_client::Client::connect(dir.socket()).is_ok()
+    });
+    assert!(ready, "the server did not come up");
+    signal(child.id(), libc::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    let out = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let messages: Vec<&str> = lines
+        .iter()
+        .map(|v| v["fields"]["message"].as_str().unwrap())
+        .collect();
+    assert!(messages.contains(&"cradle-server ready"), "{messages:?}");
+    assert!(messages.contains(&"server stopped"), "{messages:?}");
+    for v in &lines {
+        assert!(v["timestamp"].is_string() && v["level"].is_string(), "{v}");
+    }
+}

@@ -287,3 +287,42 @@ fn a_real_prometheus_scrapes_the_exact_counts() {
         Some(PINGS as f64)
     );
 }
+
+#[test]
+fn the_documented_alerts_pass_promtool_check_rules() {
+    let _dog = Watchdog::arm("alert rules", Duration::from_secs(60));
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operations.md"),
+    )
+    .unwrap();
+    let start = doc
+        .find("# cradle.rules.yml")
+        .expect("docs/operations.md has the alert rules");
+    let rules = &doc[start..];
+    let rules = &rules[..rules.find("```").expect("the rules block ends")];
+    for alert in [
+        "CradleDiskWriteBehindFailing",
+        "CradleCacheThrashing",
+        "CradleSessionsClosedForViolations",
+    ] {
+        assert!(rules.contains(alert), "{alert} missing");
+    }
+    let Some(promtool) = tool("promtool") else {
+        return;
+    };
+    let dir = TempDir::new("alert-rules");
+    let file = dir.0.join("cradle.rules.yml");
+    std::fs::write(&file, rules).unwrap();
+    let out = Command::new(promtool)
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("3 rules found"), "{text}");
+}
