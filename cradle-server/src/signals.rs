@@ -21,6 +21,14 @@ pub fn init_logging(level: &str) {
 }
 
 /// How log lines are written.
+///
+/// ```
+/// use cradle_server::LogFormat;
+/// let f: LogFormat = "json".parse()?;
+/// assert_eq!(f, LogFormat::Json);
+/// assert_eq!(LogFormat::default(), LogFormat::Text);
+/// # Ok::<(), String>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {
     /// One human-readable line per event (colours only on a terminal).
