@@ -149,9 +149,14 @@ impl std::fmt::Debug for WorkerCtx {
     }
 }
 
-/// One round over session `s`; returns whether it did anything.
-fn serve(s: &mut Session, ctx: &WorkerCtx) -> bool {
+/// One round over session `s`, which began at `round`; returns whether it
+/// did anything.
+fn serve(s: &mut Session, ctx: &WorkerCtx, round: Instant) -> bool {
     let mut worked = false;
+    // With a metrics endpoint, a call's service time runs from the start of
+    // the round (or the previous call's end) to its answer; the clock is read
+    // only after the answer is published, off the caller's critical path.
+    let mut started = round;
     let mut out = Replier::new(s.id, s.sock.as_fd(), &mut s.outbox, &mut s.backlog);
     if !out.backlog.is_empty() && out.flush() {
         worked = true;
@@ -181,8 +186,7 @@ fn serve(s: &mut Session, ctx: &WorkerCtx) -> bool {
             )));
             break;
         }
-        // Timed only with a metrics endpoint; offloaded calls are timed by the pool.
-        let timed = ctx.calls.as_ref().map(|_| (Instant::now(), s.in_flight));
+        let in_flight = s.in_flight;
         out.last_error = 0;
         match ctx.registry.get(meta.tag) {
             None => out.error(
@@ -223,10 +227,14 @@ fn serve(s: &mut Session, ctx: &WorkerCtx) -> bool {
                 }
             }
         }
-        if let (Some(calls), Some((started, in_flight))) = (&ctx.calls, timed)
-            && s.in_flight == in_flight
-        {
-            calls.record_owned(ctx.index, meta.tag, out.last_error, started.elapsed());
+        if let Some(calls) = &ctx.calls {
+            let end = Instant::now();
+            // Offloaded calls are timed by the pool.
+            if s.in_flight == in_flight {
+                let took = end.saturating_duration_since(started);
+                calls.record_owned(ctx.index, meta.tag, out.last_error, took);
+            }
+            started = end;
         }
     }
     if taken > 0 {
@@ -541,7 +549,7 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
             if !s.active || s.close.is_some() {
                 continue;
             }
-            if serve(s, ctx) {
+            if serve(s, ctx, now) {
                 s.last_active = now;
                 worked = true;
             } else if now.duration_since(s.last_active) > ctx.spin {
