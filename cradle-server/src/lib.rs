@@ -45,6 +45,7 @@ mod disk;
 mod error;
 mod link;
 mod methods;
+mod metrics;
 mod offload;
 mod reply;
 mod server;
@@ -58,8 +59,9 @@ mod tests;
 
 pub use blobs::{BlobBuilder, BlobCtx, BlobView, SessionQuota, default_disk_cache_dir};
 pub use error::{HandlerError, ServerError, StartError};
+pub use metrics::MetricsAddr;
 pub use server::{Server, ServerBuilder, ServerHandle};
-pub use signals::init_logging;
+pub use signals::{LogFormat, init_logging, init_logging_as};
 pub use startup::default_socket_path;
 
 /// The README's Rust snippets, compiled with the doctests so that the README

@@ -3,7 +3,9 @@
 
 use crate::blobs::{BlobCtx, BlobStore};
 use crate::link::{Completion, Job, WorkerLink, WorkerMsg};
+use crate::metrics::cells::CallCells;
 use ipc_rpc::rkyv::ser::allocator::Arena;
+use ipc_rpc::{ErrorCode, RemoteError, Wire, wire};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
@@ -12,6 +14,7 @@ pub(crate) fn spawn_pool(
     threads: usize,
     links: Arc<[WorkerLink]>,
     store: Arc<BlobStore>,
+    calls: Option<Arc<CallCells>>,
 ) -> std::io::Result<Sender<Job>> {
     let (tx, rx) = std::sync::mpsc::channel::<Job>();
     let rx = Arc::new(Mutex::new(rx));
@@ -19,14 +22,20 @@ pub(crate) fn spawn_pool(
         let rx = Arc::clone(&rx);
         let links = Arc::clone(&links);
         let store = Arc::clone(&store);
+        let calls = calls.clone();
         std::thread::Builder::new()
             .name(format!("cradle-offload-{i}"))
-            .spawn(move || pool_thread(&rx, &links, &store))?;
+            .spawn(move || pool_thread(&rx, &links, &store, calls.as_deref()))?;
     }
     Ok(tx)
 }
 
-fn pool_thread(rx: &Mutex<Receiver<Job>>, links: &[WorkerLink], store: &Arc<BlobStore>) {
+fn pool_thread(
+    rx: &Mutex<Receiver<Job>>,
+    links: &[WorkerLink],
+    store: &Arc<BlobStore>,
+    calls: Option<&CallCells>,
+) {
     let mut arena = Arena::new();
     loop {
         // The lock is held only while taking one job. A poisoned lock (a
@@ -40,12 +49,31 @@ fn pool_thread(rx: &Mutex<Receiver<Job>>, links: &[WorkerLink], store: &Arc<Blob
             store,
             session: job.session,
         };
+        let started = calls.map(|_| std::time::Instant::now());
         let answer = (job.handler)(&job.bytes, job.meta, &ctx, &mut arena, job.max_payload);
+        if let (Some(calls), Some(started)) = (calls, started) {
+            calls.record_shared(
+                job.meta.tag,
+                answer_code(answer.as_ref()),
+                started.elapsed(),
+            );
+        }
         if let Some(link) = links.get(job.worker) {
             link.send(WorkerMsg::Completion(Completion {
                 session: job.session,
                 answer,
             }));
+        }
+    }
+}
+
+/// The wire error code of an encoded answer (0: a response).
+fn answer_code(answer: Option<&crate::reply::Queued>) -> u32 {
+    match answer {
+        None => ErrorCode::ResponseTooLarge.to_u32(),
+        Some((meta, _)) if meta.kind != wire::ERROR => 0,
+        Some((_, bytes)) => {
+            RemoteError::decode(bytes).map_or(ErrorCode::Other(0).to_u32(), |e| e.code)
         }
     }
 }

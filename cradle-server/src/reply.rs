@@ -127,6 +127,8 @@ pub(crate) struct Replier<'a> {
     pub(crate) broken: Option<RingError>,
     /// Calls answered (responses and errors queued or published).
     pub(crate) answered: u64,
+    /// The wire code of the last error answer (0: none), for the metrics.
+    pub(crate) last_error: u32,
 }
 
 impl<'a> Replier<'a> {
@@ -145,6 +147,7 @@ impl<'a> Replier<'a> {
             published: false,
             broken: None,
             answered: 0,
+            last_error: 0,
         }
     }
 }
@@ -202,6 +205,7 @@ impl Replier<'_> {
     }
 
     fn send_error(&mut self, req: FrameMeta, code: ErrorCode, message: String) {
+        self.last_error = code.to_u32();
         let err = RemoteError {
             code: code.to_u32(),
             message: truncated(message),

@@ -6,6 +6,7 @@ use crate::blobs::{BlobConfig, BlobCtx, BlobStore, SessionQuota};
 use crate::error::{HandlerError, ServerError, StartError};
 use crate::link::{HandleInner, WorkerLink, WorkerMsg};
 use crate::methods::{self, Entry, Handler, Registry};
+use crate::metrics::{self, MetricsAddr, cells::CallCells};
 use crate::startup;
 use crate::stats::Shared;
 use crate::worker::{WorkerCtx, payload_limit, run_worker};
@@ -58,6 +59,7 @@ pub struct ServerBuilder {
     author_pool_bytes: u64,
     disk_cache: Option<PathBuf>,
     disk_cache_bytes: Option<u64>,
+    metrics: Option<MetricsAddr>,
     entries: Vec<Entry>,
 }
 
@@ -76,6 +78,7 @@ impl std::fmt::Debug for ServerBuilder {
             .field("mem_cache_bytes", &self.mem_cache_bytes)
             .field("quota", &self.quota)
             .field("disk_cache", &self.disk_cache)
+            .field("metrics", &self.metrics)
             .field("methods", &self.entries.len())
             .finish()
     }
@@ -101,6 +104,7 @@ impl Default for ServerBuilder {
             author_pool_bytes: DEFAULT_AUTHOR_POOL,
             disk_cache: None,
             disk_cache_bytes: None,
+            metrics: None,
             entries: Vec::new(),
         }
     }
@@ -336,6 +340,20 @@ impl ServerBuilder {
         self
     }
 
+    /// Serves the server's figures at `GET /metrics` on `addr`, in the
+    /// Prometheus (OpenMetrics) text format (default: no endpoint). With
+    /// it, every call is also timed and counted per method and outcome.
+    ///
+    /// ```
+    /// let b = cradle_server::Server::builder().metrics("127.0.0.1:9464".parse()?);
+    /// # let _ = b;
+    /// # Ok::<(), String>(())
+    /// ```
+    pub fn metrics(mut self, addr: MetricsAddr) -> Self {
+        self.metrics = Some(addr);
+        self
+    }
+
     /// Serves method `M` on the offload pool, with access to blobs: the
     /// handler may read blobs the client passes by handle and create result
     /// blobs ([`BlobCtx`]), whose handles it returns in the response.
@@ -531,10 +549,22 @@ impl ServerBuilder {
             &store,
             ipc_core::ring::max_payload_len(self.ring_capacity),
         ));
+        let names: Vec<(u64, &'static str)> = entries.iter().map(|e| (e.id, e.name)).collect();
         let registry = Registry::new(entries)
             .map_err(|(name, id)| StartError::DuplicateMethod { name, id })?;
         let (handle, receivers) = control_links(self.workers)?;
+        let metrics = match &self.metrics {
+            Some(addr) => Some(MetricsEndpoint {
+                listener: metrics::Listener::bind(addr).map_err(|source| StartError::System {
+                    what: "binding the metrics endpoint",
+                    source,
+                })?,
+                calls: Arc::new(CallCells::new(&names, self.workers)),
+            }),
+            None => None,
+        };
         Ok(Server {
+            metrics,
             path,
             listener,
             status,
@@ -703,6 +733,15 @@ pub struct Server {
     /// Dropped before the lock: the socket goes first.
     socket_file: SocketFile,
     _lock: File,
+    metrics: Option<MetricsEndpoint>,
+}
+
+/// The metrics endpoint of a bound server and the per-method cells the
+/// workers and the offload pool count into.
+#[derive(Debug)]
+struct MetricsEndpoint {
+    listener: metrics::Listener,
+    calls: Arc<CallCells>,
 }
 
 impl std::fmt::Debug for Server {
@@ -778,6 +817,20 @@ impl Server {
         self.epoch
     }
 
+    /// The TCP address the metrics endpoint listens on, if it has one
+    /// ([`ServerBuilder::metrics`]; port 0 picks a free port).
+    ///
+    /// ```no_run
+    /// let server = cradle_server::Server::builder()
+    ///     .metrics("127.0.0.1:0".parse()?)
+    ///     .bind()?;
+    /// println!("scrape http://{}/metrics", server.metrics_addr().unwrap());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().and_then(|m| m.listener.local_addr())
+    }
+
     /// Serves until [`ServerHandle::shutdown`]; then says goodbye to every
     /// session, removes the socket file and returns `Ok`.
     ///
@@ -807,7 +860,9 @@ impl Server {
             euid,
             socket_file,
             _lock,
+            metrics,
         } = self;
+        let calls = metrics.as_ref().map(|m| Arc::clone(&m.calls));
         let stop = ServerHandle {
             inner: Arc::clone(&handle),
         };
@@ -816,6 +871,7 @@ impl Server {
             offload_threads,
             Arc::clone(&handle.links),
             Arc::clone(&store),
+            calls.clone(),
         )
         .map_err(ServerError::Spawn)?;
         let mut workers = Vec::with_capacity(receivers.len());
@@ -832,6 +888,7 @@ impl Server {
                 max_backlog,
                 max_payload: payload_limit(ring_capacity),
                 spin,
+                calls: calls.clone(),
             };
             let stop_on_error = stop.clone();
             let spawned = std::thread::Builder::new()
@@ -857,6 +914,28 @@ impl Server {
         }
         // Only the workers hold job senders now: the pool stops after them.
         drop(jobs);
+        let metrics_thread = match metrics {
+            Some(m) => {
+                let sources = Arc::new(metrics::Sources {
+                    shared: Arc::clone(&shared),
+                    store: Arc::clone(&store),
+                    calls: m.calls,
+                });
+                let handle = Arc::clone(&handle);
+                let listener = m.listener;
+                let spawned = std::thread::Builder::new()
+                    .name("cradle-metrics".into())
+                    .spawn(move || metrics::serve(listener, sources, handle));
+                match spawned {
+                    Ok(j) => Some(j),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the metrics endpoint; serving without it");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         tracing::debug!(socket = %path.display(), epoch, "serving");
 
         let actx = AcceptorCtx {
@@ -891,6 +970,9 @@ impl Server {
                     }
                 }
             }
+        }
+        if let Some(j) = metrics_thread {
+            let _ = j.join();
         }
         // Every put queued for the disk tier is written before we return.
         store.stop_disk();

@@ -17,6 +17,48 @@ use signal_hook::iterator::Signals;
 /// tracing::info!("not shown");
 /// ```
 pub fn init_logging(level: &str) {
+    init_logging_as(level, LogFormat::Text);
+}
+
+/// How log lines are written.
+///
+/// ```
+/// use cradle_server::LogFormat;
+/// let f: LogFormat = "json".parse()?;
+/// assert_eq!(f, LogFormat::Json);
+/// assert_eq!(LogFormat::default(), LogFormat::Text);
+/// # Ok::<(), String>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// One human-readable line per event (colours only on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `fields`, `target`,
+    /// and the enclosing spans), for log shippers.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            _ => Err(format!("unknown log format {s:?}: use text or json")),
+        }
+    }
+}
+
+/// Like [`init_logging`], in the chosen format.
+///
+/// ```
+/// use cradle_server::{LogFormat, init_logging_as};
+/// init_logging_as("info", LogFormat::Json);
+/// tracing::info!(session = 3, "a JSON line on stderr");
+/// ```
+pub fn init_logging_as(level: &str, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = match std::env::var_os("RUST_LOG") {
         Some(v) if !v.is_empty() => {
@@ -25,11 +67,15 @@ pub fn init_logging(level: &str) {
         _ => EnvFilter::new(level),
     };
     // `try_init`: a second call, or an application's own subscriber, wins.
-    let _ = tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => fmt
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => fmt.json().with_current_span(true).try_init(),
+    };
 }
 
 impl Server {

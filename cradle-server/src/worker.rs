@@ -41,6 +41,7 @@
 use crate::blobs::BlobStore;
 use crate::link::{ClientWaker, Completion, HandleInner, Job, NewSession, WorkerMsg, say_goodbye};
 use crate::methods::{Handler, Registry};
+use crate::metrics::cells::CallCells;
 use crate::reply::{Queued, Replier};
 use crate::stats::{SessionCounters, Shared};
 use ipc_core::doorbell::EventFd;
@@ -144,6 +145,9 @@ pub(crate) struct WorkerCtx {
     pub(crate) max_payload: usize,
     /// Polling budget after the last frame before sleeping.
     pub(crate) spin: Duration,
+    /// Per-method figures for the metrics endpoint (`None`: no endpoint,
+    /// calls are not timed).
+    pub(crate) calls: Option<Arc<CallCells>>,
 }
 
 impl std::fmt::Debug for WorkerCtx {
@@ -154,9 +158,14 @@ impl std::fmt::Debug for WorkerCtx {
     }
 }
 
-/// One round over session `s`; returns whether it did anything.
-fn serve(s: &mut Session, ctx: &WorkerCtx) -> bool {
+/// One round over session `s`, which began at `round`; returns whether it
+/// did anything.
+fn serve(s: &mut Session, ctx: &WorkerCtx, round: Instant) -> bool {
     let mut worked = false;
+    // With a metrics endpoint, a call's service time runs from the start of
+    // the round (or the previous call's end) to its answer; the clock is read
+    // only after the answer is published, off the caller's critical path.
+    let mut started = round;
     let mut out = Replier::new(s.id, s.sock.as_fd(), &mut s.outbox, &mut s.backlog);
     if !out.backlog.is_empty() && out.flush() {
         worked = true;
@@ -210,6 +219,8 @@ fn serve(s: &mut Session, ctx: &WorkerCtx) -> bool {
             )));
             break;
         }
+        let in_flight = s.in_flight;
+        out.last_error = 0;
         // No request flag is defined: a frame with any is refused, the
         // session stays (a client of a later protocol learns why; nothing
         // was run).
@@ -266,6 +277,15 @@ fn serve(s: &mut Session, ctx: &WorkerCtx) -> bool {
         {
             let now = s.backlog_bytes + b.capacity() as u64;
             settle_backlog(&mut s.backlog_bytes, now, global);
+        }
+        if let Some(calls) = &ctx.calls {
+            let end = Instant::now();
+            // Offloaded calls are timed by the pool.
+            if s.in_flight == in_flight {
+                let took = end.saturating_duration_since(started);
+                calls.record_owned(ctx.index, meta.tag, out.last_error, took);
+            }
+            started = end;
         }
     }
     if taken > 0 {
@@ -647,7 +667,7 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
             if !s.active || s.close.is_some() {
                 continue;
             }
-            if serve(s, ctx) {
+            if serve(s, ctx, now) {
                 s.last_active = now;
                 worked = true;
             } else if now.duration_since(s.last_active) > ctx.spin {

@@ -1,8 +1,10 @@
 //! `cradle`: the command-line client of the CRADLE server.
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use cradle_client::{Blob, CallOptions, Client, WaitMode};
+use indicatif::{ProgressBar, ProgressStyle};
 use ipc_rpc::builtin::{Ping, Stats};
+use serde::Serialize;
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -18,6 +20,11 @@ struct Cli {
     /// else /tmp/cradle-$UID/cradle.sock].
     #[arg(long, env = "CRADLE_SOCKET", global = true)]
     socket: Option<PathBuf>,
+
+    /// Print the result as one JSON object on stdout instead of text (the
+    /// fields are listed in docs/operations.md, "Scripting the CLI").
+    #[arg(long, global = true)]
+    json: bool,
 
     #[command(subcommand)]
     command: Command,
@@ -89,6 +96,23 @@ enum Command {
         /// The cache key.
         key: String,
     },
+    /// Print a completion script for SHELL on stdout, e.g.
+    /// `cradle completions bash > ~/.local/share/bash-completion/completions/cradle`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+    /// Print the man page (roff) on stdout, e.g. `cradle man | man -l -`.
+    Man,
+}
+
+/// Shells `cradle completions` writes for.
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 impl Command {
@@ -96,7 +120,7 @@ impl Command {
     fn key(&self) -> Option<&str> {
         match self {
             Self::Put { key, .. } | Self::Get { key, .. } | Self::Rm { key } => Some(key),
-            Self::Ping { .. } | Self::Stats => None,
+            Self::Ping { .. } | Self::Stats | Self::Completions { .. } | Self::Man => None,
         }
     }
 }
@@ -140,8 +164,64 @@ impl From<Wait> for WaitMode {
     }
 }
 
+/// What a command prints: text for people by default, one JSON object
+/// with `--json`. A new command returns one of these and is dispatched with
+/// one line in `main`.
+trait Report: Serialize {
+    /// The text shown without `--json`.
+    fn human(&self) -> String;
+}
+
+/// Prints `report` in the chosen form.
+fn emit(report: &impl Report, json: bool) -> Result<(), String> {
+    let text = if json {
+        serde_json::to_string(report).map_err(|e| format!("encoding JSON: {e}"))?
+    } else {
+        report.human()
+    };
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{}", text.trim_end_matches('\n')).and_then(|()| out.flush()) {
+        // A closed pipe (`cradle stats | head -1`) is the reader's choice.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(format!("writing stdout: {e}")),
+        _ => Ok(()),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let json = cli.json;
+    // Commands that need no server.
+    match cli.command {
+        Command::Completions { shell } => {
+            let shell = match shell {
+                CompletionShell::Bash => clap_complete::Shell::Bash,
+                CompletionShell::Zsh => clap_complete::Shell::Zsh,
+                CompletionShell::Fish => clap_complete::Shell::Fish,
+            };
+            clap_complete::generate(shell, &mut Cli::command(), "cradle", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Command::Man => {
+            return match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("cradle: writing the man page: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        _ => {}
+    }
+    if let Some(key) = cli.command.key()
+        && let Err(e) = check_key(key)
+    {
+        eprintln!("cradle: {e}");
+        return ExitCode::from(2);
+    }
+    if json && let Command::Get { output: None, .. } = cli.command {
+        eprintln!("cradle: get --json needs -o FILE: standard output carries the data");
+        return ExitCode::from(2);
+    }
     let path = cli
         .socket
         .unwrap_or_else(cradle_client::default_socket_path);
@@ -152,20 +232,14 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    if let Some(key) = cli.command.key()
-        && let Err(e) = check_key(key)
-    {
-        eprintln!("cradle: {e}");
-        return ExitCode::from(2);
-    }
     let result = match cli.command {
         Command::Ping {
             count,
             size,
             wait,
             timeout,
-        } => ping(&client, count, size, wait, timeout),
-        Command::Stats => stats(&client),
+        } => ping(&client, count, size, wait, timeout).and_then(|r| emit(&r, json)),
+        Command::Stats => stats(&client).and_then(|r| emit(&r, json)),
         Command::Put {
             key,
             file,
@@ -183,13 +257,16 @@ fn main() -> ExitCode {
                 progress: !no_progress,
                 verbose,
             },
-        ),
+        )
+        .and_then(|r| emit(&r, json)),
         Command::Get {
             key,
             output,
             no_progress,
-        } => get(&client, &key, output.as_deref(), !no_progress),
-        Command::Rm { key } => rm(&client, &key),
+        } => get(&client, &key, output.as_deref(), !no_progress)
+            .and_then(|r| r.map_or(Ok(()), |r| emit(&r, json))),
+        Command::Rm { key } => rm(&client, &key).and_then(|r| emit(&r, json)),
+        Command::Completions { .. } | Command::Man => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -200,7 +277,52 @@ fn main() -> ExitCode {
     }
 }
 
-fn ping(client: &Client, count: u64, size: usize, wait: Wait, timeout: f64) -> Result<(), String> {
+/// `cradle ping`'s result.
+#[derive(Debug, Serialize)]
+struct PingReport {
+    /// Calls made.
+    calls: u64,
+    /// Payload bytes per call, each way.
+    payload_bytes: usize,
+    /// spin, sleep or spin-then-sleep.
+    wait: &'static str,
+    /// Wall time of all calls.
+    seconds: f64,
+    /// Round-trip percentiles and extremes, nanoseconds (HdrHistogram,
+    /// 3 significant digits).
+    min_ns: u64,
+    mean_ns: f64,
+    p50_ns: u64,
+    p90_ns: u64,
+    p99_ns: u64,
+    p999_ns: u64,
+    max_ns: u64,
+}
+
+impl Report for PingReport {
+    fn human(&self) -> String {
+        format!(
+            "ping: {} calls of {} B ({} wait) in {:.3} s\nround trip: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+            self.calls,
+            self.payload_bytes,
+            self.wait,
+            self.seconds,
+            fmt_ns(self.p50_ns),
+            fmt_ns(self.p90_ns),
+            fmt_ns(self.p99_ns),
+            fmt_ns(self.p999_ns),
+            fmt_ns(self.max_ns)
+        )
+    }
+}
+
+fn ping(
+    client: &Client,
+    count: u64,
+    size: usize,
+    wait: Wait,
+    timeout: f64,
+) -> Result<PingReport, String> {
     if count == 0 {
         return Err("--count must be at least 1".into());
     }
@@ -218,43 +340,41 @@ fn ping(client: &Client, count: u64, size: usize, wait: Wait, timeout: f64) -> R
         wait: wait.into(),
     };
     let payload: Vec<u8> = (0..size).map(|i| i as u8).collect();
-    let mut rtts = Vec::with_capacity(count as usize);
+    // 1 ns to 1 hour at 3 significant digits: every round trip fits.
+    let mut rtts = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3)
+        .map_err(|e| format!("latency histogram: {e}"))?;
+    let bar = progress_bar("ping", count, true, "{prefix} {wide_bar} {pos}/{len} calls");
     let started = Instant::now();
-    let mut last_report = started;
     for i in 0..count {
         let t = Instant::now();
         let n = client
             .call_with::<Ping, _>(&payload, opts, |echo| echo.len())
             .map_err(|e| format!("call {} of {count}: {e}", i + 1))?;
-        rtts.push(t.elapsed().as_nanos() as u64);
+        rtts.saturating_record(t.elapsed().as_nanos().max(1) as u64);
         if n != size {
             return Err(format!("call {}: echo of {n} bytes, sent {size}", i + 1));
         }
-        if last_report.elapsed() >= Duration::from_secs(1) {
-            eprint!("\r{} / {count} calls", i + 1);
-            last_report = Instant::now();
-        }
-    }
-    if last_report != started {
-        eprintln!();
+        bar.inc(1);
     }
     let total = started.elapsed();
-    rtts.sort_unstable();
-    let pct = |p: f64| rtts[((rtts.len() as f64 - 1.0) * p).round() as usize];
-    println!(
-        "ping: {count} calls of {size} B ({:?} wait) in {:.3} s",
-        WaitMode::from(wait),
-        total.as_secs_f64()
-    );
-    println!(
-        "round trip: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
-        fmt_ns(pct(0.50)),
-        fmt_ns(pct(0.90)),
-        fmt_ns(pct(0.99)),
-        fmt_ns(pct(0.999)),
-        fmt_ns(*rtts.last().unwrap_or(&0))
-    );
-    Ok(())
+    bar.finish_and_clear();
+    Ok(PingReport {
+        calls: count,
+        payload_bytes: size,
+        wait: match wait {
+            Wait::Spin => "spin",
+            Wait::Sleep => "sleep",
+            Wait::SpinThenSleep => "spin-then-sleep",
+        },
+        seconds: total.as_secs_f64(),
+        min_ns: rtts.min(),
+        mean_ns: rtts.mean(),
+        p50_ns: rtts.value_at_quantile(0.50),
+        p90_ns: rtts.value_at_quantile(0.90),
+        p99_ns: rtts.value_at_quantile(0.99),
+        p999_ns: rtts.value_at_quantile(0.999),
+        max_ns: rtts.max(),
+    })
 }
 
 fn fmt_ns(ns: u64) -> String {
@@ -272,59 +392,27 @@ fn fmt_bytes(n: u64) -> String {
     bytesize::ByteSize(n).display().iec().to_string()
 }
 
-/// A progress line on stderr, redrawn at most every 100 ms; only on a
-/// terminal and for transfers of 16 MiB or more.
-struct Progress {
-    what: &'static str,
-    total: u64,
-    shown: bool,
-    enabled: bool,
-    last: Instant,
-    started: Instant,
+/// A progress bar on stderr (indicatif), or a hidden one: shown only when
+/// `wanted`, stderr is a terminal and the work is big enough to watch
+/// (16 MiB for transfers; a ping run of 100,000 calls or more).
+fn progress_bar(what: &'static str, total: u64, wanted: bool, template: &str) -> ProgressBar {
+    use std::io::IsTerminal;
+    let big = if what == "ping" {
+        total >= 100_000
+    } else {
+        total >= 16 << 20
+    };
+    if !(wanted && big && std::io::stderr().is_terminal()) {
+        return ProgressBar::hidden();
+    }
+    let style = ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("#>-");
+    ProgressBar::new(total).with_style(style).with_prefix(what)
 }
 
-impl Progress {
-    fn new(what: &'static str, total: u64, wanted: bool) -> Self {
-        use std::io::IsTerminal;
-        Self {
-            what,
-            total,
-            shown: false,
-            enabled: wanted && total >= 16 << 20 && std::io::stderr().is_terminal(),
-            last: Instant::now(),
-            started: Instant::now(),
-        }
-    }
-
-    fn update(&mut self, done: u64) {
-        if !self.enabled || (self.last.elapsed() < Duration::from_millis(100) && done < self.total)
-        {
-            return;
-        }
-        self.last = Instant::now();
-        self.shown = true;
-        let frac = done as f64 / self.total.max(1) as f64;
-        let width = 30;
-        let filled = (frac * width as f64) as usize;
-        let rate = done as f64 / self.started.elapsed().as_secs_f64().max(1e-6);
-        eprint!(
-            "\r{} [{}{}] {:>5.1}%  {} / {}  {}/s ",
-            self.what,
-            "#".repeat(filled),
-            " ".repeat(width - filled),
-            frac * 100.0,
-            fmt_bytes(done),
-            fmt_bytes(self.total),
-            fmt_bytes(rate as u64)
-        );
-    }
-
-    fn finish(&self) {
-        if self.shown {
-            eprintln!();
-        }
-    }
-}
+/// The template of a transfer's bar.
+const TRANSFER: &str = "{prefix} [{wide_bar}] {percent:>3}%  {binary_bytes} / {binary_total_bytes}  {binary_bytes_per_sec}";
 
 /// The switches of `cradle put`.
 #[derive(Debug, Clone, Copy)]
@@ -335,7 +423,43 @@ struct PutOptions {
     verbose: bool,
 }
 
-fn put(client: &Client, key: &str, file: &Path, opts: PutOptions) -> Result<(), String> {
+/// `cradle put`'s result.
+#[derive(Debug, Serialize)]
+struct PutReport {
+    key: String,
+    /// The blob's length.
+    bytes: u64,
+    /// false: `--if-absent` found the key and left it unchanged.
+    stored: bool,
+    /// `--sync`: durable on disk when the command returned.
+    durable: bool,
+    /// The blob's handle (`-v` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    handle: Option<String>,
+}
+
+impl Report for PutReport {
+    fn human(&self) -> String {
+        if !self.stored {
+            return format!(
+                "put {}: already present, left unchanged (--if-absent)",
+                self.key
+            );
+        }
+        let where_ = if self.durable {
+            "in the memory cache and durable on disk"
+        } else {
+            "in the memory cache (written to the disk cache, if the server has one, shortly)"
+        };
+        let mut s = format!("put {}: {}, {where_}", self.key, fmt_bytes(self.bytes));
+        if let Some(h) = &self.handle {
+            s.push_str(&format!("\nhandle {h}"));
+        }
+        s
+    }
+}
+
+fn put(client: &Client, key: &str, file: &Path, opts: PutOptions) -> Result<PutReport, String> {
     let blob = if file == Path::new("-") {
         blob_from_stdin(client)?
     } else {
@@ -351,21 +475,16 @@ fn put(client: &Client, key: &str, file: &Path, opts: PutOptions) -> Result<(), 
         cache.put(key, &blob).map(|()| true)
     }
     .map_err(|e| format!("cannot put {key}: {e}"))?;
-    if stored {
-        let where_ = if opts.sync {
-            "in the memory cache and durable on disk"
-        } else {
-            "in the memory cache (written to the disk cache, if the server has one, shortly)"
-        };
-        println!("put {key}: {}, {where_}", fmt_bytes(len));
-        if opts.verbose {
-            println!("handle {}", blob.handle());
-        }
-    } else {
-        println!("put {key}: already present, left unchanged (--if-absent)");
-    }
+    let report = PutReport {
+        key: key.to_owned(),
+        bytes: len,
+        stored,
+        durable: stored && opts.sync,
+        handle: opts.verbose.then(|| blob.handle().to_string()),
+    };
     drop(blob);
-    client.flush().map_err(|e| e.to_string())
+    client.flush().map_err(|e| e.to_string())?;
+    Ok(report)
 }
 
 /// A sealed blob with the bytes of regular file `file`, read straight into
@@ -386,7 +505,7 @@ fn blob_from_file(client: &Client, file: &Path, progress: bool) -> Result<Blob, 
     let mut w = client
         .create(len)
         .map_err(|e| format!("cannot create a blob of {}: {e}", fmt_bytes(len as u64)))?;
-    let mut bar = Progress::new("put", len as u64, progress);
+    let bar = progress_bar("put", len as u64, progress, TRANSFER);
     let mut at = 0;
     while at < len {
         let n = w
@@ -399,9 +518,9 @@ fn blob_from_file(client: &Client, file: &Path, progress: bool) -> Result<Blob, 
             ));
         }
         at += n;
-        bar.update(at as u64);
+        bar.set_position(at as u64);
     }
-    bar.finish();
+    bar.finish_and_clear();
     w.seal().map_err(|e| format!("cannot seal the blob: {e}"))
 }
 
@@ -436,14 +555,46 @@ fn blob_from_stdin(client: &Client) -> Result<Blob, String> {
     w.seal().map_err(|e| format!("cannot seal the blob: {e}"))
 }
 
-fn get(client: &Client, key: &str, output: Option<&Path>, progress: bool) -> Result<(), String> {
+/// `cradle get -o FILE`'s result (a get to stdout prints only the data).
+#[derive(Debug, Serialize)]
+struct GetReport {
+    key: String,
+    /// Bytes written.
+    bytes: u64,
+    /// The file written.
+    output: PathBuf,
+}
+
+impl Report for GetReport {
+    fn human(&self) -> String {
+        format!(
+            "wrote {} to {}",
+            fmt_bytes(self.bytes),
+            self.output.display()
+        )
+    }
+}
+
+fn get(
+    client: &Client,
+    key: &str,
+    output: Option<&Path>,
+    progress: bool,
+) -> Result<Option<GetReport>, String> {
     let blob = client
         .cache()
         .get(key)
         .map_err(|e| format!("cannot get {key}: {e}"))?
         .ok_or_else(|| format!("no entry for {key} in the cache"))?;
-    match output {
-        Some(path) => write_file(&blob, path, progress)?,
+    let report = match output {
+        Some(path) => {
+            write_file(&blob, path, progress)?;
+            Some(GetReport {
+                key: key.to_owned(),
+                bytes: blob.len() as u64,
+                output: path.to_owned(),
+            })
+        }
         None => {
             // A closed pipe on stdout (`cradle get K | head`) is the
             // reader's choice, not an error.
@@ -458,8 +609,9 @@ fn get(client: &Client, key: &str, output: Option<&Path>, progress: bool) -> Res
                 }
                 _ => {}
             }
+            None
         }
-    }
+    };
     drop(blob);
     // Every byte is delivered: a lease that cannot be released (the server
     // went away meanwhile) is no failure of the get.
@@ -468,7 +620,7 @@ fn get(client: &Client, key: &str, output: Option<&Path>, progress: bool) -> Res
             "cradle: warning: {key} was delivered in full, but its lease was not released: {e}"
         );
     }
-    Ok(())
+    Ok(report)
 }
 
 /// Writes `bytes` to a temporary file beside `path` and renames it over
@@ -504,7 +656,7 @@ fn write_file(bytes: &[u8], path: &Path, progress: bool) -> Result<(), String> {
             .create_new(true)
             .open(&tmp)
             .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
-        let mut bar = Progress::new("get", bytes.len() as u64, progress);
+        let bar = progress_bar("get", bytes.len() as u64, progress, TRANSFER);
         let mut done = 0;
         for chunk in bytes.chunks(4 << 20) {
             // Relaxed: the flag is only a request to stop, set by the
@@ -516,9 +668,9 @@ fn write_file(bytes: &[u8], path: &Path, progress: bool) -> Result<(), String> {
             f.write_all(chunk)
                 .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
             done += chunk.len();
-            bar.update(done as u64);
+            bar.set_position(done as u64);
         }
-        bar.finish();
+        bar.finish_and_clear();
         f.sync_all()
             .map_err(|e| format!("syncing {}: {e}", tmp.display()))?;
         if stop.load(Ordering::Relaxed) {
@@ -530,108 +682,284 @@ fn write_file(bytes: &[u8], path: &Path, progress: bool) -> Result<(), String> {
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result?;
-    eprintln!(
-        "wrote {} to {}",
-        fmt_bytes(bytes.len() as u64),
-        path.display()
-    );
-    Ok(())
+    result
 }
 
-fn rm(client: &Client, key: &str) -> Result<(), String> {
+/// `cradle rm`'s result.
+#[derive(Debug, Serialize)]
+struct RmReport {
+    key: String,
+    /// Always true: a missing key is an error (exit 1).
+    removed: bool,
+}
+
+impl Report for RmReport {
+    fn human(&self) -> String {
+        format!("removed {}", self.key)
+    }
+}
+
+fn rm(client: &Client, key: &str) -> Result<RmReport, String> {
     if client
         .cache()
         .remove(key)
         .map_err(|e| format!("cannot remove {key}: {e}"))?
     {
-        println!("removed {key}");
-        Ok(())
+        Ok(RmReport {
+            key: key.to_owned(),
+            removed: true,
+        })
     } else {
         Err(format!("no entry for {key} in the cache"))
     }
 }
 
-fn stats(client: &Client) -> Result<(), String> {
+/// `cradle stats`'s result: the server's `cradle.stats` answer, grouped.
+#[derive(Debug, Serialize)]
+struct StatsReport {
+    server: ServerPart,
+    sessions: SessionsPart,
+    /// Calls answered since start.
+    calls_answered: u64,
+    /// Futex wakes and eventfd writes the server made.
+    wake_syscalls: u64,
+    blobs: BlobsPart,
+    memory_cache: CachePart,
+    /// Absent when the server keeps no disk tier.
+    disk_cache: Option<DiskPart>,
+    /// One entry per connected session.
+    per_session: Vec<SessionPart>,
+}
+
+#[derive(Debug, Serialize)]
+struct ServerPart {
+    pid: u32,
+    workers: u32,
+    uptime_seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct SessionsPart {
+    /// Connected now.
+    open: u64,
+    /// Accepted since start.
+    total: u64,
+    /// Closed for breaking the protocol.
+    closed_for_violations: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct BlobsPart {
+    alive: u64,
+    bytes: u64,
+    large: u64,
+    writing: u64,
+    leases: u64,
+    small_pool_used_bytes: u64,
+    small_pool_capacity_bytes: u64,
+    small_pool_segments: u64,
+    author_pools: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct CachePart {
+    entries: u64,
+    bytes: u64,
+    budget_bytes: u64,
+    hits: u64,
+    misses: u64,
+    evictions: u64,
+    refused_full: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct DiskPart {
+    entries: u64,
+    bytes: u64,
+    budget_bytes: u64,
+    hits: u64,
+    misses: u64,
+    corruptions: u64,
+    evictions: u64,
+    queued: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct SessionPart {
+    id: u64,
+    pid: u32,
+    calls: u64,
+    in_flight: u32,
+    backlog: u32,
+    leases: u64,
+    pinned_bytes: u64,
+    pool_bytes: u64,
+}
+
+fn stats(client: &Client) -> Result<StatsReport, String> {
     let s = client.call::<Stats>(&()).map_err(|e| e.to_string())?;
-    let plural = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
-    println!(
-        "server       pid {}, {}, up {:.1} s",
-        s.pid,
-        plural(u64::from(s.workers), "worker thread", "worker threads"),
-        s.uptime_ms as f64 / 1e3
-    );
-    println!(
-        "clients      {} connected now, {} since start, {} disconnected for breaking the protocol",
-        s.sessions, s.sessions_total, s.sessions_killed
-    );
-    println!("calls        {} answered", s.calls_served);
     let b = &s.blobs;
-    println!(
-        "blobs        {} alive ({}), of which {} large and {} still being written; clients hold {}",
-        b.blobs,
-        fmt_bytes(b.blob_bytes),
-        b.large_blobs,
-        b.writing,
-        plural(b.leases, "lease", "leases")
-    );
-    println!(
-        "small blobs  {} of shared memory in use, of {} reserved ({}); {} writing small blobs",
-        fmt_bytes(b.pool_used),
-        fmt_bytes(b.pool_capacity),
-        plural(b.pool_segments, "segment", "segments"),
-        plural(b.author_pools, "client", "clients")
-    );
-    println!(
-        "memory cache {}, {} of {}; {} served, {} not found here, {} evicted, {} refused (full)",
-        plural(b.cache_entries, "entry", "entries"),
-        fmt_bytes(b.cache_bytes),
-        fmt_bytes(b.cache_budget),
-        plural(b.hits, "get", "gets"),
-        b.misses,
-        b.evictions,
-        plural(b.cache_full, "put", "puts")
-    );
-    if b.disk_enabled {
-        println!(
-            "disk cache   {}, {} of {}; {} served, {} not found here, {} damaged entries dropped, {} evicted, {} waiting to be written",
-            plural(b.disk_entries, "entry", "entries"),
-            fmt_bytes(b.disk_bytes),
-            fmt_bytes(b.disk_budget),
-            plural(b.disk_hits, "get", "gets"),
-            b.disk_misses,
-            b.disk_corruptions,
-            b.disk_evictions,
-            plural(b.disk_queued, "put", "puts")
+    Ok(StatsReport {
+        server: ServerPart {
+            pid: s.pid,
+            workers: s.workers,
+            uptime_seconds: s.uptime_ms as f64 / 1e3,
+        },
+        sessions: SessionsPart {
+            open: s.sessions,
+            total: s.sessions_total,
+            closed_for_violations: s.sessions_killed,
+        },
+        calls_answered: s.calls_served,
+        wake_syscalls: s.wake_syscalls,
+        blobs: BlobsPart {
+            alive: b.blobs,
+            bytes: b.blob_bytes,
+            large: b.large_blobs,
+            writing: b.writing,
+            leases: b.leases,
+            small_pool_used_bytes: b.pool_used,
+            small_pool_capacity_bytes: b.pool_capacity,
+            small_pool_segments: b.pool_segments,
+            author_pools: b.author_pools,
+        },
+        memory_cache: CachePart {
+            entries: b.cache_entries,
+            bytes: b.cache_bytes,
+            budget_bytes: b.cache_budget,
+            hits: b.hits,
+            misses: b.misses,
+            evictions: b.evictions,
+            refused_full: b.cache_full,
+        },
+        disk_cache: b.disk_enabled.then_some(DiskPart {
+            entries: b.disk_entries,
+            bytes: b.disk_bytes,
+            budget_bytes: b.disk_budget,
+            hits: b.disk_hits,
+            misses: b.disk_misses,
+            corruptions: b.disk_corruptions,
+            evictions: b.disk_evictions,
+            queued: b.disk_queued,
+        }),
+        per_session: s
+            .per_session
+            .iter()
+            .map(|p| SessionPart {
+                id: p.id,
+                pid: p.pid,
+                calls: p.calls,
+                in_flight: p.in_flight,
+                backlog: p.backlog,
+                leases: p.leases,
+                pinned_bytes: p.pinned_bytes,
+                pool_bytes: p.pool_bytes,
+            })
+            .collect(),
+    })
+}
+
+impl Report for StatsReport {
+    fn human(&self) -> String {
+        use std::fmt::Write as _;
+        let plural =
+            |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        let mut o = String::new();
+        let (sv, se, b, m) = (
+            &self.server,
+            &self.sessions,
+            &self.blobs,
+            &self.memory_cache,
         );
-    } else {
-        println!("disk cache   none (this server keeps no disk tier)");
-    }
-    if (s.per_session.len() as u64) < s.sessions {
-        println!(
-            "the {} most active of {} sessions:",
-            s.per_session.len(),
-            s.sessions
+        let _ = writeln!(
+            o,
+            "server       pid {}, {}, up {:.1} s",
+            sv.pid,
+            plural(u64::from(sv.workers), "worker thread", "worker threads"),
+            sv.uptime_seconds
         );
-    }
-    if !s.per_session.is_empty() {
-        println!(
-            "{:>8} {:>8} {:>12} {:>9} {:>8} {:>7} {:>10} {:>10}",
-            "session", "pid", "calls", "in-flight", "backlog", "leases", "pinned", "writing"
+        let _ = writeln!(
+            o,
+            "clients      {} connected now, {} since start, {} disconnected for breaking the protocol",
+            se.open, se.total, se.closed_for_violations
         );
-        for p in &s.per_session {
-            println!(
-                "{:>8} {:>8} {:>12} {:>9} {:>8} {:>7} {:>10} {:>10}",
-                p.id,
-                p.pid,
-                p.calls,
-                p.in_flight,
-                p.backlog,
-                p.leases,
-                fmt_bytes(p.pinned_bytes),
-                fmt_bytes(p.pool_bytes)
+        let _ = writeln!(o, "calls        {} answered", self.calls_answered);
+        let _ = writeln!(
+            o,
+            "blobs        {} alive ({}), of which {} large and {} still being written; clients hold {}",
+            b.alive,
+            fmt_bytes(b.bytes),
+            b.large,
+            b.writing,
+            plural(b.leases, "lease", "leases")
+        );
+        let _ = writeln!(
+            o,
+            "small blobs  {} of shared memory in use, of {} reserved ({}); {} writing small blobs",
+            fmt_bytes(b.small_pool_used_bytes),
+            fmt_bytes(b.small_pool_capacity_bytes),
+            plural(b.small_pool_segments, "segment", "segments"),
+            plural(b.author_pools, "client", "clients")
+        );
+        let _ = writeln!(
+            o,
+            "memory cache {}, {} of {}; {} served, {} not found here, {} evicted, {} refused (full)",
+            plural(m.entries, "entry", "entries"),
+            fmt_bytes(m.bytes),
+            fmt_bytes(m.budget_bytes),
+            plural(m.hits, "get", "gets"),
+            m.misses,
+            m.evictions,
+            plural(m.refused_full, "put", "puts")
+        );
+        match &self.disk_cache {
+            Some(d) => {
+                let _ = writeln!(
+                    o,
+                    "disk cache   {}, {} of {}; {} served, {} not found here, {} damaged entries dropped, {} evicted, {} waiting to be written",
+                    plural(d.entries, "entry", "entries"),
+                    fmt_bytes(d.bytes),
+                    fmt_bytes(d.budget_bytes),
+                    plural(d.hits, "get", "gets"),
+                    d.misses,
+                    d.corruptions,
+                    d.evictions,
+                    plural(d.queued, "put", "puts")
+                );
+            }
+            None => {
+                let _ = writeln!(o, "disk cache   none (this server keeps no disk tier)");
+            }
+        }
+        if (self.per_session.len() as u64) < se.open {
+            let _ = writeln!(
+                o,
+                "the {} most active of {} sessions:",
+                self.per_session.len(),
+                se.open
             );
         }
+        if !self.per_session.is_empty() {
+            let _ = writeln!(
+                o,
+                "{:>8} {:>8} {:>12} {:>9} {:>8} {:>7} {:>10} {:>10}",
+                "session", "pid", "calls", "in-flight", "backlog", "leases", "pinned", "writing"
+            );
+            for p in &self.per_session {
+                let _ = writeln!(
+                    o,
+                    "{:>8} {:>8} {:>12} {:>9} {:>8} {:>7} {:>10} {:>10}",
+                    p.id,
+                    p.pid,
+                    p.calls,
+                    p.in_flight,
+                    p.backlog,
+                    p.leases,
+                    fmt_bytes(p.pinned_bytes),
+                    fmt_bytes(p.pool_bytes)
+                );
+            }
+        }
+        o
     }
-    Ok(())
 }

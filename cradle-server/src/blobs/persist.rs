@@ -193,6 +193,7 @@ fn run(tier: &DiskTier, rx: &Receiver<DiskJob>, queued: &AtomicU64) {
                 if let Err(e) = &r
                     && e != SUPERSEDED
                 {
+                    crate::metrics::cells::disk_write_failed();
                     tracing::warn!(key = %put.key(), error = %e, "could not write a cache entry to disk; the key has no disk copy");
                 }
                 // Relaxed: a statistic; before `finish`, which wakes the

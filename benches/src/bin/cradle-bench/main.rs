@@ -15,6 +15,7 @@ mod cradle;
 mod disk;
 mod peer;
 mod report;
+mod scrape;
 mod transport;
 
 use clap::{Parser, Subcommand};
@@ -331,6 +332,21 @@ fn calls(
     let spin_server = cradle::Server::start(server_bin, dir.path(), "spin", Some(20_000), there)?;
     let sleep_server = cradle::Server::start(server_bin, dir.path(), "sleep", None, there)?;
     let idle_server = cradle::Server::start(server_bin, dir.path(), "idle", Some(0), there)?;
+    // The spinning server again, with its metrics endpoint on a Unix socket:
+    // the call path's cost of the metrics, and of a scrape.
+    let metrics_sock = dir.path().join("metrics-endpoint.sock");
+    let metrics_server = cradle::Server::start_with(
+        server_bin,
+        dir.path(),
+        "metrics",
+        Some(20_000),
+        there,
+        &[
+            "--no-disk-cache",
+            "--metrics",
+            metrics_sock.to_str().ok_or("temp dir path is not UTF-8")?,
+        ],
+    )?;
 
     let mut slots = vec![
         Slot {
@@ -365,6 +381,15 @@ fn calls(
                 spin_server.connect(WaitMode::Spin)?,
                 WaitMode::Spin,
                 // The server keeps polling 20 ms after the last call.
+                Duration::from_millis(25),
+            )),
+        },
+        Slot {
+            name: report::SPIN_METRICS,
+            baseline: "cradle-spin",
+            echo: Box::new(cradle::CradleEcho::new(
+                metrics_server.connect(WaitMode::Spin)?,
+                WaitMode::Spin,
                 Duration::from_millis(25),
             )),
         },
@@ -409,6 +434,7 @@ fn calls(
     });
 
     let pipe_client = spin_server.connect(WaitMode::Spin)?;
+    let metrics_client = metrics_server.connect(WaitMode::Spin)?;
     let mut n_clients = cradle::Clients::start(
         plan.clients,
         spin_server.socket(),
@@ -450,6 +476,27 @@ fn calls(
         client_wakes: Some(0),
         server_wakes: Some(0),
         allocs: Some(0),
+        scrapes: None,
+    };
+    // The same 1-client run against the server with a metrics endpoint,
+    // without and with a scraper at work.
+    let mut unscraped = Throughput {
+        name: report::PIPELINED_METRICS,
+        clients: 1,
+        window: WINDOW,
+        payload: 8,
+        calls: 0,
+        block_rates: Vec::new(),
+        client_wakes: None,
+        server_wakes: None,
+        allocs: None,
+        scrapes: Some(0),
+    };
+    let mut scraped = Throughput {
+        name: report::PIPELINED_SCRAPED,
+        scrapes: Some(0),
+        block_rates: Vec::new(),
+        ..unscraped
     };
     let mut many = Throughput {
         name: "cradle-pipelined-n",
@@ -461,6 +508,7 @@ fn calls(
         client_wakes: None,
         server_wakes: None,
         allocs: None,
+        scrapes: None,
     };
 
     // Warm-up: page in buffers, fill caches and the client's arenas.
@@ -484,6 +532,8 @@ fn calls(
         }
     }
     cradle::pipelined(&pipe_client, plan.pipelined_calls.min(20_000), WINDOW, 0)?;
+    cradle::pipelined(&metrics_client, plan.pipelined_calls.min(20_000), WINDOW, 0)?;
+    scrape::once(&metrics_sock)?;
     std::thread::sleep(Duration::from_millis(25));
 
     let nslots = slots.len();
@@ -564,13 +614,38 @@ fn calls(
         many.calls += calls;
         many.block_rates.push(calls as f64 * 1e9 / ns.max(1) as f64);
         std::thread::sleep(Duration::from_millis(25));
+        // Pipelined against the server with a metrics endpoint: unscraped,
+        // then with a scraper fetching /metrics every SCRAPE_EVERY.
+        for (t, scraping) in [(&mut unscraped, false), (&mut scraped, true)] {
+            progress.show(&format!(
+                "[block {}/{}] {} ({:.0} s)",
+                b + 1,
+                plan.blocks,
+                t.name,
+                started.elapsed().as_secs_f64()
+            ));
+            let scraper = scraping.then(|| scrape::Scraper::start(&metrics_sock));
+            let ns = cradle::pipelined(&metrics_client, plan.pipelined_calls, WINDOW, tag)?;
+            if let Some(s) = scraper {
+                let n = s.stop()?;
+                if let Some(total) = t.scrapes.as_mut() {
+                    *total += n;
+                }
+            }
+            tag += plan.pipelined_calls;
+            t.calls += plan.pipelined_calls;
+            t.block_rates
+                .push(plan.pipelined_calls as f64 * 1e9 / ns.max(1) as f64);
+            std::thread::sleep(Duration::from_millis(25));
+        }
     }
     progress.show("stopping servers and peers ...");
     drop(n_clients);
     drop(pipe_client);
+    drop(metrics_client);
     drop(slots);
-    drop((spin_server, sleep_server, idle_server));
-    Ok((latency, vec![one, many]))
+    drop((spin_server, sleep_server, idle_server, metrics_server));
+    Ok((latency, vec![one, many, unscraped, scraped]))
 }
 
 /// Writes the call's sequence number into the first bytes of the payload.

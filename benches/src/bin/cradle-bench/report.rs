@@ -1,12 +1,19 @@
 //! Results: percentiles, per-block ratios, the docs/design.md §9 targets, and the
 //! three outputs (terminal table, JSON, SVG plot).
 
+use serde_json::Value;
 use std::fmt::Write as _;
 
 /// The floor every latency scenario is compared with.
 pub(crate) const FLOOR: &str = "floor-spin";
 /// The second reference column: a Unix-socket ping-pong.
 pub(crate) const UNIX: &str = "unix-socket";
+/// The spinning call against a server with its metrics endpoint on.
+pub(crate) const SPIN_METRICS: &str = "cradle-spin-metrics";
+/// Pipelined calls against that server, nobody scraping.
+pub(crate) const PIPELINED_METRICS: &str = "cradle-pipelined-metrics";
+/// The same while a scraper fetches /metrics every 100 ms.
+pub(crate) const PIPELINED_SCRAPED: &str = "cradle-pipelined-scraped";
 
 /// One latency scenario: a transport at one payload size.
 #[derive(Debug)]
@@ -39,9 +46,13 @@ pub(crate) struct Throughput {
     pub(crate) client_wakes: Option<u64>,
     pub(crate) server_wakes: Option<u64>,
     pub(crate) allocs: Option<u64>,
+    /// Scrapes of the metrics endpoint during the scenario (the metrics
+    /// scenarios only).
+    pub(crate) scrapes: Option<u64>,
 }
 
-/// Nearest-rank percentiles of a latency scenario.
+/// Percentiles of a latency scenario (HdrHistogram, 3 significant digits:
+/// exact below 2,048 ns, within 0.1 % above).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Summary {
     pub(crate) n: u64,
@@ -52,25 +63,43 @@ pub(crate) struct Summary {
     pub(crate) max: u64,
 }
 
-/// Nearest-rank percentile `q` (0 < q <= 1) of sorted samples.
-pub(crate) fn percentile(sorted: &[u64], q: f64) -> u64 {
-    if sorted.is_empty() {
+/// An HdrHistogram of nanosecond samples: 1 ns to 1 hour, 3 significant
+/// digits (longer samples count as 1 hour).
+fn histogram(samples: &[u64]) -> hdrhistogram::Histogram<u64> {
+    // Bounds are constants that HdrHistogram accepts.
+    let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3)
+        .expect("valid histogram bounds");
+    for &ns in samples {
+        h.saturating_record(ns.max(1));
+    }
+    h
+}
+
+/// Percentile `q` (0 < q <= 1) of samples (in any order); 0 if empty.
+pub(crate) fn percentile(samples: &[u64], q: f64) -> u64 {
+    if samples.is_empty() {
         return 0;
     }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
+    histogram(samples).value_at_quantile(q)
 }
 
 pub(crate) fn summarize(samples: &[u64]) -> Summary {
-    let mut s = samples.to_vec();
-    s.sort_unstable();
+    let h = histogram(samples);
+    let q = |q: f64| {
+        if samples.is_empty() {
+            0
+        } else {
+            h.value_at_quantile(q)
+        }
+    };
     Summary {
-        n: s.len() as u64,
-        p50: percentile(&s, 0.50),
-        p90: percentile(&s, 0.90),
-        p99: percentile(&s, 0.99),
-        p999: percentile(&s, 0.999),
-        max: s.last().copied().unwrap_or(0),
+        n: samples.len() as u64,
+        p50: q(0.50),
+        p90: q(0.90),
+        p99: q(0.99),
+        p999: q(0.999),
+        // Exact, not the histogram's bucket edge.
+        max: samples.iter().copied().max().unwrap_or(0),
     }
 }
 
@@ -237,10 +266,11 @@ impl Report {
                 },
             });
         }
+        self.metrics_targets(out);
         let rate = self
             .throughput
             .iter()
-            .find(|t| t.clients == 1)
+            .find(|t| t.name == "cradle-pipelined")
             .and_then(|t| median(&t.block_rates));
         out.push(Target {
             what: "pipelined 8 B, window 256, 1 client: >= 5 M calls/s".into(),
@@ -251,6 +281,53 @@ impl Report {
             pass: rate.map(|r| r >= 5e6),
             detail: match rate {
                 Some(r) => format!("{:.2} M calls/s (need >= 5 M)", r / 1e6),
+                None => "not measured".into(),
+            },
+        });
+    }
+
+    /// The metrics endpoint's cost: the spinning call with metrics on
+    /// against off, and pipelined throughput with a scraper at work against
+    /// none (medians of per-block ratios, same run).
+    fn metrics_targets(&self, out: &mut Vec<Target>) {
+        let r = match (self.find(SPIN_METRICS, 8), self.find("cradle-spin", 8)) {
+            (Some(on), Some(off)) => block_ratio(on, off),
+            _ => None,
+        };
+        out.push(Target {
+            what: "spinning call 8 B with --metrics, p50 <= 1.05x without".into(),
+            scenario: SPIN_METRICS.into(),
+            payload: Some(8),
+            measured: r,
+            unit: "x cradle-spin",
+            pass: r.map(|r| r <= 1.05),
+            detail: match r {
+                Some(r) => format!("{r:.3}x cradle-spin (limit 1.05x)"),
+                None => "not measured (8 B not in --payloads)".into(),
+            },
+        });
+        let find = |name: &str| self.throughput.iter().find(|t| t.name == name);
+        let ratios: Vec<f64> = match (find(PIPELINED_SCRAPED), find(PIPELINED_METRICS)) {
+            (Some(a), Some(b)) => a
+                .block_rates
+                .iter()
+                .zip(&b.block_rates)
+                .filter(|(_, y)| **y > 0.0)
+                .map(|(x, y)| x / y)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let r = median(&ratios);
+        let scrapes = find(PIPELINED_SCRAPED).and_then(|t| t.scrapes).unwrap_or(0);
+        out.push(Target {
+            what: "pipelined 8 B while scraped every 100 ms, >= 0.95x unscraped".into(),
+            scenario: PIPELINED_SCRAPED.into(),
+            payload: Some(8),
+            measured: r,
+            unit: "x unscraped calls/s",
+            pass: r.map(|r| r >= 0.95),
+            detail: match r {
+                Some(r) => format!("{r:.3}x ({scrapes} scrapes; need >= 0.95x)"),
                 None => "not measured".into(),
             },
         });
@@ -392,7 +469,7 @@ impl Report {
             o.str("baseline", l.baseline);
             o.opt("ratio_to_floor", self.ratio_to(l, FLOOR));
             o.opt("ratio_to_unix_socket", self.ratio_to(l, UNIX));
-            o.raw("calls_per_s", "null");
+            o.null("calls_per_s");
             o.num("blocks", l.block_p50.len() as f64);
             let p = |x: u64| (m.n > 0).then(|| x as f64 / m.n as f64);
             o.opt("wake_syscalls_client_per_call", p(l.client_wakes));
@@ -408,10 +485,10 @@ impl Report {
             o.num("payload_bytes", t.payload as f64);
             o.num("n", t.calls as f64);
             for k in ["p50_ns", "p90_ns", "p99_ns", "p999_ns", "max_ns"] {
-                o.raw(k, "null");
+                o.null(k);
             }
-            o.raw("ratio_to_baseline", "null");
-            o.raw("baseline", "null");
+            o.null("ratio_to_baseline");
+            o.null("baseline");
             o.opt("calls_per_s", median(&t.block_rates));
             o.num("clients", f64::from(t.clients));
             o.num("window", t.window as f64);
@@ -420,6 +497,7 @@ impl Report {
             o.opt("wake_syscalls_client_per_call", p(t.client_wakes));
             o.opt("wake_syscalls_server_per_call", p(t.server_wakes));
             o.opt("allocs_per_call", p(t.allocs));
+            o.opt("scrapes", t.scrapes.map(|n| n as f64));
             items.push(o.finish());
         }
         if let Some(b) = &self.blobs {
@@ -432,18 +510,11 @@ impl Report {
             o.str("scenario", &t.scenario);
             match t.payload {
                 Some(p) => o.num("payload_bytes", p as f64),
-                None => o.raw("payload_bytes", "null"),
+                None => o.null("payload_bytes"),
             }
             o.opt("measured", t.measured);
             o.str("unit", t.unit);
-            o.raw(
-                "pass",
-                match t.pass {
-                    Some(true) => "true",
-                    Some(false) => "false",
-                    None => "null",
-                },
-            );
+            o.raw("pass", t.pass.map_or(Value::Null, Value::Bool));
             o.str("detail", &t.detail);
             items.push(o.finish());
         }
@@ -453,10 +524,13 @@ impl Report {
         meta.str("command", &self.command);
         meta.str("date", &self.date);
         meta.num("blocks", self.blocks as f64);
-        meta.raw("pinned", if self.pinned { "true" } else { "false" });
+        meta.raw("pinned", Value::Bool(self.pinned));
         meta.num("seconds", (self.seconds * 10.0).round() / 10.0);
         items.push(meta.finish());
-        format!("[\n  {}\n]\n", items.join(",\n  "))
+        // Serialising a tree of `Value`s cannot fail.
+        let mut out = serde_json::to_string_pretty(&Value::Array(items)).unwrap_or_default();
+        out.push('\n');
+        out
     }
 
     /// p50 against payload, log-log, one line per transport.
@@ -1086,7 +1160,7 @@ impl BlobReport {
 
     /// JSON objects: one per blob scenario, the fault counter, one per
     /// first-map size.
-    fn json_items(&self) -> Vec<String> {
+    fn json_items(&self) -> Vec<Value> {
         let mut items = Vec::new();
         let min_pass = self
             .pass
@@ -1187,8 +1261,7 @@ impl BlobReport {
                 ("read_ns_each", &f.read_ns),
                 ("unix_socket_ns_each", &f.sock_ns),
             ] {
-                let each: Vec<String> = v.iter().map(u64::to_string).collect();
-                o.raw(k, &format!("[{}]", each.join(", ")));
+                o.raw(k, Value::from(v.clone()));
             }
             items.push(o.finish());
         }
@@ -1242,52 +1315,35 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// A JSON string literal.
-pub(crate) fn json_str(s: &str) -> String {
-    let mut o = String::with_capacity(s.len() + 2);
-    o.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            '\n' => o.push_str("\\n"),
-            '\r' => o.push_str("\\r"),
-            '\t' => o.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(o, "\\u{:04x}", c as u32);
-            }
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
-}
-
-/// A flat JSON object under construction.
+/// A flat JSON object under construction (keys in insertion order are not
+/// kept: serde_json's map sorts them).
 #[derive(Debug, Default)]
-struct Obj(Vec<String>);
+struct Obj(serde_json::Map<String, Value>);
 
 impl Obj {
-    fn raw(&mut self, k: &str, v: &str) {
-        self.0.push(format!("{}: {v}", json_str(k)));
+    fn raw(&mut self, k: &str, v: Value) {
+        self.0.insert(k.to_owned(), v);
+    }
+    fn null(&mut self, k: &str) {
+        self.raw(k, Value::Null);
     }
     fn str(&mut self, k: &str, v: &str) {
-        self.raw(k, &json_str(v));
+        self.raw(k, Value::from(v));
     }
     fn num(&mut self, k: &str, v: f64) {
         self.opt(k, Some(v));
     }
+    /// A whole number as an integer, another finite one as a float, else null.
     fn opt(&mut self, k: &str, v: Option<f64>) {
-        match v {
-            Some(v) if v.is_finite() && v == v.trunc() && v.abs() < 9e15 => {
-                self.raw(k, &format!("{}", v as i64))
-            }
-            Some(v) if v.is_finite() => self.raw(k, &format!("{v:.6}")),
-            _ => self.raw(k, "null"),
-        }
+        let v = match v {
+            Some(v) if v.is_finite() && v == v.trunc() && v.abs() < 9e15 => Value::from(v as i64),
+            Some(v) => serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number),
+            None => Value::Null,
+        };
+        self.raw(k, v);
     }
-    fn finish(self) -> String {
-        format!("{{{}}}", self.0.join(", "))
+    fn finish(self) -> Value {
+        Value::Object(self.0)
     }
 }
 
@@ -1340,6 +1396,7 @@ mod tests {
                 client_wakes: Some(0),
                 server_wakes: Some(0),
                 allocs: Some(10),
+                scrapes: None,
             }],
             blobs: None,
             command: "cradle-bench \"--quick\"".into(),
@@ -1351,7 +1408,7 @@ mod tests {
     }
 
     #[test]
-    fn nearest_rank_percentiles() {
+    fn hdr_percentiles() {
         let v: Vec<u64> = (1..=1000).collect();
         assert_eq!(percentile(&v, 0.5), 500);
         assert_eq!(percentile(&v, 0.99), 990);
@@ -1361,6 +1418,11 @@ mod tests {
         assert_eq!(percentile(&[], 0.5), 0);
         let s = summarize(&[5, 1, 3]);
         assert_eq!((s.n, s.p50, s.max), (3, 3, 5));
+        // Above 2,048 ns: within 0.1 %.
+        let big: Vec<u64> = (1..=1000).map(|i| i * 1_000_003).collect();
+        let p50 = percentile(&big, 0.5) as f64;
+        assert!((p50 / 500_001_500.0 - 1.0).abs() < 1e-3, "{p50}");
+        assert_eq!(summarize(&big).max, 1_000_003_000);
     }
 
     #[test]
@@ -1381,6 +1443,7 @@ mod tests {
             lat(UNIX, 8, &[5000, 5000, 5000]),
             lat("cradle-spin", 8, &[200, 250, 200]),
             lat("cradle-sleep", 8, &[5000, 9000, 9000]),
+            lat(SPIN_METRICS, 8, &[210, 250, 200]),
         ]);
         let t = r.targets();
         assert_eq!(t[0].pass, Some(true));
@@ -1391,8 +1454,13 @@ mod tests {
         assert_eq!(t[3].pass, Some(false), "2.25x and +5 us");
         assert_eq!(t[4].pass, None);
         assert_eq!(t[5].pass, None, "no async scenario measured");
-        assert_eq!(t[7].measured, Some(6e6));
+        assert_eq!(t[7].scenario, SPIN_METRICS);
+        assert_eq!(t[7].measured, Some(1.0), "median of 1.05, 1.0, 1.0");
         assert_eq!(t[7].pass, Some(true));
+        assert_eq!(t[8].scenario, PIPELINED_SCRAPED);
+        assert_eq!(t[8].pass, None, "no scraped run measured");
+        assert_eq!(t[9].measured, Some(6e6));
+        assert_eq!(t[9].pass, Some(true));
         let table = r.table();
         assert!(table.contains("PASS"), "{table}");
         assert!(table.contains("MISS"), "{table}");
@@ -1406,13 +1474,25 @@ mod tests {
             lat("cradle-spin", 8, &[200, 250, 200]),
             lat("cradle-spin", 4096, &[2000, 2500, 2000]),
         ]);
-        let j = r.json();
-        assert!(j.starts_with("[\n") && j.ends_with("]\n"));
-        assert!(j.contains(r#""name": "floor-spin""#));
-        assert!(j.contains(r#""p50_ns": 100"#));
-        assert!(j.contains(r#""ratio_to_baseline": 2"#));
-        assert!(j.contains(r#""command": "cradle-bench \"--quick\"""#));
-        assert_eq!(j.matches('{').count(), j.matches('}').count());
+        let j: Value = serde_json::from_str(&r.json()).expect("the JSON parses");
+        let items = j.as_array().unwrap();
+        let floor = &items[0];
+        assert_eq!(floor["kind"], "latency");
+        assert_eq!(floor["name"], "floor-spin");
+        assert_eq!(floor["p50_ns"], 100);
+        let spin = items
+            .iter()
+            .find(|o| o["name"] == "cradle-spin" && o["payload_bytes"] == 8)
+            .unwrap();
+        assert_eq!(spin["ratio_to_baseline"], 2);
+        let run = items.last().unwrap();
+        assert_eq!(run["kind"], "run");
+        assert_eq!(run["command"], "cradle-bench \"--quick\"");
+        assert!(
+            items
+                .iter()
+                .any(|o| o["kind"] == "target" && o["pass"].is_boolean())
+        );
         let s = r.svg();
         assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
         assert_eq!(s.matches("<polyline").count(), 2);
@@ -1500,11 +1580,6 @@ mod tests {
         assert_eq!(t[0].pass, Some(false));
         assert_eq!(t[1].pass, Some(false));
         assert_eq!(b.crossover(), None);
-    }
-
-    #[test]
-    fn json_strings_are_escaped() {
-        assert_eq!(json_str("a\"b\\c\n\u{1}"), r#""a\"b\\c\n\u0001""#);
     }
 
     #[test]
