@@ -250,3 +250,80 @@ fn an_interrupted_get_leaves_no_partial_file() {
     assert_eq!(std::fs::read(&target).unwrap(), b"the old contents");
     assert!(!tmp_exists(), "the temporary file was left behind");
 }
+
+#[test]
+fn ls_lists_both_tiers_in_pages_and_a_blob_over_the_memory_budget_goes_to_disk() {
+    let (_dog, dir, _server) = with_server(
+        "cli ls",
+        Duration::from_secs(120),
+        &["--mem-cache-bytes", "4M"],
+    );
+    // 150 keys of about 1,000 bytes: more than one page of `cradle.cache.list`.
+    let client = cradle_client::Client::connect(dir.socket()).unwrap();
+    let mut want = Vec::new();
+    for i in 0..150 {
+        let key = format!("many/{i:03}-{}", "k".repeat(990));
+        let mut w = client.create(i + 1).unwrap();
+        w.write_at(0, &vec![1; i + 1]);
+        let blob = w.seal().unwrap();
+        client.cache().put(&key, &blob).unwrap();
+        want.push((key, i + 1));
+    }
+    client.flush().unwrap();
+
+    // 6 MiB: over the 4 MiB memory budget, kept on disk.
+    let big = dir.0.join("big.bin");
+    let bytes: Vec<u8> = (0..6u32 << 20).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&big, &bytes).unwrap();
+    let out = cradle(&dir, &["put", "--sync", "big", big.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("durable in the disk cache (larger than the memory cache's budget)"),
+        "{text}"
+    );
+    let got = cradle(&dir, &["get", "big"]);
+    assert!(got.status.success());
+    assert!(got.stdout == bytes, "the blob read back from disk differs");
+
+    let out = cradle(&dir, &["ls", "many/"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 151, "150 keys and a total line: {text}");
+    for (line, (key, _)) in lines.iter().zip(&want) {
+        assert!(line.ends_with(key.as_str()), "{line}");
+    }
+    assert!(
+        lines[150].starts_with("150 keys under \"many/\""),
+        "{}",
+        lines[150]
+    );
+
+    let out = cradle(&dir, &["ls", "big"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().next().unwrap().contains("disk ") && text.contains("6.0 MiB"),
+        "{text}"
+    );
+    let out = cradle(&dir, &["ls", "nothing-here/"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("0 keys"));
+
+    // --json: every key with its size and tier.
+    let out = cradle(&dir, &["--json", "ls"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ls --json parses");
+    let keys = v["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 151);
+    let bigk = keys.iter().find(|k| k["key"] == "big").unwrap();
+    assert_eq!(bigk["bytes"], 6u64 << 20);
+    assert_eq!(bigk["tier"], "disk");
+}

@@ -91,6 +91,12 @@ enum Command {
         #[arg(long)]
         no_progress: bool,
     },
+    /// List the cache's keys (both tiers) with their sizes and the tier that
+    /// holds each, in key order.
+    Ls {
+        /// Only keys that start with PREFIX.
+        prefix: Option<String>,
+    },
     /// Remove KEY from the cache (processes holding its blob keep it).
     Rm {
         /// The cache key.
@@ -120,31 +126,20 @@ impl Command {
     fn key(&self) -> Option<&str> {
         match self {
             Self::Put { key, .. } | Self::Get { key, .. } | Self::Rm { key } => Some(key),
-            Self::Ping { .. } | Self::Stats | Self::Completions { .. } | Self::Man => None,
+            Self::Ping { .. }
+            | Self::Stats
+            | Self::Ls { .. }
+            | Self::Completions { .. }
+            | Self::Man => None,
         }
     }
 }
 
-/// Checks a cache key before anything is sent: the server refuses the same
-/// keys, but a message that quotes the key and says what is wrong is more use
-/// here.
+/// Checks a cache key before anything is sent, by the rule the server
+/// applies (`ipc_rpc::blob::check_key`), so that the message can say which
+/// key and what is wrong before any work is done.
 fn check_key(key: &str) -> Result<(), String> {
-    if key.is_empty() {
-        return Err("the cache key is empty; give a name of 1 to 1024 bytes".into());
-    }
-    if key.len() > ipc_rpc::blob::MAX_KEY_LEN {
-        return Err(format!(
-            "the cache key is {} bytes long; at most {} are allowed",
-            key.len(),
-            ipc_rpc::blob::MAX_KEY_LEN
-        ));
-    }
-    if let Some(c) = key.chars().find(|c| c.is_control()) {
-        return Err(format!(
-            "the cache key {key:?} contains the control character {c:?}; use printable characters"
-        ));
-    }
-    Ok(())
+    ipc_rpc::blob::check_key(key).map_err(|e| e.to_string())
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -266,6 +261,9 @@ fn main() -> ExitCode {
         } => get(&client, &key, output.as_deref(), !no_progress)
             .and_then(|r| r.map_or(Ok(()), |r| emit(&r, json))),
         Command::Rm { key } => rm(&client, &key).and_then(|r| emit(&r, json)),
+        Command::Ls { prefix } => {
+            ls(&client, prefix.as_deref().unwrap_or("")).and_then(|r| emit(&r, json))
+        }
         Command::Completions { .. } | Command::Man => Ok(()),
     };
     match result {
@@ -433,6 +431,10 @@ struct PutReport {
     stored: bool,
     /// `--sync`: durable on disk when the command returned.
     durable: bool,
+    /// Where the server keeps it: `memory`, `memory+disk` (written behind,
+    /// or durable with `--sync`), or `disk` (larger than the memory
+    /// budget).
+    tier: &'static str,
     /// The blob's handle (`-v` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     handle: Option<String>,
@@ -446,10 +448,14 @@ impl Report for PutReport {
                 self.key
             );
         }
-        let where_ = if self.durable {
-            "in the memory cache and durable on disk"
-        } else {
-            "in the memory cache (written to the disk cache, if the server has one, shortly)"
+        let where_ = match (self.tier, self.durable) {
+            ("disk", true) => "durable in the disk cache (larger than the memory cache's budget)",
+            ("disk", false) => {
+                "kept in the disk cache (larger than the memory cache's budget), written shortly"
+            }
+            (_, true) => "in the memory cache and durable on disk",
+            ("memory+disk", false) => "in the memory cache, and written to the disk cache shortly",
+            _ => "in the memory cache (the server has no disk tier)",
         };
         let mut s = format!("put {}: {}, {where_}", self.key, fmt_bytes(self.bytes));
         if let Some(h) = &self.handle {
@@ -475,7 +481,17 @@ fn put(client: &Client, key: &str, file: &Path, opts: PutOptions) -> Result<PutR
         cache.put(key, &blob).map(|()| true)
     }
     .map_err(|e| format!("cannot put {key}: {e}"))?;
+    // Which tier keeps it follows from the server's budgets.
+    let budgets = cache
+        .stats()
+        .map_err(|e| format!("put {key} done, but the server's figures are unavailable: {e}"))?;
+    let tier = match (budgets.disk_enabled, len > budgets.cache_budget) {
+        (true, true) => "disk",
+        (true, false) => "memory+disk",
+        (false, _) => "memory",
+    };
     let report = PutReport {
+        tier,
         key: key.to_owned(),
         bytes: len,
         stored,
@@ -712,6 +728,82 @@ fn rm(client: &Client, key: &str) -> Result<RmReport, String> {
     } else {
         Err(format!("no entry for {key} in the cache"))
     }
+}
+
+/// `cradle ls`'s result.
+#[derive(Debug, Serialize)]
+struct LsReport {
+    /// The prefix asked for ("" for every key).
+    prefix: String,
+    /// Every matching key, in key order.
+    keys: Vec<LsEntry>,
+}
+
+#[derive(Debug, Serialize)]
+struct LsEntry {
+    key: String,
+    bytes: u64,
+    /// `memory`, `disk`, or `memory+disk`.
+    tier: &'static str,
+}
+
+impl Report for LsReport {
+    fn human(&self) -> String {
+        use std::fmt::Write as _;
+        let mut o = String::new();
+        for k in &self.keys {
+            let _ = writeln!(o, "{:>11}  {:<11}  {}", fmt_bytes(k.bytes), k.tier, k.key);
+        }
+        let total: u64 = self.keys.iter().map(|k| k.bytes).sum();
+        let what = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!(" under {:?}", self.prefix)
+        };
+        let _ = write!(
+            o,
+            "{} {}{what}, {}",
+            self.keys.len(),
+            if self.keys.len() == 1 { "key" } else { "keys" },
+            fmt_bytes(total)
+        );
+        o
+    }
+}
+
+/// Every key under `prefix`, a page at a time (each page fits one frame).
+fn ls(client: &Client, prefix: &str) -> Result<LsReport, String> {
+    use ipc_rpc::blob::{CacheList, ListRequest};
+    let mut keys = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = client
+            .call::<CacheList>(&ListRequest {
+                prefix: prefix.to_owned(),
+                after: after.clone(),
+                limit: 10_000,
+            })
+            .map_err(|e| format!("cannot list the cache: {e}"))?;
+        let last = page.keys.last().map(|k| k.key.clone());
+        keys.extend(page.keys.into_iter().map(|k| LsEntry {
+            tier: match (k.in_memory, k.on_disk) {
+                (true, true) => "memory+disk",
+                (true, false) => "memory",
+                _ => "disk",
+            },
+            key: k.key,
+            bytes: k.len,
+        }));
+        match (page.more, last) {
+            (true, Some(last)) => after = last,
+            // `more` with an empty page would loop for ever: stop instead.
+            _ => break,
+        }
+    }
+    Ok(LsReport {
+        prefix: prefix.to_owned(),
+        keys,
+    })
 }
 
 /// `cradle stats`'s result: the server's `cradle.stats` answer, grouped.
