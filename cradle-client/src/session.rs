@@ -655,7 +655,9 @@ impl Session {
         std::mem::take(&mut *lock(&self.blobs.pending))
     }
 
-    /// Puts releases that could not be sent back in the queue.
+    /// Puts releases that could not be sent back in the queue (the async
+    /// client's driver, when the request ring is full).
+    #[cfg(feature = "tokio")]
     pub(crate) fn requeue(&self, batch: ReleaseBatch) {
         let mut p = lock(&self.blobs.pending);
         p.leases.extend(batch.leases);
