@@ -164,7 +164,7 @@ fn stats_with_4096_sessions_fits_one_frame_and_lists_the_busiest() {
         );
         // Its own session is one more.
         assert!(
-            text.contains("sessions 4098 open"),
+            text.contains("4098 connected now"),
             "cradle stats said: {text}"
         );
     } else {
