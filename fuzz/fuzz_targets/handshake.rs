@@ -87,7 +87,10 @@ enum HelloRead {
 }
 
 /// The acceptor's read of a Hello, line for line (`cradle-server`'s
-/// `acceptor::read_hello`): what is available, without blocking.
+/// `acceptor::read_hello`): what is available, without blocking. The
+/// acceptor calls it for each connection in the handshake; the cap on those
+/// (64 at once, a new one closes the oldest) and the handshake timeout live
+/// around it, not in it. `.ci/fuzz.sh` checks the two copies are identical.
 fn read_hello(sock: BorrowedFd<'_>, buf: &mut [u8; HELLO_LEN], got: &mut usize) -> HelloRead {
     while *got < HELLO_LEN {
         match rustix::net::recv(sock, &mut buf[*got..], RecvFlags::DONTWAIT) {

@@ -7,15 +7,21 @@
 //! The decoding path is the worker's (`serve` in `cradle-server/src/worker.rs`):
 //! `Inbox::try_recv` (the consumer's commit-word, stamp, length, padding and
 //! payload-length checks, then a private aligned copy), a frame of another
-//! kind than REQUEST ends the session, the method id picks the request type,
-//! `Wire::decode` validates it (`Wire::access` for `cradle.ping`, whose
-//! archive is echoed back unchanged). Answers go out through an `Outbox` on
-//! the response ring, as the worker's replies do.
+//! kind than REQUEST ends the session, a request with non-zero flags is
+//! answered with a Malformed error (tag: its method id) and the session goes
+//! on, the method id picks the request type (an unknown one is answered
+//! with an UnknownMethod error, tag 0), `Wire::decode` validates it
+//! (`Wire::access` for `cradle.ping`, whose archive is echoed back
+//! unchanged; a payload that does not validate is answered Malformed).
+//! Answers go out through an `Outbox` on the response ring, as the worker's
+//! replies do.
 //!
 //! Checked beyond "no panic and no sanitizer report": a frame handed out lies
 //! inside the ring and its payload inside the frame; a poisoned ring end
 //! keeps failing with the same error; a payload that validates decodes to a
-//! value that encodes and decodes back to itself; `access` and `decode` agree.
+//! value that encodes and decodes back to itself; `access` and `decode` agree;
+//! every answer the client reads carries the request id and tag the worker's
+//! rules give, and an error's payload decodes to the expected code.
 
 #![no_main]
 
@@ -25,19 +31,22 @@ use ipc_core::ring::{
     max_payload_len,
 };
 use ipc_rpc::blob::{
-    Acquire, AuthorPool, CacheGet, CacheLoad, CachePut, CachePutDurable, CacheRemove, CreateLarge,
-    MapSegment, Release, SealLarge, SealSmall,
+    Acquire, AuthorPool, CacheGet, CacheList, CacheLoad, CachePut, CachePutDurable, CacheRemove,
+    CreateLarge, MapSegment, Release, SealLarge, SealSmall,
 };
 use ipc_rpc::builtin::{Ping, Stats};
 use ipc_rpc::example::Invert;
 use ipc_rpc::rkyv::ser::allocator::Arena;
 use ipc_rpc::rkyv::util::AlignedVec;
-use ipc_rpc::{Inbox, Method, Outbox, SendError, Wire, encode_to_vec, wire};
+use ipc_rpc::{
+    ErrorCode, Inbox, Method, Outbox, RemoteError, SendError, Wire, encode_to_vec, wire,
+};
 use libfuzzer_sys::fuzz_target;
+use std::collections::VecDeque;
 use std::fmt::Debug;
 
 /// The method ids the server registers, in a fixed order (a fuzz byte picks one).
-const METHODS: [u64; 15] = [
+const METHODS: [u64; 16] = [
     Ping::ID,
     Stats::ID,
     AuthorPool::ID,
@@ -53,6 +62,7 @@ const METHODS: [u64; 15] = [
     CacheLoad::ID,
     CacheRemove::ID,
     Invert::ID,
+    CacheList::ID,
 ];
 
 #[derive(Arbitrary, Debug)]
@@ -150,6 +160,7 @@ fn validate(id: u64, bytes: &[u8]) -> Option<bool> {
         CacheGet::ID => check::<<CacheGet as Method>::Request>(bytes),
         CacheLoad::ID => check::<<CacheLoad as Method>::Request>(bytes),
         CacheRemove::ID => check::<<CacheRemove as Method>::Request>(bytes),
+        CacheList::ID => check::<<CacheList as Method>::Request>(bytes),
         Invert::ID => check::<<Invert as Method>::Request>(bytes),
         _ => return None,
     })
@@ -157,7 +168,7 @@ fn validate(id: u64, bytes: &[u8]) -> Option<bool> {
 
 /// A valid request of method `METHODS[which]`, built from `seed`.
 fn valid_request(which: u8, seed: u64, key_len: u16) -> (u64, AlignedVec<16>) {
-    use ipc_rpc::blob::{BlobHandle, PutRequest, ReleaseBatch};
+    use ipc_rpc::blob::{BlobHandle, ListRequest, PutRequest, ReleaseBatch};
     let mut arena = Arena::new();
     let max = 1 << 20;
     let handle = BlobHandle {
@@ -194,6 +205,15 @@ fn valid_request(which: u8, seed: u64, key_len: u16) -> (u64, AlignedVec<16>) {
             encode_to_vec(&put, &mut arena, max)
         }
         CacheGet::ID | CacheLoad::ID | CacheRemove::ID => encode_to_vec(&key, &mut arena, max),
+        CacheList::ID => {
+            let split = (seed as usize) % (key.len() + 1);
+            let list = ListRequest {
+                prefix: key[..split].to_owned(),
+                after: key.clone(),
+                limit: (seed >> 8) as u32,
+            };
+            encode_to_vec(&list, &mut arena, max)
+        }
         _ => encode_to_vec(&handle, &mut arena, max),
     };
     (id, bytes.expect("a valid request encodes"))
@@ -214,6 +234,12 @@ struct Session {
     closed: bool,
     /// The error the request ring was poisoned with.
     poisoned: Option<RingError>,
+    /// The answers published and not read yet, in order: header, and the
+    /// error code for an ERROR frame.
+    expected: VecDeque<(FrameMeta, Option<ErrorCode>)>,
+    /// The client wrote the response ring's `head`: the server may have
+    /// overwritten answers it had not read, so they are no longer checked.
+    head_forged: bool,
 }
 
 impl Session {
@@ -228,6 +254,8 @@ impl Session {
             cap,
             closed: false,
             poisoned: None,
+            expected: VecDeque::new(),
+            head_forged: false,
         }
     }
 
@@ -253,6 +281,7 @@ impl Session {
 
     /// Writes the response ring's `head` word, as a client may at any time.
     fn set_response_head(&mut self, head: u64) {
+        self.head_forged = true;
         let base = self.client_rx.memory().base().as_ptr();
         // SAFETY: `head` is the 8-byte word at offset 128 of the region the
         // client's consumer keeps alive, 8-aligned (the region is 128-aligned);
@@ -303,19 +332,56 @@ impl Session {
             let bytes = msg.bytes.to_vec();
             let after = self.inbox.consumer().position();
             assert!(after > pos && after - pos <= 2 * self.cap as u64);
-            let answer = FrameMeta {
-                request_id: meta.request_id,
-                tag: meta.tag,
-                kind: wire::RESPONSE,
-                flags: wire::NO_FLAGS,
-            };
             let mut copy = AlignedVec::<16>::new();
             copy.extend_from_slice(&bytes);
-            let sent = match validate(meta.tag, &copy) {
-                Some(true) if meta.tag == Ping::ID => self.outbox.try_send_encoded(answer, &copy),
-                Some(ok) => self.outbox.try_send(answer, &ok),
-                None => self.outbox.try_send(answer, &meta.tag),
+            // The worker's dispatch: non-zero flags are refused before the
+            // method is looked up (nothing runs, the session stays); then an
+            // unknown id, then the request's validation.
+            let verdict = if meta.flags != wire::NO_FLAGS {
+                Err(ErrorCode::Malformed)
+            } else {
+                match validate(meta.tag, &copy) {
+                    None => Err(ErrorCode::UnknownMethod),
+                    Some(false) => Err(ErrorCode::Malformed),
+                    Some(true) => Ok(()),
+                }
             };
+            let answer = match verdict {
+                Ok(()) => FrameMeta {
+                    request_id: meta.request_id,
+                    tag: meta.tag,
+                    kind: wire::RESPONSE,
+                    flags: wire::NO_FLAGS,
+                },
+                // As `reply::error_meta`: tag 0 only for an unknown method.
+                Err(code) => FrameMeta {
+                    request_id: meta.request_id,
+                    tag: if code == ErrorCode::UnknownMethod {
+                        0
+                    } else {
+                        meta.tag
+                    },
+                    kind: wire::ERROR,
+                    flags: wire::NO_FLAGS,
+                },
+            };
+            let sent = match verdict {
+                Ok(()) if meta.tag == Ping::ID => self.outbox.try_send_encoded(answer, &copy),
+                Ok(()) => self.outbox.try_send(answer, &true),
+                Err(code) => {
+                    let err = RemoteError {
+                        code: code.to_u32(),
+                        message: format!(
+                            "request {:#x} (method {:#018x}, flags {:#06x}) refused",
+                            meta.request_id, meta.tag, meta.flags
+                        ),
+                    };
+                    self.outbox.try_send(answer, &err)
+                }
+            };
+            if sent.is_ok() {
+                self.expected.push_back((answer, verdict.err()));
+            }
             match sent {
                 Ok(()) | Err(SendError::Full { .. }) | Err(SendError::TooLarge { .. }) => {}
                 Err(SendError::Ring(_)) => {
@@ -337,8 +403,20 @@ impl Session {
 
     fn client_drain(&mut self) {
         while let Ok(Some(f)) = self.client_rx.peek() {
-            let _ = f.payload().to_vec();
+            let meta = f.meta();
+            let mut payload = AlignedVec::<16>::new();
+            payload.extend_from_slice(&f.payload().to_vec());
             f.consume();
+            let expected = self.expected.pop_front();
+            if self.head_forged {
+                continue;
+            }
+            let (want, code) = expected.expect("no answer is read that was not sent");
+            assert_eq!(meta, want, "the answer's header");
+            if let Some(code) = code {
+                let err = RemoteError::decode(&payload).expect("an error payload decodes");
+                assert_eq!(ErrorCode::from_u32(err.code), code);
+            }
         }
         self.client_rx.release();
     }
@@ -367,11 +445,14 @@ fuzz_target!(|input: Input<'_>| {
                             0..=4 => wire::REQUEST,
                             k => u16::from(k),
                         };
+                        // Non-zero flags one time in four (the rest exercise
+                        // request validation, which such a frame skips).
+                        let flags = if flags % 4 == 0 { flags >> 2 } else { 0 };
                         let meta = FrameMeta {
                             request_id: *request_id,
                             tag: tag.id(),
                             kind,
-                            flags: *flags,
+                            flags,
                         };
                         s.send(meta, payload);
                     }

@@ -16,9 +16,10 @@
 
 use ipc_core::ring::{Consumer, FrameMeta, Producer, RingRegion, heap_channel};
 use ipc_rpc::blob::{
-    Acquire, AuthorPool, BlobHandle, CacheGet, CacheLoad, CachePut, CachePutDurable, CacheRemove,
-    CreateLarge, FD_GRANT_MAGIC, FdGrant, Hit, LargeInfo, Lookup, MapSegment, PutRequest, Release,
-    ReleaseBatch, SealLarge, SealSmall, SegmentInfo,
+    Acquire, AuthorPool, BlobHandle, CacheGet, CacheList, CacheLoad, CachePut, CachePutDurable,
+    CacheRemove, CreateLarge, FD_GRANT_MAGIC, FdGrant, Hit, KeyError, LargeInfo, ListPage,
+    ListRequest, ListedKey, Lookup, MAX_KEY_LEN, MapSegment, PutRequest, Release, ReleaseBatch,
+    SealLarge, SealSmall, SegmentInfo, check_key,
 };
 use ipc_rpc::builtin::{Ping, ServerStats, SessionStats, Stats};
 use ipc_rpc::example::{Invert, Inverted};
@@ -189,6 +190,34 @@ fn hit() -> Hit {
 }
 
 const KEY: &str = "images/cat.png";
+
+fn list_request() -> ListRequest {
+    ListRequest {
+        prefix: "images/".to_owned(),
+        after: KEY.to_owned(),
+        limit: 100,
+    }
+}
+
+fn list_page() -> ListPage {
+    ListPage {
+        keys: vec![
+            ListedKey {
+                key: "images/cow.png".to_owned(),
+                len: 11,
+                in_memory: true,
+                on_disk: true,
+            },
+            ListedKey {
+                key: "images/dog.png".to_owned(),
+                len: 1 << 20,
+                in_memory: false,
+                on_disk: true,
+            },
+        ],
+        more: true,
+    }
+}
 
 fn ping_meta() -> FrameMeta {
     FrameMeta {
@@ -377,6 +406,8 @@ fn examples() -> Vec<(&'static str, Vec<u8>)> {
         ("get-response-miss", archive(&Lookup::Miss)),
         ("load-response-some", archive(&Some(hit()))),
         ("load-response-none", archive(&None::<Hit>)),
+        ("list-request", archive(&list_request())),
+        ("list-page", archive(&list_page())),
         (
             "invert-response",
             archive(&Inverted {
@@ -511,7 +542,7 @@ fn fnv_id(name: &str, version: u32) -> u64 {
 
 #[test]
 fn method_ids_and_schema_follow_the_documented_formulas() {
-    let methods: [(&str, u32, u64); 15] = [
+    let methods: [(&str, u32, u64); 16] = [
         (Ping::NAME, Ping::VERSION, Ping::ID),
         (Stats::NAME, Stats::VERSION, Stats::ID),
         (AuthorPool::NAME, AuthorPool::VERSION, AuthorPool::ID),
@@ -530,6 +561,7 @@ fn method_ids_and_schema_follow_the_documented_formulas() {
         (CacheGet::NAME, CacheGet::VERSION, CacheGet::ID),
         (CacheLoad::NAME, CacheLoad::VERSION, CacheLoad::ID),
         (CacheRemove::NAME, CacheRemove::VERSION, CacheRemove::ID),
+        (CacheList::NAME, CacheList::VERSION, CacheList::ID),
         (Invert::NAME, Invert::VERSION, Invert::ID),
     ];
     for (name, version, id) in methods {
@@ -641,6 +673,9 @@ fn archived_layouts_are_as_documented() {
     layout!(Lookup, size 72, align 8);
     layout!(Option<Hit>, size 72, align 8);
     layout!(Inverted, size 48, align 8, checksum @ 0, inverted @ 8);
+    layout!(ListRequest, size 20, align 4, prefix @ 0, after @ 8, limit @ 16);
+    layout!(ListedKey, size 24, align 8, key @ 0, len @ 8, in_memory @ 16, on_disk @ 17);
+    layout!(ListPage, size 12, align 4, keys @ 0, more @ 8);
     layout!(
         SessionStats, size 56, align 8,
         id @ 0, pid @ 8, calls @ 16, in_flight @ 24, backlog @ 28, leases @ 32,
@@ -795,6 +830,36 @@ fn by_hand_put(p: &PutRequest) -> Vec<u8> {
     o.handle(&p.handle);
     o.u8(p.if_absent as u8);
     o.finish(8)
+}
+
+fn by_hand_list_request(r: &ListRequest) -> Vec<u8> {
+    let mut o = Out::default();
+    let prefix = o.string_data(&r.prefix);
+    let after = o.string_data(&r.after);
+    o.align(4);
+    o.string_field(&r.prefix, prefix);
+    o.string_field(&r.after, after);
+    o.u32(r.limit);
+    o.finish(4)
+}
+
+fn by_hand_list_page(p: &ListPage) -> Vec<u8> {
+    let mut o = Out::default();
+    // The elements' own out-of-line data (their keys), in element order.
+    let keys: Vec<usize> = p.keys.iter().map(|k| o.string_data(&k.key)).collect();
+    o.align(8);
+    let elements = o.pos();
+    for (k, &data) in p.keys.iter().zip(&keys) {
+        o.string_field(&k.key, data);
+        o.u64(k.len);
+        o.u8(k.in_memory as u8);
+        o.u8(k.on_disk as u8);
+        o.align(8);
+    }
+    o.align(4);
+    o.vec_field(elements, p.keys.len());
+    o.u8(p.more as u8);
+    o.finish(4)
 }
 
 fn by_hand_lookup(l: &Lookup) -> Vec<u8> {
@@ -971,6 +1036,106 @@ fn strings_and_byte_vectors_follow_the_documented_rules() {
             s.len()
         );
     }
+}
+
+#[test]
+fn list_requests_and_pages_follow_the_documented_rules() {
+    let strings = sample_strings();
+    for (i, s) in strings.iter().enumerate() {
+        let r = ListRequest {
+            prefix: s.clone(),
+            after: strings[(i * 7 + 3) % strings.len()].clone(),
+            limit: i as u32 * 1000,
+        };
+        assert_eq!(
+            by_hand_list_request(&r),
+            archive(&r),
+            "ListRequest {} / {}",
+            r.prefix.len(),
+            r.after.len()
+        );
+    }
+    // Pages of 0 to 12 keys, short and long mixed.
+    for n in 0..13 {
+        for start in [0, 5, 9, 300] {
+            let p = ListPage {
+                keys: (0..n)
+                    .map(|i| ListedKey {
+                        key: strings[(start + i * 13) % strings.len()].clone(),
+                        len: (i as u64) << 33 | 7,
+                        in_memory: i % 2 == 0,
+                        on_disk: i % 3 != 0,
+                    })
+                    .collect(),
+                more: n % 2 == 1,
+            };
+            assert_eq!(
+                by_hand_list_page(&p),
+                archive(&p),
+                "ListPage {n} from {start}"
+            );
+        }
+    }
+    // The documented page, read by the rules: root at the end, the vector's
+    // elements (24 bytes each) through its offset, each key through its own.
+    let page = list_page();
+    let b = archive(&page);
+    let root = b.len() - 12;
+    let elements = (root as i64 + i64::from(le32(&b, root) as i32)) as usize;
+    assert_eq!(le32(&b, root + 4) as usize, page.keys.len());
+    assert_eq!(b[root + 8], page.more as u8);
+    for (i, k) in page.keys.iter().enumerate() {
+        let at = elements + 24 * i;
+        assert_eq!(read_string(&b, at), k.key);
+        assert_eq!(
+            u64::from_le_bytes(b[at + 8..at + 16].try_into().unwrap()),
+            k.len
+        );
+        assert_eq!(
+            (b[at + 16], b[at + 17]),
+            (k.in_memory as u8, k.on_disk as u8)
+        );
+    }
+    assert_eq!(ListPage::decode(&aligned(&b)).unwrap(), page);
+}
+
+/// The key rule as §7 states it, written from the text, agrees with
+/// `check_key` (which the server applies too).
+#[test]
+fn the_key_rule_is_as_documented() {
+    let rule = "1 to 1024 bytes of UTF-8 with no control\ncharacter (Unicode general category Cc: U+0000..U+001F and U+007F..U+009F;";
+    assert!(
+        DOC.contains(rule),
+        "protocol.md must state the key rule as: {rule}"
+    );
+    assert_eq!(MAX_KEY_LEN, 1024);
+    let documented = |k: &str| {
+        (1..=1024).contains(&k.len())
+            && !k
+                .chars()
+                .any(|c| matches!(u32::from(c), 0..=0x1f | 0x7f..=0x9f))
+    };
+    let mut keys: Vec<String> = sample_strings();
+    keys.extend(
+        [
+            "a\tb",
+            "\u{7f}",
+            "x\u{85}y",
+            "\u{9f}",
+            "\u{a0}",
+            "é\n",
+            "日本\u{0}",
+        ]
+        .map(String::from),
+    );
+    keys.push("é".repeat(512));
+    keys.push(format!("{}a", "é".repeat(512)));
+    keys.extend((0u32..0x2000).filter_map(char::from_u32).map(String::from));
+    for k in &keys {
+        assert_eq!(check_key(k).is_ok(), documented(k), "key {k:?}");
+    }
+    assert_eq!(check_key(""), Err(KeyError::Empty));
+    assert_eq!(check_key(&"k".repeat(1025)), Err(KeyError::TooLong(1025)));
 }
 
 #[test]
