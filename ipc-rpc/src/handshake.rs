@@ -112,7 +112,7 @@ pub fn status_message(status: u32) -> &'static str {
 /// ```
 /// use ipc_rpc::handshake::{HELLO_WAKE_EVENTFD, Hello, STATUS_OK};
 ///
-/// // An async client asks to be woken through an eventfd.
+/// // An async client asks to be woken through a wake socket it can poll.
 /// let hello = Hello { flags: HELLO_WAKE_EVENTFD, ..Hello::current() };
 /// assert_eq!(hello.check(), Some(STATUS_OK));
 /// assert_eq!(bytemuck::bytes_of(&hello).len(), 32);
