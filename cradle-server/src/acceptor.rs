@@ -3,6 +3,7 @@
 //! hands them to their workers.
 
 use crate::link::{ClientWaker, HandleInner, NewSession, WorkerMsg};
+use crate::logs::LogLimiter;
 use crate::stats::{SessionCounters, Shared};
 use ipc_core::doorbell::{EventFd, WakeSocket};
 use ipc_core::ring::{Consumer, Producer, RingRegion};
@@ -35,61 +36,6 @@ const HELLO_LEN: usize = size_of::<Hello>();
 /// closes the oldest pending one: a flood of silent connections costs at most
 /// this many descriptors and never locks out a client that says Hello at once.
 pub(crate) const MAX_PENDING: usize = 64;
-
-/// One log line per kind per this period; the rest are counted.
-const LOG_PERIOD: Duration = Duration::from_secs(1);
-
-/// Rate limit of the acceptor's repeated warnings: at most one line per kind
-/// per [`LOG_PERIOD`], the next one saying how many were suppressed.
-#[derive(Debug, Default)]
-struct LogLimiter {
-    /// Per kind: when its last line was written, and lines suppressed since.
-    kinds: HashMap<&'static str, (Instant, u64)>,
-}
-
-/// `" (N more suppressed)"`, or nothing when N is 0.
-struct Suppressed(u64);
-
-impl std::fmt::Display for Suppressed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            0 => Ok(()),
-            n => write!(f, " ({n} more suppressed)"),
-        }
-    }
-}
-
-impl LogLimiter {
-    /// Whether a line of `kind` may be written now; if so, how many were
-    /// suppressed before it.
-    fn allow(&mut self, kind: &'static str, now: Instant) -> Option<Suppressed> {
-        match self.kinds.get_mut(kind) {
-            Some((last, n)) if now.duration_since(*last) < LOG_PERIOD => {
-                *n += 1;
-                None
-            }
-            Some((last, n)) => {
-                *last = now;
-                Some(Suppressed(std::mem::take(n)))
-            }
-            None => {
-                self.kinds.insert(kind, (now, 0));
-                Some(Suppressed(0))
-            }
-        }
-    }
-
-    /// Reports the counts of kinds that went quiet with lines suppressed.
-    fn flush(&mut self, now: Instant) {
-        for (kind, (last, n)) in &mut self.kinds {
-            if *n > 0 && now.duration_since(*last) >= LOG_PERIOD {
-                tracing::warn!("{kind}: {n} more suppressed");
-                *last = now;
-                *n = 0;
-            }
-        }
-    }
-}
 
 /// What the acceptor needs.
 #[derive(Debug)]
@@ -422,13 +368,15 @@ impl Acceptor<'_> {
         }
         let counters = Arc::new(SessionCounters::new(id, p.pid));
         ctx.shared.session_opened(Arc::clone(&counters));
-        tracing::info!(
-            session = id,
-            pid = p.pid,
-            uid = p.uid,
-            worker,
-            "session opened"
-        );
+        if let Some(n) = self.log.allow("session opened", Instant::now()) {
+            tracing::info!(
+                session = id,
+                pid = p.pid,
+                uid = p.uid,
+                worker,
+                "session opened{n}"
+            );
+        }
         links[worker].send(WorkerMsg::Session(Box::new(NewSession {
             id,
             sock: p.sock,
@@ -531,6 +479,7 @@ fn accept_loop(ctx: &AcceptorCtx, farewell: &mut Farewell) -> std::io::Result<()
     loop {
         // Acquire: pairs with the Release store in `ServerHandle::shutdown`.
         if ctx.handle.shutdown.load(Ordering::Acquire) {
+            a.log.finish();
             *farewell = a.start_farewell();
             return Ok(());
         }

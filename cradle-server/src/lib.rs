@@ -44,6 +44,7 @@ mod blobs;
 mod disk;
 mod error;
 mod link;
+mod logs;
 mod methods;
 mod metrics;
 mod offload;

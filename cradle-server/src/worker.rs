@@ -40,6 +40,7 @@
 
 use crate::blobs::BlobStore;
 use crate::link::{ClientWaker, Completion, HandleInner, Job, NewSession, WorkerMsg, say_goodbye};
+use crate::logs::LogLimiter;
 use crate::methods::{Handler, Registry};
 use crate::metrics::cells::CallCells;
 use crate::reply::{Queued, Replier};
@@ -127,6 +128,8 @@ struct Session {
     /// We set the response ring's `space_waiting` word.
     space_armed: bool,
     close: Option<Close>,
+    /// The session's span: the lines logged about it carry its id.
+    span: tracing::Span,
     /// Dropped last: the rings above point into its mapping.
     _segment: Segment,
 }
@@ -200,7 +203,6 @@ fn serve(s: &mut Session, ctx: &WorkerCtx, round: Instant) -> bool {
             Ok(Some(m)) => m,
             Ok(None) => break,
             Err(e) => {
-                tracing::warn!(session = s.id, error = %e, "request ring corrupt");
                 s.close = Some(Close::Violation(format!("request ring corrupt: {e}")));
                 break;
             }
@@ -208,11 +210,6 @@ fn serve(s: &mut Session, ctx: &WorkerCtx, round: Instant) -> bool {
         taken += 1;
         let meta = msg.meta;
         if meta.kind != wire::REQUEST {
-            tracing::warn!(
-                session = s.id,
-                kind = meta.kind,
-                "frame of a non-request kind"
-            );
             s.close = Some(Close::Violation(format!(
                 "frame of kind {} in the request ring",
                 meta.kind
@@ -329,7 +326,6 @@ fn serve(s: &mut Session, ctx: &WorkerCtx, round: Instant) -> bool {
         s.outbox.producer().notify(&s.waker);
     }
     if let Some(e) = broken {
-        tracing::warn!(session = s.id, error = %e, "response ring corrupt");
         s.close = Some(Close::Violation(format!("response ring corrupt: {e}")));
     }
     account(s, ctx, answered);
@@ -483,6 +479,9 @@ struct Worker<'a> {
     epoll: OwnedFd,
     sessions: HashMap<u64, Session>,
     events: Vec<Event>,
+    /// A client that opens and breaks sessions in a loop must not flood
+    /// the log.
+    log: LogLimiter,
 }
 
 impl Worker<'_> {
@@ -505,6 +504,7 @@ impl Worker<'_> {
             last_active: Instant::now(),
             space_armed: false,
             close: None,
+            span: tracing::info_span!("session", id = n.id),
             _segment: n.segment,
         };
         // Edge-triggered, and never read (see `poll_events`).
@@ -617,12 +617,19 @@ impl Worker<'_> {
         self.ctx.store.close_session(s.id);
         let killed = matches!(close, Close::Violation(_));
         self.ctx.shared.session_closed(s.id, killed);
-        tracing::info!(
-            session = s.id,
-            calls = s.calls,
-            reason = close.reason(),
+        let _in_session = s.span.enter();
+        let kind = if killed {
+            "session closed for a protocol violation"
+        } else {
             "session closed"
-        );
+        };
+        if let Some(more) = self.log.allow(kind, Instant::now()) {
+            if killed {
+                tracing::warn!(calls = s.calls, reason = close.reason(), "{kind}{more}");
+            } else {
+                tracing::info!(calls = s.calls, reason = close.reason(), "{kind}{more}");
+            }
+        }
     }
 }
 
@@ -650,6 +657,7 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
         epoll,
         sessions: HashMap::new(),
         events: Vec::with_capacity(256),
+        log: LogLimiter::default(),
     };
     let mut last_work = Instant::now();
     let mut next_check = Instant::now();
@@ -689,6 +697,7 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
                 }
             }
             w.reap();
+            w.log.flush(now);
             next_check = now + EPOLL_CHECK_EVERY;
         }
         if now.duration_since(last_work) < ctx.spin {
@@ -730,6 +739,7 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
         s.close.get_or_insert(Close::Shutdown);
     }
     w.reap();
+    w.log.finish();
     result
 }
 

@@ -298,3 +298,71 @@ fn the_server_wide_backlog_cap_holds_across_sessions() {
     );
     assert!(queued > 0, "nothing was held back at all");
 }
+
+#[test]
+fn sessions_breaking_the_protocol_in_a_loop_do_not_flood_the_log() {
+    use ipc_core::ring::FrameMeta;
+    use ipc_rpc::{Method, Outbox, wire};
+    const SESSIONS: usize = 300;
+    let dog = Watchdog::arm("violation loop", Duration::from_secs(120));
+    let dir = TempDir::new("violations");
+    let log = dir.0.join("server.log");
+    let mut server = server_logging_to(&dir.socket(), &log, &["--log-level", "info"]);
+    dog.watch_child(server.pid());
+    for i in 0..SESSIONS {
+        // A frame of the response kind in the request ring: a violation,
+        // the session is closed.
+        let raw = RawSession::open(&dir.socket());
+        let mut out = Outbox::new(raw.producer());
+        let meta = FrameMeta {
+            request_id: i as u64,
+            tag: Ping::ID,
+            kind: wire::RESPONSE,
+            flags: 0,
+        };
+        out.try_send(meta, &vec![0u8; 8]).unwrap();
+        raw.kick();
+        // Wait until the server closed it (EOF on the control socket).
+        let mut s = raw.stream.try_clone().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut b = [0u8; 64];
+        loop {
+            match std::io::Read::read(&mut s, &mut b) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(e) => panic!("session {i}: {e}"),
+            }
+        }
+    }
+    let good = Client::connect_with(dir.socket(), sleeping()).unwrap();
+    let st = good.call::<Stats>(&()).unwrap();
+    assert_eq!(
+        st.sessions_killed, SESSIONS as u64,
+        "every session was closed"
+    );
+    drop(good);
+    assert!(server.terminate().success());
+    let text = std::fs::read_to_string(&log).expect("read log");
+    let closed = text
+        .lines()
+        .filter(|l| l.contains("session closed for a protocol violation"))
+        .count();
+    let opened = text
+        .lines()
+        .filter(|l| l.contains("session opened"))
+        .count();
+    eprintln!("{closed} violation lines and {opened} opened lines for {SESSIONS} sessions");
+    assert!(closed > 0, "the violations were not reported at all");
+    assert!(closed < 30, "{closed} lines for {SESSIONS} violations");
+    assert!(opened < 30, "{opened} lines for {SESSIONS} sessions");
+    assert!(
+        text.contains("more suppressed"),
+        "the suppressed lines are not counted:\n{text}"
+    );
+    // The lines name the session through its span.
+    assert!(
+        text.lines()
+            .any(|l| l.contains("session{id=") && l.contains("protocol violation")),
+        "{text}"
+    );
+}

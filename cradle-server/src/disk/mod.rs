@@ -481,8 +481,8 @@ impl DiskTier {
         tracing::info!(
             dir = %dir.display(),
             entries = index.slots.len(),
-            bytes = index.bytes,
-            budget,
+            bytes = %bytesize::ByteSize(index.bytes).display().iec(),
+            budget = %bytesize::ByteSize(budget).display().iec(),
             corruptions = index.corruptions,
             evictions = index.evictions,
             "disk cache opened"
