@@ -94,17 +94,7 @@ fn kill9_of_the_server_resolves_a_thousand_pending_calls_to_peer_dead() {
     let rt = runtime();
     let client = rt.block_on(AsyncClient::connect(dir.socket())).unwrap();
     // Freeze the server so that the calls stay pending, then kill it.
-    signal(server.pid(), libc::SIGSTOP);
-    // SIGSTOP takes effect asynchronously: wait until the kernel reports the
-    // server stopped (state T), or it may still answer the first calls.
-    let pid = server.pid();
-    let stopped = eventually(Duration::from_secs(10), || {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|st| st.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
-            .unwrap_or(false)
-    });
-    assert!(stopped, "the server did not stop");
+    stop_and_wait(server.pid());
     let handles: Vec<_> = (0..1000u64)
         .map(|i| {
             let c = client.clone();

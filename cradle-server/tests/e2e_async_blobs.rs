@@ -477,7 +477,7 @@ fn a_get_that_times_out_gives_its_late_lease_back_with_either_client() {
     let base = stats(&observer);
     let my_fds = fd_count(std::process::id());
     // The server stops: both gets go out and time out unanswered.
-    signal(server.pid(), libc::SIGSTOP);
+    stop_and_wait(server.pid());
     let e = sync.get(blob.handle()).unwrap_err();
     assert!(
         matches!(e.call(), Some(cradle_client::CallError::Timeout(_))),

@@ -163,6 +163,20 @@ pub fn signal(pid: u32, sig: i32) {
     unsafe { libc::kill(pid as i32, sig) };
 }
 
+/// Stops `pid` with SIGSTOP and waits until the kernel reports it stopped
+/// (state T): SIGSTOP takes effect asynchronously, and a process not yet
+/// stopped may still answer the next calls.
+pub fn stop_and_wait(pid: u32) {
+    signal(pid, libc::SIGSTOP);
+    let stopped = eventually(Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|st| st.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
+            .unwrap_or(false)
+    });
+    assert!(stopped, "process {pid} did not stop");
+}
+
 /// utime + stime of a process, from /proc/PID/stat.
 pub fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
