@@ -17,8 +17,8 @@ use std::process::ExitCode;
 /// by default $XDG_RUNTIME_DIR/cradle/cradle.sock, or /tmp/cradle-$UID/cradle.sock
 /// when XDG_RUNTIME_DIR is not set. The socket's directory must belong to you
 /// and have mode 0700 (it is created so if missing). Requests and responses
-/// then travel through shared memory; the socket carries only the handshake
-/// and liveness.
+/// then travel through shared memory; the socket carries only the handshake,
+/// descriptors and liveness.
 ///
 /// Stop the server with SIGINT (Ctrl-C) or SIGTERM: it says goodbye to every
 /// client, removes its socket and exits 0.
