@@ -368,7 +368,7 @@ impl Acceptor<'_> {
         }
         let counters = Arc::new(SessionCounters::new(id, p.pid));
         ctx.shared.session_opened(Arc::clone(&counters));
-        if let Some(n) = self.log.allow("session opened", Instant::now()) {
+        if let Some(n) = self.log.allow_info("session opened", Instant::now()) {
             tracing::info!(
                 session = id,
                 pid = p.pid,

@@ -623,7 +623,13 @@ impl Worker<'_> {
         } else {
             "session closed"
         };
-        if let Some(more) = self.log.allow(kind, Instant::now()) {
+        let now = Instant::now();
+        let allowed = if killed {
+            self.log.allow(kind, now)
+        } else {
+            self.log.allow_info(kind, now)
+        };
+        if let Some(more) = allowed {
             if killed {
                 tracing::warn!(calls = s.calls, reason = close.reason(), "{kind}{more}");
             } else {
