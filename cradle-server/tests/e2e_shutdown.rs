@@ -10,7 +10,7 @@ use ipc_rpc::CallError;
 use ipc_rpc::builtin::Ping;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use ipc_core::sync::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::*;
