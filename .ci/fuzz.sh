@@ -23,20 +23,6 @@ cargo_fuzz_version=0.13.2
 step() { printf '\n=== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
 start=$(date +%s)
 
-step "the handshake target's copy of acceptor::read_hello"
-# The target carries the server's function line for line (the server crate
-# keeps it private); compared without whitespace, so formatting may differ.
-read_hello_of() {
-  sed -n '/fn read_hello(/,/^}/p' "$1" | sed 's/pub(crate) //' | tr -d ' \n' | sed 's/,)/)/g'
-}
-server_copy=$(read_hello_of cradle-server/src/acceptor.rs)
-fuzz_copy=$(read_hello_of fuzz/fuzz_targets/handshake.rs)
-if [ -z "$server_copy" ] || [ "$server_copy" != "$fuzz_copy" ]; then
-  echo "error: fuzz/fuzz_targets/handshake.rs's read_hello differs from cradle-server/src/acceptor.rs's; copy it again" >&2
-  exit 1
-fi
-echo "identical"
-
 step "toolchain: nightly and cargo-fuzz ${cargo_fuzz_version}"
 if ! rustup run nightly rustc --version >/dev/null 2>&1; then
   rustup toolchain install nightly --profile minimal

@@ -10,8 +10,9 @@ use ipc_core::ring::{Consumer, Producer, RingRegion};
 use ipc_core::shm::{Access, Seals, Segment, init_header};
 use ipc_core::sync::{AtomicBool, Ordering};
 use ipc_rpc::handshake::{
-    HELLO_WAKE_EVENTFD, Hello, PROTOCOL_VERSION, STATUS_OK, STATUS_RESOURCES, STATUS_SHUTTING_DOWN,
-    STATUS_TOO_MANY_SESSIONS, WELCOME_MAGIC, Welcome, send_with_fds, status_message,
+    HELLO_WAKE_EVENTFD, Hello, HelloRead, PROTOCOL_VERSION, STATUS_OK, STATUS_RESOURCES,
+    STATUS_SHUTTING_DOWN, STATUS_TOO_MANY_SESSIONS, WELCOME_MAGIC, Welcome, read_hello,
+    send_with_fds, status_message,
 };
 use ipc_rpc::session::{
     LAYOUT_VERSION, SESSION_KIND, SESSION_MAGIC, request_ring_offset, response_ring_offset,
@@ -61,35 +62,6 @@ struct Pending {
     deadline: Instant,
     pid: u32,
     uid: u32,
-}
-
-/// The result of reading from a pending connection.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum HelloRead {
-    /// Not all 32 bytes yet.
-    NeedMore,
-    /// The peer closed or the socket failed.
-    Closed,
-    /// A complete Hello.
-    Complete(Hello),
-}
-
-/// Reads what is available of a Hello into `buf[*got..]` without blocking.
-pub(crate) fn read_hello(
-    sock: BorrowedFd<'_>,
-    buf: &mut [u8; HELLO_LEN],
-    got: &mut usize,
-) -> HelloRead {
-    while *got < HELLO_LEN {
-        match rustix::net::recv(sock, &mut buf[*got..], RecvFlags::DONTWAIT) {
-            Ok((0, _)) => return HelloRead::Closed,
-            Ok((n, _)) => *got += n.min(HELLO_LEN - *got),
-            Err(Errno::AGAIN) => return HelloRead::NeedMore,
-            Err(Errno::INTR) => continue,
-            Err(_) => return HelloRead::Closed,
-        }
-    }
-    HelloRead::Complete(bytemuck::pod_read_unaligned(&buf[..]))
 }
 
 /// The Welcome header for `status` (no descriptors follow unless OK).

@@ -1,7 +1,6 @@
 //! In-crate tests: start-up checks, the handshake, and full round trips
 //! through an in-process server with a hand-made client.
 
-use crate::acceptor::{HelloRead, read_hello};
 use crate::startup::{check_socket_dir, ensure_socket_dir, take_lock};
 use crate::{HandlerError, Server, ServerBuilder, ServerHandle, StartError};
 use ipc_core::doorbell::{Doorbell, EventFd};
@@ -13,6 +12,7 @@ use ipc_rpc::handshake::{
     self, GOODBYE_MAGIC, Goodbye, Hello, STATUS_OK, STATUS_PROTOCOL_MISMATCH,
     STATUS_SCHEMA_MISMATCH, STATUS_TOO_MANY_SESSIONS, Welcome,
 };
+use ipc_rpc::handshake::{HelloRead, read_hello};
 use ipc_rpc::session::{
     self, LAYOUT_VERSION, SESSION_KIND, SESSION_MAGIC, STATUS_KIND, STATUS_MAGIC,
 };

@@ -9,6 +9,7 @@ mod support;
 
 use cradle_client::Client;
 use ipc_core::ring::FrameMeta;
+use ipc_core::sync::AtomicBool;
 use ipc_core::sync::Ordering;
 use ipc_rpc::builtin::Ping;
 use ipc_rpc::handshake::{self, HELLO_WAKE_EVENTFD, Hello, Welcome};
@@ -19,7 +20,6 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Arc;
-use ipc_core::sync::AtomicBool;
 use std::time::{Duration, Instant};
 use support::*;
 

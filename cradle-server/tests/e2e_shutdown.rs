@@ -6,11 +6,11 @@
 mod support;
 
 use cradle_client::{AsyncClient, Client, ClientOptions, ConnectError};
+use ipc_core::sync::{AtomicBool, Ordering};
 use ipc_rpc::CallError;
 use ipc_rpc::builtin::Ping;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use ipc_core::sync::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::*;

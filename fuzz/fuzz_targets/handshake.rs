@@ -1,10 +1,10 @@
 //! The control socket before a session exists, from both ends.
 //!
 //! * Server side: a client writes arbitrary bytes, cut into arbitrary
-//!   chunks, and maybe hangs up. The server reads them exactly as its
-//!   acceptor does (`read_hello` in `cradle-server/src/acceptor.rs`:
-//!   non-blocking `recv` into a 32-byte buffer, one partial read at a time,
-//!   then `bytemuck::pod_read_unaligned::<Hello>` and `Hello::check`).
+//!   chunks, and maybe hangs up. The server reads them with the very
+//!   function its acceptor calls (`ipc_rpc::handshake::read_hello`:
+//!   non-blocking `recv` into a 32-byte buffer, one partial read at a time),
+//!   then `Hello::check`.
 //! * Client side: a server writes arbitrary bytes (a Welcome, then 16-byte
 //!   control messages) and closes; the client reads them with
 //!   `ipc_rpc::handshake::recv_with_fds`.
@@ -17,12 +17,12 @@
 #![no_main]
 
 use ipc_rpc::handshake::{
-    FORMAT, HELLO_MAGIC, Hello, PROTOCOL_VERSION, SCHEMA_HASH, STATUS_FORMAT_MISMATCH, STATUS_OK,
-    STATUS_PROTOCOL_MISMATCH, STATUS_SCHEMA_MISMATCH, Welcome, recv_with_fds, status_message,
+    FORMAT, HELLO_MAGIC, Hello, HelloRead, PROTOCOL_VERSION, SCHEMA_HASH, STATUS_FORMAT_MISMATCH,
+    STATUS_OK, STATUS_PROTOCOL_MISMATCH, STATUS_SCHEMA_MISMATCH, Welcome, read_hello,
+    recv_with_fds, status_message,
 };
 use libfuzzer_sys::fuzz_target;
-use rustix::io::Errno;
-use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType, socketpair};
+use rustix::net::{AddressFamily, SendFlags, SocketFlags, SocketType, socketpair};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 const HELLO_LEN: usize = size_of::<Hello>();
@@ -76,32 +76,6 @@ impl<'a> Input<'a> {
             welcome_bytes,
         }
     }
-}
-
-/// The result of reading from a pending connection.
-#[derive(Debug, PartialEq, Eq)]
-enum HelloRead {
-    NeedMore,
-    Closed,
-    Complete(Hello),
-}
-
-/// The acceptor's read of a Hello, line for line (`cradle-server`'s
-/// `acceptor::read_hello`): what is available, without blocking. The
-/// acceptor calls it for each connection in the handshake; the cap on those
-/// (64 at once, a new one closes the oldest) and the handshake timeout live
-/// around it, not in it. `.ci/fuzz.sh` checks the two copies are identical.
-fn read_hello(sock: BorrowedFd<'_>, buf: &mut [u8; HELLO_LEN], got: &mut usize) -> HelloRead {
-    while *got < HELLO_LEN {
-        match rustix::net::recv(sock, &mut buf[*got..], RecvFlags::DONTWAIT) {
-            Ok((0, _)) => return HelloRead::Closed,
-            Ok((n, _)) => *got += n.min(HELLO_LEN - *got),
-            Err(Errno::AGAIN) => return HelloRead::NeedMore,
-            Err(Errno::INTR) => continue,
-            Err(_) => return HelloRead::Closed,
-        }
-    }
-    HelloRead::Complete(bytemuck::pod_read_unaligned(&buf[..]))
 }
 
 fn pair() -> (OwnedFd, OwnedFd) {

@@ -300,6 +300,61 @@ pub fn send_with_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>])
     }
 }
 
+/// What [`read_hello`] found on a connection.
+///
+/// ```
+/// use ipc_rpc::handshake::HelloRead;
+/// let r = HelloRead::NeedMore;
+/// assert_ne!(r, HelloRead::Closed);
+/// ```
+#[derive(Debug, PartialEq, Eq)]
+pub enum HelloRead {
+    /// Not all of the Hello's bytes yet: call again when the socket is
+    /// readable.
+    NeedMore,
+    /// The peer closed, or the socket failed.
+    Closed,
+    /// A complete Hello (not checked yet: see [`Hello::check`]).
+    Complete(Hello),
+}
+
+/// Reads what is available of a [`Hello`] into `buf[*got..]` without
+/// blocking (`MSG_DONTWAIT`, whatever the socket's flags), the way the
+/// server reads every connection in the handshake: a peer that sends its
+/// Hello a byte at a time, or never, holds up nothing.
+///
+/// ```
+/// use ipc_rpc::handshake::{Hello, HelloRead, read_hello};
+/// use std::io::Write;
+/// use std::os::fd::AsFd;
+///
+/// let (mut client, server) = std::os::unix::net::UnixStream::pair()?;
+/// let mut buf = [0u8; size_of::<Hello>()];
+/// let mut got = 0;
+/// assert_eq!(read_hello(server.as_fd(), &mut buf, &mut got), HelloRead::NeedMore);
+/// let hello = Hello::current();
+/// client.write_all(bytemuck::bytes_of(&hello))?;
+/// assert_eq!(read_hello(server.as_fd(), &mut buf, &mut got), HelloRead::Complete(hello));
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn read_hello(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8; size_of::<Hello>()],
+    got: &mut usize,
+) -> HelloRead {
+    let len = buf.len();
+    while *got < len {
+        match rustix::net::recv(sock, &mut buf[*got..], RecvFlags::DONTWAIT) {
+            Ok((0, _)) => return HelloRead::Closed,
+            Ok((n, _)) => *got += n.min(len - *got),
+            Err(rustix::io::Errno::AGAIN) => return HelloRead::NeedMore,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return HelloRead::Closed,
+        }
+    }
+    HelloRead::Complete(bytemuck::pod_read_unaligned(&buf[..]))
+}
+
 /// Receives exactly `buf.len()` bytes, collecting any descriptors that come
 /// with them (at most 4; more are closed and reported as an error). Returns
 /// `Ok(None)` on a clean end of stream before the first byte.
