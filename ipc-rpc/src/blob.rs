@@ -41,7 +41,7 @@ pub const FD_GRANT_MAGIC: u64 = u64::from_le_bytes(*b"CRDLFDGR");
 
 /// Server → client on the control socket, with exactly one descriptor
 /// (`SCM_RIGHTS`): the descriptor of segment `segment`. Same size as
-/// [`Goodbye`](crate::handshake::Goodbye), so a reader takes 16-byte
+/// the handshake module's `Goodbye`, so a reader takes 16-byte
 /// messages and tells them apart by magic.
 ///
 /// ```
@@ -633,8 +633,8 @@ crate::method! {
     pub CacheList = "cradle.cache.list" version 1: ListRequest => ListPage;
 }
 
-/// Blob store and cache figures, part of
-/// [`ServerStats`](crate::builtin::ServerStats).
+/// Blob store and cache figures, part of the builtin module's
+/// `ServerStats` (`cradle.stats`).
 ///
 /// ```
 /// use ipc_rpc::blob::BlobStats;

@@ -34,7 +34,7 @@
 //! Each file imports only files below it (no circles):
 //!
 //! (The wire-facing blob and cache methods, which call into these, live in
-//! `crate::methods::blob`.)
+//! `methods/blob.rs` at the top of the crate.)
 //!
 //! * `keys.rs`: the cache's keyed operations (put, get, load, remove,
 //!   list); queues puts for the disk writer.
