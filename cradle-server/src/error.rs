@@ -248,7 +248,7 @@ impl std::error::Error for ServerError {}
 pub struct HandlerError {
     /// A message a person can act on.
     pub message: String,
-    /// The error code the client sees ([`ErrorCode::Handler`] unless made
+    /// The error code the client sees ([`ErrorCode::Handler`](ipc_rpc::ErrorCode::Handler) unless made
     /// with [`with_code`](Self::with_code)).
     pub code: ipc_rpc::ErrorCode,
 }
