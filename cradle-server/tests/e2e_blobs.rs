@@ -122,3 +122,19 @@ fn the_example_handler_returns_an_inverted_blob() {
     let s = stats(&a).blobs;
     assert_eq!((s.blobs, s.leases), (0, 0), "{s:?}");
 }
+
+#[test]
+fn a_handler_given_a_forged_handle_answers_bad_handle() {
+    let (_dog, dir, _server) = with_server("handler bad handle", Duration::from_secs(60), &[]);
+    let c = Client::connect(dir.socket()).unwrap();
+    let mut w = c.create(1000).unwrap();
+    w.write_at(0, &[3; 1000]);
+    let blob = w.seal().unwrap();
+    let mut forged = *blob.handle();
+    forged.len += 1;
+    let e = c.call::<Invert>(&forged).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::BadHandle), "{e}");
+    // The real handle still works.
+    let r = c.call::<Invert>(blob.handle()).unwrap();
+    assert_eq!(c.adopt(&r.inverted).unwrap()[0], !3);
+}

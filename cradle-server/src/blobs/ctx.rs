@@ -196,9 +196,8 @@ impl BlobCtx<'_> {
     pub fn read(&self, h: &BlobHandle) -> Result<BlobView, HandlerError> {
         {
             let mut g = self.store.lock();
-            g.table
-                .check(self.store.epoch, h)
-                .map_err(|e| HandlerError::new(e.message))?;
+            // The client hears `BadHandle`, as for its own calls.
+            g.table.check(self.store.epoch, h).map_err(handler_error)?;
             g.table.pin(h.id, true).map_err(handler_error)?;
         }
         BlobView::of_pinned(self.store, h.id)
