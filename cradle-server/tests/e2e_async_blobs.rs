@@ -44,34 +44,6 @@ fn sleeping_async() -> ClientOptions {
     }
 }
 
-fn word(i: u64) -> u64 {
-    (i ^ 0x5DEE_CE66_D1CE_4E5B).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-}
-
-/// `Shmem` from /proc/meminfo, in bytes.
-fn shmem() -> i64 {
-    let m = std::fs::read_to_string("/proc/meminfo").unwrap();
-    let line = m.lines().find(|l| l.starts_with("Shmem:")).unwrap();
-    line.split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse::<i64>()
-        .unwrap()
-        * 1024
-}
-
-fn identity(fd: std::os::fd::BorrowedFd<'_>) -> String {
-    let st = rustix::fs::fstat(fd).unwrap();
-    format!("{}:{}", st.st_dev, st.st_ino)
-}
-
-/// Open descriptors of a process.
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
 async fn async_blob(c: &AsyncClient, len: usize, byte: u8) -> cradle_client::Blob {
     let mut w = c.create(len).await.expect("create");
     w.write_at(0, &vec![byte; len]);

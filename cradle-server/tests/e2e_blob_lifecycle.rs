@@ -23,13 +23,6 @@ fn blob_stats(c: &Client) -> BlobStats {
     c.call::<Stats>(&()).expect("stats").blobs
 }
 
-/// Open descriptors of a process.
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
 #[test]
 #[ignore = "entry point of the child processes the other tests spawn"]
 fn child_entry() {

@@ -15,27 +15,6 @@ use support::*;
 const LEN: usize = 256 << 20;
 const MIB: i64 = 1 << 20;
 
-fn word(i: u64) -> u64 {
-    (i ^ 0x5DEE_CE66_D1CE_4E5B).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-}
-
-/// `Shmem` from /proc/meminfo, in bytes.
-fn shmem() -> i64 {
-    let m = std::fs::read_to_string("/proc/meminfo").unwrap();
-    let line = m.lines().find(|l| l.starts_with("Shmem:")).unwrap();
-    line.split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse::<i64>()
-        .unwrap()
-        * 1024
-}
-
-fn identity(fd: std::os::fd::BorrowedFd<'_>) -> String {
-    let st = rustix::fs::fstat(fd).unwrap();
-    format!("{}:{}", st.st_dev, st.st_ino)
-}
-
 #[test]
 #[ignore = "entry point of the child processes the test spawns"]
 fn child_entry() {

@@ -52,13 +52,6 @@ fn server_logging_to(socket: &Path, log: &Path, extra: &[&str]) -> ServerProc {
     server
 }
 
-/// Descriptors the process `pid` has open now.
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
 #[test]
 fn five_thousand_silent_connections_leave_room_and_the_log_readable() {
     const SILENT: usize = 5000;
@@ -72,7 +65,7 @@ fn five_thousand_silent_connections_leave_room_and_the_log_readable() {
     let log = dir.0.join("server.log");
     let mut server = server_logging_to(&dir.socket(), &log, &[]);
     dog.watch_child(server.pid());
-    let fds_before = open_fds(server.pid());
+    let fds_before = fd_count(server.pid());
     let mut silent = Vec::with_capacity(SILENT);
     for i in 0..SILENT {
         match UnixStream::connect(dir.socket()) {
@@ -84,7 +77,7 @@ fn five_thousand_silent_connections_leave_room_and_the_log_readable() {
     // client gets through below); the server holds only a bounded number.
     let good = Client::connect_with(dir.socket(), sleeping()).expect("a real client connects");
     assert_eq!(good.call::<Ping>(&b"hi".to_vec()).unwrap(), b"hi");
-    let fds_during = open_fds(server.pid());
+    let fds_during = fd_count(server.pid());
     eprintln!(
         "server descriptors: {fds_before} before, {fds_during} with {SILENT} silent connections"
     );

@@ -356,3 +356,36 @@ impl RawSession {
         unsafe { std::ptr::write_volatile(base.add(offset).cast::<u64>(), word) };
     }
 }
+
+// ---- process and memory probes ----------------------------------------------
+
+/// The `i`-th word of the test pattern the blob tests write and check.
+pub fn word(i: u64) -> u64 {
+    (i ^ 0x5DEE_CE66_D1CE_4E5B).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// `Shmem` from /proc/meminfo, in bytes.
+pub fn shmem() -> i64 {
+    let m = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let line = m.lines().find(|l| l.starts_with("Shmem:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<i64>()
+        .unwrap()
+        * 1024
+}
+
+/// `device:inode` of an open descriptor: equal for two descriptors of the
+/// same memory.
+pub fn identity(fd: std::os::fd::BorrowedFd<'_>) -> String {
+    let st = rustix::fs::fstat(fd).unwrap();
+    format!("{}:{}", st.st_dev, st.st_ino)
+}
+
+/// Descriptors the process `pid` has open now.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
