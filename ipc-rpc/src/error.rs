@@ -35,6 +35,19 @@ pub enum ErrorCode {
     BadHandle,
     /// The memory cache cannot make room: everything it could evict is held.
     CacheFull,
+    /// The provider serving the call went away (died, unregistered) before
+    /// answering; the call may or may not have run.
+    ProviderGone,
+    /// The call's deadline passed before it was delivered or answered.
+    DeadlineExceeded,
+    /// Every provider of the method is at its concurrency and the method's
+    /// queue in the server is full: retry later.
+    Busy,
+    /// The caller's (or a new provider's) schema hash differs from the one
+    /// the method is offered with: the two sides disagree on its types.
+    SchemaMismatch,
+    /// A provider's registration was refused (reserved name, a limit).
+    Refused,
     /// A code this build does not know (a newer server).
     Other(u32),
 }
@@ -56,6 +69,11 @@ impl ErrorCode {
             Self::Shutdown => 7,
             Self::BadHandle => 8,
             Self::CacheFull => 9,
+            Self::ProviderGone => 10,
+            Self::DeadlineExceeded => 11,
+            Self::Busy => 12,
+            Self::SchemaMismatch => 13,
+            Self::Refused => 14,
             Self::Other(c) => c,
         }
     }
@@ -76,6 +94,11 @@ impl ErrorCode {
             7 => Self::Shutdown,
             8 => Self::BadHandle,
             9 => Self::CacheFull,
+            10 => Self::ProviderGone,
+            11 => Self::DeadlineExceeded,
+            12 => Self::Busy,
+            13 => Self::SchemaMismatch,
+            14 => Self::Refused,
             c => Self::Other(c),
         }
     }
@@ -93,6 +116,11 @@ impl fmt::Display for ErrorCode {
             Self::Shutdown => f.write_str("server shutting down"),
             Self::BadHandle => f.write_str("bad blob handle"),
             Self::CacheFull => f.write_str("cache full"),
+            Self::ProviderGone => f.write_str("provider gone"),
+            Self::DeadlineExceeded => f.write_str("deadline exceeded"),
+            Self::Busy => f.write_str("busy"),
+            Self::SchemaMismatch => f.write_str("schema mismatch"),
+            Self::Refused => f.write_str("refused"),
             Self::Other(c) => write!(f, "error code {c}"),
         }
     }

@@ -10,7 +10,9 @@
 //!   with the [`rkyv`] this crate re-exports.
 //! * [`CallError`], [`ErrorCode`], [`RemoteError`] — how a call fails.
 //! * [`builtin`] — the methods every server offers (`ping`, `stats`);
-//!   [`blob`] — blobs by handle and the memory cache; [`example`] — the
+//!   [`blob`] — blobs by handle and the memory cache; [`provide`] —
+//!   methods offered by client processes (providers) and bytes methods;
+//!   [`example`] — the
 //!   example blob method the `cradle-server` binary registers.
 //!
 //! For implementers of a peer (the server, the clients):
@@ -83,6 +85,7 @@ pub mod handshake;
 #[doc(hidden)]
 pub mod idmap;
 mod method;
+pub mod provide;
 pub mod session;
 pub mod wire;
 
@@ -92,7 +95,7 @@ mod tests;
 pub use codec::Wire;
 pub use endpoint::{Inbox, Message, Outbox, SMALL_WINDOW, SendError, encode_to_vec};
 pub use error::{CallError, ErrorCode, ProtocolError, RemoteError};
-pub use method::{Method, method_id};
+pub use method::{Method, method_id, schema_hash};
 
 /// The rkyv this crate is built with, re-exported: derive message types with
 /// it (`#[derive(ipc_rpc::rkyv::Archive, ...)]` and `#[rkyv(crate = ...)]`).

@@ -32,6 +32,14 @@ pub trait Method: 'static {
     const VERSION: u32;
     /// The wire id: [`method_id`]`(NAME, VERSION)`.
     const ID: u64 = method_id(Self::NAME, Self::VERSION);
+    /// A hash of the request and response types, checked when a call is
+    /// routed to a provider process (`docs/protocol.md`, provided methods):
+    /// a caller and a provider that disagree on the types are refused with
+    /// `SchemaMismatch` instead of misreading each other. [`method!`](crate::method!)
+    /// sets it to [`schema_hash`] of the two types as written; `0` (the
+    /// default of a hand-written impl) means "not declared" and is never
+    /// checked.
+    const SCHEMA_HASH: u64 = 0;
     /// The request message.
     type Request: Wire;
     /// The response message.
@@ -72,6 +80,42 @@ pub const fn method_id(name: &str, version: u32) -> u64 {
         j += 1;
     }
     h
+}
+
+/// The schema hash [`method!`](crate::method!) gives a method: FNV-1a
+/// (64-bit) over the request type as written, `" => "`, and the response
+/// type as written (their `stringify!`), never 0.
+///
+/// Both sides of a provided method must spell the types alike (declare the
+/// method once, in a crate both use); `Vec<u8>` and `std::vec::Vec<u8>`
+/// hash differently.
+///
+/// ```
+/// use ipc_rpc::{Method, schema_hash};
+///
+/// ipc_rpc::method! {
+///     /// Doubles a number.
+///     pub Double = "example.double" version 1: u64 => u64;
+/// }
+/// assert_eq!(Double::SCHEMA_HASH, schema_hash("u64", "u64"));
+/// assert_ne!(schema_hash("u64", "u64"), schema_hash("u32", "u64"));
+/// ```
+pub const fn schema_hash(request: &str, response: &str) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    const fn eat(mut h: u64, bytes: &[u8]) -> u64 {
+        let mut i = 0;
+        while i < bytes.len() {
+            h ^= bytes[i] as u64;
+            h = h.wrapping_mul(PRIME);
+            i += 1;
+        }
+        h
+    }
+    let h = eat(OFFSET, request.as_bytes());
+    let h = eat(h, b" => ");
+    let h = eat(h, response.as_bytes());
+    if h == 0 { 1 } else { h }
 }
 
 /// Declares methods: for each, a unit struct and its [`Method`] impl.
@@ -138,6 +182,8 @@ macro_rules! method {
         impl $crate::Method for $name {
             const NAME: &'static ::core::primitive::str = $wire;
             const VERSION: ::core::primitive::u32 = $version;
+            const SCHEMA_HASH: ::core::primitive::u64 =
+                $crate::schema_hash(::core::stringify!($request), ::core::stringify!($response));
             type Request = $request;
             type Response = $response;
         }

@@ -1,13 +1,13 @@
 //! Crate-wide checks that span several modules.
 
-use crate::{Method, blob, builtin, example, handshake};
+use crate::{Method, blob, builtin, example, handshake, provide};
 
 /// Every method's wire id, pinned: a change here breaks every deployed
 /// peer, so a refactoring of how methods are declared must leave these
 /// untouched.
 #[test]
 fn method_ids_are_pinned() {
-    let pinned: [(&str, u64, u64); 15] = [
+    let pinned: [(&str, u64, u64); 18] = [
         (builtin::Ping::NAME, builtin::Ping::ID, 0xe3336a6f228687ed),
         (builtin::Stats::NAME, builtin::Stats::ID, 0x0d65b22086140c67),
         (
@@ -58,6 +58,21 @@ fn method_ids_are_pinned() {
             example::Invert::NAME,
             example::Invert::ID,
             0x69beec6121d073d9,
+        ),
+        (
+            provide::Register::NAME,
+            provide::Register::ID,
+            0xa689cd3ee905c0b1,
+        ),
+        (
+            provide::Unregister::NAME,
+            provide::Unregister::ID,
+            0x02ca5423f5e96978,
+        ),
+        (
+            provide::ListMethods::NAME,
+            provide::ListMethods::ID,
+            0x448dccf34813e987,
         ),
     ];
     for (name, id, want) in pinned {
