@@ -242,6 +242,11 @@ impl Draft {
         }
     }
 
+    /// The window's first byte (see `BlobWriter::as_mut_ptr`).
+    pub(crate) fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.base()
+    }
+
     pub(crate) fn large_fd(&self) -> Option<BorrowedFd<'_>> {
         match &self.window {
             Window::Large { seg, .. } => Some(seg.as_fd()),
@@ -320,6 +325,23 @@ impl Blob {
         &self.lease.handle
     }
 
+    /// Drops the blob and gives the author's lease back now: the releases
+    /// this client has queued (this one included) are sent at once, without
+    /// waiting for the answer, instead of with the next full batch.
+    ///
+    /// ```no_run
+    /// # let client = cradle_client::Client::connect_default()?;
+    /// let blob = client.create(1)?.seal()?;
+    /// client.cache().put("k", &blob)?;
+    /// blob.release_now(); // the cache holds it; the author no longer does
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn release_now(self) {
+        let owner = Arc::clone(&self.lease.owner);
+        drop(self);
+        release(&*owner, None, None, true);
+    }
+
     /// The blob's length.
     ///
     /// ```no_run
@@ -395,6 +417,27 @@ impl BlobRef {
     /// ```
     pub fn segment_fd(&self) -> BorrowedFd<'_> {
         self.seg.seg.as_fd()
+    }
+}
+
+impl BlobRef {
+    /// Drops the reference and gives its lease back now: the releases this
+    /// client has queued (this one included) are sent at once, without
+    /// waiting for the answer, instead of with the next full batch. For
+    /// bindings whose readers drop references one at a time and expect the
+    /// server to see each lease end.
+    ///
+    /// ```no_run
+    /// # let client = cradle_client::Client::connect_default()?;
+    /// # let blob = client.create(1)?.seal()?;
+    /// let r = client.get(blob.handle())?;
+    /// r.release_now(); // the server learns it without a flush
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn release_now(self) {
+        let owner = Arc::clone(&self.lease.owner);
+        drop(self);
+        release(&*owner, None, None, true);
     }
 }
 

@@ -457,6 +457,28 @@ impl BlobWriter {
         self.draft.write_from_fd(fd, at, max)
     }
 
+    /// The first byte of the window, for writing in place through a raw
+    /// pointer (a binding that hands the window to another language's
+    /// buffer protocol, for instance). The pointer is valid for
+    /// [`len`](Self::len) bytes until the writer is sealed or dropped;
+    /// writing through it is `unsafe` and the caller's responsibility. Only
+    /// this process (and the server, which never writes it) maps the window
+    /// writable.
+    ///
+    /// ```no_run
+    /// # let client = cradle_client::Client::connect_default()?;
+    /// let mut w = client.create(4)?;
+    /// let p = w.as_mut_ptr();
+    /// // SAFETY: `p` is valid for `w.len()` bytes until `seal`; nothing else
+    /// // writes them.
+    /// unsafe { std::ptr::write_bytes(p, 0xAB, w.len()) };
+    /// let blob = w.seal()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.draft.as_mut_ptr()
+    }
+
     /// The descriptor of a large blob's memfd (for inspection), `None` for a
     /// small blob.
     ///

@@ -1,0 +1,327 @@
+//! `cradle.Client`: one session with the server, through the sync Rust
+//! [`cradle_client::Client`]. Every call that waits runs with the GIL
+//! released (`Python::detach`), so threads share one client.
+
+use crate::buffers::{Buffer, Writer, lock};
+use crate::errors::{CradleError, blob_err, call_err, connect_err};
+use cradle_client::{BlobError, ClientOptions};
+use ipc_rpc::blob::{CacheList, ListRequest};
+use ipc_rpc::builtin::{Ping, Stats};
+use pyo3::buffer::PyUntypedBuffer;
+use pyo3::exceptions::{PyBufferError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A connection to the CRADLE server: one session, its own rings in shared
+/// memory.
+///
+/// ``Client(socket=None, timeout=None)``: ``socket`` is the server's socket
+/// path (default: ``$CRADLE_SOCKET``, else the server's default path, as for
+/// the ``cradle`` command); ``timeout`` is every call's deadline in seconds
+/// (default 30). Usable from several threads at once (the GIL is released
+/// while a call waits) and as a context manager (``close()`` on exit).
+/// After ``fork()`` the child must make its own client.
+#[pyclass(name = "Client", module = "cradle", frozen, subclass)]
+pub(crate) struct Client {
+    inner: Mutex<Option<Arc<cradle_client::Client>>>,
+    socket: PathBuf,
+}
+
+impl Client {
+    /// The Rust client, unless closed.
+    fn client(&self) -> PyResult<Arc<cradle_client::Client>> {
+        lock(&self.inner)
+            .clone()
+            .ok_or_else(|| CradleError::new_err("this client is closed"))
+    }
+}
+
+/// Copies `len` bytes at `ptr` (a Python buffer the caller keeps) into a new
+/// sealed blob.
+fn blob_from(
+    c: &cradle_client::Client,
+    ptr: usize,
+    len: usize,
+) -> Result<cradle_client::Blob, BlobError> {
+    let mut w = c.create(len)?;
+    // SAFETY: `ptr..ptr+len` is the C-contiguous memory of a buffer the
+    // caller holds (exported, so neither freed nor resized) until this
+    // returns. A Python thread writing it meanwhile gets torn bytes, as with
+    // any copy made without the GIL.
+    let src = unsafe { std::slice::from_raw_parts(ptr as *const u8, len) };
+    w.write_at(0, src);
+    w.seal()
+}
+
+/// The memory of `obj` (buffer protocol, C-contiguous) as an address and
+/// length; the returned buffer keeps it valid.
+fn bytes_of(obj: &Bound<'_, PyAny>) -> PyResult<(PyUntypedBuffer, usize, usize)> {
+    let buf = PyUntypedBuffer::get(obj)?;
+    if !buf.is_c_contiguous() {
+        return Err(PyBufferError::new_err(
+            "put needs a C-contiguous buffer: pass np.ascontiguousarray(a), or use put_array",
+        ));
+    }
+    let (ptr, len) = (buf.buf_ptr() as usize, buf.len_bytes());
+    Ok((buf, ptr, len))
+}
+
+#[pymethods]
+impl Client {
+    #[new]
+    #[pyo3(signature = (socket = None, timeout = None))]
+    fn new(py: Python<'_>, socket: Option<PathBuf>, timeout: Option<f64>) -> PyResult<Self> {
+        let socket = socket.unwrap_or_else(cradle_client::default_socket_path);
+        let mut opts = ClientOptions::default();
+        if let Some(t) = timeout {
+            opts.timeout = Duration::try_from_secs_f64(t).map_err(|_| {
+                PyValueError::new_err("timeout must be a positive number of seconds")
+            })?;
+        }
+        let path = socket.clone();
+        let c = py
+            .detach(move || cradle_client::Client::connect_with(&path, opts))
+            .map_err(connect_err)?;
+        Ok(Self {
+            inner: Mutex::new(Some(Arc::new(c))),
+            socket,
+        })
+    }
+
+    /// The socket path this client connected to.
+    #[getter]
+    fn socket(&self) -> PathBuf {
+        self.socket.clone()
+    }
+
+    /// This session's id (as ``cradle stats`` lists it).
+    #[getter]
+    fn session_id(&self) -> PyResult<u64> {
+        Ok(self.client()?.session_id())
+    }
+
+    /// The server's pid.
+    #[getter]
+    fn server_pid(&self) -> PyResult<u32> {
+        Ok(self.client()?.server_pid())
+    }
+
+    /// Whether ``close()`` was called.
+    #[getter]
+    fn closed(&self) -> bool {
+        lock(&self.inner).is_none()
+    }
+
+    /// A round trip to the server: returns ``data`` echoed.
+    #[pyo3(signature = (data = b"".as_slice()))]
+    fn ping(&self, py: Python<'_>, data: &[u8]) -> PyResult<Vec<u8>> {
+        let c = self.client()?;
+        let req = data.to_vec();
+        py.detach(move || c.call::<Ping>(&req)).map_err(call_err)
+    }
+
+    /// The server's figures as a dict: ``pid``, ``workers``, ``uptime_ms``,
+    /// ``sessions``, ``sessions_total``, ``calls_served``,
+    /// ``sessions_killed``, ``wake_syscalls``, ``blobs`` (a dict: blobs,
+    /// leases, both cache tiers) and ``per_session`` (a list of dicts:
+    /// ``id``, ``pid``, ``calls``, ``leases``, ``pinned_bytes``, ...).
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let c = self.client()?;
+        let s = py.detach(move || c.call::<Stats>(&())).map_err(call_err)?;
+        let d = PyDict::new(py);
+        macro_rules! put {
+            ($d:ident, $s:expr, $($f:ident),*) => { $( $d.set_item(stringify!($f), $s.$f)?; )* };
+        }
+        put!(
+            d,
+            s,
+            pid,
+            workers,
+            uptime_ms,
+            sessions,
+            sessions_total,
+            calls_served,
+            sessions_killed,
+            wake_syscalls
+        );
+        let b = PyDict::new(py);
+        put!(
+            b,
+            s.blobs,
+            blobs,
+            blob_bytes,
+            large_blobs,
+            writing,
+            pool_segments,
+            pool_capacity,
+            pool_used,
+            author_pools,
+            leases,
+            cache_entries,
+            cache_bytes,
+            cache_budget,
+            hits,
+            misses,
+            evictions,
+            cache_full,
+            disk_enabled,
+            disk_entries,
+            disk_bytes,
+            disk_budget,
+            disk_hits,
+            disk_misses,
+            disk_corruptions,
+            disk_evictions,
+            disk_queued
+        );
+        d.set_item("blobs", b)?;
+        let per = PyList::empty(py);
+        for p in &s.per_session {
+            let e = PyDict::new(py);
+            put!(
+                e,
+                p,
+                id,
+                pid,
+                calls,
+                in_flight,
+                backlog,
+                leases,
+                pinned_bytes,
+                pool_bytes
+            );
+            per.append(e)?;
+        }
+        d.set_item("per_session", per)?;
+        Ok(d)
+    }
+
+    /// Stores the bytes of ``obj`` under ``key``, replacing what was there.
+    /// ``obj`` is anything with the buffer protocol (bytes, bytearray,
+    /// memoryview, a C-contiguous numpy array of any dtype and shape): its
+    /// bytes are copied once, straight into shared memory, without the GIL.
+    /// The dtype and shape are not kept: use ``put_array`` for that.
+    fn put(&self, py: Python<'_>, key: &str, obj: &Bound<'_, PyAny>) -> PyResult<()> {
+        let c = self.client()?;
+        let (buf, ptr, len) = bytes_of(obj)?;
+        let r = py.detach(move || {
+            let blob = blob_from(&c, ptr, len)?;
+            let r = c.cache().put(key, &blob);
+            blob.release_now();
+            r.map_err(BlobError::Call)
+        });
+        drop(buf);
+        r.map_err(blob_err)
+    }
+
+    /// ``put`` unless ``key`` exists; whether it stored.
+    fn put_if_absent(&self, py: Python<'_>, key: &str, obj: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let c = self.client()?;
+        let (buf, ptr, len) = bytes_of(obj)?;
+        let r = py.detach(move || {
+            let blob = blob_from(&c, ptr, len)?;
+            let r = c.cache().put_if_absent(key, &blob);
+            blob.release_now();
+            r.map_err(BlobError::Call)
+        });
+        drop(buf);
+        r.map_err(blob_err)
+    }
+
+    /// Starts a blob of ``nbytes`` bytes and returns its ``Writer``: a
+    /// writable buffer over the shared memory itself (fill it in place, then
+    /// ``seal()`` or ``put(key)``): no copy at all for a large blob.
+    fn create(&self, py: Python<'_>, nbytes: usize) -> PyResult<Writer> {
+        let c = self.client()?;
+        let c2 = Arc::clone(&c);
+        let w = py.detach(move || c2.create(nbytes)).map_err(blob_err)?;
+        Ok(Writer::new(c, w))
+    }
+
+    /// The blob under ``key`` as a read-only ``Buffer`` over the shared
+    /// pages (no copy), or None on a miss. A key only in the disk tier is
+    /// loaded into memory first. The lease lives as long as the Buffer or
+    /// any view made from it.
+    fn get(&self, py: Python<'_>, key: &str) -> PyResult<Option<Buffer>> {
+        let c = self.client()?;
+        let r = py.detach(move || c.cache().get(key)).map_err(blob_err)?;
+        Ok(r.map(Buffer::new))
+    }
+
+    /// Removes ``key`` from memory and disk; whether it was in either.
+    /// Readers keep their blobs.
+    fn remove(&self, py: Python<'_>, key: &str) -> PyResult<bool> {
+        let c = self.client()?;
+        py.detach(move || c.cache().remove(key)).map_err(call_err)
+    }
+
+    /// The keys of both tiers that start with ``prefix``, in order.
+    #[pyo3(signature = (prefix = ""))]
+    fn keys(&self, py: Python<'_>, prefix: &str) -> PyResult<Vec<String>> {
+        let c = self.client()?;
+        py.detach(move || {
+            let mut keys = Vec::new();
+            let mut after = String::new();
+            loop {
+                let page = c.call::<CacheList>(&ListRequest {
+                    prefix: prefix.to_owned(),
+                    after: after.clone(),
+                    limit: 10_000,
+                })?;
+                let more = page.more;
+                keys.extend(page.keys.into_iter().map(|k| k.key));
+                match keys.last() {
+                    // `more` with an empty page would loop for ever: stop.
+                    Some(last) if more && *last != after => after = last.clone(),
+                    _ => return Ok(keys),
+                }
+            }
+        })
+        .map_err(call_err)
+    }
+
+    /// Sends the lease releases this client has queued and waits until the
+    /// server has them. (Buffers give their lease back when collected
+    /// already; this is for completeness and for tests.)
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        let c = self.client()?;
+        py.detach(move || c.flush()).map_err(call_err)
+    }
+
+    /// Closes this client's handle on the session. Buffers and writers made
+    /// from it keep the session open until they are collected; then the
+    /// server releases everything the session held. Closing twice is allowed.
+    fn close(&self, py: Python<'_>) {
+        let c = lock(&self.inner).take();
+        // Dropping the last reference joins the watcher thread: not under the GIL.
+        py.detach(move || drop(c));
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        _ty: Option<&Bound<'_, PyAny>>,
+        _value: Option<&Bound<'_, PyAny>>,
+        _tb: Option<&Bound<'_, PyAny>>,
+    ) {
+        self.close(py);
+    }
+
+    fn __repr__(&self) -> String {
+        match &*lock(&self.inner) {
+            Some(c) => format!(
+                "<cradle.Client session {} at {}>",
+                c.session_id(),
+                self.socket.display()
+            ),
+            None => format!("<cradle.Client closed, {}>", self.socket.display()),
+        }
+    }
+}
