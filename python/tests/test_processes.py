@@ -79,7 +79,9 @@ def expected_sum() -> float:
     return float(full * sum(range(1000)) + sum(range(rest)))
 
 
-def test_a_256_mib_array_crosses_processes_without_a_copy(server):
+def cross(server) -> dict:
+    """One producer puts the array, one consumer reads it; returns what the
+    consumer measured and the machine's Shmem growth over both."""
     shmem0 = meminfo("Shmem")
     producer = run_py(PRODUCER % (), server)
     consumer = None
@@ -89,28 +91,41 @@ def test_a_256_mib_array_crosses_processes_without_a_copy(server):
         consumer = run_py(CONSUMER % (), server)
         r = read_json(consumer)
         after_get = meminfo("Shmem")
-        growth = after_get - shmem0
-        report = dict(r, shmem_growth_mib=growth / MIB, after_put_mib=(after_put - shmem0) / MIB)
+        report = dict(r, producer_inode=p["inode"], shmem_growth_mib=(after_get - shmem0) / MIB,
+                      after_put_mib=(after_put - shmem0) / MIB)
         print(json.dumps(report))
 
         assert r["shape"] == [N] and r["dtype"] == "float32"
         assert r["total"] == expected_sum() and r["spot"]
         assert r["write"] == "ValueError: assignment destination is read-only"
         # Both processes map the same memfd: the very same pages.
-        assert r["inode"] == p["inode"] and "/memfd:" in r["name"], (p, r)
+        assert r["inode"] == p["inode"] and "/memfd:" in r["name"], report
         # The consumer mapped 256 MiB of shared memory and copied none of it.
         assert r["shm_growth"] >= 250 * MIB, report
         assert r["anon_growth"] < 32 * MIB, report
-        # Machine-wide: about one copy of the array in shared memory, not two
-        # (other processes on the machine move Shmem a little too).
-        assert 200 * MIB <= growth < 400 * MIB, report
         with server.client() as c:
             assert c.stats()["blobs"]["cache_bytes"] >= 256 * MIB
+        return report
     finally:
         for child in (producer, consumer):
             if child is not None:
                 child.kill()
                 child.wait()
+        with server.client() as c:
+            c.remove("big")
+
+
+def test_a_256_mib_array_crosses_processes_without_a_copy(server):
+    # Machine-wide, Shmem grows by about one copy of the array, not two.
+    # Other processes on the machine move Shmem too (other tests, other
+    # users): a round disturbed by them is measured again, up to 3 times.
+    rounds = []
+    for _ in range(3):
+        r = cross(server)
+        rounds.append(r["shmem_growth_mib"])
+        if 230 <= r["shmem_growth_mib"] < 384:
+            return
+    pytest.fail(f"Shmem grew by {rounds} MiB in 3 rounds, not about one copy (256 MiB)")
 
 
 HOLDER = r"""
