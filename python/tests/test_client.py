@@ -160,3 +160,31 @@ def test_forked_child_must_connect_its_own_client(server):
     _, status = os.waitpid(pid, 0)
     assert os.read(r, 100) == b"Forked"
     assert c.ping(b"parent") == b"parent"
+
+
+def test_a_waiting_call_releases_the_gil(server):
+    # A thread waits in a call the stopped server cannot answer; meanwhile
+    # this thread runs Python code. Were the GIL held during the wait, the
+    # loop below could only run once the call had timed out (60 s), and the
+    # thread would be finished by then.
+    c = server.client(timeout=60)
+    entered, result = threading.Event(), []
+
+    def call():
+        entered.set()
+        result.append(c.ping(b"after the stop"))
+
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        t = threading.Thread(target=call)
+        t.start()
+        entered.wait()
+        n = 0
+        for i in range(3_000_000):  # pure Python: needs the GIL throughout
+            n += i & 1
+        assert n == 1_500_000
+        assert t.is_alive() and result == []
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    t.join()
+    assert result == [b"after the stop"]
