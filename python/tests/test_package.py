@@ -61,3 +61,11 @@ def test_readme_python_blocks_run(server, md, tmp_path):
         r = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path,
                            capture_output=True, text=True)
         assert r.returncode == 0, f"{md}, python block {i + 1}:\n{code}\n{r.stderr}"
+
+
+def test_module_docstring_example_runs(server, monkeypatch):
+    import doctest
+
+    monkeypatch.setenv("CRADLE_SOCKET", str(server.socket))
+    failed, attempted = doctest.testmod(cradle, raise_on_error=False)
+    assert attempted > 0 and failed == 0
