@@ -89,3 +89,15 @@ def test_a_file_saved_by_numpy_is_read_by_get_array(server, tmp_path):
     server.cli("put", "saved", str(f))
     with server.client() as c:
         assert np.array_equal(c.get_array("saved"), a)
+
+
+def test_an_array_survives_a_restart_through_the_disk_tier(server):
+    a = np.arange(300_000, dtype=np.float32).reshape(300, 1000)
+    with server.client() as c:
+        c.put_array("kept", a)
+    server.stop()  # a clean stop writes every queued put to disk
+    server.start()
+    with server.client() as c:
+        b = c.get_array("kept")  # loaded from disk, checksum verified
+        assert np.array_equal(a, b) and not b.flags.writeable
+        assert c.stats()["blobs"]["disk_hits"] == 1
