@@ -146,6 +146,19 @@ def run_py(code: str, server: Server, **kw) -> subprocess.Popen:
     )
 
 
+def reap(p: subprocess.Popen | None) -> None:
+    """Kills a child started by ``run_py`` (if still running), waits for it
+    and closes its pipes."""
+    if p is None:
+        return
+    if p.poll() is None:
+        p.kill()
+    p.wait()
+    for f in (p.stdin, p.stdout):
+        if f is not None:
+            f.close()
+
+
 def read_json(p: subprocess.Popen) -> dict:
     line = p.stdout.readline()
     if not line:

@@ -10,7 +10,7 @@ import signal
 
 import pytest
 
-from conftest import eventually, meminfo, read_json, run_py, session_leases
+from conftest import eventually, meminfo, read_json, reap, run_py, session_leases
 
 MIB = 1 << 20
 N = (256 * MIB) // 4  # float32 elements: 256 MiB
@@ -107,10 +107,8 @@ def cross(server) -> dict:
             assert c.stats()["blobs"]["cache_bytes"] >= 256 * MIB
         return report
     finally:
-        for child in (producer, consumer):
-            if child is not None:
-                child.kill()
-                child.wait()
+        reap(producer)
+        reap(consumer)
         with server.client() as c:
             c.remove("big")
 
@@ -159,9 +157,7 @@ def test_kill_9_of_a_process_holding_leases_releases_them(server):
             for i in range(5):
                 assert c.remove(f"k{i}")
         finally:
-            if holder.poll() is None:
-                holder.kill()
-                holder.wait()
+            reap(holder)
 
 
 def test_a_child_process_reads_what_the_parent_wrote(server):
