@@ -20,6 +20,8 @@ pub(super) fn entries(
         Entry {
             id: Ping::ID,
             name: Ping::NAME,
+            version: Ping::VERSION,
+            schema_hash: Ping::SCHEMA_HASH,
             // The echo answers with the request's own archive once it is
             // validated: `Ping`'s request and response types are the same,
             // so no decoding or allocation is needed (it showed in profiles).
@@ -37,6 +39,8 @@ pub(super) fn entries(
         Entry {
             id: Stats::ID,
             name: Stats::NAME,
+            version: Stats::VERSION,
+            schema_hash: Stats::SCHEMA_HASH,
             handler: Handler::Inline(wrap::inline::<Stats, _>(move |()| {
                 Ok(shared.snapshot(&store, max_payload))
             })),

@@ -16,7 +16,7 @@ mod registry;
 mod wrap;
 
 pub(crate) use registry::{Entry, Handler, OffloadFn, Registry};
-pub(crate) use wrap::{inline, offload, offload_blob};
+pub(crate) use wrap::{inline, inline_session, offload, offload_blob};
 
 use crate::blobs::BlobStore;
 use crate::stats::Shared;
