@@ -396,6 +396,20 @@ fn a_provider_that_goes_away_fails_or_resends_its_calls() {
     );
     let (cancel, _) = b.recv_kind(wire::CANCEL, 10 * SEC).expect("CANCEL");
     assert_eq!(cancel.request_id, inv.request_id);
+    let st = Client::connect(dir.socket())
+        .unwrap()
+        .call::<Stats>(&())
+        .unwrap()
+        .provided;
+    assert_eq!(
+        (st.provider_gone, st.resent, st.replied),
+        (5, 1, 2),
+        "{st:?}"
+    );
+    assert_eq!(
+        (st.queued, st.in_flight, st.methods, st.providers),
+        (0, 0, 0, 0)
+    );
 }
 
 #[test]
@@ -495,7 +509,9 @@ fn a_hostile_provider_hurts_only_its_own_calls() {
         code(&c.answer(r, 10 * SEC).unwrap_err()),
         ErrorCode::ProviderGone
     );
-    assert_eq!(ok.call::<Stats>(&()).unwrap().sessions_killed, 1);
+    let stats = ok.call::<Stats>(&()).unwrap();
+    assert_eq!(stats.sessions_killed, 1);
+    assert!(stats.provided.discarded >= 101, "{:?}", stats.provided);
 }
 
 #[test]
