@@ -48,6 +48,7 @@ mod logs;
 mod methods;
 mod metrics;
 mod offload;
+mod provided;
 mod reply;
 mod server;
 mod signals;

@@ -7,6 +7,8 @@ use crate::error::{HandlerError, ServerError, StartError};
 use crate::link::{HandleInner, WorkerLink, WorkerMsg};
 use crate::methods::{self, Entry, Handler, Registry};
 use crate::metrics::{self, MetricsAddr, cells::CallCells};
+use crate::provided::entries::Known;
+use crate::provided::{self, Limits as ProvidedLimits, Providers};
 use crate::startup;
 use crate::stats::Shared;
 use crate::worker::{WorkerCtx, payload_limit, run_worker};
@@ -434,6 +436,8 @@ impl ServerBuilder {
         self.entries.push(Entry {
             id: M::ID,
             name: M::NAME,
+            version: M::VERSION,
+            schema_hash: M::SCHEMA_HASH,
             handler,
         });
         self
@@ -543,16 +547,35 @@ impl ServerBuilder {
         }
         let store = Arc::new(store);
 
+        let (handle, receivers) = control_links(self.workers)?;
+        let providers = Arc::new(Providers::new(ProvidedLimits::default()));
+        let max_payload = ipc_core::ring::max_payload_len(self.ring_capacity);
         let mut entries = self.entries;
         entries.extend(methods::builtin_entries(
             &shared,
             &store,
-            ipc_core::ring::max_payload_len(self.ring_capacity),
+            &providers,
+            max_payload,
+        ));
+        let mut known: Vec<Known> = entries
+            .iter()
+            .map(|e| Known {
+                id: e.id,
+                name: e.name,
+                version: e.version,
+                schema_hash: e.schema_hash,
+            })
+            .collect();
+        known.extend(provided::entries::known_self());
+        entries.extend(provided::entries::entries(
+            &providers,
+            Arc::clone(&handle.links),
+            known,
+            max_payload,
         ));
         let names: Vec<(u64, &'static str)> = entries.iter().map(|e| (e.id, e.name)).collect();
         let registry = Registry::new(entries)
             .map_err(|(name, id)| StartError::DuplicateMethod { name, id })?;
-        let (handle, receivers) = control_links(self.workers)?;
         let metrics = match &self.metrics {
             Some(addr) => Some(MetricsEndpoint {
                 listener: metrics::Listener::bind(addr).map_err(|source| StartError::System {
@@ -572,6 +595,7 @@ impl ServerBuilder {
             registry: Arc::new(registry),
             shared,
             store,
+            providers,
             handle,
             receivers,
             ring_capacity: self.ring_capacity,
@@ -720,6 +744,7 @@ pub struct Server {
     registry: Arc<Registry>,
     shared: Arc<Shared>,
     store: Arc<BlobStore>,
+    providers: Arc<Providers>,
     handle: Arc<HandleInner>,
     receivers: Vec<Receiver<WorkerMsg>>,
     ring_capacity: usize,
@@ -848,6 +873,7 @@ impl Server {
             registry,
             shared,
             store,
+            providers,
             handle,
             receivers,
             ring_capacity,
@@ -889,6 +915,7 @@ impl Server {
                 max_payload: payload_limit(ring_capacity),
                 spin,
                 calls: calls.clone(),
+                providers: Arc::clone(&providers),
             };
             let stop_on_error = stop.clone();
             let spawned = std::thread::Builder::new()

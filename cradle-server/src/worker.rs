@@ -43,6 +43,8 @@ use crate::link::{ClientWaker, Completion, HandleInner, Job, NewSession, WorkerM
 use crate::logs::LogLimiter;
 use crate::methods::{Handler, Registry};
 use crate::metrics::cells::CallCells;
+use crate::provided::relay::{self, Relay, RelayCtx};
+use crate::provided::{Action, Outcome, Providers};
 use crate::reply::{Queued, Replier};
 use crate::stats::{SessionCounters, Shared};
 use ipc_core::doorbell::EventFd;
@@ -151,6 +153,20 @@ pub(crate) struct WorkerCtx {
     /// Per-method figures for the metrics endpoint (`None`: no endpoint,
     /// calls are not timed).
     pub(crate) calls: Option<Arc<CallCells>>,
+    /// Provided methods (docs/architecture.md "Provided methods").
+    pub(crate) providers: Arc<Providers>,
+}
+
+impl WorkerCtx {
+    fn relay(&self) -> RelayCtx<'_> {
+        RelayCtx {
+            providers: &self.providers,
+            store: &self.store,
+            worker: self.index,
+            max_payload: self.max_payload,
+            max_in_flight: self.max_in_flight,
+        }
+    }
 }
 
 impl std::fmt::Debug for WorkerCtx {
@@ -163,7 +179,7 @@ impl std::fmt::Debug for WorkerCtx {
 
 /// One round over session `s`, which began at `round`; returns whether it
 /// did anything.
-fn serve(s: &mut Session, ctx: &WorkerCtx, round: Instant) -> bool {
+fn serve(s: &mut Session, ctx: &WorkerCtx, round: Instant, relay: &mut Relay) -> bool {
     let mut worked = false;
     // With a metrics endpoint, a call's service time runs from the start of
     // the round (or the previous call's end) to its answer; the clock is read
@@ -209,6 +225,11 @@ fn serve(s: &mut Session, ctx: &WorkerCtx, round: Instant) -> bool {
         };
         taken += 1;
         let meta = msg.meta;
+        if meta.kind == wire::REPLY || meta.kind == wire::REPLY_ERROR {
+            // A provider's answer: it goes to its caller, not to this ring.
+            relay::reply(ctx.relay(), relay, s.id, meta, msg.bytes);
+            continue;
+        }
         if meta.kind != wire::REQUEST {
             s.close = Some(Close::Violation(format!(
                 "frame of kind {} in the request ring",
@@ -218,26 +239,35 @@ fn serve(s: &mut Session, ctx: &WorkerCtx, round: Instant) -> bool {
         }
         let in_flight = s.in_flight;
         out.last_error = 0;
-        // No request flag is defined: a frame with any is refused, the
-        // session stays (a client of a later protocol learns why; nothing
-        // was run).
-        let handler = match meta.flags {
-            wire::NO_FLAGS => Ok(ctx.registry.get(meta.tag)),
-            flags => Err(flags),
+        // Unknown flags are refused, the session stays (a client of a
+        // later protocol learns why; nothing was run). An envelope is
+        // taken off: a compiled-in handler sees the body only.
+        let split = match meta.flags {
+            wire::NO_FLAGS => Ok((None, msg.bytes)),
+            wire::ENVELOPE => wire::split_envelope(msg.bytes)
+                .map(|(h, b)| (Some(h), b))
+                .map_err(|e| format!("the request's envelope: {e}")),
+            flags => Err(format!(
+                "request frame flags {flags:#06x}: this server defines {:#06x} (ENVELOPE)",
+                wire::KNOWN_FLAGS
+            )),
         };
+        let handler = split.map(|(env, body)| (env, body, ctx.registry.get(meta.tag)));
         match handler {
-            Err(flags) => out.error(
+            Err(why) => out.error(meta, ErrorCode::Malformed, why),
+            Ok((env, body, None)) => relay::request(
+                ctx.relay(),
+                relay,
+                s.id,
+                &mut s.in_flight,
                 meta,
-                ErrorCode::Malformed,
-                format!("request frame flags {flags:#06x}: this server defines none (must be 0)"),
+                env,
+                msg.bytes,
+                body,
+                &mut out,
             ),
-            Ok(None) => out.error(
-                meta,
-                ErrorCode::UnknownMethod,
-                format!("this server has no method with id {:#018x}", meta.tag),
-            ),
-            Ok(Some(Handler::Inline(f))) => f(msg.bytes, meta, &mut out),
-            Ok(Some(Handler::Offload(f))) => {
+            Ok((_, body, Some(Handler::Inline(f)))) => f(body, meta, &mut out),
+            Ok((_, body, Some(Handler::Offload(f)))) => {
                 if s.in_flight >= ctx.max_in_flight {
                     out.error(
                         meta,
@@ -248,8 +278,8 @@ fn serve(s: &mut Session, ctx: &WorkerCtx, round: Instant) -> bool {
                         ),
                     );
                 } else {
-                    let mut bytes = AlignedVec::<16>::with_capacity(msg.bytes.len());
-                    bytes.extend_from_slice(msg.bytes);
+                    let mut bytes = AlignedVec::<16>::with_capacity(body.len());
+                    bytes.extend_from_slice(body);
                     let job = Job {
                         worker: ctx.index,
                         session: s.id,
@@ -277,7 +307,7 @@ fn serve(s: &mut Session, ctx: &WorkerCtx, round: Instant) -> bool {
         }
         if let Some(calls) = &ctx.calls {
             let end = Instant::now();
-            // Offloaded calls are timed by the pool.
+            // Offloaded and provided calls are not timed here.
             if s.in_flight == in_flight {
                 let took = end.saturating_duration_since(started);
                 calls.record_owned(ctx.index, meta.tag, out.last_error, took);
@@ -482,11 +512,18 @@ struct Worker<'a> {
     /// A client that opens and breaks sessions in a loop must not flood
     /// the log.
     log: LogLimiter,
+    /// Provided calls: actions to carry out, buffers to reuse.
+    relay: Relay,
 }
 
 impl Worker<'_> {
     fn adopt(&mut self, n: NewSession) {
         self.ctx.store.open_session(n.id);
+        {
+            let mut t = self.ctx.providers.lock();
+            t.open_session(n.id, self.ctx.index, n.counters.pid);
+            self.ctx.providers.unlock(t);
+        }
         let mut s = Session {
             id: n.id,
             sock: n.sock,
@@ -538,6 +575,10 @@ impl Worker<'_> {
                         s.active = true;
                         s.last_active = Instant::now();
                     }
+                }
+                Ok(WorkerMsg::Relay(a)) => {
+                    self.perform(a);
+                    self.flush_relay();
                 }
                 Err(TryRecvError::Empty) => return Ok(()),
                 Err(TryRecvError::Disconnected) => {
@@ -600,6 +641,91 @@ impl Worker<'_> {
                 self.free(s);
             }
         }
+        self.flush_relay();
+    }
+
+    /// Carries out the relay's actions: this worker's own at once (they
+    /// may make more), the others' through their channels.
+    fn flush_relay(&mut self) {
+        while !self.relay.actions.is_empty() {
+            let mut batch = std::mem::take(&mut self.relay.actions);
+            for a in batch.drain(..) {
+                if a.worker() == self.ctx.index {
+                    self.perform(a);
+                } else if let Some(link) = self.ctx.handle.links.get(a.worker()) {
+                    link.send(WorkerMsg::Relay(a));
+                }
+            }
+            if self.relay.actions.is_empty() {
+                // Keep the capacity.
+                self.relay.actions = batch;
+            }
+        }
+    }
+
+    /// Carries out one relay action on one of this worker's sessions (a
+    /// session that is gone needs nothing: its close dealt with its calls).
+    fn perform(&mut self, a: Action) {
+        let id = match &a {
+            Action::Deliver { session, .. } | Action::Cancel { session, .. } => *session,
+            Action::Answer { caller, .. } => caller.session,
+        };
+        let Some(s) = self.sessions.get_mut(&id) else {
+            if let Action::Answer {
+                outcome: Outcome::Reply { payload, .. } | Outcome::ErrorFrame(payload),
+                ..
+            } = a
+            {
+                self.relay.give(payload);
+            }
+            return;
+        };
+        let ctx = self.ctx;
+        let mut out = Replier::new(s.id, s.sock.as_fd(), &mut s.outbox, &mut s.backlog);
+        match a {
+            Action::Deliver { ticket, .. } => {
+                relay::deliver(ctx.relay(), &mut self.relay, id, ticket, &mut out);
+            }
+            Action::Cancel { ticket, tag, .. } => relay::cancel(&mut out, ticket, tag),
+            Action::Answer {
+                caller,
+                tag,
+                outcome,
+            } => {
+                s.in_flight = s.in_flight.saturating_sub(1);
+                relay::answer(&mut self.relay, &mut out, caller, tag, outcome);
+            }
+        }
+        let queued = queued_bytes(out.backlog);
+        settle_backlog(&mut s.backlog_bytes, queued, &ctx.shared.backlog_bytes);
+        let (published, broken, answered) = (out.published, out.broken.take(), out.answered);
+        if published {
+            s.outbox.producer().notify(&s.waker);
+        }
+        if let Some(e) = broken {
+            s.close = Some(Close::Violation(format!("response ring corrupt: {e}")));
+        }
+        account(s, ctx, answered);
+        s.active = true;
+        s.last_active = Instant::now();
+    }
+
+    /// Ends provided calls whose deadline passed.
+    fn sweep(&mut self) {
+        relay::sweep(&self.ctx.providers, &mut self.relay);
+        self.flush_relay();
+    }
+
+    /// The longest this worker may sleep: until the next deadline of a
+    /// provided call, at most [`MAX_SLEEP`].
+    fn sleep_bound(&self) -> Duration {
+        let next = self.ctx.providers.earliest();
+        if next == u64::MAX {
+            return MAX_SLEEP;
+        }
+        let left = next.saturating_sub(wire::monotonic_ns());
+        // Past the deadline by a little, so the sweep finds it expired.
+        MAX_SLEEP.min(Duration::from_nanos(left) + Duration::from_micros(50))
     }
 
     /// Frees one session: its fds leave the epoll set explicitly (the client
@@ -615,6 +741,11 @@ impl Worker<'_> {
         }
         // Everything the session held: leases, unsealed blobs, author pool.
         self.ctx.store.close_session(s.id);
+        // Its offers (its calls go to other providers or fail) and its
+        // calls as a caller (dropped, or cancelled at their provider).
+        let mut t = self.ctx.providers.lock();
+        t.close_session(s.id, &mut self.relay.actions);
+        self.ctx.providers.unlock(t);
         let killed = matches!(close, Close::Violation(_));
         self.ctx.shared.session_closed(s.id, killed);
         let _in_session = s.span.enter();
@@ -664,6 +795,7 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
         sessions: HashMap::new(),
         events: Vec::with_capacity(256),
         log: LogLimiter::default(),
+        relay: Relay::default(),
     };
     let mut last_work = Instant::now();
     let mut next_check = Instant::now();
@@ -681,7 +813,7 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
             if !s.active || s.close.is_some() {
                 continue;
             }
-            if serve(s, ctx, now) {
+            if serve(s, ctx, now, &mut w.relay) {
                 s.last_active = now;
                 worked = true;
             } else if now.duration_since(s.last_active) > ctx.spin {
@@ -689,6 +821,7 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
             }
         }
         w.reap();
+        w.flush_relay();
         if worked {
             last_work = now;
         }
@@ -703,6 +836,7 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
                 }
             }
             w.reap();
+            w.sweep();
             w.log.flush(now);
             next_check = now + EPOLL_CHECK_EVERY;
         }
@@ -726,7 +860,7 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
                 found = true;
             }
         }
-        if !found && let Err(e) = w.poll_events(MAX_SLEEP) {
+        if !found && let Err(e) = w.poll_events(w.sleep_bound()) {
             // Relaxed: see below.
             waiting.store(0, Ordering::Relaxed);
             break Err(e);
@@ -737,6 +871,7 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
         last_work = Instant::now();
         next_check = last_work + EPOLL_CHECK_EVERY;
         w.reap();
+        w.sweep();
     };
     // Sessions the acceptor handed over but we never adopted: adopt them
     // now, so that their clients too hear a clean goodbye.

@@ -267,6 +267,13 @@ fn stats_example() -> ServerStats {
             pinned_bytes: 11,
             pool_bytes: 4 << 20,
         }],
+        provided: ipc_rpc::builtin::ProvidedStats {
+            methods: 1,
+            providers: 2,
+            calls: 40,
+            replied: 40,
+            ..Default::default()
+        },
     }
 }
 
@@ -691,10 +698,16 @@ fn archived_layouts_are_as_documented() {
         disk_corruptions @ 176, disk_evictions @ 184, disk_queued @ 192
     );
     layout!(
-        ServerStats, size 264, align 8,
+        ServerStats, size 376, align 8,
         pid @ 0, workers @ 4, uptime_ms @ 8, sessions @ 16, sessions_total @ 24,
         calls_served @ 32, sessions_killed @ 40, wake_syscalls @ 48, blobs @ 56,
-        per_session @ 256
+        per_session @ 256, provided @ 264
+    );
+    layout!(
+        ipc_rpc::builtin::ProvidedStats, size 112, align 8,
+        methods @ 0, providers @ 8, queued @ 16, in_flight @ 24, calls @ 32,
+        replied @ 40, reply_errors @ 48, busy @ 56, deadline_exceeded @ 64,
+        provider_gone @ 72, refused @ 80, resent @ 88, discarded @ 96, abandoned @ 104
     );
 }
 
@@ -955,6 +968,25 @@ fn by_hand_stats(s: &ServerStats) -> Vec<u8> {
         o.u64(v);
     }
     o.vec_field(sessions, s.per_session.len());
+    let p = &s.provided;
+    for v in [
+        p.methods,
+        p.providers,
+        p.queued,
+        p.in_flight,
+        p.calls,
+        p.replied,
+        p.reply_errors,
+        p.busy,
+        p.deadline_exceeded,
+        p.provider_gone,
+        p.refused,
+        p.resent,
+        p.discarded,
+        p.abandoned,
+    ] {
+        o.u64(v);
+    }
     o.finish(8)
 }
 

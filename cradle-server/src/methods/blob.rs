@@ -54,6 +54,8 @@ where
     Entry {
         id: M::ID,
         name: M::NAME,
+        version: M::VERSION,
+        schema_hash: M::SCHEMA_HASH,
         handler: Handler::Inline(wrap::inline_session::<M, _>(move |out, req| {
             f(&store, out, req).map_err(|e| HandlerError::with_code(e.code, e.message))
         })),
@@ -69,6 +71,8 @@ where
     Entry {
         id: M::ID,
         name: M::NAME,
+        version: M::VERSION,
+        schema_hash: M::SCHEMA_HASH,
         handler: Handler::Offload(wrap::offload_blob::<M, _>(move |ctx, req| {
             f(ctx, req).map_err(|e| HandlerError::with_code(e.code, e.message))
         })),

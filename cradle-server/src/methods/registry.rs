@@ -40,6 +40,10 @@ impl std::fmt::Debug for Handler {
 pub(crate) struct Entry {
     pub(crate) id: u64,
     pub(crate) name: &'static str,
+    /// Its schema version (listed by `cradle.methods`).
+    pub(crate) version: u32,
+    /// Its schema hash (`Method::SCHEMA_HASH`; listed by `cradle.methods`).
+    pub(crate) schema_hash: u64,
     pub(crate) handler: Handler,
 }
 

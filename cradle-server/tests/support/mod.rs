@@ -389,3 +389,210 @@ pub fn fd_count(pid: u32) -> usize {
         .map(|d| d.count())
         .unwrap_or(0)
 }
+
+// ---- raw peers (a provider or caller speaking frames by hand) --------------
+
+/// A session whose rings the test drives frame by frame: it can register
+/// as a provider, take INVOKE and CANCEL frames, answer with REPLY or
+/// REPLY_ERROR (or anything else a hostile provider might write), and make
+/// ordinary calls meanwhile. Frames that are not the answer a call waits
+/// for are kept, in order, for [`RawPeer::recv`].
+pub struct RawPeer {
+    pub raw: RawSession,
+    pub out: ipc_rpc::Outbox<RingRegion>,
+    pub inbox: ipc_rpc::Inbox<RingRegion>,
+    pub stash: std::collections::VecDeque<(ipc_core::ring::FrameMeta, Vec<u8>)>,
+    next_id: u64,
+}
+
+impl RawPeer {
+    pub fn open(socket: &Path) -> Self {
+        let raw = RawSession::open(socket);
+        let out = ipc_rpc::Outbox::new(raw.producer());
+        let inbox = ipc_rpc::Inbox::new(raw.consumer());
+        Self {
+            raw,
+            out,
+            inbox,
+            stash: Default::default(),
+            next_id: 1,
+        }
+    }
+
+    /// Publishes a frame (waiting for room) and wakes the server.
+    pub fn send_encoded(&mut self, meta: ipc_core::ring::FrameMeta, bytes: &[u8]) {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.out.try_send_encoded(meta, bytes) {
+                Ok(()) => break,
+                Err(ipc_rpc::SendError::Full { .. }) if Instant::now() < end => {
+                    self.pump();
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+                Err(e) => panic!("send: {e}"),
+            }
+        }
+        self.raw.kick();
+    }
+
+    /// Reads every frame waiting in the response ring into the stash.
+    pub fn pump(&mut self) {
+        while let Some(m) = self.inbox.try_recv().expect("response ring") {
+            self.stash.push_back((m.meta, m.bytes.to_vec()));
+        }
+        if self.inbox.consumer().release() {
+            // The server may wait for room (it set `space_waiting`).
+            self.raw.kick();
+        }
+    }
+
+    /// The next frame not taken by a call, waiting up to `limit`.
+    pub fn recv(&mut self, limit: Duration) -> Option<(ipc_core::ring::FrameMeta, Vec<u8>)> {
+        let end = Instant::now() + limit;
+        loop {
+            self.pump();
+            if let Some(f) = self.stash.pop_front() {
+                return Some(f);
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+
+    /// The next frame of `kind`, others staying in the stash.
+    pub fn recv_kind(
+        &mut self,
+        kind: u16,
+        limit: Duration,
+    ) -> Option<(ipc_core::ring::FrameMeta, Vec<u8>)> {
+        let end = Instant::now() + limit;
+        loop {
+            self.pump();
+            if let Some(i) = self.stash.iter().position(|(m, _)| m.kind == kind) {
+                return self.stash.remove(i);
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+
+    /// Sends a REQUEST for `tag` with `flags` and `payload`; returns its id.
+    pub fn request_raw(&mut self, tag: u64, flags: u16, payload: &[u8]) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let meta = ipc_core::ring::FrameMeta {
+            request_id: id,
+            tag,
+            kind: ipc_rpc::wire::REQUEST,
+            flags,
+        };
+        self.send_encoded(meta, payload);
+        id
+    }
+
+    /// Waits for the answer to request `id`: Ok((flags, payload)) for a
+    /// RESPONSE, Err for an ERROR frame.
+    pub fn answer(
+        &mut self,
+        id: u64,
+        limit: Duration,
+    ) -> Result<(u16, Vec<u8>), ipc_rpc::RemoteError> {
+        let end = Instant::now() + limit;
+        loop {
+            self.pump();
+            if let Some(i) = self.stash.iter().position(|(m, _)| {
+                m.request_id == id
+                    && (m.kind == ipc_rpc::wire::RESPONSE || m.kind == ipc_rpc::wire::ERROR)
+            }) {
+                let (m, b) = self.stash.remove(i).unwrap();
+                if m.kind == ipc_rpc::wire::ERROR {
+                    return Err(
+                        <ipc_rpc::RemoteError as ipc_rpc::Wire>::decode(&b).expect("error frame")
+                    );
+                }
+                return Ok((m.flags, b));
+            }
+            assert!(Instant::now() < end, "no answer to request {id}");
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+
+    /// A typed call.
+    pub fn call<M: ipc_rpc::Method>(
+        &mut self,
+        req: &M::Request,
+    ) -> Result<M::Response, ipc_rpc::RemoteError> {
+        let bytes = ipc_rpc::encode_to_vec(
+            req,
+            &mut ipc_rpc::rkyv::ser::allocator::Arena::new(),
+            1 << 20,
+        )
+        .expect("encode");
+        let id = self.request_raw(M::ID, 0, &bytes);
+        let (flags, b) = self.answer(id, Duration::from_secs(20))?;
+        assert_eq!(
+            flags, 0,
+            "a typed call's response without blobs has no flags"
+        );
+        Ok(<M::Response as ipc_rpc::Wire>::decode(&b).expect("response"))
+    }
+
+    /// Registers as a provider of `offer`.
+    pub fn register(&mut self, offer: ipc_rpc::provide::Offer) -> Result<(), ipc_rpc::RemoteError> {
+        self.call::<ipc_rpc::provide::Register>(&offer)
+    }
+
+    /// Answers an INVOKE with a REPLY carrying `flags` and `payload`.
+    pub fn reply(
+        &mut self,
+        invoke: &ipc_core::ring::FrameMeta,
+        kind: u16,
+        flags: u16,
+        payload: &[u8],
+    ) {
+        let meta = ipc_core::ring::FrameMeta {
+            request_id: invoke.request_id,
+            tag: invoke.tag,
+            kind,
+            flags,
+        };
+        self.send_encoded(meta, payload);
+    }
+}
+
+/// An offer of a bytes method with `concurrency`, not idempotent.
+pub fn offer(name: &str, concurrency: u32, idempotent: bool) -> ipc_rpc::provide::Offer {
+    ipc_rpc::provide::Offer {
+        name: name.to_owned(),
+        version: 1,
+        schema_hash: ipc_rpc::provide::BYTES_SCHEMA,
+        concurrency,
+        idempotent,
+    }
+}
+
+/// An envelope (deadline, schema hash, blobs) followed by `body`.
+pub fn enveloped(
+    deadline_ns: u64,
+    schema_hash: u64,
+    blobs: &[ipc_rpc::blob::BlobHandle],
+    body: &[u8],
+) -> Vec<u8> {
+    let mut p = vec![0u8; ipc_rpc::wire::body_offset(blobs.len())];
+    ipc_rpc::wire::write_envelope(&mut p, deadline_ns, schema_hash, blobs).expect("envelope");
+    p.extend_from_slice(body);
+    p
+}
+
+/// The `cradle.methods` entry of `name`, if listed.
+pub fn listed(socket: &Path, name: &str) -> Option<ipc_rpc::provide::MethodInfo> {
+    let c = Client::connect(socket).expect("methods client");
+    c.call::<ipc_rpc::provide::ListMethods>(&())
+        .expect("cradle.methods")
+        .into_iter()
+        .find(|m| m.name == name)
+}
