@@ -1,4 +1,5 @@
-//! Provided methods end to end, with the client library on both sides:
+//! Provided methods end to end, with the client library on both sides
+//! (`e2e_provided.rs` drives the server with raw providers instead):
 //! provider processes (this test binary re-executed as `provider`) offer
 //! methods through a real server, caller processes call them.
 //!
@@ -93,12 +94,12 @@ fn method<'a>(list: &'a [MethodInfo], name: &str) -> Option<&'a MethodInfo> {
     list.iter().find(|m| m.name == name)
 }
 
-/// Waits until `name` has `n` providers.
+/// Waits until `name` has `n` providers (0: it is not listed any more).
 fn wait_providers(c: &Client, name: &str, n: usize) {
     let ok = eventually(Duration::from_secs(30), || {
         c.methods()
             .ok()
-            .and_then(|l| method(&l, name).map(|m| m.providers.len() == n))
+            .map(|l| method(&l, name).map_or(0, |m| m.providers.len()) == n)
             .unwrap_or(false)
     });
     assert!(ok, "{name} never had {n} providers: {:?}", c.methods());
