@@ -3,7 +3,7 @@
 use crate::error::ConnectError;
 use crate::options::{CallOptions, ClientOptions};
 use crate::session::{self, DEAD, Owner, Salvage, Session, SocketState, lock};
-use ipc_core::doorbell::{Doorbell, EventFd, Futex, WaitMode};
+use ipc_core::doorbell::{Doorbell, EventFd, Futex, SpinBudget, WaitMode};
 use ipc_core::ring::{Consumer, FrameMeta, Producer, RingError, RingRegion};
 use ipc_core::sync::StdAtomics;
 use ipc_rpc::blob::{Release, ReleaseBatch};
@@ -72,6 +72,9 @@ struct Rx {
     salvaged: Vec<(Salvage, FrameMeta, AlignedVec<16>)>,
     /// The response ring is corrupt: every call fails.
     broken: Option<RingError>,
+    /// The learned spin of [`WaitMode::SpinThenSleep`] waits for responses
+    /// (docs/architecture.md, "Waiting under load").
+    spin: SpinBudget,
 }
 
 /// A call that leaves nothing to clean up after.
@@ -182,6 +185,10 @@ impl Client {
                     orphans: IdMap::default(),
                     salvaged: Vec::new(),
                     broken: None,
+                    spin: SpinBudget::new(match opts.wait {
+                        WaitMode::SpinThenSleep(d) => d,
+                        _ => ipc_core::doorbell::DEFAULT_SPIN,
+                    }),
                 }),
                 opts,
                 watcher,
@@ -587,7 +594,13 @@ impl Inner {
                     let poll =
                         || (consumer.has_frame() || session.state_error().is_some()).then_some(());
                     // A timeout here is handled at the top of the loop.
-                    let _ = bell.wait(poll, &Futex, wait, Some(deadline));
+                    let _ = match wait {
+                        // Spin only while spinning pays.
+                        WaitMode::SpinThenSleep(max) => {
+                            bell.wait_adaptive(poll, &Futex, max, &mut rx.spin, Some(deadline))
+                        }
+                        mode => bell.wait(poll, &Futex, mode, Some(deadline)),
+                    };
                 }
                 Err(e) => {
                     rx.broken = Some(e.clone());
