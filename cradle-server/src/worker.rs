@@ -45,7 +45,7 @@ use crate::methods::{Handler, Registry};
 use crate::metrics::cells::CallCells;
 use crate::reply::{Queued, Replier};
 use crate::stats::{SessionCounters, Shared};
-use ipc_core::doorbell::EventFd;
+use ipc_core::doorbell::{EventFd, SpinBudget};
 use ipc_core::ring::{RingRegion, max_payload_len};
 use ipc_core::shm::{Mapping, Segment};
 use ipc_core::sync::{AtomicU32, AtomicU64, Atomics, Ordering, StdAtomics};
@@ -65,7 +65,8 @@ use std::time::{Duration, Instant};
 /// Requests taken from one session per round (fairness between sessions).
 pub(crate) const BATCH: usize = 64;
 
-/// How long a worker keeps polling after the last work it found, and how
+/// The longest a worker keeps polling after the last work it found (the
+/// learned budget is at most this; none while the CPU is contended), and how
 /// long a session stays in the polled set after its last frame.
 pub(crate) const DEFAULT_SPIN: Duration = Duration::from_micros(100);
 
@@ -75,8 +76,10 @@ pub(crate) const DEFAULT_SPIN: Duration = Duration::from_micros(100);
 /// other sessions would otherwise never notice a newly active one.
 const EPOLL_CHECK_EVERY: Duration = Duration::from_millis(1);
 
-/// Longest sleep: a safety net, nothing needs it.
-const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// Longest sleep while the log limiter holds a count of suppressed lines
+/// (it is reported once the kind has been quiet this long). Otherwise a
+/// worker sleeps until there is work: 1,000 idle sessions cost no wake-up.
+const LOG_SLEEP: Duration = Duration::from_secs(1);
 
 /// epoll token of the worker's control eventfd. Session tokens are
 /// `id << 1` (the session eventfd) and `id << 1 | 1` (its socket); ids start
@@ -547,14 +550,17 @@ impl Worker<'_> {
         }
     }
 
-    /// Waits for epoll events (at most `timeout`) and handles them.
-    fn poll_events(&mut self, timeout: Duration) -> Result<(), String> {
+    /// Waits for epoll events (at most `timeout`; `None`: until one comes)
+    /// and handles them.
+    fn poll_events(&mut self, timeout: Option<Duration>) -> Result<(), String> {
         self.events.clear();
-        let ts = Timespec::try_from(timeout).unwrap_or(Timespec {
-            tv_sec: 1,
-            tv_nsec: 0,
+        let ts = timeout.map(|t| {
+            Timespec::try_from(t).unwrap_or(Timespec {
+                tv_sec: 1,
+                tv_nsec: 0,
+            })
         });
-        match epoll::wait(&self.epoll, spare_capacity(&mut self.events), Some(&ts)) {
+        match epoll::wait(&self.epoll, spare_capacity(&mut self.events), ts.as_ref()) {
             Ok(_) | Err(Errno::INTR) => {}
             Err(e) => return Err(format!("epoll_wait failed: {e}")),
         }
@@ -667,6 +673,13 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
     };
     let mut last_work = Instant::now();
     let mut next_check = Instant::now();
+    // Adaptive spinning (docs/architecture.md, "Waiting under load"): the
+    // spin after the last work is the learned budget, at most `ctx.spin`,
+    // and none while this thread's CPU is contended. `spin_limit` is the
+    // budget of the current idle stretch (`None`: the stretch has not
+    // started, the last round worked).
+    let mut budget = SpinBudget::new(ctx.spin);
+    let mut spin_limit: Option<Duration> = None;
     let result = loop {
         // Acquire: pairs with the Release store in `ServerHandle::shutdown`.
         if ctx.handle.shutdown.load(Ordering::Acquire) {
@@ -690,10 +703,14 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
         }
         w.reap();
         if worked {
+            if spin_limit.take().is_some_and(|l| !l.is_zero()) {
+                // The spin caught new work.
+                budget.caught(ctx.spin);
+            }
             last_work = now;
         }
         if now >= next_check {
-            if let Err(e) = w.poll_events(Duration::ZERO) {
+            if let Err(e) = w.poll_events(Some(Duration::ZERO)) {
                 break Err(e);
             }
             for s in w.sessions.values_mut() {
@@ -706,7 +723,8 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
             w.log.flush(now);
             next_check = now + EPOLL_CHECK_EVERY;
         }
-        if now.duration_since(last_work) < ctx.spin {
+        let limit = *spin_limit.get_or_insert_with(|| budget.limit(now, ctx.spin));
+        if now.duration_since(last_work) < limit {
             std::hint::spin_loop();
             continue;
         }
@@ -726,7 +744,14 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
                 found = true;
             }
         }
-        if !found && let Err(e) = w.poll_events(MAX_SLEEP) {
+        if !limit.is_zero() {
+            // The spin ended without work: it did not pay.
+            budget.missed();
+        }
+        spin_limit = None;
+        w.log.flush(now);
+        let timeout = w.log.pending().then_some(LOG_SLEEP);
+        if !found && let Err(e) = w.poll_events(timeout) {
             // Relaxed: see below.
             waiting.store(0, Ordering::Relaxed);
             break Err(e);
@@ -735,6 +760,10 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
         // eventfd write; a 0 that hides a later 1 is ruled out by the fences.
         waiting.store(0, Ordering::Relaxed);
         last_work = Instant::now();
+        if !found {
+            // Woken after this long: a spin that long would have caught it.
+            budget.slept(last_work.saturating_duration_since(now), ctx.spin);
+        }
         next_check = last_work + EPOLL_CHECK_EVERY;
         w.reap();
     };
