@@ -17,7 +17,10 @@
 //!   [`CONTENDED_PERCENT`] of the time this thread wanted a CPU was spent
 //!   waiting for it, the CPUs are oversubscribed, and every spin is
 //!   replaced by a sleep for a back-off period (doubling while the
-//!   contention lasts), after which a probe window measures again.
+//!   contention lasts), after which a probe window measures again. A
+//!   second, machine-wide signal covers a busy *other* CPU: when more
+//!   threads are runnable than there are CPUs (`/proc/loadavg`, sampled),
+//!   no CPU is idle for the peer, and a spinner would hold the one it needs.
 //! * **How long to spin?** ([`SpinBudget`]) Like glibc's adaptive mutexes:
 //!   a spin that catches its event keeps (and slowly grows) the budget, a
 //!   spin that ends in a sleep anyway halves it, and a sleep that was woken
@@ -63,12 +66,22 @@ const MIN_BACKOFF: Duration = Duration::from_millis(20);
 /// Longest back-off: a probe (one window of spinning) at least this often.
 const MAX_BACKOFF: Duration = Duration::from_millis(640);
 
+/// Of the last 8 samples of the machine's runnable threads, this many must
+/// exceed the CPUs for the machine to count as crowded.
+const CROWDED_SAMPLES: u32 = 4;
+
 /// Per-thread contention gauge.
 #[derive(Debug)]
 struct Gauge {
     /// `/proc/thread-self/schedstat`, opened by this thread (`None`: not
     /// available, the gauge then never reports contention).
     file: Option<File>,
+    /// `/proc/loadavg` (its 4th field counts the runnable threads now).
+    loadavg: Option<File>,
+    /// CPUs this thread may run on.
+    cpus: u32,
+    /// One bit per recent sample: more runnable threads than CPUs.
+    crowded: u8,
     opened: bool,
     /// Start of the current window and the figures at its start.
     since: Option<Instant>,
@@ -84,6 +97,9 @@ impl Gauge {
     const fn new() -> Self {
         Self {
             file: None,
+            loadavg: None,
+            cpus: 1,
+            crowded: 0,
             opened: false,
             since: None,
             cpu_ns: 0,
@@ -95,11 +111,34 @@ impl Gauge {
     }
 
     /// (time on a CPU, time runnable and waiting), nanoseconds, cumulative.
-    fn read(&mut self) -> Option<(u64, u64)> {
+    fn open(&mut self) {
         if !self.opened {
             self.opened = true;
             self.file = File::open("/proc/thread-self/schedstat").ok();
+            self.loadavg = File::open("/proc/loadavg").ok();
+            self.cpus = std::thread::available_parallelism()
+                .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX));
         }
+    }
+
+    /// Samples whether more threads are runnable than there are CPUs (the
+    /// caller is one of them); returns whether most recent samples said so.
+    fn sample_crowded(&mut self) -> bool {
+        self.open();
+        let mut buf = [0u8; 128];
+        let running = self
+            .loadavg
+            .as_ref()
+            .and_then(|f| f.read_at(&mut buf, 0).ok())
+            .and_then(|n| parse_running(buf.get(..n)?));
+        if let Some(r) = running {
+            self.crowded = (self.crowded << 1) | u8::from(r > self.cpus);
+        }
+        self.crowded.count_ones() >= CROWDED_SAMPLES
+    }
+
+    fn read(&mut self) -> Option<(u64, u64)> {
+        self.open();
         let mut buf = [0u8; 96];
         let n = self.file.as_ref()?.read_at(&mut buf, 0).ok()?;
         parse_schedstat(buf.get(..n)?)
@@ -131,6 +170,11 @@ impl Gauge {
             return false;
         }
         self.last_check = Some(now);
+        if self.sample_crowded() {
+            // No idle CPU for the peer: every spin would take one.
+            self.quiet_until = Some(now + MIN_BACKOFF);
+            return true;
+        }
         let Some(since) = self.since else {
             self.start_window(now);
             return false;
@@ -172,6 +216,14 @@ thread_local! {
     static GAUGE: RefCell<Gauge> = const { RefCell::new(Gauge::new()) };
 }
 
+/// The runnable threads of a `/proc/loadavg` line (`0.52 0.58 0.59 3/218
+/// 4242`: 3).
+fn parse_running(bytes: &[u8]) -> Option<u32> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let field = text.split_ascii_whitespace().nth(3)?;
+    field.split('/').next()?.parse().ok()
+}
+
 /// Parses the first two fields of a `schedstat` line: time on a CPU and time
 /// waiting on a runqueue, in nanoseconds.
 fn parse_schedstat(bytes: &[u8]) -> Option<(u64, u64)> {
@@ -185,8 +237,11 @@ fn parse_schedstat(bytes: &[u8]) -> Option<(u64, u64)> {
 /// Whether the calling thread's CPUs are oversubscribed, so that spinning
 /// would take a CPU from a thread that needs it (its peer, typically).
 ///
-/// Cheap: most calls compare two instants; the thread's scheduler statistics
-/// are read at most every 4 ms, and judged over windows in which the thread
+/// Two signals. The machine: more threads runnable than CPUs in at least 4
+/// of the last 8 samples of `/proc/loadavg` (taken at most every 4 ms, when
+/// asked) means no CPU is idle, so a spinner holds one its peer would need
+/// (20 ms without spinning, then a new sample). The thread: its scheduler
+/// statistics are read at most every 4 ms, and judged over windows in which the thread
 /// was runnable (running or waiting for a CPU) for at least 20 ms and half
 /// the wall time. Once contention is seen, the answer stays
 /// `true` for a back-off period (20 ms, doubling while the contention lasts,
@@ -339,6 +394,8 @@ mod tests {
         );
         assert_eq!(parse_schedstat(b"x y z"), None);
         assert_eq!(parse_schedstat(b""), None);
+        assert_eq!(parse_running(b"0.52 0.58 0.59 3/218 4242\n"), Some(3));
+        assert_eq!(parse_running(b"0.52 0.58"), None);
     }
 
     #[test]
