@@ -8,8 +8,11 @@
 //! each, release the request ring (ringing its space doorbell with a futex,
 //! for a client that waits for room), and ring the response ring's data
 //! doorbell (futex) if anything was published. While awake the worker polls
-//! only sessions active within the last the spin budget (`ServerBuilder::spin`); others are looked at when
-//! it is about to sleep, and every millisecond while it stays awake.
+//! only sessions active within the last spin limit (`ServerBuilder::spin`);
+//! others are looked at when it is about to sleep, and every millisecond
+//! while it stays awake. It spins after its last work for a learned budget,
+//! and not at all while the machine has no CPU to spare
+//! (docs/architecture.md §12).
 //!
 //! # Sleeping
 //!
