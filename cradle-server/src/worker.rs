@@ -48,7 +48,7 @@ use crate::methods::{Handler, Registry};
 use crate::metrics::cells::CallCells;
 use crate::reply::{Queued, Replier};
 use crate::stats::{SessionCounters, Shared};
-use ipc_core::doorbell::{EventFd, SpinBudget};
+use ipc_core::doorbell::{EventFd, SpinBudget, cpu_contended};
 use ipc_core::ring::{RingRegion, max_payload_len};
 use ipc_core::shm::{Mapping, Segment};
 use ipc_core::sync::{AtomicU32, AtomicU64, Atomics, Ordering, StdAtomics};
@@ -72,6 +72,14 @@ pub(crate) const BATCH: usize = 64;
 /// learned budget is at most this; none while the CPU is contended), and how
 /// long a session stays in the polled set after its last frame.
 pub(crate) const DEFAULT_SPIN: Duration = Duration::from_micros(100);
+
+/// On a busy machine a worker does not spin after its last work, except
+/// this long after a round that answered several calls: a client streaming
+/// pipelined requests is then still producing, and a worker that slept after
+/// every round would make it write the eventfd for nearly every request
+/// (docs/architecture.md §12). A ping-pong answers one call per round and
+/// gets no spin.
+const BURST_SPIN: Duration = Duration::from_micros(20);
 
 /// While awake, the worker checks its epoll set (deaths, space wake-ups) and
 /// looks at every session outside the polled set this often: a client
@@ -683,6 +691,8 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
     // started, the last round worked).
     let mut budget = SpinBudget::new(ctx.spin);
     let mut spin_limit: Option<Duration> = None;
+    // The last round that worked answered more than one call.
+    let mut streaming = false;
     let result = loop {
         // Acquire: pairs with the Release store in `ServerHandle::shutdown`.
         if ctx.handle.shutdown.load(Ordering::Acquire) {
@@ -693,11 +703,15 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
         }
         let now = Instant::now();
         let mut worked = false;
+        let mut answered = 0;
         for s in w.sessions.values_mut() {
             if !s.active || s.close.is_some() {
                 continue;
             }
-            if serve(s, ctx, now) {
+            let calls = s.calls;
+            let served = serve(s, ctx, now);
+            answered += s.calls - calls;
+            if served {
                 s.last_active = now;
                 worked = true;
             } else if now.duration_since(s.last_active) > ctx.spin {
@@ -711,6 +725,7 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
                 budget.caught(ctx.spin);
             }
             last_work = now;
+            streaming = answered > 1;
         }
         if now >= next_check {
             if let Err(e) = w.poll_events(Some(Duration::ZERO)) {
@@ -726,7 +741,15 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
             w.log.flush(now);
             next_check = now + EPOLL_CHECK_EVERY;
         }
-        let limit = *spin_limit.get_or_insert_with(|| budget.limit(now, ctx.spin));
+        let limit = *spin_limit.get_or_insert_with(|| {
+            if !cpu_contended(now) {
+                budget.current(ctx.spin)
+            } else if streaming {
+                BURST_SPIN.min(ctx.spin)
+            } else {
+                Duration::ZERO
+            }
+        });
         if now.duration_since(last_work) < limit {
             std::hint::spin_loop();
             continue;

@@ -157,11 +157,11 @@ impl Gauge {
             if now < until {
                 return true;
             }
-            // The back-off is over: probe with a fresh window.
+            // The back-off is over: measure afresh, starting now (a sample
+            // of the machine at once, a new window of the thread).
             self.quiet_until = None;
-            self.start_window(now);
-            self.last_check = Some(now);
-            return false;
+            self.since = None;
+            self.last_check = None;
         }
         if self
             .last_check
