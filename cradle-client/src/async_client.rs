@@ -28,7 +28,7 @@ use crate::error::ConnectError;
 use crate::options::{CallOptions, ClientOptions};
 use crate::serving::for_provider;
 use crate::session::{self, DEAD, Owner, Salvage, Session, SocketState, lock};
-use ipc_core::doorbell::WaitMode;
+use ipc_core::doorbell::{WaitMode, cpu_contended};
 use ipc_core::ring::{Consumer, FrameMeta, Producer, RingMemory, RingRegion};
 use ipc_core::sync::{AtomicBool, AtomicU32, AtomicUsize, Atomics, Ordering, StdAtomics};
 use ipc_rpc::blob::{BlobHandle, Release, ReleaseBatch};
@@ -582,6 +582,10 @@ impl AsyncClient {
         let spin = match sh.opts.wait {
             WaitMode::Spin => CALL_SPIN_MAX,
             WaitMode::Sleep => Duration::ZERO,
+            // No spinning while this thread's CPU is contended: the spin
+            // would hold the CPU the server needs (docs/architecture.md,
+            // "Waiting under load").
+            WaitMode::SpinThenSleep(_) if cpu_contended(start) => Duration::ZERO,
             WaitMode::SpinThenSleep(d) => d.min(CALL_SPIN_MAX),
         }
         .min(deadline.saturating_duration_since(start));
@@ -945,7 +949,9 @@ async fn drive(shared: Arc<Shared>, wake: AsyncFd<Fd>, sock: AsyncFd<Fd>) {
         // Stay awake a little after the last frame (yielding to other tasks),
         // so that back-to-back calls find us awake and the server need not
         // write our eventfd; not in `Sleep` mode.
-        if last_frame.elapsed() < driver_spin {
+        if last_frame.elapsed() < driver_spin
+            && !(shared.opts.wait != WaitMode::Spin && cpu_contended(Instant::now()))
+        {
             notify_space(&shared);
             tokio::task::yield_now().await;
             continue;

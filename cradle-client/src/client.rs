@@ -5,7 +5,7 @@ use crate::error::ConnectError;
 use crate::options::{CallOptions, ClientOptions};
 use crate::serving::{Invocations, for_provider};
 use crate::session::{self, DEAD, Owner, Salvage, Session, SocketState, lock};
-use ipc_core::doorbell::{Doorbell, EventFd, Futex, WaitMode, Waker};
+use ipc_core::doorbell::{Doorbell, EventFd, Futex, SpinBudget, WaitMode, Waker};
 use ipc_core::ring::{Consumer, FrameMeta, Producer, RingError, RingMemory, RingRegion};
 use ipc_core::sync::{Ordering, StdAtomics};
 use ipc_rpc::blob::{BlobHandle, Release, ReleaseBatch};
@@ -76,10 +76,42 @@ struct Rx {
     salvaged: Vec<(Salvage, FrameMeta, AlignedVec<16>)>,
     /// The response ring is corrupt: every call fails.
     broken: Option<RingError>,
+    /// The learned spin of [`WaitMode::SpinThenSleep`] waits for responses
+    /// (docs/architecture.md, "Waiting under load").
+    spin: SpinBudget,
 }
 
 /// A call that leaves nothing to clean up after.
 const NO_SALVAGE: Option<fn() -> Salvage> = None;
+
+/// A call's deadline, read from the clock only once the call has to wait:
+/// a pipelined call whose response is already in the ring reads no clock
+/// (two clock reads were ~6 % of a pipelined call's instructions, and more
+/// of its time on this VM). The timeout counts from that first wait.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadline {
+    timeout: Duration,
+    start: Option<Instant>,
+}
+
+impl Deadline {
+    pub(crate) fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            start: None,
+        }
+    }
+
+    /// When the call started waiting (now, the first time it is asked).
+    fn start(&mut self) -> Instant {
+        *self.start.get_or_insert_with(Instant::now)
+    }
+
+    /// The deadline.
+    fn at(&mut self) -> Instant {
+        self.start() + self.timeout
+    }
+}
 
 /// Files a response that is not the reader's own: an orphan's is kept for
 /// its clean-up, an abandoned one dropped, any other stashed for its caller;
@@ -192,6 +224,10 @@ impl Client {
                     orphans: IdMap::default(),
                     salvaged: Vec::new(),
                     broken: None,
+                    spin: SpinBudget::new(match opts.wait {
+                        WaitMode::SpinThenSleep(d) => d,
+                        _ => ipc_core::doorbell::DEFAULT_SPIN,
+                    }),
                 }),
                 opts,
                 watcher,
@@ -347,10 +383,10 @@ impl Client {
     /// ```
     pub fn send<M: Method>(&self, req: &M::Request) -> Result<Pending<'_, M>, CallError> {
         let opts = self.default_opts();
-        let deadline = Instant::now() + opts.timeout;
+        let mut deadline = Deadline::new(opts.timeout);
         let id = self
             .inner
-            .submit::<M>(req, &[], deadline, opts.wait, true)?;
+            .submit::<M>(req, &[], &mut deadline, opts.wait, true)?;
         Ok(Pending {
             client: self,
             id,
@@ -380,9 +416,13 @@ impl Owner for Inner {
         // Fire and forget: the answer (a count) is discarded on arrival. If
         // the server is gone, so are the leases.
         let opts = self.opts;
-        if let Ok(id) =
-            self.submit::<Release>(&batch, &[], Instant::now() + opts.timeout, opts.wait, true)
-        {
+        if let Ok(id) = self.submit::<Release>(
+            &batch,
+            &[],
+            &mut Deadline::new(opts.timeout),
+            opts.wait,
+            true,
+        ) {
             self.abandon(id);
         }
     }
@@ -409,10 +449,9 @@ impl Inner {
         block: bool,
         f: impl FnOnce(FrameMeta, &[u8]) -> Result<R, CallError>,
     ) -> Result<R, CallError> {
-        let start = Instant::now();
-        let deadline = start + opts.timeout;
-        let id = self.submit::<M>(req, blobs, deadline, opts.wait, block)?;
-        self.receive(id, start, deadline, opts.wait, NO_SALVAGE, f)
+        let mut deadline = Deadline::new(opts.timeout);
+        let id = self.submit::<M>(req, blobs, &mut deadline, opts.wait, block)?;
+        self.receive(id, &mut deadline, opts.wait, NO_SALVAGE, f)
             .map_err(session::name_unknown::<M>)
     }
 
@@ -425,18 +464,17 @@ impl Inner {
         opts: CallOptions,
         f: impl FnOnce(FrameMeta, &[u8]) -> Result<R, CallError>,
     ) -> Result<R, CallError> {
-        let start = Instant::now();
-        let deadline = start + opts.timeout;
+        let mut deadline = Deadline::new(opts.timeout);
         let meta = FrameMeta {
             request_id: 0,
             tag: method,
             kind: wire::REQUEST,
             flags: wire::ENVELOPE,
         };
-        let id = self.submit_frame(meta, None, deadline, opts.wait, true, |out, meta| {
+        let id = self.submit_frame(meta, None, &mut deadline, opts.wait, true, |out, meta| {
             out.try_send_encoded(meta, payload)
         })?;
-        self.receive(id, start, deadline, opts.wait, NO_SALVAGE, f)
+        self.receive(id, &mut deadline, opts.wait, NO_SALVAGE, f)
     }
 
     /// Calls `M`; if the call times out after the request went out,
@@ -448,12 +486,11 @@ impl Inner {
         opts: CallOptions,
         salvage: impl FnOnce() -> Salvage,
     ) -> Result<M::Response, CallError> {
-        let start = Instant::now();
-        let deadline = start + opts.timeout;
-        let id = self.submit::<M>(req, &[], deadline, opts.wait, true)?;
+        let mut deadline = Deadline::new(opts.timeout);
+        let id = self.submit::<M>(req, &[], &mut deadline, opts.wait, true)?;
         let s = Some(salvage);
         let f = calls::plain(&self.session, M::ID, session::decode::<M>);
-        self.receive(id, start, deadline, opts.wait, s, f)
+        self.receive(id, &mut deadline, opts.wait, s, f)
     }
 
     /// Discards the response to `id` when it arrives.
@@ -471,7 +508,7 @@ impl Inner {
         &self,
         req: &M::Request,
         blobs: &[BlobHandle],
-        deadline: Instant,
+        deadline: &mut Deadline,
         wait: WaitMode,
         block: bool,
     ) -> Result<u64, CallError> {
@@ -489,7 +526,7 @@ impl Inner {
         meta.flags = wire::ENVELOPE;
         let max = self.session_max_payload();
         let body = calls::encode_body(req, max)?;
-        let deadline_ns = calls::envelope_deadline(deadline);
+        let deadline_ns = calls::envelope_deadline(deadline.at());
         let payload = calls::enveloped(deadline_ns, M::SCHEMA_HASH, blobs, &body)
             .map_err(calls::envelope_error)?;
         self.submit_frame(meta, None, deadline, wait, block, |out, meta| {
@@ -508,7 +545,7 @@ impl Inner {
         &self,
         mut meta: FrameMeta,
         id: Option<u64>,
-        deadline: Instant,
+        deadline: &mut Deadline,
         wait: WaitMode,
         block: bool,
         mut send: impl FnMut(&mut Outbox<RingRegion>, FrameMeta) -> Result<(), SendError>,
@@ -535,6 +572,7 @@ impl Inner {
                     if let Some(e) = session.state_error() {
                         return Err(e);
                     }
+                    let deadline = deadline.at();
                     let now = Instant::now();
                     if now >= deadline {
                         return Err(CallError::Timeout(deadline.saturating_duration_since(now)));
@@ -591,14 +629,13 @@ impl Inner {
     fn receive<R>(
         &self,
         id: u64,
-        start: Instant,
-        deadline: Instant,
+        deadline: &mut Deadline,
         wait: WaitMode,
         salvage: Option<impl FnOnce() -> Salvage>,
         f: impl FnOnce(FrameMeta, &[u8]) -> Result<R, CallError>,
     ) -> Result<R, CallError> {
         let mut rx = self.lock_rx();
-        let r = self.receive_locked(&mut rx, id, start, deadline, wait, salvage, f);
+        let r = self.receive_locked(&mut rx, id, deadline, wait, salvage, f);
         if rx.salvaged.is_empty() {
             return r;
         }
@@ -615,8 +652,7 @@ impl Inner {
         &self,
         rx: &mut Rx,
         id: u64,
-        start: Instant,
-        deadline: Instant,
+        deadline: &mut Deadline,
         wait: WaitMode,
         salvage: Option<impl FnOnce() -> Salvage>,
         f: impl FnOnce(FrameMeta, &[u8]) -> Result<R, CallError>,
@@ -655,6 +691,7 @@ impl Inner {
                     if let Some(e) = session.state_error() {
                         return Err(e);
                     }
+                    let (start, deadline) = (deadline.start(), deadline.at());
                     if Instant::now() >= deadline {
                         // The response may still come: clean up after it, or
                         // drop it, then.
@@ -675,7 +712,13 @@ impl Inner {
                     let poll =
                         || (consumer.has_frame() || session.state_error().is_some()).then_some(());
                     // A timeout here is handled at the top of the loop.
-                    let _ = bell.wait(poll, &Futex, wait, Some(deadline));
+                    let _ = match wait {
+                        // Spin only while spinning pays.
+                        WaitMode::SpinThenSleep(max) => {
+                            bell.wait_adaptive(poll, &Futex, max, &mut rx.spin, Some(deadline))
+                        }
+                        mode => bell.wait(poll, &Futex, mode, Some(deadline)),
+                    };
                 }
                 Err(e) => {
                     rx.broken = Some(e.clone());
@@ -856,10 +899,15 @@ impl Inner {
             kind,
             flags,
         };
-        let deadline = Instant::now() + self.opts.timeout;
-        self.submit_frame(meta, Some(id), deadline, self.opts.wait, true, |out, m| {
-            out.try_send_encoded(m, payload)
-        })
+        let mut deadline = Deadline::new(self.opts.timeout);
+        self.submit_frame(
+            meta,
+            Some(id),
+            &mut deadline,
+            self.opts.wait,
+            true,
+            |out, m| out.try_send_encoded(m, payload),
+        )
         .map(|_| ())
     }
 }
@@ -967,15 +1015,14 @@ impl<M: Method> Pending<'_, M> {
         opts: CallOptions,
         f: impl FnOnce(&[u8]) -> Result<R, CallError>,
     ) -> Result<R, CallError> {
-        let start = Instant::now();
         // On error, `drop` marks the id abandoned: its response is discarded.
         self.client.inner.session.check()?;
         self.done = true;
-        let deadline = start + opts.timeout;
+        let mut deadline = Deadline::new(opts.timeout);
         let f = calls::plain(&self.client.inner.session, M::ID, f);
         self.client
             .inner
-            .receive(self.id, start, deadline, opts.wait, NO_SALVAGE, f)
+            .receive(self.id, &mut deadline, opts.wait, NO_SALVAGE, f)
             .map_err(session::name_unknown::<M>)
     }
 }

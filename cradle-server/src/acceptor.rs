@@ -456,19 +456,25 @@ fn accept_loop(ctx: &AcceptorCtx, farewell: &mut Farewell) -> std::io::Result<()
             return Ok(());
         }
         let now = Instant::now();
+        // Sleep until the next handshake deadline, or a log period while
+        // suppressed log lines wait to be counted; otherwise until an event
+        // (a connection, a shutdown's bell): an idle server makes no
+        // wake-ups.
         let timeout = a
             .pending
             .values()
             .map(|p| p.deadline.saturating_duration_since(now))
+            .chain(a.log.pending().then_some(Duration::from_secs(1)))
             .min()
-            .unwrap_or(Duration::from_secs(1))
-            .min(Duration::from_secs(1));
-        let ts = Timespec::try_from(timeout).unwrap_or(Timespec {
-            tv_sec: 1,
-            tv_nsec: 0,
+            .map(|t| t.min(Duration::from_secs(1)));
+        let ts = timeout.map(|t| {
+            Timespec::try_from(t).unwrap_or(Timespec {
+                tv_sec: 1,
+                tv_nsec: 0,
+            })
         });
         events.clear();
-        match epoll::wait(&a.epoll, spare_capacity(&mut events), Some(&ts)) {
+        match epoll::wait(&a.epoll, spare_capacity(&mut events), ts.as_ref()) {
             Ok(_) | Err(Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }

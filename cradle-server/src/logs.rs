@@ -82,6 +82,13 @@ impl LogLimiter {
         }
     }
 
+    /// Whether a count of suppressed lines waits to be reported by
+    /// [`flush`](Self::flush): a thread that sleeps must then wake up within
+    /// the log period (otherwise it may sleep until there is work).
+    pub(crate) fn pending(&self) -> bool {
+        self.kinds.values().any(|k| k.suppressed > 0)
+    }
+
     /// Reports the counts of kinds that went quiet with lines suppressed.
     pub(crate) fn flush(&mut self, now: Instant) {
         for (kind, k) in &mut self.kinds {

@@ -44,9 +44,11 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 4096)]
     max_sessions: usize,
 
-    /// Microseconds a worker keeps polling after its last request before it
-    /// sleeps. Raise it (e.g. 5000) when clients spin and must never pay a
-    /// wake-up; every burst then costs that much CPU.
+    /// At most this many microseconds a worker keeps polling after its last
+    /// request before it sleeps (the spin is learned below it, and skipped
+    /// while the machine has no idle CPU). Raise it (e.g. 5000) when clients
+    /// spin and must never pay a wake-up; a burst then costs up to that much
+    /// CPU.
     #[arg(long, value_name = "US", default_value_t = 100)]
     spin_us: u64,
 

@@ -218,10 +218,12 @@ impl ServerBuilder {
         self
     }
 
-    /// How long a worker keeps polling after its last frame before it goes
-    /// to sleep in `epoll_wait` (default 100 µs). Longer keeps spinning
-    /// clients from ever needing a wake-up syscall on a noisy machine, at the
-    /// cost of that much CPU after every burst.
+    /// The longest a worker keeps polling after its last frame before it
+    /// goes to sleep in `epoll_wait` (default 100 µs). The spin is learned
+    /// below this limit (it shrinks while spins end in a sleep anyway) and
+    /// skipped while the machine has no CPU to spare (docs/architecture.md
+    /// §12). Longer keeps spinning clients from needing a wake-up syscall on
+    /// a noisy machine, at the cost of up to that much CPU after a burst.
     ///
     /// ```
     /// use cradle_server::Server;

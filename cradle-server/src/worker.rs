@@ -8,8 +8,11 @@
 //! each, release the request ring (ringing its space doorbell with a futex,
 //! for a client that waits for room), and ring the response ring's data
 //! doorbell (futex) if anything was published. While awake the worker polls
-//! only sessions active within the last the spin budget (`ServerBuilder::spin`); others are looked at when
-//! it is about to sleep, and every millisecond while it stays awake.
+//! only sessions active within the last spin limit (`ServerBuilder::spin`);
+//! others are looked at when it is about to sleep, and every millisecond
+//! while it stays awake. It spins after its last work for a learned budget,
+//! and not at all while the machine has no CPU to spare
+//! (docs/architecture.md §12).
 //!
 //! # Sleeping
 //!
@@ -47,7 +50,7 @@ use crate::provided::relay::{self, Relay, RelayCtx};
 use crate::provided::{Action, Outcome, Providers};
 use crate::reply::{Queued, Replier};
 use crate::stats::{SessionCounters, Shared};
-use ipc_core::doorbell::EventFd;
+use ipc_core::doorbell::{EventFd, SpinBudget, cpu_contended};
 use ipc_core::ring::{RingRegion, max_payload_len};
 use ipc_core::shm::{Mapping, Segment};
 use ipc_core::sync::{AtomicU32, AtomicU64, Atomics, Ordering, StdAtomics};
@@ -67,9 +70,18 @@ use std::time::{Duration, Instant};
 /// Requests taken from one session per round (fairness between sessions).
 pub(crate) const BATCH: usize = 64;
 
-/// How long a worker keeps polling after the last work it found, and how
+/// The longest a worker keeps polling after the last work it found (the
+/// learned budget is at most this; none while the CPU is contended), and how
 /// long a session stays in the polled set after its last frame.
 pub(crate) const DEFAULT_SPIN: Duration = Duration::from_micros(100);
+
+/// On a busy machine a worker does not spin after its last work, except
+/// this long after a round that answered several calls: a client streaming
+/// pipelined requests is then still producing, and a worker that slept after
+/// every round would make it write the eventfd for nearly every request
+/// (docs/architecture.md §12). A ping-pong answers one call per round and
+/// gets no spin.
+const BURST_SPIN: Duration = Duration::from_micros(20);
 
 /// While awake, the worker checks its epoll set (deaths, space wake-ups) and
 /// looks at every session outside the polled set this often: a client
@@ -77,8 +89,10 @@ pub(crate) const DEFAULT_SPIN: Duration = Duration::from_micros(100);
 /// other sessions would otherwise never notice a newly active one.
 const EPOLL_CHECK_EVERY: Duration = Duration::from_millis(1);
 
-/// Longest sleep: a safety net, nothing needs it.
-const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// Longest sleep while the log limiter holds a count of suppressed lines
+/// (it is reported once the kind has been quiet this long). Otherwise a
+/// worker sleeps until there is work: 1,000 idle sessions cost no wake-up.
+const LOG_SLEEP: Duration = Duration::from_secs(1);
 
 /// epoll token of the worker's control eventfd. Session tokens are
 /// `id << 1` (the session eventfd) and `id << 1 | 1` (its socket); ids start
@@ -588,14 +602,17 @@ impl Worker<'_> {
         }
     }
 
-    /// Waits for epoll events (at most `timeout`) and handles them.
-    fn poll_events(&mut self, timeout: Duration) -> Result<(), String> {
+    /// Waits for epoll events (at most `timeout`; `None`: until one comes)
+    /// and handles them.
+    fn poll_events(&mut self, timeout: Option<Duration>) -> Result<(), String> {
         self.events.clear();
-        let ts = Timespec::try_from(timeout).unwrap_or(Timespec {
-            tv_sec: 1,
-            tv_nsec: 0,
+        let ts = timeout.map(|t| {
+            Timespec::try_from(t).unwrap_or(Timespec {
+                tv_sec: 1,
+                tv_nsec: 0,
+            })
         });
-        match epoll::wait(&self.epoll, spare_capacity(&mut self.events), Some(&ts)) {
+        match epoll::wait(&self.epoll, spare_capacity(&mut self.events), ts.as_ref()) {
             Ok(_) | Err(Errno::INTR) => {}
             Err(e) => return Err(format!("epoll_wait failed: {e}")),
         }
@@ -718,14 +735,14 @@ impl Worker<'_> {
 
     /// The longest this worker may sleep: until the next deadline of a
     /// provided call, at most [`MAX_SLEEP`].
-    fn sleep_bound(&self) -> Duration {
+    fn sleep_bound(&self) -> Option<Duration> {
         let next = self.ctx.providers.earliest();
         if next == u64::MAX {
-            return MAX_SLEEP;
+            return None;
         }
         let left = next.saturating_sub(wire::monotonic_ns());
         // Past the deadline by a little, so the sweep finds it expired.
-        MAX_SLEEP.min(Duration::from_nanos(left) + Duration::from_micros(50))
+        Some(Duration::from_nanos(left) + Duration::from_micros(50))
     }
 
     /// Frees one session: its fds leave the epoll set explicitly (the client
@@ -799,6 +816,15 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
     };
     let mut last_work = Instant::now();
     let mut next_check = Instant::now();
+    // Adaptive spinning (docs/architecture.md, "Waiting under load"): the
+    // spin after the last work is the learned budget, at most `ctx.spin`,
+    // and none while this thread's CPU is contended. `spin_limit` is the
+    // budget of the current idle stretch (`None`: the stretch has not
+    // started, the last round worked).
+    let mut budget = SpinBudget::new(ctx.spin);
+    let mut spin_limit: Option<Duration> = None;
+    // The last round that worked answered more than one call.
+    let mut streaming = false;
     let result = loop {
         // Acquire: pairs with the Release store in `ServerHandle::shutdown`.
         if ctx.handle.shutdown.load(Ordering::Acquire) {
@@ -809,11 +835,15 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
         }
         let now = Instant::now();
         let mut worked = false;
+        let mut answered = 0;
         for s in w.sessions.values_mut() {
             if !s.active || s.close.is_some() {
                 continue;
             }
-            if serve(s, ctx, now, &mut w.relay) {
+            let calls = s.calls;
+            let served = serve(s, ctx, now, &mut w.relay);
+            answered += s.calls - calls;
+            if served {
                 s.last_active = now;
                 worked = true;
             } else if now.duration_since(s.last_active) > ctx.spin {
@@ -823,10 +853,15 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
         w.reap();
         w.flush_relay();
         if worked {
+            if spin_limit.take().is_some_and(|l| !l.is_zero()) {
+                // The spin caught new work.
+                budget.caught(ctx.spin);
+            }
             last_work = now;
+            streaming = answered > 1;
         }
         if now >= next_check {
-            if let Err(e) = w.poll_events(Duration::ZERO) {
+            if let Err(e) = w.poll_events(Some(Duration::ZERO)) {
                 break Err(e);
             }
             for s in w.sessions.values_mut() {
@@ -840,7 +875,16 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
             w.log.flush(now);
             next_check = now + EPOLL_CHECK_EVERY;
         }
-        if now.duration_since(last_work) < ctx.spin {
+        let limit = *spin_limit.get_or_insert_with(|| {
+            if !cpu_contended(now) {
+                budget.current(ctx.spin)
+            } else if streaming {
+                BURST_SPIN.min(ctx.spin)
+            } else {
+                Duration::ZERO
+            }
+        });
+        if now.duration_since(last_work) < limit {
             std::hint::spin_loop();
             continue;
         }
@@ -860,7 +904,19 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
                 found = true;
             }
         }
-        if !found && let Err(e) = w.poll_events(w.sleep_bound()) {
+        if !limit.is_zero() {
+            // The spin ended without work: it did not pay.
+            budget.missed();
+        }
+        spin_limit = None;
+        w.log.flush(now);
+        // No timeout unless a provided call's deadline or a count of
+        // suppressed log lines waits.
+        let timeout = match (w.sleep_bound(), w.log.pending().then_some(LOG_SLEEP)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if !found && let Err(e) = w.poll_events(timeout) {
             // Relaxed: see below.
             waiting.store(0, Ordering::Relaxed);
             break Err(e);
@@ -869,6 +925,10 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
         // eventfd write; a 0 that hides a later 1 is ruled out by the fences.
         waiting.store(0, Ordering::Relaxed);
         last_work = Instant::now();
+        if !found {
+            // Woken after this long: a spin that long would have caught it.
+            budget.slept(last_work.saturating_duration_since(now), ctx.spin);
+        }
         next_check = last_work + EPOLL_CHECK_EVERY;
         w.reap();
         w.sweep();

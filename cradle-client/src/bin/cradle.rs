@@ -45,7 +45,8 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         size: usize,
         /// How the client waits for each response: spin (burn a core, lowest
-        /// latency), sleep (futex at once), or spin-then-sleep (50 µs, then futex).
+        /// latency), sleep (futex at once), or spin-then-sleep (a learned spin of at
+        /// most 50 µs, none on a busy machine, then futex).
         #[arg(long, value_enum, default_value_t = Wait::SpinThenSleep)]
         wait: Wait,
         /// Deadline of each call, in seconds.

@@ -71,6 +71,7 @@
 //! waker that rings while nobody sleeps (it does not: it rings only when
 //! `waiting == 1`).
 
+mod adaptive;
 mod eventfd;
 mod futex;
 mod socket;
@@ -82,6 +83,7 @@ use crossbeam_utils::Backoff;
 
 use crate::sync::{Atomics, Ordering, Word32};
 
+pub use self::adaptive::{CONTENDED_PERCENT, SpinBudget, cpu_contended};
 pub use self::eventfd::EventFd;
 pub use self::futex::Futex;
 pub use self::socket::WakeSocket;
@@ -319,13 +321,76 @@ impl<'a, A: Atomics> Doorbell<'a, A> {
             WaitMode::SpinThenSleep(d) => Some(d),
         };
         if budget != Some(Duration::ZERO) {
-            match spin(&mut poll, budget, deadline) {
+            match spin(&mut poll, Instant::now(), budget, deadline) {
                 SpinOutcome::Ready(v) => return Ok(v),
                 SpinOutcome::TimedOut => return Err(WaitTimeout),
                 SpinOutcome::BudgetSpent => {}
             }
         }
         self.sleep_loop(poll, sleeper, deadline)
+    }
+
+    /// Like [`wait`](Self::wait) in [`WaitMode::SpinThenSleep`]`(max)`, but
+    /// the spin is the one `budget` allows: at most `max`, nothing while the
+    /// thread's CPU is contended ([`cpu_contended`]); and the outcome
+    /// teaches `budget` (a spin that caught the event, a spin that ended in a
+    /// sleep, how long the sleep lasted). See docs/architecture.md,
+    /// "Waiting under load".
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ipc_core::doorbell::{Doorbell, Futex, SpinBudget};
+    /// use ipc_core::sync::{AtomicU32, AtomicU64, Ordering, StdAtomics};
+    ///
+    /// let (seq, waiting, data) = (AtomicU32::new(0), AtomicU32::new(0), AtomicU64::new(0));
+    /// let bell = Doorbell::<StdAtomics>::new(&seq, &waiting);
+    /// let max = Duration::from_micros(50);
+    /// let mut budget = SpinBudget::new(max);
+    /// std::thread::scope(|s| {
+    ///     s.spawn(|| {
+    ///         data.store(7, Ordering::Release);
+    ///         bell.ring(&Futex);
+    ///     });
+    ///     let poll = || match data.load(Ordering::Acquire) {
+    ///         0 => None,
+    ///         v => Some(v),
+    ///     };
+    ///     assert_eq!(bell.wait_adaptive(poll, &Futex, max, &mut budget, None), Ok(7));
+    /// });
+    /// ```
+    pub fn wait_adaptive<T, P, S>(
+        &self,
+        mut poll: P,
+        sleeper: &S,
+        max: Duration,
+        budget: &mut SpinBudget,
+        deadline: Option<Instant>,
+    ) -> Result<T, WaitTimeout>
+    where
+        P: FnMut() -> Option<T>,
+        S: Sleeper<A> + ?Sized,
+    {
+        if let Some(v) = poll() {
+            return Ok(v);
+        }
+        let start = Instant::now();
+        let limit = budget.limit(start, max);
+        if !limit.is_zero() {
+            match spin(&mut poll, start, Some(limit), deadline) {
+                SpinOutcome::Ready(v) => {
+                    budget.caught(max);
+                    return Ok(v);
+                }
+                SpinOutcome::TimedOut => return Err(WaitTimeout),
+                SpinOutcome::BudgetSpent => budget.missed(),
+            }
+        }
+        let asleep = Instant::now();
+        let r = self.sleep_loop(poll, sleeper, deadline);
+        if r.is_ok() {
+            budget.slept(asleep.elapsed(), max);
+        }
+        r
     }
 
     /// `waiting = 0`, on every exit from a sleep round.
@@ -383,13 +448,18 @@ impl<'a, A: Atomics> Doorbell<'a, A> {
 
 /// The spin phase: poll with [`Backoff`] until the condition holds, the
 /// budget is spent (`None` = unlimited) or the deadline passes.
-fn spin<T, P>(poll: &mut P, budget: Option<Duration>, deadline: Option<Instant>) -> SpinOutcome<T>
+fn spin<T, P>(
+    poll: &mut P,
+    start: Instant,
+    budget: Option<Duration>,
+    deadline: Option<Instant>,
+) -> SpinOutcome<T>
 where
     P: FnMut() -> Option<T>,
 {
     let spin_end = match budget {
         // An unrepresentable end (a huge budget) means "spin until the deadline".
-        Some(b) => Instant::now().checked_add(b),
+        Some(b) => start.checked_add(b),
         None => None,
     };
     let end = match (spin_end, deadline) {

@@ -218,6 +218,7 @@ fn latency(name: &'static str, size: usize, total: u64) -> Latency {
         name,
         payload: size,
         baseline: name,
+        loaded: false,
         samples,
         block_p50: Vec::new(),
         client_wakes: 0,

@@ -133,6 +133,11 @@ impl Server {
         }
     }
 
+    /// The server's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub(crate) fn socket(&self) -> &Path {
         &self.socket
     }

@@ -13,6 +13,8 @@ mod blobs;
 mod counters;
 mod cradle;
 mod disk;
+mod idle;
+mod load;
 mod peer;
 mod provided;
 mod report;
@@ -122,6 +124,26 @@ struct Cli {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(64..=10_000_000))]
     blob_ops: Option<u64>,
 
+    /// CPU hogs of the loaded slots: every block runs the latency scenarios
+    /// (but tcp and the metrics server) and the pipelined ones once more
+    /// while N busy-looping processes run, and the table shows idle and
+    /// loaded side by side; 0: no loaded slots [default: the number of
+    /// cores].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=256))]
+    load: Option<u32>,
+
+    /// Instead of the scenarios: connect N sessions to a fresh server, leave
+    /// them idle, and report the server's wake-ups and CPU time over
+    /// --idle-seconds, its memory and descriptors per session, and the
+    /// shared memory of the rings.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    idle_sessions: Option<u64>,
+
+    /// The quiet period of --idle-sessions, in seconds.
+    #[arg(long, value_name = "S", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    idle_seconds: u64,
+
     /// Largest blob of the pass, first-map and full-read scenarios: bytes,
     /// or a number with K, M or G (powers of 1024), 64K to 4G
     /// [default: 1G; --quick: 64M].
@@ -177,6 +199,8 @@ struct Plan {
     pipelined_calls: u64,
     clients: u32,
     pin: bool,
+    /// CPU hogs of the loaded slots (0: none).
+    load: usize,
     blobs: BlobMode,
     blob: blobs::BlobPlan,
 }
@@ -202,6 +226,10 @@ impl Plan {
             }),
             clients: cli.clients,
             pin: cli.pin,
+            load: cli.load.map_or_else(
+                || std::thread::available_parallelism().map_or(1, |n| n.get()),
+                |n| n as usize,
+            ),
             blobs: cli.blobs,
             blob: blobs::BlobPlan::new(
                 cli.blob_ops
@@ -220,6 +248,8 @@ struct Slot {
     name: &'static str,
     baseline: &'static str,
     echo: Box<dyn Echo>,
+    /// Also measured under `--load`.
+    loaded: bool,
 }
 
 /// The progress line on stderr.
@@ -249,6 +279,16 @@ fn run(cli: &Cli) -> Result<(), String> {
     let started = Instant::now();
     let plan = Plan::from(cli);
     let server_bin = cradle::server_binary(cli.server.as_deref())?;
+    if let Some(n) = cli.idle_sessions {
+        let dir = cradle::TempDir::new()?;
+        eprintln!(
+            "{n} idle sessions: connecting, then {} s of quiet ...",
+            cli.idle_seconds
+        );
+        let r = idle::run(&server_bin, dir.path(), n as usize, cli.idle_seconds)?;
+        print!("{}", r.table());
+        return Ok(());
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (here, there) = if plan.pin {
         if cores < 2 {
@@ -304,6 +344,7 @@ fn run(cli: &Cli) -> Result<(), String> {
         date: report::today(),
         blocks: plan.blocks,
         pinned: plan.pin,
+        load: plan.load,
         seconds: started.elapsed().as_secs_f64(),
     };
     print!("{}", report.table());
@@ -352,90 +393,104 @@ fn calls(
         ],
     )?;
 
+    let slot = |name, baseline, echo, loaded| Slot {
+        name,
+        baseline,
+        echo,
+        loaded,
+    };
     let mut slots = vec![
-        Slot {
-            name: FLOOR,
-            baseline: FLOOR,
-            echo: Box::new(transport::ShmEcho::start(false, there)?),
-        },
-        Slot {
-            name: "floor-futex",
-            baseline: FLOOR,
-            echo: Box::new(transport::ShmEcho::start(true, there)?),
-        },
-        Slot {
-            name: report::UNIX,
-            baseline: FLOOR,
-            echo: transport::unix_socket(there)?,
-        },
-        Slot {
-            name: "pipe",
-            baseline: FLOOR,
-            echo: transport::pipe(there)?,
-        },
-        Slot {
-            name: "tcp",
-            baseline: FLOOR,
-            echo: transport::tcp(there)?,
-        },
-        Slot {
-            name: "cradle-spin",
-            baseline: FLOOR,
-            echo: Box::new(cradle::CradleEcho::new(
+        slot(
+            FLOOR,
+            FLOOR,
+            Box::new(transport::ShmEcho::start(false, there)?) as Box<dyn Echo>,
+            true,
+        ),
+        slot(
+            "floor-futex",
+            FLOOR,
+            Box::new(transport::ShmEcho::start(true, there)?),
+            true,
+        ),
+        slot(report::UNIX, FLOOR, transport::unix_socket(there)?, true),
+        slot("pipe", FLOOR, transport::pipe(there)?, true),
+        slot("tcp", FLOOR, transport::tcp(there)?, false),
+        slot(
+            "cradle-spin",
+            FLOOR,
+            Box::new(cradle::CradleEcho::new(
                 spin_server.connect(WaitMode::Spin)?,
                 WaitMode::Spin,
                 // The server keeps polling 20 ms after the last call.
                 Duration::from_millis(25),
             )),
-        },
-        Slot {
-            name: report::SPIN_METRICS,
-            baseline: "cradle-spin",
-            echo: Box::new(cradle::CradleEcho::new(
+            true,
+        ),
+        slot(
+            report::SPIN_METRICS,
+            "cradle-spin",
+            Box::new(cradle::CradleEcho::new(
                 metrics_server.connect(WaitMode::Spin)?,
                 WaitMode::Spin,
                 Duration::from_millis(25),
             )),
-        },
-        Slot {
-            name: "cradle-sleep",
-            baseline: "floor-futex",
-            echo: Box::new(cradle::CradleEcho::new(
+            false,
+        ),
+        // The defaults on both sides: the client's adaptive spin-then-sleep
+        // against a server with its default (adaptive) spin.
+        slot(
+            report::DEFAULT,
+            FLOOR,
+            Box::new(cradle::CradleEcho::new(
+                sleep_server.connect(WaitMode::default())?,
+                WaitMode::default(),
+                Duration::ZERO,
+            )),
+            true,
+        ),
+        slot(
+            "cradle-sleep",
+            "floor-futex",
+            Box::new(cradle::CradleEcho::new(
                 sleep_server.connect(WaitMode::Sleep)?,
                 WaitMode::Sleep,
                 Duration::ZERO,
             )),
-        },
-        Slot {
-            name: "cradle-sleep-both",
-            baseline: "floor-futex",
-            echo: Box::new(cradle::CradleEcho::new(
+            true,
+        ),
+        slot(
+            "cradle-sleep-both",
+            "floor-futex",
+            Box::new(cradle::CradleEcho::new(
                 idle_server.connect(WaitMode::Sleep)?,
                 WaitMode::Sleep,
                 Duration::ZERO,
             )),
-        },
+            true,
+        ),
     ];
     // The tokio client in the same two modes as the sync client it is held
     // to (docs/design.md §9: p50 <= 2x the sync client in the same mode).
-    slots.push(Slot {
-        name: "cradle-async",
-        baseline: "cradle-spin",
-        echo: Box::new(cradle::AsyncEcho::new(
+    slots.push(slot(
+        "cradle-async",
+        "cradle-spin",
+        Box::new(cradle::AsyncEcho::new(
             spin_server.socket(),
             WaitMode::Spin,
             Duration::from_millis(25),
         )?),
-    });
-    slots.push(Slot {
-        name: "cradle-async-sleep",
-        baseline: "cradle-sleep-both",
-        echo: Box::new(cradle::AsyncEcho::new(
+        true,
+    ));
+    slots.push(slot(
+        "cradle-async-sleep",
+        "cradle-sleep-both",
+        Box::new(cradle::AsyncEcho::new(
             idle_server.socket(),
             WaitMode::Sleep,
             Duration::ZERO,
         )?),
-    });
+        true,
+    ));
 
     // The same echo served by a provider process instead of the server:
     // each call crosses the server twice.
@@ -448,6 +503,7 @@ fn calls(
             WaitMode::Spin,
             Duration::from_millis(25),
         )),
+        loaded: false,
     });
     slots.push(Slot {
         name: report::PROVIDED_SLEEP,
@@ -458,6 +514,7 @@ fn calls(
             WaitMode::Sleep,
             Duration::ZERO,
         )),
+        loaded: false,
     });
     // The pipelined throughput and the blob pass through a provider of
     // their own (on a spinning server of their own).
@@ -488,6 +545,7 @@ fn calls(
             server_wakes: None,
             allocs: 0,
             minflt: 0,
+            loaded: false,
         })
         .collect();
     let mut through_provider = Throughput {
@@ -501,9 +559,13 @@ fn calls(
         server_wakes: None,
         allocs: None,
         scrapes: None,
+        loaded: false,
     };
 
     let pipe_client = spin_server.connect(WaitMode::Spin)?;
+    // Under load, the defaults on both sides (a spinning client on a busy
+    // machine is a choice this scenario does not make for the user).
+    let pipe_default = sleep_server.connect(WaitMode::default())?;
     let metrics_client = metrics_server.connect(WaitMode::Spin)?;
     let mut n_clients = cradle::Clients::start(
         plan.clients,
@@ -512,22 +574,34 @@ fn calls(
         WINDOW,
         here,
     )?;
+    let mut unix_pipe = load::UnixPipelined::start(there)?;
+    let hogs = if plan.load > 0 {
+        Some(load::Hogs::start(plan.load)?)
+    } else {
+        None
+    };
 
     let per_block = (plan.iters / plan.blocks as u64).max(1);
     let mut latency: Vec<Latency> = Vec::new();
-    for &p in &plan.payloads {
-        for s in &slots {
-            latency.push(Latency {
-                name: s.name,
-                payload: p,
-                baseline: s.baseline,
-                samples: Vec::with_capacity((per_block as usize) * plan.blocks),
-                block_p50: Vec::with_capacity(plan.blocks),
-                client_wakes: 0,
-                server_wakes: s.echo.server_wakes().map(|_| 0),
-                allocs: 0,
-                minflt: 0,
-            });
+    for loaded in [false, true] {
+        if loaded && hogs.is_none() {
+            continue;
+        }
+        for &p in &plan.payloads {
+            for s in slots.iter().filter(|s| !loaded || s.loaded) {
+                latency.push(Latency {
+                    name: s.name,
+                    payload: p,
+                    baseline: s.baseline,
+                    loaded,
+                    samples: Vec::with_capacity((per_block as usize) * plan.blocks),
+                    block_p50: Vec::with_capacity(plan.blocks),
+                    client_wakes: 0,
+                    server_wakes: s.echo.server_wakes().map(|_| 0),
+                    allocs: 0,
+                    minflt: 0,
+                });
+            }
         }
     }
     let mut messages: Vec<Vec<u8>> = plan
@@ -536,49 +610,36 @@ fn calls(
         .map(|&p| (0..p.min(MAX_PAYLOAD)).map(|i| (i * 7 + 3) as u8).collect())
         .collect();
     let mut scratch: Vec<u64> = Vec::with_capacity(per_block as usize);
-    let mut one = Throughput {
-        name: "cradle-pipelined",
+    let pipelined = |name, loaded, counters: bool| Throughput {
+        name,
+        loaded,
         clients: 1,
         window: WINDOW,
         payload: 8,
         calls: 0,
         block_rates: Vec::new(),
-        client_wakes: Some(0),
-        server_wakes: Some(0),
-        allocs: Some(0),
+        client_wakes: counters.then_some(0),
+        server_wakes: counters.then_some(0),
+        allocs: counters.then_some(0),
         scrapes: None,
     };
+    let mut one = pipelined("cradle-pipelined", false, true);
+    let mut one_loaded = pipelined("cradle-pipelined", true, true);
+    let mut sock = pipelined(report::UNIX_PIPELINED, false, false);
+    let mut sock_loaded = pipelined(report::UNIX_PIPELINED, true, false);
     // The same 1-client run against the server with a metrics endpoint,
     // without and with a scraper at work.
     let mut unscraped = Throughput {
-        name: report::PIPELINED_METRICS,
-        clients: 1,
-        window: WINDOW,
-        payload: 8,
-        calls: 0,
-        block_rates: Vec::new(),
-        client_wakes: None,
-        server_wakes: None,
-        allocs: None,
         scrapes: Some(0),
+        ..pipelined(report::PIPELINED_METRICS, false, false)
     };
     let mut scraped = Throughput {
-        name: report::PIPELINED_SCRAPED,
         scrapes: Some(0),
-        block_rates: Vec::new(),
-        ..unscraped
+        ..pipelined(report::PIPELINED_SCRAPED, false, false)
     };
     let mut many = Throughput {
-        name: "cradle-pipelined-n",
         clients: plan.clients,
-        window: WINDOW,
-        payload: 8,
-        calls: 0,
-        block_rates: Vec::new(),
-        client_wakes: None,
-        server_wakes: None,
-        allocs: None,
-        scrapes: None,
+        ..pipelined("cradle-pipelined-n", false, false)
     };
 
     // Warm-up: page in buffers, fill caches and the client's arenas.
@@ -608,21 +669,33 @@ fn calls(
             provided::blob_round_trip(&prov_client, blob, blob_opts)?;
         }
     }
+    cradle::pipelined(&pipe_default, plan.pipelined_calls.min(20_000), WINDOW, 0)?;
     cradle::pipelined(&metrics_client, plan.pipelined_calls.min(20_000), WINDOW, 0)?;
+    unix_pipe.run(plan.pipelined_calls.min(20_000), WINDOW, 0)?;
     scrape::once(&metrics_sock)?;
     std::thread::sleep(Duration::from_millis(25));
 
-    let nslots = slots.len();
-    for b in 0..plan.blocks {
+    let mut latency_pass = |loaded: bool,
+                            b: usize,
+                            slots: &mut [Slot],
+                            latency: &mut [Latency],
+                            tag: &mut u64,
+                            progress: &mut Progress|
+     -> Result<(), String> {
         for (pi, msg) in messages.iter_mut().enumerate() {
-            for (si, s) in slots.iter_mut().enumerate() {
-                let l = &mut latency[pi * nslots + si];
+            for s in slots.iter_mut().filter(|s| !loaded || s.loaded) {
+                let payload = plan.payloads[pi];
+                let l = latency
+                    .iter_mut()
+                    .find(|l| l.name == s.name && l.payload == payload && l.loaded == loaded)
+                    .ok_or("no latency entry for a slot")?;
                 progress.show(&format!(
-                    "[block {}/{}] {} {} ({:.0} s)",
+                    "[block {}/{}] {} {}{} ({:.0} s)",
                     b + 1,
                     plan.blocks,
                     s.name,
                     report::size(l.payload),
+                    if loaded { " loaded" } else { "" },
                     started.elapsed().as_secs_f64()
                 ));
                 s.echo.begin()?;
@@ -630,8 +703,8 @@ fn calls(
                 let c0 = Snapshot::now();
                 let first = l.samples.len();
                 for _ in 0..per_block {
-                    tag += 1;
-                    stamp(msg, tag);
+                    *tag += 1;
+                    stamp(msg, *tag);
                     let t = Instant::now();
                     s.echo.round_trip(msg)?;
                     let ns = t.elapsed().as_nanos();
@@ -653,6 +726,47 @@ fn calls(
                 std::thread::sleep(s.echo.cool_down());
             }
         }
+        Ok(())
+    };
+    // One pipelined run of the 1-client scenario, with its counters.
+    let one_run = |t: &mut Throughput, tag: &mut u64| -> Result<(), String> {
+        let pipe_client = if t.loaded {
+            &pipe_default
+        } else {
+            &pipe_client
+        };
+        let sw0 = cradle::server_wakes(pipe_client)?;
+        let c0 = Snapshot::now();
+        let ns = cradle::pipelined(pipe_client, plan.pipelined_calls, WINDOW, *tag)?;
+        let c = c0.delta(&Snapshot::now());
+        let sw1 = cradle::server_wakes(pipe_client)?;
+        *tag += plan.pipelined_calls;
+        t.calls += plan.pipelined_calls;
+        t.block_rates
+            .push(plan.pipelined_calls as f64 * 1e9 / ns.max(1) as f64);
+        for (slot, v) in [
+            (&mut t.client_wakes, c.wakes),
+            (&mut t.allocs, c.allocs),
+            (&mut t.server_wakes, sw1.saturating_sub(sw0)),
+        ] {
+            if let Some(x) = slot {
+                *x += v;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(25));
+        Ok(())
+    };
+    let mut sock_run = |t: &mut Throughput, tag: &mut u64| -> Result<(), String> {
+        let ns = unix_pipe.run(plan.pipelined_calls, WINDOW, *tag)?;
+        *tag += plan.pipelined_calls;
+        t.calls += plan.pipelined_calls;
+        t.block_rates
+            .push(plan.pipelined_calls as f64 * 1e9 / ns.max(1) as f64);
+        Ok(())
+    };
+
+    for b in 0..plan.blocks {
+        latency_pass(false, b, &mut slots, &mut latency, &mut tag, progress)?;
         // Pipelined throughput, 1 client (this process), then N processes.
         progress.show(&format!(
             "[block {}/{}] cradle-pipelined ({:.0} s)",
@@ -660,25 +774,7 @@ fn calls(
             plan.blocks,
             started.elapsed().as_secs_f64()
         ));
-        let sw0 = cradle::server_wakes(&pipe_client)?;
-        let c0 = Snapshot::now();
-        let ns = cradle::pipelined(&pipe_client, plan.pipelined_calls, WINDOW, tag)?;
-        let c = c0.delta(&Snapshot::now());
-        let sw1 = cradle::server_wakes(&pipe_client)?;
-        tag += plan.pipelined_calls;
-        one.calls += plan.pipelined_calls;
-        one.block_rates
-            .push(plan.pipelined_calls as f64 * 1e9 / ns.max(1) as f64);
-        for (slot, v) in [
-            (&mut one.client_wakes, c.wakes),
-            (&mut one.allocs, c.allocs),
-            (&mut one.server_wakes, sw1.saturating_sub(sw0)),
-        ] {
-            if let Some(x) = slot {
-                *x += v;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(25));
+        one_run(&mut one, &mut tag)?;
         progress.show(&format!(
             "[block {}/{}] cradle-pipelined x{} ({:.0} s)",
             b + 1,
@@ -726,12 +822,13 @@ fn calls(
             l.client_wakes += c.wakes;
             l.allocs += c.allocs;
             l.minflt += c.minflt;
-            scratch.clear();
-            scratch.extend_from_slice(&l.samples[first..]);
-            scratch.sort_unstable();
-            l.block_p50.push(report::percentile(&scratch, 0.5));
+            // Not `scratch`: the latency pass holds it.
+            let mut sorted = l.samples[first..].to_vec();
+            sorted.sort_unstable();
+            l.block_p50.push(report::percentile(&sorted, 0.5));
         }
         std::thread::sleep(Duration::from_millis(25));
+        sock_run(&mut sock, &mut tag)?;
         // Pipelined against the server with a metrics endpoint: unscraped,
         // then with a scraper fetching /metrics every SCRAPE_EVERY.
         for (t, scraping) in [(&mut unscraped, false), (&mut scraped, true)] {
@@ -756,10 +853,30 @@ fn calls(
                 .push(plan.pipelined_calls as f64 * 1e9 / ns.max(1) as f64);
             std::thread::sleep(Duration::from_millis(25));
         }
+        // The same again while the hogs run.
+        if let Some(h) = &hogs {
+            h.resume()?;
+            let r = latency_pass(true, b, &mut slots, &mut latency, &mut tag, progress)
+                .and_then(|()| {
+                    progress.show(&format!(
+                        "[block {}/{}] cradle-pipelined loaded ({:.0} s)",
+                        b + 1,
+                        plan.blocks,
+                        started.elapsed().as_secs_f64()
+                    ));
+                    one_run(&mut one_loaded, &mut tag)
+                })
+                .and_then(|()| sock_run(&mut sock_loaded, &mut tag));
+            h.pause()?;
+            r?;
+        }
     }
     progress.show("stopping servers and peers ...");
+    let load = hogs.as_ref().map_or(0, load::Hogs::len);
+    drop(hogs);
     drop(n_clients);
     drop(pipe_client);
+    drop(pipe_default);
     drop(metrics_client);
     drop(slots);
     drop(blob_inputs);
@@ -773,10 +890,11 @@ fn calls(
         prov_server,
     ));
     latency.extend(blob_lat);
-    Ok((
-        latency,
-        vec![one, many, unscraped, scraped, through_provider],
-    ))
+    let mut throughput = vec![one, many, unscraped, scraped, through_provider, sock];
+    if load > 0 {
+        throughput.extend([one_loaded, sock_loaded]);
+    }
+    Ok((latency, throughput))
 }
 
 /// Writes the call's sequence number into the first bytes of the payload.

@@ -51,6 +51,7 @@ pub(crate) fn run(kind: &str, args: &[String]) -> Result<(), String> {
         }
         "blob-reader" => crate::blobs::reader(arg(0)?, fd(1)?),
         "provider" => crate::provided::provider(arg(0)?, arg(1)?),
+        "hog" => hog(),
         other => Err(format!("unknown peer kind {other:?}")),
     }
 }
@@ -143,34 +144,51 @@ fn shm(fd: RawFd, sleep: bool) -> Result<(), String> {
     }
 }
 
-/// The echo side of a byte stream: reads one whole message (4-byte length,
-/// payload) into private memory and writes it back; ends at EOF.
+/// The echo side of a byte stream: reads whole messages (4-byte length,
+/// payload) into private memory and writes each back with its own write,
+/// as an RPC server answers each call (a pipelining caller sends many
+/// before it reads, so one read may hold several); ends at EOF.
 fn stream(mut r: impl Read, mut w: impl Write) -> Result<(), String> {
-    let mut buf = vec![0u8; 4 + MAX_PAYLOAD];
+    let mut buf = vec![0u8; 2 * (4 + MAX_PAYLOAD)];
+    let mut have = 0usize;
     loop {
-        let mut have = 0usize;
-        let total = loop {
-            let k = r.read(&mut buf[have..]).map_err(|e| format!("read: {e}"))?;
-            if k == 0 {
-                return if have == 0 {
-                    Ok(())
-                } else {
-                    Err("EOF inside a message".into())
-                };
+        let k = r.read(&mut buf[have..]).map_err(|e| format!("read: {e}"))?;
+        if k == 0 {
+            return if have == 0 {
+                Ok(())
+            } else {
+                Err("EOF inside a message".into())
+            };
+        }
+        have += k;
+        // Answer the complete messages at the front of the buffer.
+        let mut whole = 0usize;
+        while have - whole >= 4 {
+            let h = &buf[whole..whole + 4];
+            let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+            if len > MAX_PAYLOAD {
+                return Err(format!("message of {len} bytes"));
             }
-            have += k;
-            if have >= 4 {
-                let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-                if len > MAX_PAYLOAD {
-                    return Err(format!("message of {len} bytes"));
-                }
-                if have >= 4 + len {
-                    break 4 + len;
-                }
+            if have - whole < 4 + len {
+                break;
             }
-        };
-        w.write_all(&buf[..total])
-            .map_err(|e| format!("write: {e}"))?;
+            w.write_all(&buf[whole..whole + 4 + len])
+                .map_err(|e| format!("write: {e}"))?;
+            whole += 4 + len;
+        }
+        if whole > 0 {
+            buf.copy_within(whole..have, 0);
+            have -= whole;
+        }
+    }
+}
+
+/// A CPU hog for `--load`: spins until killed (the harness stops and
+/// continues it with SIGSTOP / SIGCONT between its slots).
+fn hog() -> Result<(), String> {
+    let mut x = 0u64;
+    loop {
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
     }
 }
 

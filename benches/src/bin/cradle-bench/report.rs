@@ -8,6 +8,10 @@ use std::fmt::Write as _;
 pub(crate) const FLOOR: &str = "floor-spin";
 /// The second reference column: a Unix-socket ping-pong.
 pub(crate) const UNIX: &str = "unix-socket";
+/// The default wait modes on both sides.
+pub(crate) const DEFAULT: &str = "cradle-default";
+/// Pipelined pings over a Unix socket (the loaded pipelined target's baseline).
+pub(crate) const UNIX_PIPELINED: &str = "unix-socket-pipelined";
 /// The spinning call against a server with its metrics endpoint on.
 pub(crate) const SPIN_METRICS: &str = "cradle-spin-metrics";
 /// Pipelined calls against that server, nobody scraping.
@@ -39,6 +43,9 @@ pub(crate) struct Latency {
     pub(crate) payload: usize,
     /// The baseline its `ratio_to_baseline` is taken against.
     pub(crate) baseline: &'static str,
+    /// Measured while the `--load` hogs ran (its ratios are to the loaded
+    /// baselines).
+    pub(crate) loaded: bool,
     /// Every measured round trip, in nanoseconds, all blocks.
     pub(crate) samples: Vec<u64>,
     /// The p50 of each block, in block order.
@@ -53,6 +60,8 @@ pub(crate) struct Latency {
 #[derive(Debug)]
 pub(crate) struct Throughput {
     pub(crate) name: &'static str,
+    /// Measured while the `--load` hogs ran.
+    pub(crate) loaded: bool,
     pub(crate) clients: u32,
     pub(crate) window: usize,
     pub(crate) payload: usize,
@@ -163,6 +172,8 @@ pub(crate) struct Report {
     pub(crate) date: String,
     pub(crate) blocks: usize,
     pub(crate) pinned: bool,
+    /// CPU hogs of the loaded slots (0: none ran).
+    pub(crate) load: usize,
     pub(crate) seconds: f64,
 }
 
@@ -180,14 +191,29 @@ pub(crate) struct Target {
 }
 
 impl Report {
+    /// The idle scenario `name` at `payload`.
     pub(crate) fn find(&self, name: &str, payload: usize) -> Option<&Latency> {
-        self.latency
-            .iter()
-            .find(|l| l.name == name && l.payload == payload)
+        self.find_in(name, payload, false)
     }
 
+    /// The scenario `name` at `payload`, idle or loaded.
+    pub(crate) fn find_in(&self, name: &str, payload: usize, loaded: bool) -> Option<&Latency> {
+        self.latency
+            .iter()
+            .find(|l| l.name == name && l.payload == payload && l.loaded == loaded)
+    }
+
+    /// `l` against `base` measured in the same conditions (idle or loaded).
     pub(crate) fn ratio_to(&self, l: &Latency, base: &str) -> Option<f64> {
-        block_ratio(l, self.find(base, l.payload)?)
+        block_ratio(l, self.find_in(base, l.payload, l.loaded)?)
+    }
+
+    /// The median block rate of a throughput scenario.
+    fn rate(&self, name: &str, loaded: bool) -> Option<f64> {
+        self.throughput
+            .iter()
+            .find(|t| t.name == name && t.loaded == loaded)
+            .and_then(|t| median(&t.block_rates))
     }
 
     /// The targets of docs/design.md §9 that this harness measures.
@@ -285,11 +311,7 @@ impl Report {
         }
         self.metrics_targets(out);
         self.provided_figures(out);
-        let rate = self
-            .throughput
-            .iter()
-            .find(|t| t.name == "cradle-pipelined")
-            .and_then(|t| median(&t.block_rates));
+        let rate = self.rate("cradle-pipelined", false);
         out.push(Target {
             what: "pipelined 8 B, window 256, 1 client: >= 5 M calls/s".into(),
             scenario: "cradle-pipelined".into(),
@@ -302,6 +324,150 @@ impl Report {
                 None => "not measured".into(),
             },
         });
+        self.load_targets(out);
+    }
+
+    /// Issue 18's targets: waiting on a busy machine (the `--load` slots)
+    /// and the idle fast paths that must not regress for it.
+    fn load_targets(&self, out: &mut Vec<Target>) {
+        let mut push = |what: String, scenario: &str, measured: Option<f64>, unit, pass, detail| {
+            out.push(Target {
+                what,
+                scenario: scenario.into(),
+                payload: Some(8),
+                measured,
+                unit,
+                pass,
+                detail,
+            })
+        };
+        let q = |l: &Latency, q: f64| percentile(&l.samples, q) as f64;
+        let not = |why: &str| format!("not measured ({why})");
+        // Loaded default mode against the loaded futex and Unix socket.
+        let def = self.find_in(DEFAULT, 8, true);
+        for (base, limit) in [("floor-futex", 1.0f64), (UNIX, 0.5)] {
+            let b = self.find_in(base, 8, true);
+            let (r50, r90) = match (def, b) {
+                (Some(d), Some(b)) => (block_ratio(d, b), Some(q(d, 0.9) / q(b, 0.9).max(1.0))),
+                _ => (None, None),
+            };
+            let worst = match (r50, r90) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            };
+            push(
+                format!("loaded: {DEFAULT} 8 B p50 and p90 <= {limit}x {base} loaded"),
+                DEFAULT,
+                worst,
+                "x loaded baseline (worse of p50, p90)",
+                worst.map(|w| w <= limit),
+                match (r50, r90) {
+                    (Some(a), Some(b)) => format!("p50 {a:.2}x, p90 {b:.2}x (limit {limit}x)"),
+                    _ => not("no --load run at 8 B"),
+                },
+            );
+        }
+        let r = match (
+            self.find_in("cradle-sleep", 8, true),
+            self.find_in("pipe", 8, true),
+        ) {
+            (Some(a), Some(b)) => block_ratio(a, b),
+            _ => None,
+        };
+        push(
+            "loaded: cradle-sleep 8 B p50 <= pipe loaded".into(),
+            "cradle-sleep",
+            r,
+            "x pipe (loaded)",
+            r.map(|r| r <= 1.0),
+            r.map_or_else(
+                || not("no --load run at 8 B"),
+                |r| format!("{r:.2}x (limit 1x)"),
+            ),
+        );
+        let r = match (
+            self.find_in("cradle-async-sleep", 8, true),
+            self.find_in("cradle-sleep-both", 8, true),
+        ) {
+            (Some(a), Some(b)) => block_ratio(a, b),
+            _ => None,
+        };
+        push(
+            "loaded: cradle-async-sleep 8 B p50 <= 2x cradle-sleep-both".into(),
+            "cradle-async-sleep",
+            r,
+            "x cradle-sleep-both (loaded)",
+            r.map(|r| r <= 2.0),
+            r.map_or_else(
+                || not("no --load run at 8 B"),
+                |r| format!("{r:.2}x (limit 2x)"),
+            ),
+        );
+        let r = self.find(DEFAULT, 8).and_then(|d| self.ratio_to(d, FLOOR));
+        push(
+            format!("idle: {DEFAULT} 8 B p50 <= 2x the floor"),
+            DEFAULT,
+            r,
+            "x floor-spin",
+            r.map(|r| r <= 2.0),
+            r.map_or_else(
+                || not("8 B not in --payloads"),
+                |r| format!("{r:.2}x (limit 2x)"),
+            ),
+        );
+        let r = match (
+            self.find("cradle-sleep-both", 8),
+            self.find("floor-futex", 8),
+        ) {
+            (Some(a), Some(b)) => block_ratio(a, b),
+            _ => None,
+        };
+        push(
+            "idle: cradle-sleep-both 8 B p50 <= 1.2x floor-futex".into(),
+            "cradle-sleep-both",
+            r,
+            "x floor-futex",
+            r.map(|r| r <= 1.2),
+            r.map_or_else(
+                || not("8 B not in --payloads"),
+                |r| format!("{r:.2}x (limit 1.2x)"),
+            ),
+        );
+        let r = self.rate("cradle-pipelined", false);
+        push(
+            "idle: pipelined 8 B, window 256, 1 client >= 10 M calls/s".into(),
+            "cradle-pipelined",
+            r,
+            "calls/s",
+            r.map(|r| r >= 10e6),
+            r.map_or_else(
+                || not("no pipelined run"),
+                |r| format!("{:.2} M calls/s (need >= 10 M)", r / 1e6),
+            ),
+        );
+        let (c, u) = (
+            self.rate("cradle-pipelined", true),
+            self.rate(UNIX_PIPELINED, true),
+        );
+        let r = match (c, u) {
+            (Some(c), Some(u)) if u > 0.0 => Some(c / u),
+            _ => None,
+        };
+        push(
+            "loaded: pipelined 8 B >= 5x the Unix socket's pipelined rate".into(),
+            "cradle-pipelined",
+            r,
+            "x unix-socket-pipelined (loaded)",
+            r.map(|r| r >= 5.0),
+            match (r, c, u) {
+                (Some(r), Some(c), Some(u)) => format!(
+                    "{r:.2}x: {:.2} against {:.2} M calls/s (need >= 5x)",
+                    c / 1e6,
+                    u / 1e6
+                ),
+                _ => not("no --load run"),
+            },
+        );
     }
 
     /// Provided calls against the direct (compiled-in) call in the same
@@ -419,10 +585,15 @@ impl Report {
                 let med = median(&t.block_rates).unwrap_or(0.0);
                 let min = t.block_rates.iter().copied().fold(f64::INFINITY, f64::min);
                 let max = t.block_rates.iter().copied().fold(0.0, f64::max);
+                let name = if t.loaded {
+                    format!("{} loaded", t.name)
+                } else {
+                    t.name.to_string()
+                };
                 let _ = writeln!(
                     s,
-                    "{:<22} clients {:>2}  window {:>3}  {:>10} calls  median {:>6.2} M calls/s  (blocks {:.2}..{:.2}){}",
-                    t.name,
+                    "{:<29} clients {:>2}  window {:>3}  {:>10} calls  median {:>6.2} M calls/s  (blocks {:.2}..{:.2}){}",
+                    name,
                     t.clients,
                     t.window,
                     t.calls,
@@ -479,7 +650,7 @@ impl Report {
         );
         let ratio = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}"));
         let mut last_payload = None;
-        for l in &self.latency {
+        for l in self.latency.iter().filter(|l| !l.loaded) {
             if last_payload.is_some_and(|p| p != l.payload) {
                 s.push('\n');
             }
@@ -509,6 +680,68 @@ impl Report {
              wake syscalls per call in the calling / serving process; allocs, minflt: heap \
              allocations and minor page faults per call in the calling process)\n",
         );
+        if self.latency.iter().any(|l| l.loaded) {
+            self.load_table(s);
+        }
+    }
+
+    /// Idle and loaded side by side, for every scenario measured both ways.
+    fn load_table(&self, s: &mut String) {
+        let _ = writeln!(
+            s,
+            "\nidle and loaded ({} CPU hogs), side by side\n\n{:<19} {:>7} | {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} | {:>6} {:>6}",
+            self.load, "", "", "idle", "", "", "loaded", "", "", "", "", "", "", ""
+        );
+        let _ = writeln!(
+            s,
+            "{:<19} {:>7} | {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} | {:>6} {:>6}",
+            "transport",
+            "payload",
+            "p50 us",
+            "p90 us",
+            "p99 us",
+            "p50 us",
+            "p90 us",
+            "p99 us",
+            "p99.9 us",
+            "x futex",
+            "x unix",
+            "wake c",
+            "wake s"
+        );
+        let ratio = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}"));
+        let mut last_payload = None;
+        for l in self.latency.iter().filter(|l| l.loaded) {
+            if last_payload.is_some_and(|p| p != l.payload) {
+                s.push('\n');
+            }
+            last_payload = Some(l.payload);
+            let m = summarize(&l.samples);
+            let i = self.find(l.name, l.payload).map(|i| summarize(&i.samples));
+            let iu = |f: fn(&Summary) -> u64| i.as_ref().map_or("-".into(), |i| us(f(i)));
+            let _ = writeln!(
+                s,
+                "{:<19} {:>7} | {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} | {:>6} {:>6}",
+                l.name,
+                size(l.payload),
+                iu(|m| m.p50),
+                iu(|m| m.p90),
+                iu(|m| m.p99),
+                us(m.p50),
+                us(m.p90),
+                us(m.p99),
+                us(m.p999),
+                ratio(self.ratio_to(l, "floor-futex")),
+                ratio(self.ratio_to(l, UNIX)),
+                per(l.client_wakes, m.n),
+                l.server_wakes.map_or("-".into(), |w| per(w, m.n)),
+            );
+        }
+        s.push_str(
+            "\n(loaded: the same scenario while the hogs run, in the same blocks; x futex / x \
+             unix: median over blocks of the block-p50 ratio to floor-futex / unix-socket \
+             loaded; wake c / wake s: loaded, per call)\n",
+        );
     }
 
     /// The JSON array: one object per scenario, then one per target.
@@ -519,6 +752,7 @@ impl Report {
             let mut o = Obj::default();
             o.str("kind", "latency");
             o.str("name", l.name);
+            o.num("load", if l.loaded { self.load as f64 } else { 0.0 });
             o.num("payload_bytes", l.payload as f64);
             o.num("n", m.n as f64);
             o.num("p50_ns", m.p50 as f64);
@@ -543,6 +777,7 @@ impl Report {
             let mut o = Obj::default();
             o.str("kind", "throughput");
             o.str("name", t.name);
+            o.num("load", if t.loaded { self.load as f64 } else { 0.0 });
             o.num("payload_bytes", t.payload as f64);
             o.num("n", t.calls as f64);
             for k in ["p50_ns", "p90_ns", "p99_ns", "p999_ns", "max_ns"] {
@@ -586,6 +821,7 @@ impl Report {
         meta.str("date", &self.date);
         meta.num("blocks", self.blocks as f64);
         meta.raw("pinned", Value::Bool(self.pinned));
+        meta.num("load", self.load as f64);
         meta.num("seconds", (self.seconds * 10.0).round() / 10.0);
         items.push(meta.finish());
         // Serialising a tree of `Value`s cannot fail.
@@ -1435,6 +1671,7 @@ mod tests {
             name,
             payload,
             baseline: FLOOR,
+            loaded: false,
             samples: p50s.to_vec(),
             block_p50: p50s.to_vec(),
             client_wakes: 0,
@@ -1449,6 +1686,7 @@ mod tests {
             latency,
             throughput: vec![Throughput {
                 name: "cradle-pipelined",
+                loaded: false,
                 clients: 1,
                 window: 256,
                 payload: 8,
@@ -1464,6 +1702,7 @@ mod tests {
             date: "2026-11-22".into(),
             blocks: 3,
             pinned: false,
+            load: 0,
             seconds: 1.0,
         }
     }
@@ -1525,6 +1764,46 @@ mod tests {
         let table = r.table();
         assert!(table.contains("PASS"), "{table}");
         assert!(table.contains("MISS"), "{table}");
+    }
+
+    #[test]
+    fn load_targets_compare_loaded_with_loaded() {
+        let loaded = |name, p50s: &[u64]| Latency {
+            loaded: true,
+            ..lat(name, 8, p50s)
+        };
+        let mut r = report(vec![
+            lat(FLOOR, 8, &[100, 100, 100]),
+            lat(DEFAULT, 8, &[150, 150, 150]),
+            lat("floor-futex", 8, &[4000, 4000, 4000]),
+            lat("cradle-sleep-both", 8, &[4400, 4400, 4400]),
+            loaded("floor-futex", &[3000, 3000, 3000]),
+            loaded(UNIX, &[8000, 8000, 8000]),
+            loaded(DEFAULT, &[2000, 2000, 2000]),
+            loaded("pipe", &[2000, 2000, 2000]),
+            loaded("cradle-sleep", &[2500, 2500, 2500]),
+        ]);
+        r.load = 2;
+        let t = r.targets();
+        let by = |what: &str| {
+            t.iter()
+                .find(|t| t.what.contains(what))
+                .unwrap_or_else(|| panic!("no target {what}"))
+        };
+        let futex = by("1x floor-futex loaded");
+        assert_eq!(futex.pass, Some(true), "{}", futex.detail);
+        assert_eq!(futex.measured, Some(2000.0 / 3000.0));
+        assert_eq!(by("0.5x unix-socket loaded").pass, Some(true));
+        assert_eq!(by("cradle-sleep 8 B p50 <= pipe").pass, Some(false));
+        assert_eq!(by("loaded: cradle-async-sleep").pass, None);
+        assert_eq!(by("idle: cradle-default").pass, Some(true));
+        assert_eq!(by("idle: cradle-sleep-both").measured, Some(1.1));
+        assert_eq!(
+            by("5x the Unix socket").pass,
+            None,
+            "no loaded pipelined run"
+        );
+        assert!(r.table().contains("idle and loaded (2 CPU hogs)"));
     }
 
     #[test]
