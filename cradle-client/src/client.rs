@@ -1,7 +1,7 @@
 //! The synchronous client.
 
 use crate::error::ConnectError;
-use crate::options::{CallOptions, ClientOptions};
+use crate::options::{CallOptions, ClientOptions, MemoMode};
 use crate::session::{self, DEAD, Owner, Salvage, Session, SocketState, lock};
 use ipc_core::doorbell::{Doorbell, EventFd, Futex, WaitMode};
 use ipc_core::ring::{Consumer, FrameMeta, Producer, RingError, RingRegion};
@@ -270,6 +270,34 @@ impl Client {
             .round_trip::<M, _>(req, opts, true, session::decode::<M>)
     }
 
+    /// Calls a memoized method `M` with `memo` saying how its memo is used
+    /// for this call: [`MemoMode::Bypass`] runs the handler without reading
+    /// or writing the memo, [`MemoMode::Refresh`] runs it and replaces the
+    /// entry. A method that is not memoized ignores it.
+    ///
+    /// ```no_run
+    /// use cradle_client::MemoMode;
+    /// use ipc_rpc::example::{Work, WorkRequest};
+    /// # let client = cradle_client::Client::connect_default()?;
+    /// let req = WorkRequest { seed: 1, sleep_ms: 0, input: None, out_len: 0 };
+    /// let fresh = client.call_memo::<Work>(&req, MemoMode::Refresh)?;
+    /// # let _ = fresh;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn call_memo<M: Method>(
+        &self,
+        req: &M::Request,
+        memo: MemoMode,
+    ) -> Result<M::Response, CallError> {
+        self.inner.round_trip_flags::<M, _>(
+            req,
+            self.default_opts(),
+            true,
+            memo.flags(),
+            session::decode::<M>,
+        )
+    }
+
     /// Like [`call`](Self::call), but fails with [`CallError::RingFull`]
     /// instead of waiting when the request ring has no room.
     ///
@@ -375,9 +403,21 @@ impl Inner {
         block: bool,
         f: impl FnOnce(&[u8]) -> Result<R, CallError>,
     ) -> Result<R, CallError> {
+        self.round_trip_flags::<M, R>(req, opts, block, wire::NO_FLAGS, f)
+    }
+
+    /// [`round_trip`](Self::round_trip) with request frame flags.
+    fn round_trip_flags<M: Method, R>(
+        &self,
+        req: &M::Request,
+        opts: CallOptions,
+        block: bool,
+        flags: u16,
+        f: impl FnOnce(&[u8]) -> Result<R, CallError>,
+    ) -> Result<R, CallError> {
         let start = Instant::now();
         let deadline = start + opts.timeout;
-        let id = self.submit::<M>(req, deadline, opts.wait, block)?;
+        let id = self.submit_flags::<M>(req, deadline, opts.wait, block, flags)?;
         self.receive(M::ID, id, start, deadline, opts.wait, NO_SALVAGE, f)
             .map_err(session::name_unknown::<M>)
     }
@@ -422,6 +462,18 @@ impl Inner {
         wait: WaitMode,
         block: bool,
     ) -> Result<u64, CallError> {
+        self.submit_flags::<M>(req, deadline, wait, block, wire::NO_FLAGS)
+    }
+
+    /// [`submit`](Self::submit) with request frame flags.
+    fn submit_flags<M: Method>(
+        &self,
+        req: &M::Request,
+        deadline: Instant,
+        wait: WaitMode,
+        block: bool,
+        flags: u16,
+    ) -> Result<u64, CallError> {
         let session = &*self.session;
         session.check()?;
         let mut tx = lock(&self.tx);
@@ -431,7 +483,7 @@ impl Inner {
             request_id: id,
             tag: M::ID,
             kind: wire::REQUEST,
-            flags: wire::NO_FLAGS,
+            flags,
         };
         loop {
             match tx.outbox.try_send(meta, req) {

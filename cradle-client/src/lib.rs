@@ -83,5 +83,5 @@ pub use error::{BlobError, ConnectError, HandshakeError};
 pub use ipc_core::doorbell::WaitMode;
 pub use ipc_rpc::blob::{BlobHandle, BlobStats};
 pub use ipc_rpc::{CallError, ErrorCode, Method, ProtocolError};
-pub use options::{CallOptions, ClientOptions, DEFAULT_TIMEOUT};
+pub use options::{CallOptions, ClientOptions, DEFAULT_TIMEOUT, MemoMode};
 pub use session::{CONNECT_TIMEOUT, default_socket_path};

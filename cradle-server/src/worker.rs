@@ -41,6 +41,7 @@
 use crate::blobs::BlobStore;
 use crate::link::{ClientWaker, Completion, HandleInner, Job, NewSession, WorkerMsg, say_goodbye};
 use crate::logs::LogLimiter;
+use crate::memo::Memo;
 use crate::methods::{Handler, Registry};
 use crate::metrics::cells::CallCells;
 use crate::reply::{Queued, Replier};
@@ -143,6 +144,8 @@ pub(crate) struct WorkerCtx {
     pub(crate) status: Arc<Mapping>,
     pub(crate) jobs: Sender<Job>,
     pub(crate) store: Arc<BlobStore>,
+    /// Memoized methods: a hit in memory is answered here.
+    pub(crate) memo: Arc<Memo>,
     pub(crate) max_in_flight: u32,
     pub(crate) max_backlog: usize,
     pub(crate) max_payload: usize,
@@ -218,18 +221,20 @@ fn serve(s: &mut Session, ctx: &WorkerCtx, round: Instant) -> bool {
         }
         let in_flight = s.in_flight;
         out.last_error = 0;
-        // No request flag is defined: a frame with any is refused, the
-        // session stays (a client of a later protocol learns why; nothing
-        // was run).
+        // A frame with an undefined flag is refused, the session stays (a
+        // client of a later protocol learns why; nothing was run).
         let handler = match meta.flags {
-            wire::NO_FLAGS => Ok(ctx.registry.get(meta.tag)),
+            f if f & !wire::REQUEST_FLAGS == 0 => Ok(ctx.registry.get(meta.tag)),
             flags => Err(flags),
         };
         match handler {
             Err(flags) => out.error(
                 meta,
                 ErrorCode::Malformed,
-                format!("request frame flags {flags:#06x}: this server defines none (must be 0)"),
+                format!(
+                    "request frame flags {flags:#06x}: this server defines only {:#06x}",
+                    wire::REQUEST_FLAGS
+                ),
             ),
             Ok(None) => out.error(
                 meta,
@@ -238,7 +243,9 @@ fn serve(s: &mut Session, ctx: &WorkerCtx, round: Instant) -> bool {
             ),
             Ok(Some(Handler::Inline(f))) => f(msg.bytes, meta, &mut out),
             Ok(Some(Handler::Offload(f))) => {
-                if s.in_flight >= ctx.max_in_flight {
+                if ctx.memo.try_answer(msg.bytes, meta, s.id, &mut out) {
+                    // A memoized call answered from memory.
+                } else if s.in_flight >= ctx.max_in_flight {
                     out.error(
                         meta,
                         ErrorCode::QuotaExceeded,

@@ -11,7 +11,8 @@
 //! * [`CallError`], [`ErrorCode`], [`RemoteError`] — how a call fails.
 //! * [`builtin`] — the methods every server offers (`ping`, `stats`);
 //!   [`blob`] — blobs by handle and the memory cache; [`example`] — the
-//!   example blob method the `cradle-server` binary registers.
+//!   example blob method the `cradle-server` binary registers; [`memo`] —
+//!   memoized calls and compute-once keys.
 //!
 //! For implementers of a peer (the server, the clients):
 //!
@@ -82,6 +83,7 @@ pub mod handshake;
 // (at this path) only so that both crates can use it; hidden from the docs.
 #[doc(hidden)]
 pub mod idmap;
+pub mod memo;
 mod method;
 pub mod session;
 pub mod wire;

@@ -325,7 +325,11 @@ impl BlobStore {
         h: &BlobHandle,
         if_absent: bool,
     ) -> Result<bool, BlobError> {
-        self.put_and_queue(key, h, if_absent, None)
+        let stored = self.put_and_queue(key, h, if_absent, None)?;
+        if stored && let Some(w) = self.watcher() {
+            w.stored(key);
+        }
+        Ok(stored)
     }
 
     /// [`cache_put`](Self::cache_put), answered once the entry is durable
@@ -344,6 +348,9 @@ impl BlobStore {
         let (tx, rx) = std::sync::mpsc::channel();
         if !self.put_and_queue(key, h, if_absent, Some(tx))? {
             return Ok(false);
+        }
+        if let Some(w) = self.watcher() {
+            w.stored(key);
         }
         match rx.recv() {
             Ok(Ok(())) => Ok(true),
@@ -395,6 +402,32 @@ impl BlobStore {
         g.cache.touch(key);
         let hit = self.lease_hit(&mut g, session, blob)?;
         Ok(Lookup::Hit(hit))
+    }
+
+    /// What memory holds under `key` (the cache, or a put on its way to
+    /// disk), leased to `session` and marked used; counts no hit or miss
+    /// (the memo keeps its own figures).
+    pub(crate) fn lease_key(&self, session: u64, key: &str) -> Result<Option<Hit>, BlobError> {
+        let mut g = self.lock();
+        let Some(blob) = Self::in_memory(&g, key) else {
+            return Ok(None);
+        };
+        g.cache.touch(key);
+        self.lease_hit(&mut g, session, blob).map(Some)
+    }
+
+    /// Leases blob `blob` to `session` (a memo result for a caller that
+    /// waited for it).
+    pub(crate) fn lease_blob(&self, session: u64, blob: u64) -> Result<Hit, BlobError> {
+        let mut g = self.lock();
+        self.lease_hit(&mut g, session, blob)
+    }
+
+    /// Whether the disk tier holds `key` (from its index: no file read).
+    pub(crate) fn on_disk(&self, key: &str) -> bool {
+        self.disk
+            .as_ref()
+            .is_some_and(|d| d.tier().len_of(key).is_some())
     }
 
     fn lease_hit(&self, g: &mut Inner, session: u64, blob: u64) -> Result<Hit, BlobError> {
