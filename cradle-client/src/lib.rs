@@ -79,7 +79,7 @@ pub use async_client::AsyncClient;
 pub use blob::{Blob, BlobRef, SMALL_BLOB_MAX};
 pub use client::{Client, Pending};
 pub use client_blobs::{BlobWriter, Cache};
-pub use error::{BlobError, ConnectError, HandshakeError};
+pub use error::{BlobError, ComputeError, ConnectError, HandshakeError};
 pub use ipc_core::doorbell::WaitMode;
 pub use ipc_rpc::blob::{BlobHandle, BlobStats};
 pub use ipc_rpc::{CallError, ErrorCode, Method, ProtocolError};
