@@ -3,9 +3,9 @@
 //! core's, the values are in `blob.rs`.
 
 use crate::blob::{
-    Blob, BlobRef, Draft, Lease, SMALL_BLOB_MAX, Sealing, Unsealed, acquired_leftover, claim_leftover,
-    author_leftover, created_leftover, loaded_leftover, lookup_leftover, put_request,
-    retry_after_flush, sealed_leftover, segment_leftover,
+    Blob, BlobRef, Draft, Lease, SMALL_BLOB_MAX, Sealing, Unsealed, acquired_leftover,
+    author_leftover, claim_leftover, created_leftover, loaded_leftover, lookup_leftover,
+    put_request, retry_after_flush, sealed_leftover, segment_leftover,
 };
 use crate::client::{Client, Inner};
 use crate::error::{BlobError, ComputeError};
@@ -355,7 +355,9 @@ impl Cache<'_> {
         let timeout = c.default_timeout();
         let deadline = std::time::Instant::now() + timeout;
         // The server answers a wait before the call's own deadline.
-        let wait = timeout.saturating_sub(std::time::Duration::from_secs(1)).max(timeout / 2);
+        let wait = timeout
+            .saturating_sub(std::time::Duration::from_secs(1))
+            .max(timeout / 2);
         let req = ClaimRequest {
             key: key.to_owned(),
             claim_ms: u32::try_from(claim.as_millis()).unwrap_or(u32::MAX),

@@ -5,12 +5,12 @@ use cradle_server::{
     BlobCtx, HandlerError, LogFormat, MetricsAddr, Server, SessionQuota, default_disk_cache_dir,
     default_socket_path,
 };
+use ipc_core::sync::{AtomicU64, Ordering};
 use ipc_rpc::blob::BlobHandle;
 use ipc_rpc::example::{Invert, Inverted, Work, WorkDone, WorkRequest, WorkRuns, work_byte};
-use std::sync::Arc;
-use ipc_core::sync::{AtomicU64, Ordering};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// CRADLE server: shared-memory RPC, memory cache and blob exchange for the
 /// applications of one user on this machine.

@@ -33,7 +33,9 @@ fn runs(c: &Client) -> u64 {
 }
 
 fn work_stats(c: &Client) -> MemoMethodStats {
-    let all = c.call::<MemoList>(&Work::NAME.to_owned()).expect("memo list");
+    let all = c
+        .call::<MemoList>(&Work::NAME.to_owned())
+        .expect("memo list");
     assert_eq!(all.len(), 1, "{all:?}");
     all[0].clone()
 }
@@ -89,7 +91,10 @@ fn child_entry() {
                     println!("RESULT computing {}", std::process::id());
                     std::io::stdout().flush().unwrap();
                     std::thread::sleep(Duration::from_millis(ms));
-                    Ok::<_, std::io::Error>(blob(&c, format!("made by {}", std::process::id()).as_bytes()))
+                    Ok::<_, std::io::Error>(blob(
+                        &c,
+                        format!("made by {}", std::process::id()).as_bytes(),
+                    ))
                 })
                 .expect("get_or_compute");
             println!("RESULT got {}", String::from_utf8_lossy(&r));
@@ -116,7 +121,7 @@ fn sixty_four_identical_calls_from_four_processes_run_the_handler_once() {
         answers.iter().all(|a| a == &answers[0]),
         "identical answers: {answers:?}"
     );
-    let c = Client::connect(&dir.socket()).unwrap();
+    let c = Client::connect(dir.socket()).unwrap();
     assert_eq!(runs(&c), 1, "the handler ran once for 64 calls");
     let st = work_stats(&c);
     assert_eq!((st.misses, st.hits), (1, 63), "{st:?}");
@@ -147,7 +152,11 @@ fn sixty_four_identical_calls_from_four_processes_run_the_handler_once() {
     assert_eq!(c.call::<Work>(&req).unwrap().run, 3, "and a hit after it");
     // The flags: bypass runs and stores nothing, refresh runs and stores.
     assert_eq!(c.call_memo::<Work>(&req, MemoMode::Bypass).unwrap().run, 4);
-    assert_eq!(c.call::<Work>(&req).unwrap().run, 3, "bypass left the entry");
+    assert_eq!(
+        c.call::<Work>(&req).unwrap().run,
+        3,
+        "bypass left the entry"
+    );
     assert_eq!(c.call_memo::<Work>(&req, MemoMode::Refresh).unwrap().run, 5);
     assert_eq!(c.call::<Work>(&req).unwrap().run, 5, "refresh replaced it");
     let st = work_stats(&c);
@@ -159,7 +168,7 @@ fn sixty_four_identical_calls_from_four_processes_run_the_handler_once() {
 #[test]
 fn memo_keys_cannot_be_written_by_clients_and_clear_removes_entries() {
     let (_dog, dir, _server) = with_server("memo reserved", Duration::from_secs(60), &[]);
-    let c = Client::connect(&dir.socket()).unwrap();
+    let c = Client::connect(dir.socket()).unwrap();
     let req = WorkRequest {
         seed: 9,
         sleep_ms: 0,
@@ -194,7 +203,7 @@ fn a_result_survives_a_restart_and_a_damaged_entry_is_a_reported_miss() {
     let first = {
         let mut server = ServerProc::start(&dir.socket(), &[&disk_arg]);
         dog.watch_child(server.pid());
-        let c = Client::connect(&dir.socket()).unwrap();
+        let c = Client::connect(dir.socket()).unwrap();
         let b = blob(&c, &input);
         let d = c.call::<Work>(&req_for(*b.handle())).unwrap();
         assert_eq!(d.run, 1);
@@ -206,7 +215,7 @@ fn a_result_survives_a_restart_and_a_damaged_entry_is_a_reported_miss() {
     {
         let mut server = ServerProc::start(&dir.socket(), &[&disk_arg]);
         dog.watch_child(server.pid());
-        let c = Client::connect(&dir.socket()).unwrap();
+        let c = Client::connect(dir.socket()).unwrap();
         let b = blob(&c, &input);
         let d = c.call::<Work>(&req_for(*b.handle())).unwrap();
         assert_eq!((d.value, d.run), (first.value, 1), "served from disk");
@@ -229,10 +238,14 @@ fn a_result_survives_a_restart_and_a_damaged_entry_is_a_reported_miss() {
     assert!(damaged >= 2, "the entry and its result: {damaged} files");
     let server = ServerProc::start(&dir.socket(), &[&disk_arg]);
     dog.watch_child(server.pid());
-    let c = Client::connect(&dir.socket()).unwrap();
+    let c = Client::connect(dir.socket()).unwrap();
     let b = blob(&c, &input);
     let d = c.call::<Work>(&req_for(*b.handle())).unwrap();
-    assert_eq!((d.value, d.run), (first.value, 1), "recomputed, never served");
+    assert_eq!(
+        (d.value, d.run),
+        (first.value, 1),
+        "recomputed, never served"
+    );
     assert_eq!(runs(&c), 1, "a damaged entry is a miss");
     check_output(&c, &d, 1 << 20);
     let st = work_stats(&c);
@@ -247,7 +260,7 @@ fn result_blobs_count_against_the_budget_and_held_ones_are_not_evicted() {
         Duration::from_secs(120),
         &["--mem-cache-bytes=16M", "--no-disk-cache"],
     );
-    let c = Client::connect(&dir.socket()).unwrap();
+    let c = Client::connect(dir.socket()).unwrap();
     let req = |seed| WorkRequest {
         seed,
         sleep_ms: 0,
@@ -257,7 +270,10 @@ fn result_blobs_count_against_the_budget_and_held_ones_are_not_evicted() {
     let kept = c.call::<Work>(&req(0)).unwrap();
     let held = c.adopt(&kept.output.unwrap()).unwrap();
     let before = c.cache().stats().unwrap();
-    assert!(before.cache_bytes >= 5 << 20, "the result counts: {before:?}");
+    assert!(
+        before.cache_bytes >= 5 << 20,
+        "the result counts: {before:?}"
+    );
     for seed in 1..6 {
         let d = c.call::<Work>(&req(seed)).unwrap();
         check_output(&c, &d, 5 << 20);
@@ -267,12 +283,20 @@ fn result_blobs_count_against_the_budget_and_held_ones_are_not_evicted() {
     assert!(after.evictions > 0, "{after:?}");
     assert!(after.cache_bytes <= after.cache_budget, "{after:?}");
     // The held result was not evicted: its entry still answers, no run.
-    assert!(held.iter().enumerate().all(|(i, b)| *b == work_byte(kept.value, i as u64)));
+    assert!(
+        held.iter()
+            .enumerate()
+            .all(|(i, b)| *b == work_byte(kept.value, i as u64))
+    );
     let n = runs(&c);
     let again = c.call::<Work>(&req(0)).unwrap();
     assert_eq!((again.value, again.run), (kept.value, kept.run));
     assert_eq!(runs(&c), n, "its entry was kept: no run");
-    assert_eq!(again.output.unwrap().id, kept.output.unwrap().id, "the held blob answers");
+    assert_eq!(
+        again.output.unwrap().id,
+        kept.output.unwrap().id,
+        "the held blob answers"
+    );
 }
 
 #[test]
@@ -295,7 +319,7 @@ fn get_or_compute_from_three_processes_computes_once_and_survives_a_killed_claim
     assert!(got.iter().all(|g| g == &got[0]), "{got:?}");
 
     // The claimant killed mid-computation: the next one computes.
-    let c = Client::connect(&dir.socket()).unwrap();
+    let c = Client::connect(dir.socket()).unwrap();
     assert!(c.cache().remove("shared/thing").unwrap());
     let mut first = spawn_child("computer", &dir.socket(), &["60000".into()]);
     {
@@ -314,7 +338,10 @@ fn get_or_compute_from_three_processes_computes_once_and_survives_a_killed_claim
     first.wait().unwrap();
     let (status, lines) = child_results(second);
     assert!(status.success(), "{status} {lines:?}");
-    assert!(lines.iter().any(|l| l.starts_with("computing")), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("computing")),
+        "{lines:?}"
+    );
     let me = lines
         .iter()
         .find_map(|l| l.strip_prefix("computing "))

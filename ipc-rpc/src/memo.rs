@@ -302,7 +302,7 @@ mod tests {
     /// the arena or buffer held before.
     #[test]
     fn equal_values_encode_to_equal_bytes() {
-        #[derive(rkyv::Archive, rkyv::Serialize)]
+        #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
         #[rkyv(crate = rkyv)]
         struct Padded {
             a: u8,
@@ -319,14 +319,19 @@ mod tests {
             o: Some(5),
         };
         let mut arena = Arena::new();
-        // Dirty the arena with other values first.
+        // Dirty the arena, and the heap the buffers come from, first.
         for i in 0..10u8 {
-            let junk = vec![0xffu8.wrapping_sub(i); 300];
+            let junk = vec![0xabu8.wrapping_sub(i); 300];
             let _ = encode_to_vec(&junk, &mut arena, 1 << 16).unwrap();
+            drop(vec![0xcdu8; 4096]);
         }
         let one = encode_to_vec(&v(), &mut arena, 1 << 16).unwrap();
         let two = encode_to_vec(&v(), &mut Arena::new(), 1 << 16).unwrap();
         assert_eq!(&one[..], &two[..]);
-        assert!(one.iter().all(|&b| b != 0xff), "no stale byte leaks");
+        // The padding after `a` (before the aligned `b`) is zero.
+        assert!(
+            one.iter().all(|&b| b != 0xab && b != 0xcd),
+            "no stale byte leaks: {one:?}"
+        );
     }
 }

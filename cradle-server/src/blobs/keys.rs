@@ -207,7 +207,10 @@ fn memo_part(key: &str) -> MemoPart<'_> {
         return MemoPart::Entry;
     }
     let entry_tail = head.rsplit_once('/').map(|(_, t)| t);
-    if !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()) && entry_tail.is_some_and(is_hex64) {
+    if !last.is_empty()
+        && last.bytes().all(|b| b.is_ascii_digit())
+        && entry_tail.is_some_and(is_hex64)
+    {
         return MemoPart::Result(head);
     }
     MemoPart::Other
@@ -233,7 +236,9 @@ impl BlobStore {
     ) -> Result<MutexGuard<'a, Inner>, BlobError> {
         let deadline = Instant::now() + WRITER_WAIT;
         loop {
-            let plan = g.cache.plan_eviction_with(key, len, |k, b| g.key_status(k, b));
+            let plan = g
+                .cache
+                .plan_eviction_with(key, len, |k, b| g.key_status(k, b));
             let budget = g.cache.budget();
             match plan {
                 Eviction::Evict(victims) => {
@@ -573,7 +578,9 @@ impl BlobStore {
         let absent = Self::in_memory(&g, key).is_none();
         if absent
             && len <= g.cache.budget()
-            && let Eviction::Evict(victims) = g.cache.plan_eviction_with(key, len, |k, b| g.key_status(k, b))
+            && let Eviction::Evict(victims) = g
+                .cache
+                .plan_eviction_with(key, len, |k, b| g.key_status(k, b))
         {
             g.evict(victims);
             g.cache_store(key, handle.id, len);

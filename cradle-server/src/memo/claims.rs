@@ -106,7 +106,12 @@ impl Claims {
             return Ok(Some(Claim::Hit(hit)));
         }
         let now = Instant::now();
-        let waiting = st.waiting + memo.flights().values().map(|f| f.waiters.len()).sum::<usize>();
+        let waiting = st.waiting
+            + memo
+                .flights()
+                .values()
+                .map(|f| f.waiters.len())
+                .sum::<usize>();
         let Some(kc) = st.keys.get_mut(&req.key) else {
             st.keys.insert(
                 req.key.clone(),

@@ -120,7 +120,10 @@ pub(crate) struct Entry<'a> {
 
 /// Where each result handle sits in `response` (its first place), or an
 /// error naming the first one missing.
-pub(crate) fn result_offsets(response: &[u8], results: &[BlobHandle]) -> Result<Vec<usize>, String> {
+pub(crate) fn result_offsets(
+    response: &[u8],
+    results: &[BlobHandle],
+) -> Result<Vec<usize>, String> {
     results
         .iter()
         .map(|h| {
@@ -183,8 +186,10 @@ pub(crate) fn decode_entry(b: &[u8]) -> Result<Entry<'_>, String> {
     for i in 0..n {
         let at = HEADER + i * RESULT;
         let offset = u64_at(b, at) as usize;
-        if offset % 8 != 0 || offset.saturating_add(HANDLE_BYTES) > response.len() {
-            return Err(format!("result {i} at offset {offset} is outside the response"));
+        if !offset.is_multiple_of(8) || offset.saturating_add(HANDLE_BYTES) > response.len() {
+            return Err(format!(
+                "result {i} at offset {offset} is outside the response"
+            ));
         }
         let mut digest = [0u8; 32];
         digest.copy_from_slice(&b[at + 16..at + 48]);
@@ -255,7 +260,10 @@ mod tests {
         }];
         let bytes = encode_entry(1234, &slots, &resp);
         let e = decode_entry(&bytes).unwrap();
-        assert_eq!((e.run_ns, e.results.as_slice(), e.response), (1234, &slots[..], &resp[..]));
+        assert_eq!(
+            (e.run_ns, e.results.as_slice(), e.response),
+            (1234, &slots[..], &resp[..])
+        );
         assert!(decode_entry(&bytes[..bytes.len() - 1]).is_err());
         let mut bad = bytes.clone();
         bad[0] ^= 1;

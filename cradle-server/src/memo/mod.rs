@@ -606,7 +606,8 @@ impl Memo {
                 Err((code, msg)) => {
                     m.stats().errors += 1;
                     let gone = !self.store.session_alive(runner.session);
-                    let answer = encode_error(runner.meta, code, msg.clone(), arena, runner.max_payload);
+                    let answer =
+                        encode_error(runner.meta, code, msg.clone(), arena, runner.max_payload);
                     if first_answer.is_none() {
                         first_answer = Some(answer);
                     } else {

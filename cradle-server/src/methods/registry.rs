@@ -15,9 +15,8 @@ pub(crate) type InlineFn = Box<dyn Fn(&[u8], FrameMeta, &mut Replier<'_>) + Send
 /// An offloaded handler, erased: request bytes, the request's header, the
 /// blob context of the calling session, an arena, the ring's payload limit,
 /// the index of the session's worker → the answer.
-pub(crate) type OffloadFn = Arc<
-    dyn Fn(&[u8], FrameMeta, &BlobCtx<'_>, &mut Arena, usize, usize) -> Answer + Send + Sync,
->;
+pub(crate) type OffloadFn =
+    Arc<dyn Fn(&[u8], FrameMeta, &BlobCtx<'_>, &mut Arena, usize, usize) -> Answer + Send + Sync>;
 
 /// What an offloaded handler gives its pool thread to send back.
 #[derive(Debug)]
