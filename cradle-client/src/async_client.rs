@@ -24,7 +24,7 @@
 //! client.
 
 use crate::error::ConnectError;
-use crate::options::{CallOptions, ClientOptions};
+use crate::options::{CallOptions, ClientOptions, MemoMode};
 use crate::session::{self, DEAD, Owner, Salvage, Session, SocketState, interpret, lock};
 use ipc_core::doorbell::WaitMode;
 use ipc_core::ring::{Consumer, FrameMeta, Producer, RingMemory, RingRegion};
@@ -436,7 +436,30 @@ impl AsyncClient {
         req: &M::Request,
         timeout: Duration,
     ) -> Result<M::Response, CallError> {
-        self.round_trip::<M, _>(req, timeout, None, session::decode::<M>)
+        self.round_trip::<M, _>(req, timeout, None, wire::NO_FLAGS, session::decode::<M>)
+            .await
+            .map_err(session::name_unknown::<M>)
+    }
+
+    /// Calls a memoized method `M` with `memo` saying how its memo is used
+    /// for this call, as [`Client::call_memo`](crate::Client::call_memo).
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use cradle_client::MemoMode;
+    /// use ipc_rpc::example::{Work, WorkRequest};
+    ///
+    /// let client = cradle_client::AsyncClient::connect_default().await?;
+    /// let req = WorkRequest { seed: 1, sleep_ms: 0, input: None, out_len: 0 };
+    /// client.call_memo::<Work>(&req, MemoMode::Bypass).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn call_memo<M: Method>(
+        &self,
+        req: &M::Request,
+        memo: MemoMode,
+    ) -> Result<M::Response, CallError> {
+        let timeout = self.shared.opts.timeout;
+        self.round_trip::<M, _>(req, timeout, None, memo.flags(), session::decode::<M>)
             .await
             .map_err(session::name_unknown::<M>)
     }
@@ -480,7 +503,7 @@ impl AsyncClient {
         f: impl FnOnce(&<M::Response as Wire>::Archived) -> R,
     ) -> Result<R, CallError> {
         let access = |b: &[u8]| session::access::<M, R>(b, f);
-        self.round_trip::<M, _>(req, self.shared.opts.timeout, None, access)
+        self.round_trip::<M, _>(req, self.shared.opts.timeout, None, wire::NO_FLAGS, access)
             .await
             .map_err(session::name_unknown::<M>)
     }
@@ -493,8 +516,14 @@ impl AsyncClient {
         timeout: Duration,
         salvage: Salvage,
     ) -> Result<M::Response, CallError> {
-        self.round_trip::<M, _>(req, timeout, Some(salvage), session::decode::<M>)
-            .await
+        self.round_trip::<M, _>(
+            req,
+            timeout,
+            Some(salvage),
+            wire::NO_FLAGS,
+            session::decode::<M>,
+        )
+        .await
     }
 
     /// One call: publish, spin per the wait mode, then await the driver. The
@@ -505,13 +534,16 @@ impl AsyncClient {
         req: &M::Request,
         timeout: Duration,
         salvage: Option<Salvage>,
+        flags: u16,
         f: impl FnOnce(&[u8]) -> Result<R, CallError>,
     ) -> Result<R, CallError> {
         let sh = &*self.shared;
         let start = Instant::now();
         let deadline = start + timeout;
         sh.session.check()?;
-        let mut reg = self.publish::<M>(req, salvage, start, deadline).await?;
+        let mut reg = self
+            .publish::<M>(req, salvage, start, deadline, flags)
+            .await?;
         // Spin first (per the wait mode), reading the ring ourselves as the
         // sync client does; then leave the wait to the driver.
         let spin = match sh.opts.wait {
@@ -554,6 +586,7 @@ impl AsyncClient {
         salvage: Option<Salvage>,
         start: Instant,
         deadline: Instant,
+        flags: u16,
     ) -> Result<Registration<'_>, CallError> {
         let sh = &*self.shared;
         let id = {
@@ -580,7 +613,7 @@ impl AsyncClient {
             request_id: id,
             tag: M::ID,
             kind: wire::REQUEST,
-            flags: wire::NO_FLAGS,
+            flags,
         };
         // Fast path: no turn needed when the ring has room and nobody queues.
         // Relaxed: a hint; a sender that misses a fresh waiter only gets ahead

@@ -100,6 +100,19 @@ fn child_entry() {
             println!("RESULT got {}", String::from_utf8_lossy(&r));
             std::io::stdout().flush().unwrap();
         }
+        // One slow call with a result blob; killed by the test mid-run.
+        "slow" => {
+            let req = WorkRequest {
+                seed: 77,
+                sleep_ms: 2000,
+                input: None,
+                out_len: 1000,
+            };
+            let p = c.send::<Work>(&req).expect("send");
+            println!("RESULT sent");
+            std::io::stdout().flush().unwrap();
+            let _ = p.wait();
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -351,4 +364,122 @@ fn get_or_compute_from_three_processes_computes_once_and_survives_a_killed_claim
         lines.iter().any(|l| l == &format!("got made by {me}")),
         "{lines:?}"
     );
+}
+
+/// Reads a child's stdout until a `RESULT <what>` line.
+fn wait_for_line(child: &mut std::process::Child, what: &str) {
+    use std::io::BufRead;
+    let out = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(out).lines();
+    // libtest prints its own lines first.
+    let found = lines.any(|l| l.is_ok_and(|l| l.contains(&format!("RESULT {what}"))));
+    assert!(found, "the child printed {what}");
+}
+
+#[test]
+fn a_run_whose_caller_is_killed_is_run_again_for_a_waiter() {
+    let (_dog, dir, _server) = with_server("memo killed caller", Duration::from_secs(60), &[]);
+    let mut slow = spawn_child("slow", &dir.socket(), &[]);
+    wait_for_line(&mut slow, "sent");
+    let c = Client::connect(dir.socket()).unwrap();
+    let req = WorkRequest {
+        seed: 77,
+        sleep_ms: 2000,
+        input: None,
+        out_len: 1000,
+    };
+    // Joins the run in flight, then its caller dies.
+    let p = c.send::<Work>(&req).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    slow.kill().unwrap();
+    slow.wait().unwrap();
+    let d = p.wait().expect("the waiter gets a correct answer");
+    check_output(&c, &d, 1000);
+    let st = work_stats(&c);
+    // The first run could not create its result for a dead session.
+    assert_eq!((st.errors, st.misses, st.waits), (1, 2, 1), "{st:?}");
+    assert_eq!(st.entries, 1);
+    assert_eq!(
+        c.call::<Work>(&req).unwrap(),
+        d,
+        "cached after the second run"
+    );
+}
+
+#[test]
+fn a_server_killed_amid_write_behind_keeps_whole_entries_or_none() {
+    let dog = Watchdog::arm("memo kill -9", Duration::from_secs(120));
+    let dir = TempDir::new("memo-kill9");
+    let disk_arg = format!("--disk-cache={}", dir.0.join("disk").display());
+    let req = |seed| WorkRequest {
+        seed,
+        sleep_ms: 0,
+        input: None,
+        out_len: 24 << 20,
+    };
+    let mut values = Vec::new();
+    for round in 0..3u64 {
+        let mut server = ServerProc::start(&dir.socket(), &[&disk_arg]);
+        dog.watch_child(server.pid());
+        let c = Client::connect(dir.socket()).unwrap();
+        // Every seed so far answers correctly: from disk, or run again.
+        for (seed, value) in &values {
+            let d = c.call::<Work>(&req(*seed)).unwrap();
+            assert_eq!(d.value, *value);
+            check_output(&c, &d, 24 << 20);
+        }
+        let d = c.call::<Work>(&req(round)).unwrap();
+        check_output(&c, &d, 24 << 20);
+        values.push((round, d.value));
+        eprintln!("round {round}: {:?}", work_stats(&c));
+        // Killed while the entry may still be on its way to disk.
+        server.kill9();
+    }
+}
+
+#[test]
+fn the_async_client_computes_once_and_passes_memo_flags() {
+    let (_dog, dir, _server) = with_server("memo async", Duration::from_secs(60), &[]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = cradle_client::AsyncClient::connect(dir.socket())
+            .await
+            .unwrap();
+        let mut ran = 0;
+        for _ in 0..2 {
+            let v = c
+                .cache()
+                .get_or_compute("async/thing", Duration::from_secs(10), || {
+                    ran += 1;
+                    async {
+                        let mut w = c.create(3).await?;
+                        w.write_at(0, b"abc");
+                        w.seal().await
+                    }
+                })
+                .await
+                .unwrap();
+            assert_eq!(&v[..], b"abc");
+        }
+        assert_eq!(ran, 1, "computed once");
+        let req = WorkRequest {
+            seed: 4,
+            sleep_ms: 0,
+            input: None,
+            out_len: 0,
+        };
+        assert_eq!(c.call::<Work>(&req).await.unwrap().run, 1);
+        assert_eq!(c.call::<Work>(&req).await.unwrap().run, 1);
+        assert_eq!(
+            c.call_memo::<Work>(&req, MemoMode::Refresh)
+                .await
+                .unwrap()
+                .run,
+            2
+        );
+        assert_eq!(c.call::<Work>(&req).await.unwrap().run, 2);
+    });
 }
