@@ -497,6 +497,47 @@ impl BlobStore {
         self.lease_hit(&mut g, session, blob).map(Some)
     }
 
+    /// One memo hit under one lock: if memory still holds blob `entry`
+    /// under `key`, leases the blob under each of `results` to `session`
+    /// and marks them all used; `Ok(None)` if anything is missing (nothing
+    /// is leased then).
+    pub(crate) fn lease_memo(
+        &self,
+        session: u64,
+        key: &str,
+        entry: u64,
+        results: &[String],
+    ) -> Result<Option<Vec<BlobHandle>>, BlobError> {
+        let mut g = self.lock();
+        if Self::in_memory(&g, key) != Some(entry) {
+            return Ok(None);
+        }
+        let mut blobs = Vec::with_capacity(results.len());
+        for r in results {
+            match Self::in_memory(&g, r) {
+                Some(b) => blobs.push(b),
+                None => return Ok(None),
+            }
+        }
+        let mut out = Vec::with_capacity(blobs.len());
+        for &b in &blobs {
+            match self.lease_hit(&mut g, session, b) {
+                Ok(hit) => out.push(hit.handle),
+                Err(e) => {
+                    for h in &out {
+                        g.table.unlease(session, h.id);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        g.cache.touch(key);
+        for r in results {
+            g.cache.touch(r);
+        }
+        Ok(Some(out))
+    }
+
     /// Leases blob `blob` to `session` (a memo result for a caller that
     /// waited for it).
     pub(crate) fn lease_blob(&self, session: u64, blob: u64) -> Result<Hit, BlobError> {

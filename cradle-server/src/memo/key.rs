@@ -62,8 +62,45 @@ pub(crate) fn memo_key(
     canonical: &[u8],
     args: &[(BlobHandle, Digest)],
 ) -> Result<MemoKey, String> {
-    let mut bytes = canonical.to_vec();
+    let mut owned;
+    let mut bytes: &[u8] = canonical;
     let mut replaced = Vec::new();
+    if !args.is_empty() {
+        owned = canonical.to_vec();
+        replace(&mut owned, label, args, &mut replaced)?;
+        bytes = &owned;
+    }
+    let mut k = blake3::Hasher::new();
+    k.update(b"cradle.memo.key\0");
+    k.update(&ipc_rpc::handshake::PROTOCOL_VERSION.to_le_bytes());
+    k.update(&ipc_rpc::handshake::FORMAT.to_le_bytes());
+    k.update(&(label.len() as u64).to_le_bytes());
+    k.update(label.as_bytes());
+    k.update(&(bytes.len() as u64).to_le_bytes());
+    k.update(bytes);
+    k.update(&(replaced.len() as u64).to_le_bytes());
+    for (p, _) in &replaced {
+        k.update(&(*p as u64).to_le_bytes());
+    }
+    let digest = *k.finalize().as_bytes();
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut name = method_prefix(label);
+    name.reserve(64);
+    for b in digest {
+        name.push(HEX[usize::from(b >> 4)] as char);
+        name.push(HEX[usize::from(b & 15)] as char);
+    }
+    Ok(MemoKey { digest, name })
+}
+
+/// Replaces each listed handle's bytes in `bytes` by its digest and
+/// length; records the positions.
+fn replace(
+    bytes: &mut [u8],
+    label: &str,
+    args: &[(BlobHandle, Digest)],
+    replaced: &mut Vec<(usize, u64)>,
+) -> Result<(), String> {
     for (h, d) in args {
         let at = positions(&bytes, h);
         if at.is_empty() && !replaced.iter().any(|(_, id)| *id == h.id) {
@@ -79,24 +116,7 @@ pub(crate) fn memo_key(
         }
     }
     replaced.sort_unstable();
-    let mut k = blake3::Hasher::new();
-    k.update(b"cradle.memo.key\0");
-    k.update(&ipc_rpc::handshake::PROTOCOL_VERSION.to_le_bytes());
-    k.update(&ipc_rpc::handshake::FORMAT.to_le_bytes());
-    k.update(&(label.len() as u64).to_le_bytes());
-    k.update(label.as_bytes());
-    k.update(&(bytes.len() as u64).to_le_bytes());
-    k.update(&bytes);
-    k.update(&(replaced.len() as u64).to_le_bytes());
-    for (p, _) in &replaced {
-        k.update(&(*p as u64).to_le_bytes());
-    }
-    let digest = *k.finalize().as_bytes();
-    let mut name = method_prefix(label);
-    for b in digest {
-        name.push_str(&format!("{b:02x}"));
-    }
-    Ok(MemoKey { digest, name })
+    Ok(())
 }
 
 /// One result blob of an entry.

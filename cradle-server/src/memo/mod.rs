@@ -55,7 +55,44 @@ pub(crate) type RunFn = Box<
 >;
 
 /// A request's canonical bytes and the blobs it passes.
-type KeyFn = Box<dyn Fn(&[u8]) -> Result<(AlignedVec<16>, Vec<BlobHandle>), String> + Send + Sync>;
+type KeyFn = Box<dyn Fn(&[u8]) -> Result<(Vec<u8>, Vec<BlobHandle>), String> + Send + Sync>;
+
+/// The canonical bytes of `value`: this server's rkyv encoding of it into
+/// a zeroed buffer (so no byte a peer chose, padding included, reaches a
+/// memo key). The buffer and arena are per thread and reused: the bytes
+/// written are zeroed again after each use.
+fn canonical<T: Wire>(value: &T) -> Result<Vec<u8>, String> {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<(Arena, AlignedVec<16>)> =
+            std::cell::RefCell::new((Arena::new(), AlignedVec::new()));
+    }
+    SCRATCH.with_borrow_mut(|(arena, buf)| {
+        if buf.is_empty() {
+            buf.resize(ipc_rpc::SMALL_WINDOW, 0);
+        }
+        loop {
+            let cap = buf.len();
+            // SAFETY: `buf` holds `cap` initialised bytes, 16-aligned, and
+            // nothing else uses it while the writer lives.
+            let mut out = unsafe { ipc_rpc::codec::RingWriter::new(buf.as_mut_ptr(), cap) };
+            match value.encode(&mut out, arena) {
+                Ok(n) => {
+                    let v = buf[..n].to_vec();
+                    buf[..n].fill(0);
+                    return Ok(v);
+                }
+                Err(_) if out.overflowed() && cap < 1 << 30 => {
+                    buf.fill(0);
+                    buf.resize(cap * 4, 0);
+                }
+                Err(e) => {
+                    buf.fill(0);
+                    return Err(e.to_string());
+                }
+            }
+        }
+    })
+}
 
 /// A memoized method.
 pub(crate) struct MemoMethod {
@@ -94,7 +131,7 @@ impl MemoMethod {
                 .map_err(|e| format!("request for {} did not validate: {e}", M::NAME))?;
             let mut handles = Vec::new();
             req.blob_refs(&mut handles);
-            let canonical = ipc_rpc::encode_to_vec(&req, &mut Arena::new(), usize::MAX >> 1)
+            let canonical = canonical(&req)
                 .map_err(|e| format!("request for {} cannot be encoded again: {e}", M::NAME))?;
             Ok((canonical, handles))
         });
@@ -139,6 +176,23 @@ pub(crate) struct Waiter {
     pub(crate) max_payload: usize,
 }
 
+/// A memory entry, decoded once: hits read it here instead of mapping and
+/// parsing the entry blob, as long as memory still holds that blob under
+/// the key (checked under the store's lock with the leases).
+#[derive(Debug)]
+struct Decoded {
+    /// The entry blob it was read from.
+    blob: u64,
+    run_ns: u64,
+    results: Vec<ResultSlot>,
+    /// The cache keys of the results.
+    result_keys: Vec<String>,
+    response: Vec<u8>,
+}
+
+/// Decoded entries kept at most; beyond, the table starts again empty.
+const MAX_DECODED: usize = 16_384;
+
 /// One run in flight and the calls waiting for it.
 #[derive(Debug, Default)]
 struct Flight {
@@ -163,6 +217,8 @@ pub(crate) struct Memo {
     /// Set when the server runs.
     links: OnceLock<Arc<[WorkerLink]>>,
     flights: Mutex<HashMap<Digest, Flight>>,
+    /// Entries read or stored lately, by key digest.
+    decoded: Mutex<HashMap<Digest, Arc<Decoded>>>,
     claims: Claims,
 }
 
@@ -187,6 +243,7 @@ impl Memo {
             methods: methods.into_iter().map(|m| (m.id, Arc::new(m))).collect(),
             links: OnceLock::new(),
             flights: Mutex::new(HashMap::new()),
+            decoded: Mutex::new(HashMap::new()),
             claims: Claims::default(),
         });
         let weak: Weak<Memo> = Arc::downgrade(&memo);
@@ -350,9 +407,51 @@ impl Memo {
         }
     }
 
+    fn decoded(&self) -> MutexGuard<'_, HashMap<Digest, Arc<Decoded>>> {
+        self.decoded.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Remembers a decoded entry.
+    fn remember(&self, key: &MemoKey, d: Decoded) {
+        let mut map = self.decoded();
+        if map.len() >= MAX_DECODED {
+            map.clear();
+        }
+        map.insert(key.digest, Arc::new(d));
+    }
+
+    /// The answer from a decoded entry, its results leased to `session`;
+    /// `None` if there is none or memory no longer holds all of it.
+    fn hit_decoded(&self, m: &MemoMethod, key: &MemoKey, session: u64) -> Option<AlignedVec<16>> {
+        let d = self.decoded().get(&key.digest).cloned()?;
+        let handles = match self
+            .store
+            .lease_memo(session, &key.name, d.blob, &d.result_keys)
+        {
+            Ok(Some(h)) => h,
+            Ok(None) | Err(_) => {
+                self.decoded().remove(&key.digest);
+                return None;
+            }
+        };
+        let mut resp = AlignedVec::<16>::with_capacity(d.response.len());
+        resp.extend_from_slice(&d.response);
+        for (slot, h) in d.results.iter().zip(&handles) {
+            resp[slot.offset..slot.offset + key::HANDLE_BYTES]
+                .copy_from_slice(bytemuck::bytes_of(h));
+        }
+        let mut st = m.stats();
+        st.hits += 1;
+        st.saved_ns = st.saved_ns.saturating_add(d.run_ns);
+        Some(resp)
+    }
+
     /// Reads the entry under `key` and leases its results to `session`;
     /// with `may_load`, reads the disk tier too (blocks: the pool only).
     fn lookup(&self, m: &MemoMethod, key: &MemoKey, session: u64, may_load: bool) -> Found {
+        if let Some(resp) = self.hit_decoded(m, key, session) {
+            return Found::Answer(resp);
+        }
         match self.read_entry(m, key, session, may_load) {
             Ok(found) => found,
             Err(why) => {
@@ -482,7 +581,15 @@ impl Memo {
                 .copy_from_slice(bytemuck::bytes_of(&hit.handle));
         }
         let run_ns = entry.run_ns;
+        let decoded = Decoded {
+            blob: handle.id,
+            run_ns,
+            results: entry.results.clone(),
+            result_keys: (0..entry.results.len()).map(|i| key.result(i)).collect(),
+            response: entry.response.to_vec(),
+        };
         drop(view);
+        self.remember(key, decoded);
         let mut st = m.stats();
         st.hits += 1;
         st.saved_ns = st.saved_ns.saturating_add(run_ns);
@@ -700,7 +807,18 @@ impl Memo {
         let h = b.seal().map_err(|e| e.message)?;
         let put = self.store.cache_put(&key.name, &h, false);
         self.store.release(MEMO_SESSION, &[h.id], &[]);
-        put.map(|_| ()).map_err(|e| e.message)
+        put.map_err(|e| e.message)?;
+        self.remember(
+            key,
+            Decoded {
+                blob: h.id,
+                run_ns,
+                result_keys: (0..slots.len()).map(|i| key.result(i)).collect(),
+                results: slots,
+                response: resp.to_vec(),
+            },
+        );
+        Ok(())
     }
 
     /// The methods `filter` names (empty: all; `name` or `name@version`).

@@ -13,6 +13,7 @@ mod blobs;
 mod counters;
 mod cradle;
 mod disk;
+mod memo;
 mod peer;
 mod report;
 mod scrape;
@@ -121,6 +122,12 @@ struct Cli {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(64..=10_000_000))]
     blob_ops: Option<u64>,
 
+    /// The memo scenarios (memoized calls of cradle.example.work: hits,
+    /// misses, bypass, first digests): `on` after the others, `off`, or
+    /// `only` them.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = BlobMode::On)]
+    memo: BlobMode,
+
     /// Largest blob of the pass, first-map and full-read scenarios: bytes,
     /// or a number with K, M or G (powers of 1024), 64K to 4G
     /// [default: 1G; --quick: 64M].
@@ -177,6 +184,8 @@ struct Plan {
     clients: u32,
     pin: bool,
     blobs: BlobMode,
+    memo: BlobMode,
+    quick: bool,
     blob: blobs::BlobPlan,
 }
 
@@ -201,7 +210,13 @@ impl Plan {
             }),
             clients: cli.clients,
             pin: cli.pin,
-            blobs: cli.blobs,
+            blobs: if cli.memo == BlobMode::Only {
+                BlobMode::Only
+            } else {
+                cli.blobs
+            },
+            memo: cli.memo,
+            quick: cli.quick,
             blob: blobs::BlobPlan::new(
                 cli.blob_ops
                     .unwrap_or(if cli.quick { 4_000 } else { 10_000 }),
@@ -277,7 +292,7 @@ fn run(cli: &Cli) -> Result<(), String> {
             started,
         )?
     };
-    let blobs = if plan.blobs == BlobMode::Off {
+    let blobs = if plan.blobs == BlobMode::Off || plan.memo == BlobMode::Only {
         None
     } else {
         Some(blobs::run(
@@ -289,6 +304,18 @@ fn run(cli: &Cli) -> Result<(), String> {
             started,
         )?)
     };
+    let memo = if plan.memo == BlobMode::Off {
+        None
+    } else {
+        Some(memo::run(
+            &server_bin,
+            dir.path(),
+            plan.blocks,
+            plan.quick,
+            there,
+            &mut progress,
+        )?)
+    };
     drop(dir);
     progress.done();
 
@@ -296,6 +323,7 @@ fn run(cli: &Cli) -> Result<(), String> {
         latency,
         throughput,
         blobs,
+        memo,
         command: std::iter::once("cradle-bench".to_string())
             .chain(std::env::args().skip(1))
             .collect::<Vec<_>>()
