@@ -388,7 +388,9 @@ fn a_run_whose_caller_is_killed_is_run_again_for_a_waiter() {
         input: None,
         out_len: 1000,
     };
-    // Joins the run in flight, then its caller dies.
+    // The child's request is taken first (its run lasts 2 s); ours joins
+    // the run in flight, then the run's caller dies.
+    std::thread::sleep(Duration::from_millis(300));
     let p = c.send::<Work>(&req).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     slow.kill().unwrap();
