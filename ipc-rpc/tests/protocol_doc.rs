@@ -22,11 +22,12 @@ use ipc_rpc::blob::{
     SealLarge, SealSmall, SegmentInfo, check_key,
 };
 use ipc_rpc::builtin::{Ping, ServerStats, SessionStats, Stats};
-use ipc_rpc::example::{Invert, Inverted};
+use ipc_rpc::example::{Invert, Inverted, Work, WorkRuns};
 use ipc_rpc::handshake::{
     FORMAT, GOODBYE_MAGIC, Goodbye, HELLO_MAGIC, Hello, PROTOCOL_VERSION, SCHEMA_HASH,
     WELCOME_MAGIC, Welcome,
 };
+use ipc_rpc::memo::{BlobDigest, CacheClaim, CacheUnclaim, MemoClear, MemoList};
 use ipc_rpc::rkyv::Archive;
 use ipc_rpc::rkyv::ser::allocator::Arena;
 use ipc_rpc::rkyv::util::AlignedVec;
@@ -542,7 +543,7 @@ fn fnv_id(name: &str, version: u32) -> u64 {
 
 #[test]
 fn method_ids_and_schema_follow_the_documented_formulas() {
-    let methods: [(&str, u32, u64); 16] = [
+    let methods: [(&str, u32, u64); 23] = [
         (Ping::NAME, Ping::VERSION, Ping::ID),
         (Stats::NAME, Stats::VERSION, Stats::ID),
         (AuthorPool::NAME, AuthorPool::VERSION, AuthorPool::ID),
@@ -563,6 +564,13 @@ fn method_ids_and_schema_follow_the_documented_formulas() {
         (CacheRemove::NAME, CacheRemove::VERSION, CacheRemove::ID),
         (CacheList::NAME, CacheList::VERSION, CacheList::ID),
         (Invert::NAME, Invert::VERSION, Invert::ID),
+        (BlobDigest::NAME, BlobDigest::VERSION, BlobDigest::ID),
+        (MemoList::NAME, MemoList::VERSION, MemoList::ID),
+        (MemoClear::NAME, MemoClear::VERSION, MemoClear::ID),
+        (CacheClaim::NAME, CacheClaim::VERSION, CacheClaim::ID),
+        (CacheUnclaim::NAME, CacheUnclaim::VERSION, CacheUnclaim::ID),
+        (Work::NAME, Work::VERSION, Work::ID),
+        (WorkRuns::NAME, WorkRuns::VERSION, WorkRuns::ID),
     ];
     for (name, version, id) in methods {
         assert_eq!(fnv_id(name, version), id, "{name}");
