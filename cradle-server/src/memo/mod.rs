@@ -192,6 +192,9 @@ struct Decoded {
 
 /// Decoded entries kept at most; beyond, the table starts again empty.
 const MAX_DECODED: usize = 16_384;
+/// Largest response kept decoded (larger ones are read from their entry
+/// blob on every hit).
+const MAX_DECODED_RESPONSE: usize = 4096;
 
 /// One run in flight and the calls waiting for it.
 #[derive(Debug, Default)]
@@ -411,8 +414,12 @@ impl Memo {
         self.decoded.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Remembers a decoded entry.
+    /// Remembers a decoded entry whose response is small (the table holds
+    /// at most `MAX_DECODED` × `MAX_DECODED_RESPONSE` bytes of responses).
     fn remember(&self, key: &MemoKey, d: Decoded) {
+        if d.response.len() > MAX_DECODED_RESPONSE {
+            return;
+        }
         let mut map = self.decoded();
         if map.len() >= MAX_DECODED {
             map.clear();
