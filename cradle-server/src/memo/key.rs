@@ -102,7 +102,7 @@ fn replace(
     replaced: &mut Vec<(usize, u64)>,
 ) -> Result<(), String> {
     for (h, d) in args {
-        let at = positions(&bytes, h);
+        let at = positions(bytes, h);
         if at.is_empty() && !replaced.iter().any(|(_, id)| *id == h.id) {
             return Err(format!(
                 "{label}: the request lists blob {} but does not contain its handle",
