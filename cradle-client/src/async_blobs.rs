@@ -200,6 +200,22 @@ impl AsyncClient {
         lease.into_ref(seg)
     }
 
+    /// The BLAKE3-256 digest of the blob `h` names, as
+    /// [`Client::digest`](crate::Client::digest).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = cradle_client::AsyncClient::connect_default().await?;
+    /// let blob = client.create(0).await?.seal().await?;
+    /// assert_eq!(client.digest(blob.handle()).await?.len(), 32);
+    /// # Ok(()) }
+    /// ```
+    pub async fn digest(&self, h: &BlobHandle) -> Result<[u8; 32], CallError> {
+        let timeout = slow_call(self.timeout()).timeout;
+        self.call_timeout::<ipc_rpc::memo::BlobDigest>(h, timeout)
+            .await
+    }
+
     /// Sends every queued release now and waits until the server has
     /// processed them, as [`Client::flush`](crate::Client::flush) does.
     ///

@@ -181,6 +181,21 @@ impl Client {
         lease.into_ref(seg)
     }
 
+    /// The BLAKE3-256 digest of the blob `h` names, computed once by the
+    /// server (on its offload pool) and remembered: the content identity
+    /// memoized calls key on.
+    ///
+    /// ```no_run
+    /// # let client = cradle_client::Client::connect_default()?;
+    /// let blob = client.create(0)?.seal()?;
+    /// let d = client.digest(blob.handle())?;
+    /// assert_eq!(d.len(), 32);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn digest(&self, h: &BlobHandle) -> Result<[u8; 32], CallError> {
+        self.call_opts::<ipc_rpc::memo::BlobDigest>(h, slow_call(self.default_timeout()))
+    }
+
     /// Sends every queued release now and waits until the server has
     /// processed them.
     ///

@@ -485,3 +485,67 @@ fn the_async_client_computes_once_and_passes_memo_flags() {
         assert_eq!(c.call::<Work>(&req).await.unwrap().run, 2);
     });
 }
+
+#[test]
+fn digests_and_the_memo_commands_of_the_cli() {
+    let (_dog, dir, _server) = with_server("memo cli", Duration::from_secs(60), &[]);
+    let c = Client::connect(dir.socket()).unwrap();
+    let bytes = input_bytes(5 << 20, None);
+    let (a, b) = (blob(&c, &bytes), blob(&c, &bytes));
+    let d = c.digest(a.handle()).unwrap();
+    assert_eq!(d, *blake3::hash(&bytes).as_bytes(), "BLAKE3 of the bytes");
+    assert_eq!(
+        c.digest(b.handle()).unwrap(),
+        d,
+        "equal bytes, equal digests"
+    );
+    let req = WorkRequest {
+        seed: 1,
+        sleep_ms: 20,
+        input: Some(*a.handle()),
+        out_len: 64,
+    };
+    c.call::<Work>(&req).unwrap();
+    c.call::<Work>(&WorkRequest {
+        input: Some(*b.handle()),
+        ..req
+    })
+    .unwrap();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(cli_bin())
+            .arg("--socket")
+            .arg(dir.socket())
+            .args(args)
+            .output()
+            .expect("run cradle");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let ls: serde_json::Value = serde_json::from_str(&cli(&["memo", "ls", "--json"])).unwrap();
+    let m = &ls["methods"][0];
+    assert_eq!(m["method"], "cradle.example.work@1");
+    assert_eq!(
+        (
+            m["entries"].as_u64(),
+            m["hits"].as_u64(),
+            m["misses"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1))
+    );
+    assert!(m["saved_seconds"].as_f64().unwrap() >= 0.02, "{m}");
+    let text = cli(&["memo", "ls", "cradle.example.work"]);
+    assert!(text.contains("cradle.example.work@1"), "{text}");
+    let stats: serde_json::Value = serde_json::from_str(&cli(&["stats", "--json"])).unwrap();
+    assert_eq!(stats["memo"]["hits"].as_u64(), Some(1), "{stats}");
+    assert_eq!(cli(&["memo", "clear"]).trim(), "removed 1 memo entry");
+    let ls: serde_json::Value = serde_json::from_str(&cli(&["memo", "ls", "--json"])).unwrap();
+    assert_eq!(ls["methods"][0]["entries"].as_u64(), Some(0));
+    let bad = std::process::Command::new(cli_bin())
+        .arg("--socket")
+        .arg(dir.socket())
+        .args(["memo", "ls", "no.such.method"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no memoized method"));
+}
