@@ -42,9 +42,14 @@ impl EvictionPolicy for Lru {
     fn touched(&mut self, key: &str) {
         self.tick += 1;
         let t = self.tick;
-        if let Some(old) = self.ticks.insert(key.to_owned(), t) {
-            self.order.remove(&old);
+        // A key already known moves without allocating (every cache hit).
+        if let Some(at) = self.ticks.get_mut(key) {
+            let old = std::mem::replace(at, t);
+            let k = self.order.remove(&old).unwrap_or_else(|| key.to_owned());
+            self.order.insert(t, k);
+            return;
         }
+        self.ticks.insert(key.to_owned(), t);
         self.order.insert(t, key.to_owned());
     }
 

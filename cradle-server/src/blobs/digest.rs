@@ -9,20 +9,12 @@ use ipc_rpc::blob::BlobHandle;
 use ipc_rpc::memo::Digest;
 use std::sync::Arc;
 
-/// At and above this many bytes, a digest is computed with several threads
-/// (BLAKE3's tree mode through rayon): `docs/benchmarks.md` has the single-
-/// and multi-threaded rates measured on this machine.
-pub(crate) const PARALLEL_DIGEST_MIN: usize = 4 << 20;
-
-/// BLAKE3-256 of `bytes`.
+/// BLAKE3-256 of `bytes`, on the calling thread. BLAKE3's multi-threaded
+/// mode (rayon) measured no faster on this project's 2-vCPU machine
+/// (`docs/benchmarks.md` §5, `cradle-bench --memo`), and its thread pool
+/// would compete with the workers: a digest runs on one offload thread.
 pub(crate) fn hash(bytes: &[u8]) -> Digest {
-    let mut h = blake3::Hasher::new();
-    if bytes.len() >= PARALLEL_DIGEST_MIN {
-        h.update_rayon(bytes);
-    } else {
-        h.update(bytes);
-    }
-    *h.finalize().as_bytes()
+    *blake3::hash(bytes).as_bytes()
 }
 
 impl BlobStore {

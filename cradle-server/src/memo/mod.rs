@@ -192,6 +192,12 @@ struct Decoded {
 
 /// Decoded entries kept at most; beyond, the table starts again empty.
 const MAX_DECODED: usize = 16_384;
+/// Method id → request bytes → its key and the blobs it passes.
+type RawKeys = HashMap<u64, HashMap<Vec<u8>, (MemoKey, Vec<BlobHandle>)>>;
+
+/// Largest request whose key is remembered by its bytes.
+const MAX_RAW_REQUEST: usize = 1024;
+
 /// Largest response kept decoded (larger ones are read from their entry
 /// blob on every hit).
 const MAX_DECODED_RESPONSE: usize = 4096;
@@ -222,6 +228,8 @@ pub(crate) struct Memo {
     flights: Mutex<HashMap<Digest, Flight>>,
     /// Entries read or stored lately, by key digest.
     decoded: Mutex<HashMap<Digest, Arc<Decoded>>>,
+    /// Keys of requests seen lately, by method and request bytes.
+    raw_keys: Mutex<RawKeys>,
     claims: Claims,
 }
 
@@ -247,6 +255,7 @@ impl Memo {
             links: OnceLock::new(),
             flights: Mutex::new(HashMap::new()),
             decoded: Mutex::new(HashMap::new()),
+            raw_keys: Mutex::new(HashMap::new()),
             claims: Claims::default(),
         });
         let weak: Weak<Memo> = Arc::downgrade(&memo);
@@ -363,9 +372,23 @@ impl Memo {
         bytes: &[u8],
         compute: bool,
     ) -> Result<Option<MemoKey>, (ErrorCode, String)> {
+        // The same request bytes always name the same key: the same value,
+        // and the same blobs (ids are never reused by a server instance).
+        // The handles are still checked against the table.
+        if let Some((key, handles)) = self
+            .raw_keys()
+            .get(&m.id)
+            .and_then(|r| r.get(bytes))
+            .cloned()
+        {
+            for h in &handles {
+                self.store.known_digest(h).map_err(blob_failure)?;
+            }
+            return Ok(Some(key));
+        }
         let (canonical, handles) = (m.keyer)(bytes).map_err(|e| (ErrorCode::Malformed, e))?;
         let mut args = Vec::with_capacity(handles.len());
-        for h in handles {
+        for &h in &handles {
             let d = if compute {
                 self.store.digest(&h).map_err(blob_failure)?
             } else {
@@ -376,9 +399,20 @@ impl Memo {
             };
             args.push((h, d));
         }
-        memo_key(&m.label, &canonical, &args)
-            .map(Some)
-            .map_err(|e| (ErrorCode::Handler, e))
+        let key = memo_key(&m.label, &canonical, &args).map_err(|e| (ErrorCode::Handler, e))?;
+        if bytes.len() <= MAX_RAW_REQUEST {
+            let mut raw = self.raw_keys();
+            let per = raw.entry(m.id).or_default();
+            if per.len() >= MAX_DECODED {
+                per.clear();
+            }
+            per.insert(bytes.to_vec(), (key.clone(), handles));
+        }
+        Ok(Some(key))
+    }
+
+    fn raw_keys(&self) -> MutexGuard<'_, RawKeys> {
+        self.raw_keys.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// On the worker: answers a call to a memoized method from a memory
