@@ -216,6 +216,9 @@ enum Found {
     Miss,
     /// An entry (or one of its results) is only on disk: not for the worker.
     NotHere,
+    /// The entry is fine, but its results cannot be leased to this caller
+    /// (its quota, the server-wide limit): the call fails with this error.
+    Refused(ErrorCode, String),
 }
 
 /// The memo: memoized methods, runs in flight, compute-once claims.
@@ -440,7 +443,7 @@ impl Memo {
                 out.send_encoded(response_meta(meta), resp);
                 true
             }
-            Found::Miss | Found::NotHere => false,
+            Found::Miss | Found::NotHere | Found::Refused(..) => false,
         }
     }
 
@@ -568,10 +571,14 @@ impl Memo {
             store: &self.store,
             session: MEMO_SESSION,
         };
-        let read = ctx.read(&handle).map_err(|e| e.message);
+        let read = ctx.read(&handle);
         // The view pins the entry; our lease can go.
         self.store.release(MEMO_SESSION, &[handle.id], &[]);
-        let view = read?;
+        let view = match read {
+            Ok(v) => v,
+            // Not the entry's fault (the server-wide limit, say).
+            Err(e) => return Ok(Found::Refused(e.code, e.message)),
+        };
         let entry = decode_entry(view.bytes())?;
         let mut resp = AlignedVec::<16>::with_capacity(entry.response.len());
         resp.extend_from_slice(entry.response);
@@ -588,12 +595,13 @@ impl Memo {
                             self.store.set_digest(hit.handle.id, slot.digest);
                             hit
                         }
-                        other => {
+                        Ok(None) => {
                             give_back(&leased);
-                            return Err(match other {
-                                Err(e) => e.message,
-                                _ => format!("result {i} did not verify on disk"),
-                            });
+                            return Err(format!("result {i} did not verify on disk"));
+                        }
+                        Err(e) => {
+                            give_back(&leased);
+                            return Ok(Found::Refused(e.code, e.message));
                         }
                     }
                 }
@@ -607,7 +615,7 @@ impl Memo {
                 }
                 Err(e) => {
                     give_back(&leased);
-                    return Err(e.message);
+                    return Ok(Found::Refused(e.code, e.message));
                 }
             };
             leased.push(hit.handle.id);
@@ -665,8 +673,12 @@ impl Memo {
             Err(e) => return fail(e, arena),
         };
         let refresh = meta.flags & wire::MEMO_REFRESH != 0;
-        if !refresh && let Found::Answer(resp) = self.lookup(m, &key, ctx.session, true) {
-            return Answer::Now(Some((response_meta(meta), resp)));
+        if !refresh {
+            match self.lookup(m, &key, ctx.session, true) {
+                Found::Answer(resp) => return Answer::Now(Some((response_meta(meta), resp))),
+                Found::Refused(code, msg) => return fail((code, msg), arena),
+                Found::Miss | Found::NotHere => {}
+            }
         }
         let me = Waiter {
             worker,
