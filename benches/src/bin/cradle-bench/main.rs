@@ -50,6 +50,10 @@ const WINDOW: usize = 256;
 /// (4 KiB to 1 GiB), the first map of a large blob, a full read against the
 /// same bytes over a Unix socket, and the small/large threshold.
 ///
+/// Then the memo scenarios (--memo): hits of a memoized method (small, and
+/// with a 64 MiB blob in and out) against an unmemoized call of the same
+/// size, the miss overhead, and first-digest rates.
+///
 /// cradle-server must sit next to this binary (build both with
 /// `cargo build --release -p cradle-server -p cradle-benches`) or be named
 /// with --server. A full run takes a few minutes; --quick under one.
