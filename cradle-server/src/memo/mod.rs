@@ -669,7 +669,13 @@ impl Memo {
         }
         let key = match self.key_of(m, bytes, true) {
             Ok(Some(k)) => k,
-            Ok(None) => unreachable!("digests are computed here"),
+            // Digests are computed here, so a key is always made.
+            Ok(None) => {
+                return fail(
+                    (ErrorCode::Handler, "no memo key could be made".to_owned()),
+                    arena,
+                );
+            }
             Err(e) => return fail(e, arena),
         };
         let refresh = meta.flags & wire::MEMO_REFRESH != 0;
