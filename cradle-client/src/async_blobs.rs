@@ -9,12 +9,13 @@
 //! a guard that gives it back when dropped.
 
 use crate::async_client::{AsyncClient, Shared};
+use crate::blob::claim_leftover;
 use crate::blob::{
     Blob, BlobRef, Draft, Lease, SMALL_BLOB_MAX, Sealing, Unsealed, acquired_leftover,
     author_leftover, created_leftover, loaded_leftover, lookup_leftover, put_request,
     retry_after_flush, sealed_leftover, segment_leftover,
 };
-use crate::error::BlobError;
+use crate::error::{BlobError, ComputeError};
 use crate::options::slow_call;
 use crate::session::{AuthorSpace, Leftover, Owner, SegMap, salvage};
 use ipc_rpc::blob::{
@@ -23,6 +24,7 @@ use ipc_rpc::blob::{
     SegmentInfo,
 };
 use ipc_rpc::builtin::Stats;
+use ipc_rpc::memo::{CacheClaim, CacheUnclaim, Claim, ClaimRequest};
 use ipc_rpc::{CallError, Method};
 use std::fmt;
 use std::io;
@@ -198,6 +200,22 @@ impl AsyncClient {
         lease.into_ref(seg)
     }
 
+    /// The BLAKE3-256 digest of the blob `h` names, as
+    /// [`Client::digest`](crate::Client::digest).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = cradle_client::AsyncClient::connect_default().await?;
+    /// let blob = client.create(0).await?.seal().await?;
+    /// assert_eq!(client.digest(blob.handle()).await?.len(), 32);
+    /// # Ok(()) }
+    /// ```
+    pub async fn digest(&self, h: &BlobHandle) -> Result<[u8; 32], CallError> {
+        let timeout = slow_call(self.timeout()).timeout;
+        self.call_timeout::<ipc_rpc::memo::BlobDigest>(h, timeout)
+            .await
+    }
+
     /// Sends every queued release now and waits until the server has
     /// processed them, as [`Client::flush`](crate::Client::flush) does.
     ///
@@ -349,6 +367,92 @@ impl AsyncCache<'_> {
             }
         };
         c.hit_to_ref(hit).await.map(Some)
+    }
+
+    /// The blob under `key`, computed once across processes, as
+    /// [`Cache::get_or_compute`](crate::Cache::get_or_compute) does: one
+    /// caller at a time holds the key's claim and runs `compute`; the
+    /// others wait in the server until it puts the key, gives up, dies, or
+    /// holds the claim longer than `claim`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// let client = cradle_client::AsyncClient::connect_default().await?;
+    /// let v = client
+    ///     .cache()
+    ///     .get_or_compute("answers/42", Duration::from_secs(60), || async {
+    ///         let mut w = client.create(2).await?;
+    ///         w.write_at(0, b"42");
+    ///         w.seal().await
+    ///     })
+    ///     .await?;
+    /// assert_eq!(&v[..], b"42");
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_or_compute<E, F, Fut>(
+        &self,
+        key: &str,
+        claim: Duration,
+        compute: F,
+    ) -> Result<BlobRef, ComputeError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Blob, E>>,
+    {
+        let c = self.client;
+        let timeout = c.timeout();
+        let deadline = std::time::Instant::now() + timeout;
+        let wait = timeout
+            .saturating_sub(Duration::from_secs(1))
+            .max(timeout / 2);
+        let req = ClaimRequest {
+            key: key.to_owned(),
+            claim_ms: u32::try_from(claim.as_millis()).unwrap_or(u32::MAX),
+            wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
+        };
+        let mut compute = Some(compute);
+        loop {
+            let answer = c
+                .call_left::<CacheClaim>(&req, timeout, claim_leftover)
+                .await?;
+            match answer {
+                Claim::Hit(hit) => return Ok(c.hit_to_ref(hit).await?),
+                Claim::OnDisk => {
+                    if let Some(b) = self.get(key).await? {
+                        return Ok(b);
+                    }
+                }
+                Claim::Claimed => {
+                    let Some(f) = compute.take() else {
+                        let _ = c.call::<CacheUnclaim>(&key.to_owned()).await;
+                        return Err(CallError::Remote {
+                            code: ipc_rpc::ErrorCode::CacheFull,
+                            message: format!("{key} was computed but is gone from the cache"),
+                        }
+                        .into());
+                    };
+                    match f().await {
+                        Ok(blob) => {
+                            if let Err(e) = self.put(key, &blob).await {
+                                let _ = c.call::<CacheUnclaim>(&key.to_owned()).await;
+                                return Err(e.into());
+                            }
+                            return Ok(c.get(blob.handle()).await?);
+                        }
+                        Err(e) => {
+                            let _ = c.call::<CacheUnclaim>(&key.to_owned()).await;
+                            return Err(ComputeError::Compute(e));
+                        }
+                    }
+                }
+                Claim::TimedOut => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(CallError::Timeout(Duration::ZERO).into());
+                    }
+                }
+            }
+        }
     }
 
     /// Removes `key` from memory and disk; whether it was in either.

@@ -7,7 +7,7 @@ use crate::calls;
 use crate::error::BlobError;
 use ipc_rpc::blob::BlobHandle;
 use ipc_rpc::provide::{BYTES_SCHEMA, ListMethods, MethodInfo};
-use ipc_rpc::{CallError, Method, method_id};
+use ipc_rpc::{CallError, Method, method_id, wire};
 use std::time::{Duration, Instant};
 
 impl AsyncClient {
@@ -54,7 +54,7 @@ impl AsyncClient {
         let s = &self.shared.session;
         let f = calls::with_blobs(s, M::ID, crate::session::decode::<M>);
         let (r, results) = self
-            .round_trip::<M, _>(req, &blobs, timeout, None, f)
+            .round_trip::<M, _>(req, &blobs, timeout, None, wire::NO_FLAGS, f)
             .await
             .map_err(crate::session::name_unknown::<M>)?;
         Ok((r, self.adopt_all(&results).await?))

@@ -25,7 +25,7 @@
 
 use crate::calls;
 use crate::error::ConnectError;
-use crate::options::{CallOptions, ClientOptions};
+use crate::options::{CallOptions, ClientOptions, MemoMode};
 use crate::serving::for_provider;
 use crate::session::{self, DEAD, Owner, Salvage, Session, SocketState, lock};
 use ipc_core::doorbell::{WaitMode, cpu_contended};
@@ -453,7 +453,31 @@ impl AsyncClient {
         timeout: Duration,
     ) -> Result<M::Response, CallError> {
         let f = calls::plain(&self.shared.session, M::ID, session::decode::<M>);
-        self.round_trip::<M, _>(req, &[], timeout, None, f)
+        self.round_trip::<M, _>(req, &[], timeout, None, wire::NO_FLAGS, f)
+            .await
+            .map_err(session::name_unknown::<M>)
+    }
+
+    /// Calls a memoized method `M` with `memo` saying how its memo is used
+    /// for this call, as [`Client::call_memo`](crate::Client::call_memo).
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use cradle_client::MemoMode;
+    /// use ipc_rpc::example::{Work, WorkRequest};
+    ///
+    /// let client = cradle_client::AsyncClient::connect_default().await?;
+    /// let req = WorkRequest { seed: 1, sleep_ms: 0, input: None, out_len: 0 };
+    /// client.call_memo::<Work>(&req, MemoMode::Bypass).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn call_memo<M: Method>(
+        &self,
+        req: &M::Request,
+        memo: MemoMode,
+    ) -> Result<M::Response, CallError> {
+        let timeout = self.shared.opts.timeout;
+        let f = calls::plain(&self.shared.session, M::ID, session::decode::<M>);
+        self.round_trip::<M, _>(req, &[], timeout, None, memo.flags(), f)
             .await
             .map_err(session::name_unknown::<M>)
     }
@@ -498,7 +522,7 @@ impl AsyncClient {
     ) -> Result<R, CallError> {
         let access = |b: &[u8]| session::access::<M, R>(b, f);
         let f = calls::plain(&self.shared.session, M::ID, access);
-        self.round_trip::<M, _>(req, &[], self.shared.opts.timeout, None, f)
+        self.round_trip::<M, _>(req, &[], self.shared.opts.timeout, None, wire::NO_FLAGS, f)
             .await
             .map_err(session::name_unknown::<M>)
     }
@@ -512,7 +536,7 @@ impl AsyncClient {
         salvage: Salvage,
     ) -> Result<M::Response, CallError> {
         let f = calls::plain(&self.shared.session, M::ID, session::decode::<M>);
-        self.round_trip::<M, _>(req, &[], timeout, Some(salvage), f)
+        self.round_trip::<M, _>(req, &[], timeout, Some(salvage), wire::NO_FLAGS, f)
             .await
     }
 
@@ -525,6 +549,7 @@ impl AsyncClient {
         blobs: &[BlobHandle],
         timeout: Duration,
         salvage: Option<Salvage>,
+        flags: u16,
         f: impl FnOnce(FrameMeta, &[u8]) -> Result<R, CallError>,
     ) -> Result<R, CallError> {
         let start = Instant::now();
@@ -532,7 +557,7 @@ impl AsyncClient {
         if blobs.is_empty() && !calls::needs_envelope(M::NAME) {
             let body = Body::Typed(req);
             return self
-                .round_trip_body(M::ID, wire::NO_FLAGS, body, start, deadline, salvage, f)
+                .round_trip_body(M::ID, flags, body, start, deadline, salvage, f)
                 .await;
         }
         let max = self.max_message();
@@ -541,7 +566,8 @@ impl AsyncClient {
         let payload = calls::enveloped(deadline_ns, M::SCHEMA_HASH, blobs, &body)
             .map_err(calls::envelope_error)?;
         let body = Body::<M::Request>::Encoded(&payload);
-        self.round_trip_body(M::ID, wire::ENVELOPE, body, start, deadline, salvage, f)
+        let flags = flags | wire::ENVELOPE;
+        self.round_trip_body(M::ID, flags, body, start, deadline, salvage, f)
             .await
     }
 

@@ -551,3 +551,12 @@ pub(crate) fn lookup_leftover(l: &Lookup) -> Leftover {
 pub(crate) fn loaded_leftover(h: &Option<Hit>) -> Leftover {
     h.as_ref().map(hit_leftover).unwrap_or_default()
 }
+
+/// What an unclaimed claim answer leaves (a granted claim is not given
+/// back: it ends at its deadline or with the session).
+pub(crate) fn claim_leftover(c: &ipc_rpc::memo::Claim) -> Leftover {
+    match c {
+        ipc_rpc::memo::Claim::Hit(hit) => hit_leftover(hit),
+        _ => Leftover::default(),
+    }
+}

@@ -2,7 +2,7 @@
 
 use crate::calls;
 use crate::error::ConnectError;
-use crate::options::{CallOptions, ClientOptions};
+use crate::options::{CallOptions, ClientOptions, MemoMode};
 use crate::serving::{Invocations, for_provider};
 use crate::session::{self, DEAD, Owner, Salvage, Session, SocketState, lock};
 use ipc_core::doorbell::{Doorbell, EventFd, Futex, SpinBudget, WaitMode, Waker};
@@ -322,6 +322,31 @@ impl Client {
         )
     }
 
+    /// Calls a memoized method `M` with `memo` saying how its memo is used
+    /// for this call: [`MemoMode::Bypass`] runs the handler without reading
+    /// or writing the memo, [`MemoMode::Refresh`] runs it and replaces the
+    /// entry. A method that is not memoized ignores it.
+    ///
+    /// ```no_run
+    /// use cradle_client::MemoMode;
+    /// use ipc_rpc::example::{Work, WorkRequest};
+    /// # let client = cradle_client::Client::connect_default()?;
+    /// let req = WorkRequest { seed: 1, sleep_ms: 0, input: None, out_len: 0 };
+    /// let fresh = client.call_memo::<Work>(&req, MemoMode::Refresh)?;
+    /// # let _ = fresh;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn call_memo<M: Method>(
+        &self,
+        req: &M::Request,
+        memo: MemoMode,
+    ) -> Result<M::Response, CallError> {
+        let f = calls::plain(&self.inner.session, M::ID, session::decode::<M>);
+        self.inner
+            .round_trip_blobs::<M, _>(req, &[], self.default_opts(), true, memo.flags(), f)
+            .map_err(session::name_unknown::<M>)
+    }
+
     /// Like [`call`](Self::call), but fails with [`CallError::RingFull`]
     /// instead of waiting when the request ring has no room.
     ///
@@ -384,9 +409,9 @@ impl Client {
     pub fn send<M: Method>(&self, req: &M::Request) -> Result<Pending<'_, M>, CallError> {
         let opts = self.default_opts();
         let mut deadline = Deadline::new(opts.timeout);
-        let id = self
-            .inner
-            .submit::<M>(req, &[], &mut deadline, opts.wait, true)?;
+        let id =
+            self.inner
+                .submit::<M>(req, &[], &mut deadline, opts.wait, true, wire::NO_FLAGS)?;
         Ok(Pending {
             client: self,
             id,
@@ -422,6 +447,7 @@ impl Owner for Inner {
             &mut Deadline::new(opts.timeout),
             opts.wait,
             true,
+            wire::NO_FLAGS,
         ) {
             self.abandon(id);
         }
@@ -436,7 +462,7 @@ impl Inner {
         block: bool,
         f: impl FnOnce(FrameMeta, &[u8]) -> Result<R, CallError>,
     ) -> Result<R, CallError> {
-        self.round_trip_blobs::<M, R>(req, &[], opts, block, f)
+        self.round_trip_blobs::<M, R>(req, &[], opts, block, wire::NO_FLAGS, f)
     }
 
     /// A call of `M` that passes `blobs` with its request; `f` reads the
@@ -447,10 +473,11 @@ impl Inner {
         blobs: &[BlobHandle],
         opts: CallOptions,
         block: bool,
+        flags: u16,
         f: impl FnOnce(FrameMeta, &[u8]) -> Result<R, CallError>,
     ) -> Result<R, CallError> {
         let mut deadline = Deadline::new(opts.timeout);
-        let id = self.submit::<M>(req, blobs, &mut deadline, opts.wait, block)?;
+        let id = self.submit::<M>(req, blobs, &mut deadline, opts.wait, block, flags)?;
         self.receive(id, &mut deadline, opts.wait, NO_SALVAGE, f)
             .map_err(session::name_unknown::<M>)
     }
@@ -487,7 +514,7 @@ impl Inner {
         salvage: impl FnOnce() -> Salvage,
     ) -> Result<M::Response, CallError> {
         let mut deadline = Deadline::new(opts.timeout);
-        let id = self.submit::<M>(req, &[], &mut deadline, opts.wait, true)?;
+        let id = self.submit::<M>(req, &[], &mut deadline, opts.wait, true, wire::NO_FLAGS)?;
         let s = Some(salvage);
         let f = calls::plain(&self.session, M::ID, session::decode::<M>);
         self.receive(id, &mut deadline, opts.wait, s, f)
@@ -504,6 +531,7 @@ impl Inner {
     /// Publishes one request of `M`, passing `blobs` with it; returns its
     /// id. The request carries an envelope if `M` is not the server's own
     /// or `blobs` is not empty (`calls.rs`).
+    #[allow(clippy::too_many_arguments)]
     fn submit<M: Method>(
         &self,
         req: &M::Request,
@@ -511,19 +539,20 @@ impl Inner {
         deadline: &mut Deadline,
         wait: WaitMode,
         block: bool,
+        flags: u16,
     ) -> Result<u64, CallError> {
         let mut meta = FrameMeta {
             request_id: 0,
             tag: M::ID,
             kind: wire::REQUEST,
-            flags: wire::NO_FLAGS,
+            flags,
         };
         if blobs.is_empty() && !calls::needs_envelope(M::NAME) {
             return self.submit_frame(meta, None, deadline, wait, block, |out, meta| {
                 out.try_send(meta, req)
             });
         }
-        meta.flags = wire::ENVELOPE;
+        meta.flags = flags | wire::ENVELOPE;
         let max = self.session_max_payload();
         let body = calls::encode_body(req, max)?;
         let deadline_ns = calls::envelope_deadline(deadline.at());

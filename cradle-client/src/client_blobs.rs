@@ -4,11 +4,11 @@
 
 use crate::blob::{
     Blob, BlobRef, Draft, Lease, SMALL_BLOB_MAX, Sealing, Unsealed, acquired_leftover,
-    author_leftover, created_leftover, loaded_leftover, lookup_leftover, put_request,
-    retry_after_flush, sealed_leftover, segment_leftover,
+    author_leftover, claim_leftover, created_leftover, loaded_leftover, lookup_leftover,
+    put_request, retry_after_flush, sealed_leftover, segment_leftover,
 };
 use crate::client::{Client, Inner};
-use crate::error::BlobError;
+use crate::error::{BlobError, ComputeError};
 use crate::options::CallOptions;
 use crate::options::slow_call;
 use crate::session::{AuthorSpace, Leftover, Owner, SegMap, salvage};
@@ -17,6 +17,7 @@ use ipc_rpc::blob::{
     CacheRemove, CreateLarge, Hit, Lookup, MapSegment, Release, SealLarge, SealSmall,
 };
 use ipc_rpc::builtin::Stats;
+use ipc_rpc::memo::{CacheClaim, CacheUnclaim, Claim, ClaimRequest};
 use ipc_rpc::{CallError, Method};
 use std::fmt;
 use std::io;
@@ -180,6 +181,21 @@ impl Client {
         lease.into_ref(seg)
     }
 
+    /// The BLAKE3-256 digest of the blob `h` names, computed once by the
+    /// server (on its offload pool) and remembered: the content identity
+    /// memoized calls key on.
+    ///
+    /// ```no_run
+    /// # let client = cradle_client::Client::connect_default()?;
+    /// let blob = client.create(0)?.seal()?;
+    /// let d = client.digest(blob.handle())?;
+    /// assert_eq!(d.len(), 32);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn digest(&self, h: &BlobHandle) -> Result<[u8; 32], CallError> {
+        self.call_opts::<ipc_rpc::memo::BlobDigest>(h, slow_call(self.default_timeout()))
+    }
+
     /// Sends every queued release now and waits until the server has
     /// processed them.
     ///
@@ -323,6 +339,87 @@ impl Cache<'_> {
             }
         };
         self.client.hit_to_ref(hit).map(Some)
+    }
+
+    /// The blob under `key`, computed by `compute` if no process has put
+    /// it yet, and computed **once** across processes: the server gives
+    /// one caller at a time the claim on the key; the others wait in the
+    /// server until it puts the key (they receive its blob), or until it
+    /// gives up (its `compute` failed), dies, or holds the claim longer
+    /// than `claim` — then the next one computes. The blob `compute`
+    /// returns is put under `key` and answered.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// # let client = cradle_client::Client::connect_default()?;
+    /// let thumb = client.cache().get_or_compute("thumbs/cat.png", Duration::from_secs(60), || {
+    ///     let mut w = client.create(3)?;
+    ///     w.write_at(0, b"png");
+    ///     w.seal()
+    /// })?;
+    /// assert_eq!(&thumb[..], b"png");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn get_or_compute<E>(
+        &self,
+        key: &str,
+        claim: std::time::Duration,
+        compute: impl FnOnce() -> Result<Blob, E>,
+    ) -> Result<BlobRef, ComputeError<E>> {
+        let c = self.client;
+        let timeout = c.default_timeout();
+        let deadline = std::time::Instant::now() + timeout;
+        // The server answers a wait before the call's own deadline.
+        let wait = timeout
+            .saturating_sub(std::time::Duration::from_secs(1))
+            .max(timeout / 2);
+        let req = ClaimRequest {
+            key: key.to_owned(),
+            claim_ms: u32::try_from(claim.as_millis()).unwrap_or(u32::MAX),
+            wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
+        };
+        let mut compute = Some(compute);
+        loop {
+            let answer = c.call_left::<CacheClaim>(&req, c.default_opts(), claim_leftover)?;
+            match answer {
+                Claim::Hit(hit) => return Ok(c.hit_to_ref(hit)?),
+                Claim::OnDisk => {
+                    if let Some(b) = self.get(key)? {
+                        return Ok(b);
+                    }
+                }
+                Claim::Claimed => {
+                    let Some(f) = compute.take() else {
+                        // Claimed twice: our first computation's put was
+                        // lost (evicted at once); compute cannot run again.
+                        let _ = c.call::<CacheUnclaim>(&key.to_owned());
+                        return Err(CallError::Remote {
+                            code: ipc_rpc::ErrorCode::CacheFull,
+                            message: format!("{key} was computed but is gone from the cache"),
+                        }
+                        .into());
+                    };
+                    match f() {
+                        Ok(blob) => {
+                            if let Err(e) = self.put(key, &blob) {
+                                let _ = c.call::<CacheUnclaim>(&key.to_owned());
+                                return Err(e.into());
+                            }
+                            return Ok(c.get(blob.handle())?);
+                        }
+                        Err(e) => {
+                            let _ = c.call::<CacheUnclaim>(&key.to_owned());
+                            return Err(ComputeError::Compute(e));
+                        }
+                    }
+                }
+                Claim::TimedOut => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(CallError::Timeout(std::time::Duration::ZERO).into());
+                    }
+                }
+            }
+        }
     }
 
     /// Removes `key` from memory and disk; whether it was in either.

@@ -14,7 +14,7 @@ use crate::error::BlobError;
 use crate::options::CallOptions;
 use ipc_rpc::blob::BlobHandle;
 use ipc_rpc::provide::{BYTES_SCHEMA, ListMethods, MethodInfo};
-use ipc_rpc::{CallError, Method, method_id};
+use ipc_rpc::{CallError, Method, method_id, wire};
 
 impl Client {
     /// Calls `M`, passing `blobs` with the request (the server leases each
@@ -66,9 +66,9 @@ impl Client {
         let blobs = calls::handles(blobs)?;
         let s = &*self.inner.session;
         let f = calls::with_blobs(s, M::ID, crate::session::decode::<M>);
-        let (r, results) = self
-            .inner
-            .round_trip_blobs::<M, _>(req, &blobs, opts, true, f)?;
+        let (r, results) =
+            self.inner
+                .round_trip_blobs::<M, _>(req, &blobs, opts, true, wire::NO_FLAGS, f)?;
         Ok((r, self.adopt_all(&results)?))
     }
 

@@ -391,3 +391,49 @@ impl From<CallError> for BlobError {
         Self::Call(e)
     }
 }
+
+/// Why a `get_or_compute` failed: the cache, or the computation (whose
+/// claim was then given up, so the next caller computes).
+///
+/// ```
+/// use cradle_client::ComputeError;
+/// let e: ComputeError<std::io::Error> = ComputeError::Compute(std::io::Error::other("no input"));
+/// assert_eq!(e.to_string(), "the computation failed: no input");
+/// ```
+#[derive(Debug)]
+pub enum ComputeError<E> {
+    /// A call to the server failed.
+    Cache(BlobError),
+    /// The computation failed.
+    Compute(E),
+}
+
+impl<E: fmt::Display> fmt::Display for ComputeError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cache(e) => write!(f, "{e}"),
+            Self::Compute(e) => write!(f, "the computation failed: {e}"),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for ComputeError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Cache(e) => Some(e),
+            Self::Compute(e) => Some(e),
+        }
+    }
+}
+
+impl<E> From<BlobError> for ComputeError<E> {
+    fn from(e: BlobError) -> Self {
+        Self::Cache(e)
+    }
+}
+
+impl<E> From<CallError> for ComputeError<E> {
+    fn from(e: CallError) -> Self {
+        Self::Cache(BlobError::Call(e))
+    }
+}

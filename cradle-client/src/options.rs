@@ -69,3 +69,37 @@ pub(crate) fn slow_call(timeout: Duration) -> CallOptions {
         wait: WaitMode::Sleep,
     }
 }
+
+/// How a call to a memoized method uses the server's memo
+/// ([`Client::call_memo`](crate::Client::call_memo)).
+///
+/// ```
+/// use cradle_client::MemoMode;
+/// assert_eq!(MemoMode::default(), MemoMode::Use);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MemoMode {
+    /// Answer from the memo if it has an entry; store the result if not.
+    #[default]
+    Use,
+    /// Run the handler; neither read nor write the memo.
+    Bypass,
+    /// Run the handler and replace the memo's entry with its result.
+    Refresh,
+}
+
+impl MemoMode {
+    /// The request frame flags that say so.
+    ///
+    /// ```
+    /// use cradle_client::MemoMode;
+    /// assert_eq!(MemoMode::Bypass.flags(), ipc_rpc::wire::MEMO_BYPASS);
+    /// ```
+    pub fn flags(self) -> u16 {
+        match self {
+            Self::Use => ipc_rpc::wire::NO_FLAGS,
+            Self::Bypass => ipc_rpc::wire::MEMO_BYPASS,
+            Self::Refresh => ipc_rpc::wire::MEMO_REFRESH,
+        }
+    }
+}

@@ -45,6 +45,7 @@ mod disk;
 mod error;
 mod link;
 mod logs;
+mod memo;
 mod methods;
 mod metrics;
 mod offload;

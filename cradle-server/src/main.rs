@@ -5,10 +5,12 @@ use cradle_server::{
     BlobCtx, HandlerError, LogFormat, MetricsAddr, Server, SessionQuota, default_disk_cache_dir,
     default_socket_path,
 };
+use ipc_core::sync::{AtomicU64, Ordering};
 use ipc_rpc::blob::BlobHandle;
-use ipc_rpc::example::{Invert, Inverted};
+use ipc_rpc::example::{Invert, Inverted, Work, WorkDone, WorkRequest, WorkRuns, work_byte};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// CRADLE server: shared-memory RPC, memory cache and blob exchange for the
 /// applications of one user on this machine.
@@ -143,6 +145,37 @@ fn invert(ctx: &BlobCtx<'_>, h: BlobHandle) -> Result<Inverted, HandlerError> {
     })
 }
 
+/// The example memoized method (`cradle.example.work`): hashes the input
+/// blob with the seed, sleeps `sleep_ms` (standing for real work), returns
+/// the hash and an `out_len`-byte result blob made from it; `runs` counts
+/// its runs (`cradle.example.work_runs`), so a caller sees whether the memo
+/// answered.
+fn work(runs: &AtomicU64, ctx: &BlobCtx<'_>, req: WorkRequest) -> Result<WorkDone, HandlerError> {
+    let value = match req.input {
+        Some(h) => xxhash_rust::xxh3::xxh3_64_with_seed(ctx.read(&h)?.bytes(), req.seed),
+        None => xxhash_rust::xxh3::xxh3_64_with_seed(&[], req.seed),
+    };
+    std::thread::sleep(std::time::Duration::from_millis(u64::from(
+        req.sleep_ms.min(60_000),
+    )));
+    let output = match req.out_len {
+        0 => None,
+        n => {
+            let len = usize::try_from(n).map_err(|_| HandlerError::new("out_len too large"))?;
+            let mut b = ctx.create(len)?;
+            // work_byte repeats every 2048 bytes ((i / 8) as u8 wraps).
+            let pattern: Vec<u8> = (0..2048u64).map(|i| work_byte(value, i)).collect();
+            for chunk in b.bytes_mut().chunks_mut(2048) {
+                chunk.copy_from_slice(&pattern[..chunk.len()]);
+            }
+            Some(b.seal()?)
+        }
+    };
+    // Relaxed: a counter read by the test method; it publishes nothing.
+    let run = runs.fetch_add(1, Ordering::Relaxed) + 1;
+    Ok(WorkDone { value, run, output })
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let format = args.log_format.parse().unwrap_or(LogFormat::Text);
@@ -160,6 +193,12 @@ fn main() -> ExitCode {
             pool_bytes: args.session_quota_bytes,
         })
         .offload_blob::<Invert, _>(invert);
+    let runs = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&runs);
+    let builder = builder
+        .memoized::<Work, _>(move |ctx, req| work(&counted, ctx, req))
+        // Relaxed: see `work`.
+        .inline::<WorkRuns, _>(move |()| Ok(runs.load(Ordering::Relaxed)));
     let builder = match args.max_backlog_bytes {
         Some(b) => builder.max_backlog_bytes(b),
         None => builder,

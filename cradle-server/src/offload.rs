@@ -3,6 +3,7 @@
 
 use crate::blobs::{BlobCtx, BlobStore};
 use crate::link::{Completion, Job, WorkerLink, WorkerMsg};
+use crate::methods::Answer;
 use crate::metrics::cells::CallCells;
 use ipc_rpc::rkyv::ser::allocator::Arena;
 use ipc_rpc::{ErrorCode, RemoteError, Wire, wire};
@@ -50,7 +51,19 @@ fn pool_thread(
             session: job.session,
         };
         let started = calls.map(|_| std::time::Instant::now());
-        let answer = (job.handler)(&job.bytes, job.meta, &ctx, &mut arena, job.max_payload);
+        let answer = match (job.handler)(
+            &job.bytes,
+            job.meta,
+            &ctx,
+            &mut arena,
+            job.max_payload,
+            job.worker,
+        ) {
+            Answer::Now(answer) => answer,
+            // Answered later by whoever ends its wait (a memoized call
+            // behind an identical one, a claim behind another caller's).
+            Answer::Later => continue,
+        };
         if let (Some(calls), Some(started)) = (calls, started) {
             calls.record_shared(
                 job.meta.tag,

@@ -5,6 +5,7 @@ use crate::blobs::budget::MemoryLimits;
 use crate::blobs::{BlobConfig, BlobCtx, BlobStore, SessionQuota};
 use crate::error::{HandlerError, ServerError, StartError};
 use crate::link::{HandleInner, WorkerLink, WorkerMsg};
+use crate::memo::{Memo, MemoMethod};
 use crate::methods::{self, Entry, Handler, Registry};
 use crate::metrics::{self, MetricsAddr, cells::CallCells};
 use crate::provided::entries::Known;
@@ -63,6 +64,7 @@ pub struct ServerBuilder {
     disk_cache_bytes: Option<u64>,
     metrics: Option<MetricsAddr>,
     entries: Vec<Entry>,
+    memos: Vec<MemoMethod>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -82,6 +84,7 @@ impl std::fmt::Debug for ServerBuilder {
             .field("disk_cache", &self.disk_cache)
             .field("metrics", &self.metrics)
             .field("methods", &self.entries.len())
+            .field("memoized", &self.memos.len())
             .finish()
     }
 }
@@ -108,6 +111,7 @@ impl Default for ServerBuilder {
             disk_cache_bytes: None,
             metrics: None,
             entries: Vec::new(),
+            memos: Vec::new(),
         }
     }
 }
@@ -434,6 +438,45 @@ impl ServerBuilder {
         self.register::<M>(Handler::Offload(methods::offload::<M, F>(f)))
     }
 
+    /// Serves method `M` on the offload pool like
+    /// [`offload_blob`](Self::offload_blob), **memoized**: its answer
+    /// depends only on its request and on the bytes of the blobs the
+    /// request passes, so the server answers a call from the shared cache
+    /// when it has answered an equal one before (this run or, through the
+    /// disk tier, an earlier one), and identical calls in flight share one
+    /// run. `M::Request` lists the blobs it passes and `M::Response` the
+    /// blobs it returns ([`BlobRefs`](ipc_rpc::memo::BlobRefs)); result
+    /// blobs are kept with the entry and leased to every caller it answers.
+    /// A failed run caches nothing. See `docs/architecture.md` §12.
+    ///
+    /// ```
+    /// use cradle_server::Server;
+    /// use ipc_rpc::example::{Work, WorkDone};
+    ///
+    /// // Hashes the input blob; a second call with equal bytes is a cache hit.
+    /// let b = Server::builder().memoized::<Work, _>(|ctx, req| {
+    ///     let value = match req.input {
+    ///         Some(h) => ctx.read(&h)?.bytes().iter().map(|&b| u64::from(b)).sum(),
+    ///         None => 0,
+    ///     };
+    ///     Ok(WorkDone { value, run: 1, output: None })
+    /// });
+    /// # let _ = b;
+    /// ```
+    pub fn memoized<M, F>(mut self, f: F) -> Self
+    where
+        M: Method,
+        M::Request: ipc_rpc::memo::BlobRefs,
+        M::Response: ipc_rpc::memo::BlobRefs,
+        F: Fn(&BlobCtx<'_>, M::Request) -> Result<M::Response, HandlerError>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.memos.push(MemoMethod::compiled::<M, F>(f));
+        self
+    }
+
     fn register<M: Method>(mut self, handler: Handler) -> Self {
         self.entries.push(Entry {
             id: M::ID,
@@ -482,7 +525,7 @@ impl ServerBuilder {
             .entries
             .iter()
             .any(|e| matches!(e.handler, Handler::Offload(_)));
-        if offloads && self.offload_threads == 0 {
+        if (offloads || !self.memos.is_empty()) && self.offload_threads == 0 {
             return bad("offload handlers are registered but offload_threads is 0".into());
         }
         Ok(())
@@ -552,7 +595,9 @@ impl ServerBuilder {
         let (handle, receivers) = control_links(self.workers)?;
         let providers = Arc::new(Providers::new(ProvidedLimits::default()));
         let max_payload = ipc_core::ring::max_payload_len(self.ring_capacity);
+        let memo = Memo::new(Arc::clone(&store), self.memos);
         let mut entries = self.entries;
+        entries.extend(memo.entries());
         entries.extend(methods::builtin_entries(
             &shared,
             &store,
@@ -598,6 +643,7 @@ impl ServerBuilder {
             shared,
             store,
             providers,
+            memo,
             handle,
             receivers,
             ring_capacity: self.ring_capacity,
@@ -747,6 +793,7 @@ pub struct Server {
     shared: Arc<Shared>,
     store: Arc<BlobStore>,
     providers: Arc<Providers>,
+    memo: Arc<Memo>,
     handle: Arc<HandleInner>,
     receivers: Vec<Receiver<WorkerMsg>>,
     ring_capacity: usize,
@@ -876,6 +923,7 @@ impl Server {
             shared,
             store,
             providers,
+            memo,
             handle,
             receivers,
             ring_capacity,
@@ -895,6 +943,8 @@ impl Server {
             inner: Arc::clone(&handle),
         };
         store.start_disk().map_err(ServerError::Spawn)?;
+        memo.start(Arc::clone(&handle.links))
+            .map_err(ServerError::Spawn)?;
         let jobs = crate::offload::spawn_pool(
             offload_threads,
             Arc::clone(&handle.links),
@@ -912,6 +962,7 @@ impl Server {
                 status: Arc::clone(&status.map),
                 jobs: jobs.clone(),
                 store: Arc::clone(&store),
+                memo: Arc::clone(&memo),
                 max_in_flight,
                 max_backlog,
                 max_payload: payload_limit(ring_capacity),
@@ -1003,6 +1054,7 @@ impl Server {
         if let Some(j) = metrics_thread {
             let _ = j.join();
         }
+        memo.stop();
         // Every put queued for the disk tier is written before we return.
         store.stop_disk();
         // Stop accepting before the socket file disappears.

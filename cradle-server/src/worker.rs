@@ -44,6 +44,7 @@
 use crate::blobs::BlobStore;
 use crate::link::{ClientWaker, Completion, HandleInner, Job, NewSession, WorkerMsg, say_goodbye};
 use crate::logs::LogLimiter;
+use crate::memo::Memo;
 use crate::methods::{Handler, Registry};
 use crate::metrics::cells::CallCells;
 use crate::provided::relay::{self, Relay, RelayCtx};
@@ -159,6 +160,8 @@ pub(crate) struct WorkerCtx {
     pub(crate) status: Arc<Mapping>,
     pub(crate) jobs: Sender<Job>,
     pub(crate) store: Arc<BlobStore>,
+    /// Memoized methods: a hit in memory is answered here.
+    pub(crate) memo: Arc<Memo>,
     pub(crate) max_in_flight: u32,
     pub(crate) max_backlog: usize,
     pub(crate) max_payload: usize,
@@ -253,18 +256,21 @@ fn serve(s: &mut Session, ctx: &WorkerCtx, round: Instant, relay: &mut Relay) ->
         }
         let in_flight = s.in_flight;
         out.last_error = 0;
-        // Unknown flags are refused, the session stays (a client of a
-        // later protocol learns why; nothing was run). An envelope is
-        // taken off: a compiled-in handler sees the body only.
-        let split = match meta.flags {
-            wire::NO_FLAGS => Ok((None, msg.bytes)),
-            wire::ENVELOPE => wire::split_envelope(msg.bytes)
+        // A frame with an undefined flag is refused, the session stays (a
+        // client of a later protocol learns why; nothing was run). An
+        // envelope is taken off: a compiled-in handler sees the body only.
+        let split = if meta.flags & !wire::REQUEST_FLAGS != 0 {
+            Err(format!(
+                "request frame flags {:#06x}: this server defines only {:#06x}",
+                meta.flags,
+                wire::REQUEST_FLAGS
+            ))
+        } else if meta.flags & wire::ENVELOPE != 0 {
+            wire::split_envelope(msg.bytes)
                 .map(|(h, b)| (Some(h), b))
-                .map_err(|e| format!("the request's envelope: {e}")),
-            flags => Err(format!(
-                "request frame flags {flags:#06x}: this server defines {:#06x} (ENVELOPE)",
-                wire::KNOWN_FLAGS
-            )),
+                .map_err(|e| format!("the request's envelope: {e}"))
+        } else {
+            Ok((None, msg.bytes))
         };
         let handler = split.map(|(env, body)| (env, body, ctx.registry.get(meta.tag)));
         match handler {
@@ -282,7 +288,9 @@ fn serve(s: &mut Session, ctx: &WorkerCtx, round: Instant, relay: &mut Relay) ->
             ),
             Ok((_, body, Some(Handler::Inline(f)))) => f(body, meta, &mut out),
             Ok((_, body, Some(Handler::Offload(f)))) => {
-                if s.in_flight >= ctx.max_in_flight {
+                if ctx.memo.try_answer(body, meta, s.id, &mut out) {
+                    // A memoized call answered from memory.
+                } else if s.in_flight >= ctx.max_in_flight {
                     out.error(
                         meta,
                         ErrorCode::QuotaExceeded,
@@ -528,6 +536,11 @@ struct Worker<'a> {
     log: LogLimiter,
     /// Provided calls: actions to carry out, buffers to reuse.
     relay: Relay,
+    /// The control eventfd was drained since the channel was last read:
+    /// messages may wait, and the worker must not sleep before reading them
+    /// (their wake-up is spent; without this a message sent between a read
+    /// of the channel and the next drain would sleep with the worker).
+    msgs_waiting: bool,
 }
 
 impl Worker<'_> {
@@ -580,6 +593,9 @@ impl Worker<'_> {
     }
 
     fn handle_msgs(&mut self, rx: &Receiver<WorkerMsg>) -> Result<(), String> {
+        // Cleared before the channel is read: a wake-up drained after this
+        // point sets it again, so the worker does not sleep on a message.
+        self.msgs_waiting = false;
         loop {
             match rx.try_recv() {
                 Ok(WorkerMsg::Session(n)) => self.adopt(*n),
@@ -622,6 +638,9 @@ impl Worker<'_> {
             let (token, flags) = (ev.data.u64(), ev.flags);
             if token == CONTROL {
                 let _ = self.ctx.handle.links[self.ctx.index].bell.drain();
+                // The wake-up is gone: the messages it announced must be
+                // read before the worker may sleep (`handle_msgs`).
+                self.msgs_waiting = true;
                 continue;
             }
             let Some(s) = self.sessions.get_mut(&(token >> 1)) else {
@@ -813,6 +832,7 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
         events: Vec::with_capacity(256),
         log: LogLimiter::default(),
         relay: Relay::default(),
+        msgs_waiting: false,
     };
     let mut last_work = Instant::now();
     let mut next_check = Instant::now();
@@ -896,7 +916,8 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
         // after it publishes a request: either the re-check below sees the
         // frame, or the client sees `waiting == 1` and writes the eventfd.
         <StdAtomics as Atomics>::fence(Ordering::SeqCst);
-        let mut found = false;
+        // Messages whose wake-up an earlier `poll_events` drained.
+        let mut found = w.msgs_waiting;
         for s in w.sessions.values_mut() {
             if has_work(s, ctx) {
                 s.active = true;

@@ -7,7 +7,7 @@
 //! The decoding path is the worker's (`serve` in `cradle-server/src/worker.rs`):
 //! `Inbox::try_recv` (the consumer's commit-word, stamp, length, padding and
 //! payload-length checks, then a private aligned copy), a frame of another
-//! kind than REQUEST ends the session, a request with non-zero flags is
+//! kind than REQUEST ends the session, a request with an undefined flag is
 //! answered with a Malformed error (tag: its method id) and the session goes
 //! on, the method id picks the request type (an unknown one is answered
 //! with an UnknownMethod error, tag 0), `Wire::decode` validates it
@@ -334,10 +334,11 @@ impl Session {
             assert!(after > pos && after - pos <= 2 * self.cap as u64);
             let mut copy = AlignedVec::<16>::new();
             copy.extend_from_slice(&bytes);
-            // The worker's dispatch: non-zero flags are refused before the
-            // method is looked up (nothing runs, the session stays); then an
+            // The worker's dispatch: undefined flags are refused before the
+            // method is looked up (nothing runs, the session stays; the memo
+            // flags are defined and ignored by these methods); then an
             // unknown id, then the request's validation.
-            let verdict = if meta.flags != wire::NO_FLAGS {
+            let verdict = if meta.flags & !wire::REQUEST_FLAGS != 0 {
                 Err(ErrorCode::Malformed)
             } else {
                 match validate(meta.tag, &copy) {

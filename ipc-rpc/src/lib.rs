@@ -12,8 +12,8 @@
 //! * [`builtin`] — the methods every server offers (`ping`, `stats`);
 //!   [`blob`] — blobs by handle and the memory cache; [`provide`] —
 //!   methods offered by client processes (providers) and bytes methods;
-//!   [`example`] — the
-//!   example blob method the `cradle-server` binary registers.
+//!   [`memo`] — memoized calls and compute-once keys; [`example`] — the
+//!   example methods the `cradle-server` binary registers.
 //!
 //! For implementers of a peer (the server, the clients):
 //!
@@ -84,6 +84,7 @@ pub mod handshake;
 // (at this path) only so that both crates can use it; hidden from the docs.
 #[doc(hidden)]
 pub mod idmap;
+pub mod memo;
 mod method;
 pub mod provide;
 pub mod session;

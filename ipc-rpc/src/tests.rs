@@ -1,13 +1,13 @@
 //! Crate-wide checks that span several modules.
 
-use crate::{Method, blob, builtin, example, handshake, provide};
+use crate::{Method, blob, builtin, example, handshake, memo, provide};
 
 /// Every method's wire id, pinned: a change here breaks every deployed
 /// peer, so a refactoring of how methods are declared must leave these
 /// untouched.
 #[test]
 fn method_ids_are_pinned() {
-    let pinned: [(&str, u64, u64); 18] = [
+    let pinned: [(&str, u64, u64); 25] = [
         (builtin::Ping::NAME, builtin::Ping::ID, 0xe3336a6f228687ed),
         (builtin::Stats::NAME, builtin::Stats::ID, 0x0d65b22086140c67),
         (
@@ -73,6 +73,33 @@ fn method_ids_are_pinned() {
             provide::ListMethods::NAME,
             provide::ListMethods::ID,
             0x448dccf34813e987,
+        ),
+        (
+            memo::BlobDigest::NAME,
+            memo::BlobDigest::ID,
+            0x1b6698c4e9315cc8,
+        ),
+        (memo::MemoList::NAME, memo::MemoList::ID, 0xcc5fca1fc90f0691),
+        (
+            memo::MemoClear::NAME,
+            memo::MemoClear::ID,
+            0x935d6d8554255cfe,
+        ),
+        (
+            memo::CacheClaim::NAME,
+            memo::CacheClaim::ID,
+            0x014fdd809e2ea47d,
+        ),
+        (
+            memo::CacheUnclaim::NAME,
+            memo::CacheUnclaim::ID,
+            0xa030c900e66acd7e,
+        ),
+        (example::Work::NAME, example::Work::ID, 0xb134c0874cffc632),
+        (
+            example::WorkRuns::NAME,
+            example::WorkRuns::ID,
+            0xe0e2e0b010305bf9,
         ),
     ];
     for (name, id, want) in pinned {

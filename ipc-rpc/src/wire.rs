@@ -59,9 +59,31 @@ pub const CANCEL: u16 = 7;
 pub const NO_FLAGS: u16 = 0;
 /// The payload starts with an [`Envelope`].
 pub const ENVELOPE: u16 = 1;
-/// Every flag this protocol defines; a frame with another bit set is
-/// refused (`Malformed`).
-pub const KNOWN_FLAGS: u16 = ENVELOPE;
+
+/// Request flag: call a memoized method without its memo (the handler
+/// runs; no entry is read or written). Ignored by methods that are not
+/// memoized.
+pub const MEMO_BYPASS: u16 = 0x0100;
+
+/// Request flag: call a memoized method as if its memo had no entry for
+/// this request (the handler runs), and replace the entry with the new
+/// result. Ignored by methods that are not memoized. With
+/// [`MEMO_BYPASS`], bypass wins.
+pub const MEMO_REFRESH: u16 = 0x0200;
+
+/// Every request flag this protocol defines; a server answers a request
+/// frame with any other bit set `Malformed` and runs nothing.
+///
+/// ```
+/// use ipc_rpc::wire::{ENVELOPE, MEMO_BYPASS, MEMO_REFRESH, REQUEST_FLAGS};
+/// assert_eq!(REQUEST_FLAGS, ENVELOPE | MEMO_BYPASS | MEMO_REFRESH);
+/// assert_eq!(0x0002 & !REQUEST_FLAGS, 0x0002, "an undefined bit");
+/// ```
+pub const REQUEST_FLAGS: u16 = ENVELOPE | MEMO_BYPASS | MEMO_REFRESH;
+
+/// Every flag this protocol defines on any frame; a frame with another bit
+/// set is refused (`Malformed`).
+pub const KNOWN_FLAGS: u16 = REQUEST_FLAGS;
 
 /// Most blob handles one envelope may list.
 pub const MAX_ENVELOPE_BLOBS: usize = 64;

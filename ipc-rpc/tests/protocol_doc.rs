@@ -22,11 +22,12 @@ use ipc_rpc::blob::{
     SealLarge, SealSmall, SegmentInfo, check_key,
 };
 use ipc_rpc::builtin::{Ping, ServerStats, SessionStats, Stats};
-use ipc_rpc::example::{Invert, Inverted};
+use ipc_rpc::example::{Invert, Inverted, Work, WorkRuns};
 use ipc_rpc::handshake::{
     FORMAT, GOODBYE_MAGIC, Goodbye, HELLO_MAGIC, Hello, PROTOCOL_VERSION, SCHEMA_HASH,
     WELCOME_MAGIC, Welcome,
 };
+use ipc_rpc::memo::{BlobDigest, CacheClaim, CacheUnclaim, MemoClear, MemoList};
 use ipc_rpc::provide::{
     BYTES_SCHEMA, ListMethods, MethodInfo, Offer, ProviderInfo, Register, Unregister,
 };
@@ -610,7 +611,7 @@ fn fnv_id(name: &str, version: u32) -> u64 {
 
 #[test]
 fn method_ids_and_schema_follow_the_documented_formulas() {
-    let methods: [(&str, u32, u64); 19] = [
+    let methods: [(&str, u32, u64); 26] = [
         (Register::NAME, Register::VERSION, Register::ID),
         (Unregister::NAME, Unregister::VERSION, Unregister::ID),
         (ListMethods::NAME, ListMethods::VERSION, ListMethods::ID),
@@ -634,6 +635,13 @@ fn method_ids_and_schema_follow_the_documented_formulas() {
         (CacheRemove::NAME, CacheRemove::VERSION, CacheRemove::ID),
         (CacheList::NAME, CacheList::VERSION, CacheList::ID),
         (Invert::NAME, Invert::VERSION, Invert::ID),
+        (BlobDigest::NAME, BlobDigest::VERSION, BlobDigest::ID),
+        (MemoList::NAME, MemoList::VERSION, MemoList::ID),
+        (MemoClear::NAME, MemoClear::VERSION, MemoClear::ID),
+        (CacheClaim::NAME, CacheClaim::VERSION, CacheClaim::ID),
+        (CacheUnclaim::NAME, CacheUnclaim::VERSION, CacheUnclaim::ID),
+        (Work::NAME, Work::VERSION, Work::ID),
+        (WorkRuns::NAME, WorkRuns::VERSION, WorkRuns::ID),
     ];
     for (name, version, id) in methods {
         assert_eq!(fnv_id(name, version), id, "{name}");

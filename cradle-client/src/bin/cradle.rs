@@ -4,6 +4,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use cradle_client::{Blob, CallOptions, Client, WaitMode};
 use indicatif::{ProgressBar, ProgressStyle};
 use ipc_rpc::builtin::{Ping, Stats};
+use ipc_rpc::memo::{MemoClear, MemoList};
 use serde::Serialize;
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -130,6 +131,12 @@ enum Command {
         #[arg(long, conflicts_with = "json")]
         raw: bool,
     },
+    /// The memo of memoized methods: results the server keeps in the cache
+    /// so that an equal call is answered without running the method again.
+    Memo {
+        #[command(subcommand)]
+        what: MemoCommand,
+    },
     /// Print a completion script for SHELL on stdout, e.g.
     /// `cradle completions bash > ~/.local/share/bash-completion/completions/cradle`.
     Completions {
@@ -159,10 +166,31 @@ impl Command {
             | Self::Call { .. }
             | Self::Stats
             | Self::Ls { .. }
+            | Self::Memo { .. }
             | Self::Completions { .. }
             | Self::Man => None,
         }
     }
+}
+
+/// `cradle memo …`.
+#[derive(Debug, Subcommand)]
+enum MemoCommand {
+    /// Per memoized method: entries and their bytes (both tiers), hits,
+    /// misses (runs), calls that waited for an identical call's run,
+    /// failed runs, damaged entries found, and the compute time saved (the
+    /// sum, over hits, of the run time of the run that made the entry).
+    /// Counters start at zero when the server starts.
+    Ls {
+        /// Only this method (`name` or `name@version`).
+        method: Option<String>,
+    },
+    /// Remove the memo entries of every memoized method, or of METHOD,
+    /// from memory and disk (callers holding result blobs keep them).
+    Clear {
+        /// Only this method (`name` or `name@version`).
+        method: Option<String>,
+    },
 }
 
 /// Checks a cache key before anything is sent, by the rule the server
@@ -320,6 +348,12 @@ fn main() -> ExitCode {
             }
             None => emit(&r, json),
         }),
+        Command::Memo {
+            what: MemoCommand::Ls { method },
+        } => memo_ls(&client, method.as_deref().unwrap_or("")).and_then(|r| emit(&r, json)),
+        Command::Memo {
+            what: MemoCommand::Clear { method },
+        } => memo_clear(&client, method.as_deref().unwrap_or("")).and_then(|r| emit(&r, json)),
         Command::Completions { .. } | Command::Man => Ok(()),
     };
     match result {
@@ -875,8 +909,142 @@ struct StatsReport {
     memory_cache: CachePart,
     /// Absent when the server keeps no disk tier.
     disk_cache: Option<DiskPart>,
+    /// Memoized methods, all together.
+    memo: MemoTotals,
     /// One entry per connected session.
     per_session: Vec<SessionPart>,
+}
+
+/// The memo's figures, all memoized methods together.
+#[derive(Debug, Serialize, Default)]
+struct MemoTotals {
+    methods: u64,
+    entries: u64,
+    bytes: u64,
+    hits: u64,
+    misses: u64,
+    waits: u64,
+    errors: u64,
+    damaged: u64,
+    saved_seconds: f64,
+}
+
+/// One memoized method in `cradle memo ls`.
+#[derive(Debug, Serialize)]
+struct MemoMethodPart {
+    method: String,
+    entries: u64,
+    bytes: u64,
+    hits: u64,
+    misses: u64,
+    waits: u64,
+    bypassed: u64,
+    errors: u64,
+    damaged: u64,
+    run_seconds: f64,
+    saved_seconds: f64,
+}
+
+/// `cradle memo ls`'s result.
+#[derive(Debug, Serialize)]
+struct MemoReport {
+    methods: Vec<MemoMethodPart>,
+}
+
+fn memo_ls(client: &Client, method: &str) -> Result<MemoReport, String> {
+    let list = client
+        .call::<MemoList>(&method.to_owned())
+        .map_err(|e| e.to_string())?;
+    if list.is_empty() && !method.is_empty() {
+        return Err(format!("the server has no memoized method {method:?}"));
+    }
+    Ok(MemoReport {
+        methods: list
+            .into_iter()
+            .map(|m| MemoMethodPart {
+                method: m.method,
+                entries: m.entries,
+                bytes: m.bytes,
+                hits: m.hits,
+                misses: m.misses,
+                waits: m.waits,
+                bypassed: m.bypassed,
+                errors: m.errors,
+                damaged: m.damaged,
+                run_seconds: m.run_ns as f64 / 1e9,
+                saved_seconds: m.saved_ns as f64 / 1e9,
+            })
+            .collect(),
+    })
+}
+
+impl Report for MemoReport {
+    fn human(&self) -> String {
+        use std::fmt::Write as _;
+        let mut o = String::new();
+        if self.methods.is_empty() {
+            let _ = writeln!(o, "no memoized methods on this server");
+            return o;
+        }
+        let _ = writeln!(
+            o,
+            "{:<32} {:>8} {:>10} {:>8} {:>8} {:>7} {:>7} {:>8} {:>10}",
+            "method", "entries", "bytes", "hits", "misses", "waited", "failed", "damaged", "saved"
+        );
+        for m in &self.methods {
+            let _ = writeln!(
+                o,
+                "{:<32} {:>8} {:>10} {:>8} {:>8} {:>7} {:>7} {:>8} {:>9.3}s",
+                m.method,
+                m.entries,
+                fmt_bytes(m.bytes),
+                m.hits,
+                m.misses,
+                m.waits,
+                m.errors,
+                m.damaged,
+                m.saved_seconds
+            );
+        }
+        o
+    }
+}
+
+/// `cradle memo clear`'s result.
+#[derive(Debug, Serialize)]
+struct MemoClearReport {
+    method: Option<String>,
+    removed: u64,
+}
+
+fn memo_clear(client: &Client, method: &str) -> Result<MemoClearReport, String> {
+    if !method.is_empty() {
+        memo_ls(client, method)?;
+    }
+    let removed = client
+        .call::<MemoClear>(&method.to_owned())
+        .map_err(|e| e.to_string())?;
+    Ok(MemoClearReport {
+        method: (!method.is_empty()).then(|| method.to_owned()),
+        removed,
+    })
+}
+
+impl Report for MemoClearReport {
+    fn human(&self) -> String {
+        format!(
+            "removed {} memo {}{}\n",
+            self.removed,
+            if self.removed == 1 {
+                "entry"
+            } else {
+                "entries"
+            },
+            self.method
+                .as_ref()
+                .map_or(String::new(), |m| format!(" of {m}"))
+        )
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -946,6 +1114,22 @@ struct SessionPart {
 
 fn stats(client: &Client) -> Result<StatsReport, String> {
     let s = client.call::<Stats>(&()).map_err(|e| e.to_string())?;
+    let memo = client
+        .call::<MemoList>(&String::new())
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .fold(MemoTotals::default(), |mut t, m| {
+            t.methods += 1;
+            t.entries += m.entries;
+            t.bytes += m.bytes;
+            t.hits += m.hits;
+            t.misses += m.misses;
+            t.waits += m.waits;
+            t.errors += m.errors;
+            t.damaged += m.damaged;
+            t.saved_seconds += m.saved_ns as f64 / 1e9;
+            t
+        });
     let b = &s.blobs;
     Ok(StatsReport {
         server: ServerPart {
@@ -990,6 +1174,7 @@ fn stats(client: &Client) -> Result<StatsReport, String> {
             evictions: b.disk_evictions,
             queued: b.disk_queued,
         }),
+        memo,
         per_session: s
             .per_session
             .iter()
@@ -1079,6 +1264,20 @@ impl Report for StatsReport {
                 let _ = writeln!(o, "disk cache   none (this server keeps no disk tier)");
             }
         }
+        let mm = &self.memo;
+        let _ = writeln!(
+            o,
+            "memo         {} memoized, {}, {}; {} answered from the memo ({} after waiting for an identical call), {} runs, {} failed, {} damaged entries; {:.3} s of compute saved",
+            plural(mm.methods, "method", "methods"),
+            plural(mm.entries, "entry", "entries"),
+            fmt_bytes(mm.bytes),
+            plural(mm.hits, "call", "calls"),
+            mm.waits,
+            mm.misses,
+            mm.errors,
+            mm.damaged,
+            mm.saved_seconds
+        );
         if (self.per_session.len() as u64) < se.open {
             let _ = writeln!(
                 o,

@@ -42,9 +42,14 @@ impl EvictionPolicy for Lru {
     fn touched(&mut self, key: &str) {
         self.tick += 1;
         let t = self.tick;
-        if let Some(old) = self.ticks.insert(key.to_owned(), t) {
-            self.order.remove(&old);
+        // A key already known moves without allocating (every cache hit).
+        if let Some(at) = self.ticks.get_mut(key) {
+            let old = std::mem::replace(at, t);
+            let k = self.order.remove(&old).unwrap_or_else(|| key.to_owned());
+            self.order.insert(t, k);
+            return;
         }
+        self.ticks.insert(key.to_owned(), t);
         self.order.insert(t, key.to_owned());
     }
 
@@ -142,11 +147,24 @@ impl MemCache {
 
     /// What storing `len` bytes under `key` takes; `status` says whether a
     /// blob could leave memory. Counts nothing.
+    #[cfg(test)]
     pub(crate) fn plan_eviction(
         &self,
         key: &str,
         len: u64,
         status: impl Fn(u64) -> Evictable,
+    ) -> Eviction {
+        self.plan_eviction_with(key, len, |_, b| (status(b), 0))
+    }
+
+    /// [`plan_eviction`](Self::plan_eviction) where `status` sees the key
+    /// too and says how many more bytes leave with it (a memo entry takes
+    /// its result blobs along, which are pinned by it until then).
+    pub(crate) fn plan_eviction_with(
+        &self,
+        key: &str,
+        len: u64,
+        status: impl Fn(&str, u64) -> (Evictable, u64),
     ) -> Eviction {
         let replaced = self.entries.get(key).map_or(0, |e| e.len);
         let after = self.used - replaced + len;
@@ -163,13 +181,13 @@ impl MemCache {
             let Some(e) = self.entries.get(k).filter(|_| k != key) else {
                 continue;
             };
-            match status(e.blob) {
-                Evictable::Now => {
+            match status(k, e.blob) {
+                (Evictable::Now, along) => {
                     victims.push(k.to_owned());
-                    free += e.len;
+                    free += e.len + along;
                 }
-                Evictable::AfterWrite => later += e.len,
-                Evictable::Held => held += e.len,
+                (Evictable::AfterWrite, along) => later += e.len + along,
+                (Evictable::Held, _) => held += e.len,
             }
         }
         if free >= need {

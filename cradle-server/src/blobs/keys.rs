@@ -107,12 +107,56 @@ impl Inner {
         }
     }
 
-    /// Evicts `victims` from memory.
+    /// The cache keys of a memo entry's result blobs that memory holds.
+    fn memo_results(&self, key: &str) -> Vec<(String, u64, u64)> {
+        if memo_part(key) != MemoPart::Entry {
+            return Vec::new();
+        }
+        (0..)
+            .map(|i| format!("{key}/{i}"))
+            .map_while(|k| self.cache.peek(&k).map(|(b, len)| (k, b, len)))
+            .collect()
+    }
+
+    /// Whether the entry under `key` (blob `blob`) could leave memory now,
+    /// and the bytes that would leave with it. A memo entry's result blobs
+    /// are pinned by the entry: they leave with it, and it stays while a
+    /// client or a handler holds one of them.
+    fn key_status(&self, key: &str, blob: u64) -> (Evictable, u64) {
+        match memo_part(key) {
+            MemoPart::Result(entry) if self.cache.peek(entry).is_some() => (Evictable::Held, 0),
+            MemoPart::Entry => {
+                let mut status = self.evictable(blob);
+                let mut along = 0;
+                for (_, b, len) in self.memo_results(key) {
+                    along += len;
+                    status = match (status, self.evictable(b)) {
+                        (Evictable::Held, _) | (_, Evictable::Held) => Evictable::Held,
+                        (Evictable::AfterWrite, _) | (_, Evictable::AfterWrite) => {
+                            Evictable::AfterWrite
+                        }
+                        _ => Evictable::Now,
+                    };
+                }
+                (status, along)
+            }
+            _ => (self.evictable(blob), 0),
+        }
+    }
+
+    /// Evicts `victims` from memory (a memo entry with its results).
     fn evict(&mut self, victims: Vec<String>) {
         for k in victims {
+            let along = self.memo_results(&k);
             if let Some(b) = self.cache.remove(&k) {
                 self.cache.evictions += 1;
                 self.table.set_cached(b, false);
+            }
+            for (r, _, _) in along {
+                if let Some(b) = self.cache.remove(&r) {
+                    self.cache.evictions += 1;
+                    self.table.set_cached(b, false);
+                }
             }
         }
     }
@@ -137,6 +181,41 @@ impl Inner {
     }
 }
 
+/// What a cache key is to the memo (`docs/architecture.md` §12).
+#[derive(Debug, PartialEq, Eq)]
+enum MemoPart<'a> {
+    /// `cradle.memo/<method>/<64 hex>`: an entry.
+    Entry,
+    /// `<entry>/<i>`: result blob `i` of that entry.
+    Result(&'a str),
+    /// Any other key.
+    Other,
+}
+
+fn is_hex64(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn memo_part(key: &str) -> MemoPart<'_> {
+    if !ipc_rpc::memo::is_reserved(key) {
+        return MemoPart::Other;
+    }
+    let Some((head, last)) = key.rsplit_once('/') else {
+        return MemoPart::Other;
+    };
+    if is_hex64(last) {
+        return MemoPart::Entry;
+    }
+    let entry_tail = head.rsplit_once('/').map(|(_, t)| t);
+    if !last.is_empty()
+        && last.bytes().all(|b| b.is_ascii_digit())
+        && entry_tail.is_some_and(is_hex64)
+    {
+        return MemoPart::Result(head);
+    }
+    MemoPart::Other
+}
+
 /// How a put is stored.
 enum Placement {
     /// In memory (and queued for the disk tier if there is one).
@@ -157,7 +236,9 @@ impl BlobStore {
     ) -> Result<MutexGuard<'a, Inner>, BlobError> {
         let deadline = Instant::now() + WRITER_WAIT;
         loop {
-            let plan = g.cache.plan_eviction(key, len, |b| g.evictable(b));
+            let plan = g
+                .cache
+                .plan_eviction_with(key, len, |k, b| g.key_status(k, b));
             let budget = g.cache.budget();
             match plan {
                 Eviction::Evict(victims) => {
@@ -325,7 +406,11 @@ impl BlobStore {
         h: &BlobHandle,
         if_absent: bool,
     ) -> Result<bool, BlobError> {
-        self.put_and_queue(key, h, if_absent, None)
+        let stored = self.put_and_queue(key, h, if_absent, None)?;
+        if stored && let Some(w) = self.watcher() {
+            w.stored(key);
+        }
+        Ok(stored)
     }
 
     /// [`cache_put`](Self::cache_put), answered once the entry is durable
@@ -344,6 +429,9 @@ impl BlobStore {
         let (tx, rx) = std::sync::mpsc::channel();
         if !self.put_and_queue(key, h, if_absent, Some(tx))? {
             return Ok(false);
+        }
+        if let Some(w) = self.watcher() {
+            w.stored(key);
         }
         match rx.recv() {
             Ok(Ok(())) => Ok(true),
@@ -395,6 +483,73 @@ impl BlobStore {
         g.cache.touch(key);
         let hit = self.lease_hit(&mut g, session, blob)?;
         Ok(Lookup::Hit(hit))
+    }
+
+    /// What memory holds under `key` (the cache, or a put on its way to
+    /// disk), leased to `session` and marked used; counts no hit or miss
+    /// (the memo keeps its own figures).
+    pub(crate) fn lease_key(&self, session: u64, key: &str) -> Result<Option<Hit>, BlobError> {
+        let mut g = self.lock();
+        let Some(blob) = Self::in_memory(&g, key) else {
+            return Ok(None);
+        };
+        g.cache.touch(key);
+        self.lease_hit(&mut g, session, blob).map(Some)
+    }
+
+    /// One memo hit under one lock: if memory still holds blob `entry`
+    /// under `key`, leases the blob under each of `results` to `session`
+    /// and marks them all used; `Ok(None)` if anything is missing (nothing
+    /// is leased then).
+    pub(crate) fn lease_memo(
+        &self,
+        session: u64,
+        key: &str,
+        entry: u64,
+        results: &[String],
+    ) -> Result<Option<Vec<BlobHandle>>, BlobError> {
+        let mut g = self.lock();
+        if Self::in_memory(&g, key) != Some(entry) {
+            return Ok(None);
+        }
+        let mut blobs = Vec::with_capacity(results.len());
+        for r in results {
+            match Self::in_memory(&g, r) {
+                Some(b) => blobs.push(b),
+                None => return Ok(None),
+            }
+        }
+        let mut out = Vec::with_capacity(blobs.len());
+        for &b in &blobs {
+            match self.lease_hit(&mut g, session, b) {
+                Ok(hit) => out.push(hit.handle),
+                Err(e) => {
+                    for h in &out {
+                        g.table.unlease(session, h.id);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        g.cache.touch(key);
+        for r in results {
+            g.cache.touch(r);
+        }
+        Ok(Some(out))
+    }
+
+    /// Leases blob `blob` to `session` (a memo result for a caller that
+    /// waited for it).
+    pub(crate) fn lease_blob(&self, session: u64, blob: u64) -> Result<Hit, BlobError> {
+        let mut g = self.lock();
+        self.lease_hit(&mut g, session, blob)
+    }
+
+    /// Whether the disk tier holds `key` (from its index: no file read).
+    pub(crate) fn on_disk(&self, key: &str) -> bool {
+        self.disk
+            .as_ref()
+            .is_some_and(|d| d.tier().len_of(key).is_some())
     }
 
     fn lease_hit(&self, g: &mut Inner, session: u64, blob: u64) -> Result<Hit, BlobError> {
@@ -464,7 +619,9 @@ impl BlobStore {
         let absent = Self::in_memory(&g, key).is_none();
         if absent
             && len <= g.cache.budget()
-            && let Eviction::Evict(victims) = g.cache.plan_eviction(key, len, |b| g.evictable(b))
+            && let Eviction::Evict(victims) = g
+                .cache
+                .plan_eviction_with(key, len, |k, b| g.key_status(k, b))
         {
             g.evict(victims);
             g.cache_store(key, handle.id, len);

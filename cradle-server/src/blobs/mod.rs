@@ -38,6 +38,8 @@
 //!
 //! * `keys.rs`: the cache's keyed operations (put, get, load, remove,
 //!   list); queues puts for the disk writer.
+//! * `digest.rs`: content digests (BLAKE3) of sealed blobs, computed once
+//!   and kept in the table.
 //! * `ctx.rs`: the handler API ([`BlobCtx`], [`BlobView`], [`BlobBuilder`]).
 //! * `store.rs`: [`BlobStore`] (the mutex and what it guards), author pools,
 //!   seals, large blobs, leases.
@@ -54,6 +56,7 @@
 pub(crate) mod budget;
 pub(crate) mod cache;
 mod ctx;
+mod digest;
 mod error;
 mod keys;
 mod persist;
@@ -65,7 +68,7 @@ pub use ctx::{BlobBuilder, BlobCtx, BlobView};
 pub(crate) use error::BlobError;
 pub use persist::default_disk_cache_dir;
 pub(crate) use persist::open_tier;
-pub(crate) use store::{BlobConfig, BlobStore, default_held_limit};
+pub(crate) use store::{BlobConfig, BlobStore, KeyWatcher, default_held_limit};
 pub use table::SessionQuota;
 
 #[cfg(test)]

@@ -58,6 +58,16 @@ pub(crate) struct Inner {
     pub(crate) pending: HashMap<String, Pending>,
 }
 
+/// Told of every put and of every closed session, outside the store's lock
+/// (the compute-once claims of the memo module: a put answers the key's
+/// waiters, a closed session frees its claims).
+pub(crate) trait KeyWatcher: Send + Sync + std::fmt::Debug {
+    /// `key` now has a value.
+    fn stored(&self, key: &str);
+    /// `session` is gone.
+    fn session_closed(&self, session: u64);
+}
+
 /// The blob store: tables, pools, the memory cache and the disk writer.
 #[derive(Debug)]
 pub(crate) struct BlobStore {
@@ -72,6 +82,8 @@ pub(crate) struct BlobStore {
     /// The store itself, for the jobs it hands the disk writer (set when
     /// the writer starts).
     me: OnceLock<Weak<BlobStore>>,
+    /// Told of puts and closed sessions (weak: the watcher holds the store).
+    watcher: OnceLock<Weak<dyn KeyWatcher>>,
 }
 
 impl BlobStore {
@@ -94,6 +106,7 @@ impl BlobStore {
             }),
             written: Condvar::new(),
             me: OnceLock::new(),
+            watcher: OnceLock::new(),
         }
     }
 
@@ -150,6 +163,24 @@ impl BlobStore {
     /// Drops everything `session` held: leases, unsealed blobs, author pool.
     pub(crate) fn close_session(&self, session: u64) {
         self.lock().table.close_session(session);
+        if let Some(w) = self.watcher() {
+            w.session_closed(session);
+        }
+    }
+
+    /// Whether `session` is open.
+    pub(crate) fn session_alive(&self, session: u64) -> bool {
+        self.lock().table.sessions.contains_key(&session)
+    }
+
+    /// Sets the one [`KeyWatcher`] (later calls are ignored).
+    pub(crate) fn watch(&self, w: Weak<dyn KeyWatcher>) {
+        let _ = self.watcher.set(w);
+    }
+
+    /// The watcher, if it is still alive.
+    pub(crate) fn watcher(&self) -> Option<Arc<dyn KeyWatcher>> {
+        self.watcher.get().and_then(Weak::upgrade)
     }
 
     pub(crate) fn handle_of(&self, id: u64, segment: u64, offset: u64, len: u64) -> BlobHandle {

@@ -65,6 +65,9 @@ pub(crate) struct BlobEntry {
     pub(crate) queued: u64,
     /// Cache keys naming it.
     pub(crate) cached: u64,
+    /// BLAKE3-256 of its bytes, once computed (or known at birth: a memo
+    /// entry's result loaded from disk).
+    pub(crate) digest: Option<[u8; 32]>,
     /// Counted in `Table::held`.
     charged: bool,
 }
@@ -295,6 +298,7 @@ impl Table {
                 pins: 0,
                 queued: 0,
                 cached: 0,
+                digest: None,
                 charged: false,
             },
         );

@@ -84,6 +84,18 @@ fn check_key(key: &str) -> Result<(), BlobError> {
     ipc_rpc::blob::check_key(key).map_err(|e| handler_error(e.to_string()))
 }
 
+/// [`check_key`], and not a key the server keeps its memo entries under.
+fn check_writable_key(key: &str) -> Result<(), BlobError> {
+    check_key(key)?;
+    if ipc_rpc::memo::is_reserved(key) {
+        return Err(handler_error(format!(
+            "the key {key:?} is under {}, where the server keeps its memo entries: clients cannot put or remove such keys (clear them with `cradle memo clear`)",
+            ipc_rpc::memo::MEMO_PREFIX
+        )));
+    }
+    Ok(())
+}
+
 /// A page of keys fills at most this share of a response frame (an entry is
 /// its key plus about 32 bytes of rkyv layout).
 const LIST_FILL: usize = 2;
@@ -166,11 +178,11 @@ pub(crate) fn entries(store: &Arc<BlobStore>, max_payload: usize) -> Vec<Entry> 
         // may wait (bounded) for the disk writer to free memory, a durable
         // put for fsync, a load for a read, a remove for an unlink.
         offloaded::<CachePut, _>(|ctx, req| {
-            check_key(&req.key)?;
+            check_writable_key(&req.key)?;
             ctx.store.cache_put(&req.key, &req.handle, req.if_absent)
         }),
         offloaded::<CachePutDurable, _>(|ctx, req| {
-            check_key(&req.key)?;
+            check_writable_key(&req.key)?;
             ctx.store
                 .cache_put_durable(&req.key, &req.handle, req.if_absent)
         }),
@@ -179,7 +191,7 @@ pub(crate) fn entries(store: &Arc<BlobStore>, max_payload: usize) -> Vec<Entry> 
             ctx.store.cache_load(ctx.session, &key)
         }),
         offloaded::<CacheRemove, _>(|ctx, key| {
-            check_key(&key)?;
+            check_writable_key(&key)?;
             ctx.store.cache_remove(&key)
         }),
     ]

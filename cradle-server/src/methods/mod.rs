@@ -15,8 +15,8 @@ mod builtin;
 mod registry;
 mod wrap;
 
-pub(crate) use registry::{Entry, Handler, OffloadFn, Registry};
-pub(crate) use wrap::{inline, inline_session, offload, offload_blob};
+pub(crate) use registry::{Answer, Entry, Handler, OffloadFn, Registry};
+pub(crate) use wrap::{Outcome, inline, inline_session, invoke_with, offload, offload_blob};
 
 use crate::blobs::BlobStore;
 use crate::provided::Providers;

@@ -13,10 +13,22 @@ use std::sync::Arc;
 pub(crate) type InlineFn = Box<dyn Fn(&[u8], FrameMeta, &mut Replier<'_>) + Send + Sync>;
 
 /// An offloaded handler, erased: request bytes, the request's header, the
-/// blob context of the calling session, an arena, the ring's payload limit →
-/// the encoded answer (`None` if not even an error frame fits the ring).
+/// blob context of the calling session, an arena, the ring's payload limit,
+/// the index of the session's worker → the answer.
 pub(crate) type OffloadFn =
-    Arc<dyn Fn(&[u8], FrameMeta, &BlobCtx<'_>, &mut Arena, usize) -> Option<Queued> + Send + Sync>;
+    Arc<dyn Fn(&[u8], FrameMeta, &BlobCtx<'_>, &mut Arena, usize, usize) -> Answer + Send + Sync>;
+
+/// What an offloaded handler gives its pool thread to send back.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// The encoded answer, for the session's worker now (`None` if not even
+    /// an error frame fits the ring; the call still counts as done).
+    Now(Option<Queued>),
+    /// Nothing now: the call waits in the server (a memoized call behind an
+    /// identical one, a claim behind another caller's), and whoever ends
+    /// the wait sends its completion to the worker.
+    Later,
+}
 
 /// How a method is served.
 pub(crate) enum Handler {

@@ -5,7 +5,7 @@
 //! builtin and blob ones included, is wrapped here, so a panic or a request
 //! that does not validate is answered the same way everywhere.
 
-use super::registry::{InlineFn, OffloadFn};
+use super::registry::{Answer, InlineFn, OffloadFn};
 use crate::blobs::BlobCtx;
 use crate::error::HandlerError;
 use crate::reply::{Replier, encode_answer};
@@ -15,14 +15,14 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 /// What a handler run produced, short of encoding.
-type Outcome<R> = Result<R, (ErrorCode, String)>;
+pub(crate) type Outcome<R> = Result<R, (ErrorCode, String)>;
 
 /// A user handler that takes a context, borrowed.
-type WithCtx<'f, C, M> =
+pub(crate) type WithCtx<'f, C, M> =
     &'f dyn Fn(&C, <M as Method>::Request) -> Result<<M as Method>::Response, HandlerError>;
 
 /// Decodes the request and runs `f` with `ctx` under `catch_unwind`.
-fn invoke_with<M, C>(f: WithCtx<'_, C, M>, ctx: &C, bytes: &[u8]) -> Outcome<M::Response>
+pub(crate) fn invoke_with<M, C>(f: WithCtx<'_, C, M>, ctx: &C, bytes: &[u8]) -> Outcome<M::Response>
 where
     M: Method,
     C: ?Sized,
@@ -98,12 +98,12 @@ where
     M: Method,
     F: Fn(&BlobCtx<'_>, M::Request) -> Result<M::Response, HandlerError> + Send + Sync + 'static,
 {
-    Arc::new(move |bytes, req, ctx, arena, max| {
-        encode_answer(
+    Arc::new(move |bytes, req, ctx, arena, max, _worker| {
+        Answer::Now(encode_answer(
             req,
             invoke_with::<M, BlobCtx<'_>>(&f, ctx, bytes),
             arena,
             max,
-        )
+        ))
     })
 }

@@ -209,7 +209,7 @@ fn elapsed_ns(t: Instant) -> u64 {
 
 /// A latency scenario whose sample vector is allocated and touched up front
 /// (so that recording a sample does not fault a page in the measured loop).
-fn latency(name: &'static str, size: usize, total: u64) -> Latency {
+pub(crate) fn latency(name: &'static str, size: usize, total: u64) -> Latency {
     let total = usize::try_from(total).unwrap_or(usize::MAX);
     let mut samples = Vec::with_capacity(total);
     samples.resize(total, u64::MAX);
@@ -230,7 +230,7 @@ fn latency(name: &'static str, size: usize, total: u64) -> Latency {
 
 /// One measured block of `n` operations of `op`, timed one by one in this
 /// process, with this process's counters.
-fn measure(
+pub(crate) fn measure(
     l: &mut Latency,
     n: u64,
     mut op: impl FnMut() -> Result<(), String>,

@@ -15,6 +15,7 @@ mod cradle;
 mod disk;
 mod idle;
 mod load;
+mod memo;
 mod peer;
 mod provided;
 mod report;
@@ -51,6 +52,10 @@ const WINDOW: usize = 256;
 /// and its page faults, the pass of a blob the reader has already mapped
 /// (4 KiB to 1 GiB), the first map of a large blob, a full read against the
 /// same bytes over a Unix socket, and the small/large threshold.
+///
+/// Then the memo scenarios (--memo): hits of a memoized method (small, and
+/// with a 64 MiB blob in and out) against an unmemoized call of the same
+/// size, the miss overhead, and first-digest rates.
 ///
 /// cradle-server must sit next to this binary (build both with
 /// `cargo build --release -p cradle-server -p cradle-benches`) or be named
@@ -143,6 +148,11 @@ struct Cli {
     #[arg(long, value_name = "S", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     idle_seconds: u64,
+    /// The memo scenarios (memoized calls of cradle.example.work: hits,
+    /// misses, bypass, first digests): `on` after the others, `off`, or
+    /// `only` them.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = BlobMode::On)]
+    memo: BlobMode,
 
     /// Largest blob of the pass, first-map and full-read scenarios: bytes,
     /// or a number with K, M or G (powers of 1024), 64K to 4G
@@ -202,6 +212,8 @@ struct Plan {
     /// CPU hogs of the loaded slots (0: none).
     load: usize,
     blobs: BlobMode,
+    memo: BlobMode,
+    quick: bool,
     blob: blobs::BlobPlan,
 }
 
@@ -230,7 +242,13 @@ impl Plan {
                 || std::thread::available_parallelism().map_or(1, |n| n.get()),
                 |n| n as usize,
             ),
-            blobs: cli.blobs,
+            blobs: if cli.memo == BlobMode::Only {
+                BlobMode::Only
+            } else {
+                cli.blobs
+            },
+            memo: cli.memo,
+            quick: cli.quick,
             blob: blobs::BlobPlan::new(
                 cli.blob_ops
                     .unwrap_or(if cli.quick { 4_000 } else { 10_000 }),
@@ -318,7 +336,7 @@ fn run(cli: &Cli) -> Result<(), String> {
             started,
         )?
     };
-    let blobs = if plan.blobs == BlobMode::Off {
+    let blobs = if plan.blobs == BlobMode::Off || plan.memo == BlobMode::Only {
         None
     } else {
         Some(blobs::run(
@@ -330,6 +348,18 @@ fn run(cli: &Cli) -> Result<(), String> {
             started,
         )?)
     };
+    let memo = if plan.memo == BlobMode::Off {
+        None
+    } else {
+        Some(memo::run(
+            &server_bin,
+            dir.path(),
+            plan.blocks,
+            plan.quick,
+            there,
+            &mut progress,
+        )?)
+    };
     drop(dir);
     progress.done();
 
@@ -337,6 +367,7 @@ fn run(cli: &Cli) -> Result<(), String> {
         latency,
         throughput,
         blobs,
+        memo,
         command: std::iter::once("cradle-bench".to_string())
             .chain(std::env::args().skip(1))
             .collect::<Vec<_>>()

@@ -168,6 +168,8 @@ pub(crate) struct Report {
     pub(crate) throughput: Vec<Throughput>,
     /// The blob scenarios, unless `--blobs off`.
     pub(crate) blobs: Option<BlobReport>,
+    /// The memo scenarios, unless `--memo off`.
+    pub(crate) memo: Option<crate::memo::MemoReport>,
     pub(crate) command: String,
     pub(crate) date: String,
     pub(crate) blocks: usize,
@@ -224,6 +226,9 @@ impl Report {
         }
         if let Some(b) = &self.blobs {
             out.extend(b.targets());
+        }
+        if let Some(m) = &self.memo {
+            out.extend(m.targets());
         }
         out
     }
@@ -615,6 +620,9 @@ impl Report {
         if let Some(b) = &self.blobs {
             s.push_str(&b.table());
         }
+        if let Some(m) = &self.memo {
+            s.push_str(&m.table());
+        }
         s.push_str("\ntargets (docs/design.md §9)\n");
         for t in self.targets() {
             let verdict = match (t.pass, t.measured) {
@@ -798,6 +806,9 @@ impl Report {
         }
         if let Some(b) = &self.blobs {
             items.extend(b.json_items());
+        }
+        if let Some(m) = &self.memo {
+            items.extend(m.json_items());
         }
         for t in self.targets() {
             let mut o = Obj::default();
@@ -1698,6 +1709,7 @@ mod tests {
                 scrapes: None,
             }],
             blobs: None,
+            memo: None,
             command: "cradle-bench \"--quick\"".into(),
             date: "2026-11-22".into(),
             blocks: 3,
