@@ -467,7 +467,7 @@ impl Table {
         deadline: u64,
         mut payload: Buf,
         out: &mut Vec<Action>,
-    ) -> Result<(), (Refusal, Buf)> {
+    ) -> Result<u64, (Refusal, Buf)> {
         let Some(m) = self.methods.get_mut(&method) else {
             return Err((
                 (
@@ -554,7 +554,7 @@ impl Table {
         }
         self.earliest = self.earliest.min(deadline);
         self.counts.calls += 1;
-        Ok(())
+        Ok(ticket)
     }
 
     /// Writes call `ticket`'s INVOKE to provider `session` with `write`
