@@ -187,3 +187,58 @@ pub(crate) fn entries(
         },
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipc_rpc::provide::BYTES_SCHEMA;
+
+    fn offer(name: &str) -> Offer {
+        Offer {
+            name: name.into(),
+            version: 1,
+            schema_hash: BYTES_SCHEMA,
+            concurrency: 1,
+            idempotent: false,
+        }
+    }
+
+    fn code(known: &[Known], name: &str) -> Option<ErrorCode> {
+        check_offer(known, &offer(name)).err().map(|e| e.code)
+    }
+
+    #[test]
+    fn offers_of_reserved_invalid_builtin_or_compiled_in_methods_are_refused() {
+        let known = vec![
+            Known {
+                id: ipc_rpc::method_id("app.add", 1),
+                name: "app.add",
+                version: 1,
+                schema_hash: 5,
+            },
+            Known {
+                id: ipc_rpc::method_id("cradle.ping", 1),
+                name: "cradle.ping",
+                version: 1,
+                schema_hash: 0,
+            },
+        ];
+        assert_eq!(code(&known, "app.add"), Some(ErrorCode::SchemaMismatch));
+        assert_eq!(code(&known, "cradle.ping"), Some(ErrorCode::Refused));
+        assert_eq!(code(&known, "cradle.anything"), Some(ErrorCode::Refused));
+        assert_eq!(code(&known, ""), Some(ErrorCode::Refused));
+        assert_eq!(code(&known, "tab\there"), Some(ErrorCode::Refused));
+        assert_eq!(
+            code(&known, &"n".repeat(MAX_NAME_LEN + 1)),
+            Some(ErrorCode::Refused)
+        );
+        assert_eq!(code(&known, &"n".repeat(MAX_NAME_LEN)), None);
+        assert_eq!(code(&known, "app.other"), None);
+        let e = check_offer(&known, &offer("app.add")).unwrap_err();
+        assert!(
+            e.message.contains("compiled into this server"),
+            "{}",
+            e.message
+        );
+    }
+}
