@@ -4,7 +4,7 @@
 
 use super::Providers;
 use crate::error::HandlerError;
-use crate::link::{WorkerLink, WorkerMsg};
+use crate::link::WorkerLink;
 use crate::methods::{Entry, Handler, inline, inline_session};
 use ipc_rpc::provide::{
     ListMethods, MAX_NAME_LEN, MethodInfo, Offer, Origin, RESERVED_PREFIX, Register, Unregister,
@@ -141,10 +141,12 @@ pub(crate) fn entries(
                 let had = t.unregister(out.session, id, &mut actions);
                 p2.unlock(t);
                 // The calls it held end on their callers' workers (and
-                // the CANCELs go out on this one's, through its channel).
+                // the CANCELs go out on this one's, from its inbox).
                 for a in actions {
-                    if let Some(link) = links.get(a.worker()) {
-                        link.send(WorkerMsg::Relay(a));
+                    let w = a.worker();
+                    p2.post(a);
+                    if let Some(link) = links.get(w) {
+                        link.wake();
                     }
                 }
                 Ok(had)
