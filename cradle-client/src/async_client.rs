@@ -63,6 +63,8 @@ pub(crate) type InvokeTx = tokio::sync::mpsc::UnboundedSender<(FrameMeta, Aligne
 /// already encoded (an envelope and a body).
 enum Body<'a, T> {
     Typed(&'a T),
+    /// A value behind an envelope (deadline, schema hash, blobs).
+    Enveloped(u64, u64, &'a [BlobHandle], &'a T),
     Encoded(&'a [u8]),
 }
 
@@ -560,12 +562,8 @@ impl AsyncClient {
                 .round_trip_body(M::ID, flags, body, start, deadline, salvage, f)
                 .await;
         }
-        let max = self.max_message();
-        let body = calls::encode_body(req, max)?;
         let deadline_ns = calls::envelope_deadline(deadline);
-        let payload = calls::enveloped(deadline_ns, M::SCHEMA_HASH, blobs, &body)
-            .map_err(calls::envelope_error)?;
-        let body = Body::<M::Request>::Encoded(&payload);
+        let body = Body::Enveloped(deadline_ns, M::SCHEMA_HASH, blobs, req);
         let flags = flags | wire::ENVELOPE;
         self.round_trip_body(M::ID, flags, body, start, deadline, salvage, f)
             .await
@@ -740,6 +738,14 @@ impl AsyncClient {
         let sh = &*self.shared;
         let r = match req {
             Body::Typed(v) => lock(&sh.tx).outbox.try_send(meta, *v),
+            Body::Enveloped(deadline_ns, schema, blobs, v) => calls::try_send_enveloped(
+                lock(&sh.tx).outbox.producer(),
+                meta,
+                *deadline_ns,
+                *schema,
+                blobs,
+                *v,
+            ),
             Body::Encoded(b) => lock(&sh.tx).outbox.try_send_encoded(meta, b),
         };
         match r {

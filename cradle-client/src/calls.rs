@@ -8,13 +8,14 @@
 //! sent exactly as before, with no envelope and no extra copy.
 
 use crate::session::{self, Session};
-use ipc_core::ring::FrameMeta;
+use ipc_core::ring::{FrameMeta, Producer, RingError, RingMemory};
 use ipc_rpc::blob::BlobHandle;
+use ipc_rpc::codec::RingWriter;
 use ipc_rpc::provide::RESERVED_PREFIX;
 use ipc_rpc::rkyv::rancor::Source;
 use ipc_rpc::rkyv::ser::allocator::Arena;
 use ipc_rpc::wire::{self, EnvelopeError};
-use ipc_rpc::{CallError, ProtocolError, SendError, Wire};
+use ipc_rpc::{CallError, ProtocolError, SMALL_WINDOW, SendError, Wire};
 use rkyv::util::AlignedVec;
 use std::cell::RefCell;
 use std::time::Instant;
@@ -53,6 +54,58 @@ pub(crate) fn encode_body<T: Wire>(value: &T, max: usize) -> Result<AlignedVec<1
     ARENA
         .with(|a| ipc_rpc::encode_to_vec(value, &mut a.borrow_mut(), max))
         .map_err(send_error)
+}
+
+/// Serializes `value` straight into the request ring behind its envelope
+/// and publishes the frame: no allocation, no copy (as `Outbox::try_send`
+/// does for a bare body; a small window first, then the largest).
+pub(crate) fn try_send_enveloped<T: Wire, R: RingMemory>(
+    producer: &mut Producer<R>,
+    meta: FrameMeta,
+    deadline_ns: u64,
+    schema_hash: u64,
+    blobs: &[BlobHandle],
+    value: &T,
+) -> Result<(), SendError> {
+    let at = wire::body_offset(blobs.len());
+    let mut head = [0u8; wire::body_offset(wire::MAX_ENVELOPE_BLOBS)];
+    let head = head.get_mut(..at).ok_or(SendError::TooLarge {
+        len: at,
+        max: wire::body_offset(wire::MAX_ENVELOPE_BLOBS),
+    })?;
+    wire::write_envelope(head, deadline_ns, schema_hash, blobs)
+        .map_err(|e| SendError::Encode(ipc_rpc::codec::CodecError::new(e)))?;
+    let max = producer.max_payload();
+    let first = (SMALL_WINDOW + at).min(max);
+    for window in [first, max] {
+        let mut w = match producer.reserve(window) {
+            Ok(w) => w,
+            Err(RingError::Full) => return Err(SendError::Full { need: window }),
+            Err(RingError::TooLarge { len, max }) => return Err(SendError::TooLarge { len, max }),
+            Err(e) => return Err(SendError::Ring(e)),
+        };
+        if w.len() <= at {
+            return Err(SendError::TooLarge { len: at + 1, max });
+        }
+        w.write_at(0, head).map_err(SendError::Ring)?;
+        // SAFETY: the window is valid for writes of `w.len()` bytes until it
+        // is committed or dropped, and starts 16-aligned (frames are
+        // 16-aligned, the header is 32 bytes); `at < w.len()` is a multiple
+        // of 16, so the body's `w.len() - at` bytes at `ptr + at` are inside
+        // the window and 16-aligned too.
+        let mut out = unsafe { RingWriter::new(w.as_mut_ptr().add(at), w.len() - at) };
+        let r = ARENA.with(|a| value.encode(&mut out, &mut a.borrow_mut()));
+        match r {
+            Ok(n) => return w.commit(at + n, meta).map_err(SendError::Ring),
+            // Dropping the window publishes nothing.
+            Err(_) if out.overflowed() && window < max => {}
+            Err(_) if out.overflowed() => {
+                return Err(SendError::TooLarge { len: max + 1, max });
+            }
+            Err(e) => return Err(SendError::Encode(e)),
+        }
+    }
+    Err(SendError::TooLarge { len: max + 1, max })
 }
 
 /// A send error as the call's error.
@@ -185,6 +238,41 @@ pub(crate) fn raw_body(b: &[u8]) -> Result<Vec<u8>, CallError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_enveloped_value_goes_straight_into_the_ring() {
+        let (mut tx, rx) = ipc_core::ring::heap_channel(1 << 16).unwrap();
+        let mut inbox = ipc_rpc::Inbox::new(rx);
+        let h = BlobHandle {
+            epoch: 1,
+            id: 2,
+            segment: 3,
+            offset: 4096,
+            len: 5,
+        };
+        let meta = FrameMeta {
+            request_id: 7,
+            tag: 9,
+            kind: wire::REQUEST,
+            flags: wire::ENVELOPE,
+        };
+        // Small, then larger than the first window.
+        for n in [3usize, 3 * SMALL_WINDOW] {
+            let value = vec![0xabu8; n];
+            try_send_enveloped(&mut tx, meta, 11, 22, &[h], &value).unwrap();
+            let msg = inbox.try_recv().unwrap().unwrap();
+            assert_eq!(msg.meta, meta);
+            let (head, body) = wire::split_envelope(msg.bytes).unwrap();
+            assert_eq!((head.deadline_ns, head.schema_hash), (11, 22));
+            assert_eq!(head.blobs().collect::<Vec<_>>(), [h]);
+            assert_eq!(Vec::<u8>::decode(body).unwrap(), value);
+        }
+        let huge = vec![0u8; 1 << 16];
+        assert!(matches!(
+            try_send_enveloped(&mut tx, meta, 0, 0, &[], &huge),
+            Err(SendError::TooLarge { .. })
+        ));
+    }
 
     #[test]
     fn only_the_servers_own_methods_go_without_an_envelope() {

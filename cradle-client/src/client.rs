@@ -553,19 +553,11 @@ impl Inner {
             });
         }
         meta.flags = flags | wire::ENVELOPE;
-        let max = self.session_max_payload();
-        let body = calls::encode_body(req, max)?;
         let deadline_ns = calls::envelope_deadline(deadline.at());
-        let payload = calls::enveloped(deadline_ns, M::SCHEMA_HASH, blobs, &body)
-            .map_err(calls::envelope_error)?;
         self.submit_frame(meta, None, deadline, wait, block, |out, meta| {
-            out.try_send_encoded(meta, &payload)
+            let p = out.producer();
+            calls::try_send_enveloped(p, meta, deadline_ns, M::SCHEMA_HASH, blobs, req)
         })
-    }
-
-    /// The largest payload of one frame.
-    fn session_max_payload(&self) -> usize {
-        ipc_core::ring::max_payload_len(self.session.welcome.ring_capacity as usize)
     }
 
     /// Publishes one frame with `meta` (its `request_id` is `id`, or the

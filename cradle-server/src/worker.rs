@@ -144,6 +144,9 @@ struct Session {
     last_active: Instant,
     /// We set the response ring's `space_waiting` word.
     space_armed: bool,
+    /// Relayed frames were published and the data doorbell is yet to ring
+    /// (once per batch of relay actions, see `Worker::flush_relay`).
+    relayed: bool,
     close: Option<Close>,
     /// The session's span: the lines logged about it carry its id.
     span: tracing::Span,
@@ -541,6 +544,10 @@ struct Worker<'a> {
     /// (their wake-up is spent; without this a message sent between a read
     /// of the channel and the next drain would sleep with the worker).
     msgs_waiting: bool,
+    /// Sessions whose rings relay actions touched in this batch.
+    touched: Vec<u64>,
+    /// Workers given actions in this batch (woken once each at its end).
+    to_wake: Vec<bool>,
 }
 
 impl Worker<'_> {
@@ -567,6 +574,7 @@ impl Worker<'_> {
             active: true,
             last_active: Instant::now(),
             space_armed: false,
+            relayed: false,
             close: None,
             span: tracing::info_span!("session", id = n.id),
             _segment: n.segment,
@@ -606,11 +614,13 @@ impl Worker<'_> {
                         s.last_active = Instant::now();
                     }
                 }
-                Ok(WorkerMsg::Relay(a)) => {
-                    self.perform(a);
+                Err(TryRecvError::Empty) => {
+                    self.ctx
+                        .providers
+                        .take_inbox(self.ctx.index, &mut self.relay.actions);
                     self.flush_relay();
+                    return Ok(());
                 }
-                Err(TryRecvError::Empty) => return Ok(()),
                 Err(TryRecvError::Disconnected) => {
                     return Err("the worker's channel closed".to_owned());
                 }
@@ -683,13 +693,19 @@ impl Worker<'_> {
     /// Carries out the relay's actions: this worker's own at once (they
     /// may make more), the others' through their channels.
     fn flush_relay(&mut self) {
+        if self.relay.actions.is_empty() {
+            return;
+        }
+        let now = Instant::now();
         while !self.relay.actions.is_empty() {
             let mut batch = std::mem::take(&mut self.relay.actions);
             for a in batch.drain(..) {
-                if a.worker() == self.ctx.index {
-                    self.perform(a);
-                } else if let Some(link) = self.ctx.handle.links.get(a.worker()) {
-                    link.send(WorkerMsg::Relay(a));
+                let w = a.worker();
+                if w == self.ctx.index {
+                    self.perform(a, now);
+                } else if let Some(wake) = self.to_wake.get_mut(w) {
+                    self.ctx.providers.post(a);
+                    *wake = true;
                 }
             }
             if self.relay.actions.is_empty() {
@@ -697,11 +713,27 @@ impl Worker<'_> {
                 self.relay.actions = batch;
             }
         }
+        // One wake-up per other worker and batch.
+        for (w, wake) in self.to_wake.iter_mut().enumerate() {
+            if std::mem::take(wake)
+                && let Some(link) = self.ctx.handle.links.get(w)
+            {
+                link.wake();
+            }
+        }
+        // One doorbell per session and batch (a fence each), not per frame.
+        for id in self.touched.drain(..) {
+            if let Some(s) = self.sessions.get_mut(&id)
+                && std::mem::take(&mut s.relayed)
+            {
+                s.outbox.producer().notify(&s.waker);
+            }
+        }
     }
 
     /// Carries out one relay action on one of this worker's sessions (a
     /// session that is gone needs nothing: its close dealt with its calls).
-    fn perform(&mut self, a: Action) {
+    fn perform(&mut self, a: Action, now: Instant) {
         let id = match &a {
             Action::Deliver { session, .. } | Action::Cancel { session, .. } => *session,
             Action::Answer { caller, .. } => caller.session,
@@ -722,7 +754,9 @@ impl Worker<'_> {
             Action::Deliver { ticket, .. } => {
                 relay::deliver(ctx.relay(), &mut self.relay, id, ticket, &mut out);
             }
-            Action::Cancel { ticket, tag, .. } => relay::cancel(&mut out, ticket, tag),
+            Action::Cancel { ticket, tag, .. } => {
+                relay::cancel(&mut out, ticket, tag, ctx.max_payload);
+            }
             Action::Answer {
                 caller,
                 tag,
@@ -735,15 +769,16 @@ impl Worker<'_> {
         let queued = queued_bytes(out.backlog);
         settle_backlog(&mut s.backlog_bytes, queued, &ctx.shared.backlog_bytes);
         let (published, broken, answered) = (out.published, out.broken.take(), out.answered);
-        if published {
-            s.outbox.producer().notify(&s.waker);
+        if published && !s.relayed {
+            s.relayed = true;
+            self.touched.push(id);
         }
         if let Some(e) = broken {
             s.close = Some(Close::Violation(format!("response ring corrupt: {e}")));
         }
         account(s, ctx, answered);
         s.active = true;
-        s.last_active = Instant::now();
+        s.last_active = now;
     }
 
     /// Ends provided calls whose deadline passed.
@@ -833,6 +868,8 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
         log: LogLimiter::default(),
         relay: Relay::default(),
         msgs_waiting: false,
+        touched: Vec::new(),
+        to_wake: vec![false; ctx.handle.links.len()],
     };
     let mut last_work = Instant::now();
     let mut next_check = Instant::now();
@@ -916,8 +953,9 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
         // after it publishes a request: either the re-check below sees the
         // frame, or the client sees `waiting == 1` and writes the eventfd.
         <StdAtomics as Atomics>::fence(Ordering::SeqCst);
-        // Messages whose wake-up an earlier `poll_events` drained.
-        let mut found = w.msgs_waiting;
+        // Messages whose wake-up an earlier `poll_events` drained, and relay
+        // actions another worker posted (its wake-up may be drained too).
+        let mut found = w.msgs_waiting || ctx.providers.has_mail(ctx.index);
         for s in w.sessions.values_mut() {
             if has_work(s, ctx) {
                 s.active = true;

@@ -643,11 +643,11 @@ fn calls_cross_workers() {
             })
         })
         .collect();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let serve = |mut p: RawPeer, stop: std::sync::Arc<std::sync::atomic::AtomicBool>| {
+    let stop = std::sync::Arc::new(ipc_core::sync::AtomicBool::new(false));
+    let serve = |mut p: RawPeer, stop: std::sync::Arc<ipc_core::sync::AtomicBool>| {
         std::thread::spawn(move || {
             let mut n = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while !stop.load(ipc_core::sync::Ordering::Relaxed) {
                 if let Some((meta, payload)) = p.recv_kind(wire::INVOKE, SEC / 20) {
                     let (_, body) = wire::Envelope::split(&payload).unwrap();
                     let x = u64::decode(body).unwrap();
@@ -669,7 +669,7 @@ fn calls_cross_workers() {
     for c in callers {
         c.join().unwrap();
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, ipc_core::sync::Ordering::Relaxed);
     let (mut a, na) = ta.join().unwrap();
     let (b, nb) = tb.join().unwrap();
     assert_eq!(na + nb, 800);
@@ -700,4 +700,75 @@ fn calls_cross_workers() {
         code(&c.answer(r, 10 * SEC).unwrap_err()),
         ErrorCode::ProviderGone
     );
+}
+
+#[test]
+#[ignore = "entry point of the child processes the other tests spawn"]
+fn child_entry() {
+    let Some((role, _args)) = child_role() else {
+        return;
+    };
+    let socket = std::env::var("CRADLE_SOCKET").expect("CRADLE_SOCKET");
+    match role.as_str() {
+        // Registers test.kill and takes invocations without ever answering,
+        // until it is killed.
+        "holding-provider" => {
+            let mut p = RawPeer::open(std::path::Path::new(&socket));
+            p.register(offer("test.kill", 1000, false))
+                .expect("register");
+            println!("RESULT registered");
+            loop {
+                p.pump();
+                p.stash.clear();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+#[test]
+fn kill_9_of_a_provider_holding_100_calls() {
+    let (_dog, dir, _server) = with_server("provided kill -9", Duration::from_secs(120), &[]);
+    let lib = Client::connect(dir.socket()).unwrap();
+    let baseline = lib.call::<Stats>(&()).unwrap();
+    let mut child = spawn_child("holding-provider", &dir.socket(), &[]);
+    assert!(eventually(30 * SEC, || listed(&dir.socket(), "test.kill").is_some()));
+    let id = ipc_rpc::method_id("test.kill", 1);
+    // Every call passes a blob: the provider holds 100 leases when it dies.
+    let mut w = lib.create(64).unwrap();
+    w.write_at(0, b"argument");
+    let arg = w.seal().unwrap();
+    let mut c = RawPeer::open(&dir.socket());
+    let body = enveloped(0, 0, &[*arg.handle()], b"");
+    let reqs: Vec<u64> = (0..100)
+        .map(|_| c.request_raw(id, wire::ENVELOPE, &body))
+        .collect();
+    assert!(eventually(30 * SEC, || listed(&dir.socket(), "test.kill")
+        .is_some_and(|m| m.providers[0].in_flight == 100)));
+    assert_eq!(lib.call::<Stats>(&()).unwrap().blobs.leases, 1 + 100);
+    let t = std::time::Instant::now();
+    child.kill().unwrap();
+    for r in reqs {
+        let e = c.answer(r, 30 * SEC).unwrap_err();
+        assert_eq!(code(&e), ErrorCode::ProviderGone, "{}", e.message);
+    }
+    eprintln!(
+        "100 calls answered ProviderGone {:?} after kill -9",
+        t.elapsed()
+    );
+    let _ = child.wait();
+    // The provider's leases went with it; the method is gone.
+    assert!(listed(&dir.socket(), "test.kill").is_none());
+    let st = lib.call::<Stats>(&()).unwrap();
+    assert_eq!(st.blobs.leases, 1, "only the author's own lease");
+    assert_eq!(st.provided.provider_gone, 100);
+    assert_eq!((st.provided.queued, st.provided.in_flight), (0, 0));
+    drop(arg);
+    drop(c);
+    lib.flush().unwrap();
+    assert!(eventually(10 * SEC, || {
+        let now = lib.call::<Stats>(&()).unwrap();
+        now.blobs.leases == baseline.blobs.leases && now.sessions == baseline.sessions
+    }));
 }

@@ -16,6 +16,18 @@ use ipc_rpc::{ErrorCode, RemoteError, SendError, Wire};
 /// Buffers a worker keeps for reuse.
 const KEEP: usize = 256;
 
+/// Frames a provider's backlog may hold before it is given no more calls
+/// (a provider that does not read its response ring).
+const PROVIDER_BACKLOG_FRAMES: usize = 1024;
+
+/// Whether a provider's backlog is past its caps (frames, or 8 largest
+/// frames' worth of bytes): it is not reading its response ring.
+fn stalled(out: &Replier<'_>, max_payload: usize) -> bool {
+    !out.backlog.is_empty()
+        && (out.backlog.len() >= PROVIDER_BACKLOG_FRAMES
+            || out.backlog.iter().map(|(_, b)| b.len()).sum::<usize>() >= 8 * max_payload)
+}
+
 /// A worker's relay state: the actions its last steps produced, and
 /// payload buffers for reuse (no allocation per call after warm-up).
 #[derive(Debug, Default)]
@@ -148,7 +160,17 @@ pub(crate) fn request(
     relay.balance(&mut t);
     cx.providers.unlock(t);
     match routed {
-        Ok(()) => *in_flight += 1,
+        Ok(ticket) => {
+            *in_flight += 1;
+            tracing::trace!(
+                session,
+                request_id = meta.request_id,
+                method = meta.tag,
+                invocation = ticket,
+                deadline_ns = deadline,
+                "provided call routed"
+            );
+        }
         Err(((code, message), buf)) => {
             relay.give(buf);
             out.error(meta, code, message);
@@ -197,6 +219,14 @@ pub(crate) fn reply(
     };
     let buf = relay.take(&mut t, bytes.len());
     cx.providers.unlock(t);
+    tracing::trace!(
+        provider = session,
+        invocation = meta.request_id,
+        caller = caller.session,
+        request_id = caller.request_id,
+        error = is_error,
+        "provided call answered"
+    );
     let outcome = answer_of(cx.store, relay, caller, meta, bytes, buf);
     relay.actions.push(Action::Answer {
         caller,
@@ -364,9 +394,17 @@ pub(crate) fn deliver(
         session,
         now,
         |payload, tag, _caller| {
+            if stalled(out, cx.max_payload) {
+                return Err((
+                    ErrorCode::Busy,
+                    "the provider does not read its response ring (its backlog is full)".to_owned(),
+                ));
+            }
             let (head, _) = wire::split_envelope(payload)
                 .map_err(|e| (ErrorCode::Malformed, format!("the call's envelope: {e}")))?;
-            lease_all(store, session, head, "argument")?;
+            if head.blob_count() > 0 {
+                lease_all(store, session, head, "argument")?;
+            }
             let meta = FrameMeta {
                 request_id: ticket,
                 tag,
@@ -374,6 +412,11 @@ pub(crate) fn deliver(
                 flags: wire::ENVELOPE,
             };
             if push_frame(out, meta, payload) {
+                tracing::trace!(
+                    provider = session,
+                    invocation = ticket,
+                    "provided call delivered"
+                );
                 Ok(())
             } else {
                 let ids: Vec<u64> = head.blobs().map(|h| h.id).collect();
@@ -389,8 +432,12 @@ pub(crate) fn deliver(
     cx.providers.unlock(t);
 }
 
-/// Carries out a `Cancel` on a provider's reply path.
-pub(crate) fn cancel(out: &mut Replier<'_>, ticket: u64, tag: u64) {
+/// Carries out a `Cancel` on a provider's reply path (advisory: not
+/// queued for a provider that does not read its ring).
+pub(crate) fn cancel(out: &mut Replier<'_>, ticket: u64, tag: u64, max_payload: usize) {
+    if stalled(out, max_payload) {
+        return;
+    }
     let meta = FrameMeta {
         request_id: ticket,
         tag,
