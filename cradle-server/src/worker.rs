@@ -129,6 +129,9 @@ struct Session {
     last_active: Instant,
     /// We set the response ring's `space_waiting` word.
     space_armed: bool,
+    /// Relayed frames were published and the data doorbell is yet to ring
+    /// (once per batch of relay actions, see `Worker::flush_relay`).
+    relayed: bool,
     close: Option<Close>,
     /// The session's span: the lines logged about it carry its id.
     span: tracing::Span,
@@ -514,6 +517,8 @@ struct Worker<'a> {
     log: LogLimiter,
     /// Provided calls: actions to carry out, buffers to reuse.
     relay: Relay,
+    /// Sessions whose rings relay actions touched in this batch.
+    touched: Vec<u64>,
 }
 
 impl Worker<'_> {
@@ -540,6 +545,7 @@ impl Worker<'_> {
             active: true,
             last_active: Instant::now(),
             space_armed: false,
+            relayed: false,
             close: None,
             span: tracing::info_span!("session", id = n.id),
             _segment: n.segment,
@@ -576,11 +582,11 @@ impl Worker<'_> {
                         s.last_active = Instant::now();
                     }
                 }
-                Ok(WorkerMsg::Relay(a)) => {
-                    self.perform(a);
+                Ok(WorkerMsg::Relay(a)) => self.relay.actions.push(a),
+                Err(TryRecvError::Empty) => {
                     self.flush_relay();
+                    return Ok(());
                 }
-                Err(TryRecvError::Empty) => return Ok(()),
                 Err(TryRecvError::Disconnected) => {
                     return Err("the worker's channel closed".to_owned());
                 }
@@ -647,11 +653,15 @@ impl Worker<'_> {
     /// Carries out the relay's actions: this worker's own at once (they
     /// may make more), the others' through their channels.
     fn flush_relay(&mut self) {
+        if self.relay.actions.is_empty() {
+            return;
+        }
+        let now = Instant::now();
         while !self.relay.actions.is_empty() {
             let mut batch = std::mem::take(&mut self.relay.actions);
             for a in batch.drain(..) {
                 if a.worker() == self.ctx.index {
-                    self.perform(a);
+                    self.perform(a, now);
                 } else if let Some(link) = self.ctx.handle.links.get(a.worker()) {
                     link.send(WorkerMsg::Relay(a));
                 }
@@ -661,11 +671,19 @@ impl Worker<'_> {
                 self.relay.actions = batch;
             }
         }
+        // One doorbell per session and batch (a fence each), not per frame.
+        for id in self.touched.drain(..) {
+            if let Some(s) = self.sessions.get_mut(&id)
+                && std::mem::take(&mut s.relayed)
+            {
+                s.outbox.producer().notify(&s.waker);
+            }
+        }
     }
 
     /// Carries out one relay action on one of this worker's sessions (a
     /// session that is gone needs nothing: its close dealt with its calls).
-    fn perform(&mut self, a: Action) {
+    fn perform(&mut self, a: Action, now: Instant) {
         let id = match &a {
             Action::Deliver { session, .. } | Action::Cancel { session, .. } => *session,
             Action::Answer { caller, .. } => caller.session,
@@ -686,7 +704,9 @@ impl Worker<'_> {
             Action::Deliver { ticket, .. } => {
                 relay::deliver(ctx.relay(), &mut self.relay, id, ticket, &mut out);
             }
-            Action::Cancel { ticket, tag, .. } => relay::cancel(&mut out, ticket, tag),
+            Action::Cancel { ticket, tag, .. } => {
+                relay::cancel(&mut out, ticket, tag, ctx.max_payload);
+            }
             Action::Answer {
                 caller,
                 tag,
@@ -699,15 +719,16 @@ impl Worker<'_> {
         let queued = queued_bytes(out.backlog);
         settle_backlog(&mut s.backlog_bytes, queued, &ctx.shared.backlog_bytes);
         let (published, broken, answered) = (out.published, out.broken.take(), out.answered);
-        if published {
-            s.outbox.producer().notify(&s.waker);
+        if published && !s.relayed {
+            s.relayed = true;
+            self.touched.push(id);
         }
         if let Some(e) = broken {
             s.close = Some(Close::Violation(format!("response ring corrupt: {e}")));
         }
         account(s, ctx, answered);
         s.active = true;
-        s.last_active = Instant::now();
+        s.last_active = now;
     }
 
     /// Ends provided calls whose deadline passed.
@@ -796,6 +817,7 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
         events: Vec::with_capacity(256),
         log: LogLimiter::default(),
         relay: Relay::default(),
+        touched: Vec::new(),
     };
     let mut last_work = Instant::now();
     let mut next_check = Instant::now();

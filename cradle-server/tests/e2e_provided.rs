@@ -617,3 +617,158 @@ fn a_caller_that_leaves_mid_call_leaves_nothing_behind() {
     assert_eq!((m.queued, m.providers[0].in_flight), (0, 0));
     assert_eq!(open_sessions(&dir.socket()), 1, "the provider only");
 }
+
+#[test]
+fn calls_cross_workers() {
+    // Three workers: sessions are dealt round robin, so callers and
+    // providers sit on different workers and every hop is a message.
+    let (_dog, dir, _server) = with_server(
+        "provided across workers",
+        Duration::from_secs(60),
+        &["--workers", "3"],
+    );
+    let mut a = RawPeer::open(&dir.socket());
+    let mut b = RawPeer::open(&dir.socket());
+    a.register(double_offer(8, true)).unwrap();
+    b.register(double_offer(8, true)).unwrap();
+    let callers: Vec<_> = (0..4)
+        .map(|k| {
+            let socket = dir.socket();
+            std::thread::spawn(move || {
+                let c = Client::connect(socket).unwrap();
+                for i in 0..200u64 {
+                    let x = k * 1000 + i;
+                    assert_eq!(c.call::<Double>(&x).unwrap(), 2 * x);
+                }
+            })
+        })
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let serve = |mut p: RawPeer, stop: std::sync::Arc<std::sync::atomic::AtomicBool>| {
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some((meta, payload)) = p.recv_kind(wire::INVOKE, SEC / 20) {
+                    let (_, body) = wire::Envelope::split(&payload).unwrap();
+                    let x = u64::decode(body).unwrap();
+                    let r = ipc_rpc::encode_to_vec(
+                        &(x * 2),
+                        &mut ipc_rpc::rkyv::ser::allocator::Arena::new(),
+                        1 << 16,
+                    )
+                    .unwrap();
+                    p.reply(&meta, wire::REPLY, 0, &r);
+                    n += 1;
+                }
+            }
+            (p, n)
+        })
+    };
+    let ta = serve(a, stop.clone());
+    let tb = serve(b, stop.clone());
+    for c in callers {
+        c.join().unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut a, na) = ta.join().unwrap();
+    let (b, nb) = tb.join().unwrap();
+    assert_eq!(na + nb, 800);
+    assert!(na > 0 && nb > 0, "both providers used: {na} + {nb}");
+    let m = listed(&dir.socket(), Double::NAME).unwrap();
+    assert_eq!(m.served, 800);
+    // A deadline and a provider's death, across workers too.
+    let mut c = RawPeer::open(&dir.socket());
+    drop(b);
+    assert!(eventually(10 * SEC, || listed(&dir.socket(), Double::NAME)
+        .is_some_and(|m| m.providers.len() == 1)));
+    let r = c.request_raw(
+        Double::ID,
+        wire::ENVELOPE,
+        &enveloped(wire::deadline_after(SEC / 5), 0, &[], &[0u8; 8]),
+    );
+    let (inv, _) = a.recv_kind(wire::INVOKE, 10 * SEC).unwrap();
+    assert_eq!(
+        code(&c.answer(r, 10 * SEC).unwrap_err()),
+        ErrorCode::DeadlineExceeded
+    );
+    let (cancel, _) = a.recv_kind(wire::CANCEL, 10 * SEC).unwrap();
+    assert_eq!(cancel.request_id, inv.request_id);
+    let r = c.request_raw(Double::ID, 0, &[0u8; 8]);
+    a.recv_kind(wire::INVOKE, 10 * SEC).unwrap();
+    drop(a);
+    assert_eq!(
+        code(&c.answer(r, 10 * SEC).unwrap_err()),
+        ErrorCode::ProviderGone
+    );
+}
+
+#[test]
+#[ignore = "entry point of the child processes the other tests spawn"]
+fn child_entry() {
+    let Some((role, _args)) = child_role() else {
+        return;
+    };
+    let socket = std::env::var("CRADLE_SOCKET").expect("CRADLE_SOCKET");
+    match role.as_str() {
+        // Registers test.kill and takes invocations without ever answering,
+        // until it is killed.
+        "holding-provider" => {
+            let mut p = RawPeer::open(std::path::Path::new(&socket));
+            p.register(offer("test.kill", 1000, false))
+                .expect("register");
+            println!("RESULT registered");
+            loop {
+                p.pump();
+                p.stash.clear();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+#[test]
+fn kill_9_of_a_provider_holding_100_calls() {
+    let (_dog, dir, _server) = with_server("provided kill -9", Duration::from_secs(120), &[]);
+    let lib = Client::connect(dir.socket()).unwrap();
+    let baseline = lib.call::<Stats>(&()).unwrap();
+    let mut child = spawn_child("holding-provider", &dir.socket(), &[]);
+    assert!(eventually(30 * SEC, || listed(&dir.socket(), "test.kill").is_some()));
+    let id = ipc_rpc::method_id("test.kill", 1);
+    // Every call passes a blob: the provider holds 100 leases when it dies.
+    let mut w = lib.create(64).unwrap();
+    w.write_at(0, b"argument");
+    let arg = w.seal().unwrap();
+    let mut c = RawPeer::open(&dir.socket());
+    let body = enveloped(0, 0, &[*arg.handle()], b"");
+    let reqs: Vec<u64> = (0..100)
+        .map(|_| c.request_raw(id, wire::ENVELOPE, &body))
+        .collect();
+    assert!(eventually(30 * SEC, || listed(&dir.socket(), "test.kill")
+        .is_some_and(|m| m.providers[0].in_flight == 100)));
+    assert_eq!(lib.call::<Stats>(&()).unwrap().blobs.leases, 1 + 100);
+    let t = std::time::Instant::now();
+    child.kill().unwrap();
+    for r in reqs {
+        let e = c.answer(r, 30 * SEC).unwrap_err();
+        assert_eq!(code(&e), ErrorCode::ProviderGone, "{}", e.message);
+    }
+    eprintln!(
+        "100 calls answered ProviderGone {:?} after kill -9",
+        t.elapsed()
+    );
+    let _ = child.wait();
+    // The provider's leases went with it; the method is gone.
+    assert!(listed(&dir.socket(), "test.kill").is_none());
+    let st = lib.call::<Stats>(&()).unwrap();
+    assert_eq!(st.blobs.leases, 1, "only the author's own lease");
+    assert_eq!(st.provided.provider_gone, 100);
+    assert_eq!((st.provided.queued, st.provided.in_flight), (0, 0));
+    drop(arg);
+    drop(c);
+    lib.flush().unwrap();
+    assert!(eventually(10 * SEC, || {
+        let now = lib.call::<Stats>(&()).unwrap();
+        now.blobs.leases == baseline.blobs.leases && now.sessions == baseline.sessions
+    }));
+}

@@ -16,6 +16,18 @@ use ipc_rpc::{ErrorCode, RemoteError, SendError, Wire};
 /// Buffers a worker keeps for reuse.
 const KEEP: usize = 256;
 
+/// Frames a provider's backlog may hold before it is given no more calls
+/// (a provider that does not read its response ring).
+const PROVIDER_BACKLOG_FRAMES: usize = 1024;
+
+/// Whether a provider's backlog is past its caps (frames, or 8 largest
+/// frames' worth of bytes): it is not reading its response ring.
+fn stalled(out: &Replier<'_>, max_payload: usize) -> bool {
+    !out.backlog.is_empty()
+        && (out.backlog.len() >= PROVIDER_BACKLOG_FRAMES
+            || out.backlog.iter().map(|(_, b)| b.len()).sum::<usize>() >= 8 * max_payload)
+}
+
 /// A worker's relay state: the actions its last steps produced, and
 /// payload buffers for reuse (no allocation per call after warm-up).
 #[derive(Debug, Default)]
@@ -364,9 +376,17 @@ pub(crate) fn deliver(
         session,
         now,
         |payload, tag, _caller| {
+            if stalled(out, cx.max_payload) {
+                return Err((
+                    ErrorCode::Busy,
+                    "the provider does not read its response ring (its backlog is full)".to_owned(),
+                ));
+            }
             let (head, _) = wire::split_envelope(payload)
                 .map_err(|e| (ErrorCode::Malformed, format!("the call's envelope: {e}")))?;
-            lease_all(store, session, head, "argument")?;
+            if head.blob_count() > 0 {
+                lease_all(store, session, head, "argument")?;
+            }
             let meta = FrameMeta {
                 request_id: ticket,
                 tag,
@@ -389,8 +409,12 @@ pub(crate) fn deliver(
     cx.providers.unlock(t);
 }
 
-/// Carries out a `Cancel` on a provider's reply path.
-pub(crate) fn cancel(out: &mut Replier<'_>, ticket: u64, tag: u64) {
+/// Carries out a `Cancel` on a provider's reply path (advisory: not
+/// queued for a provider that does not read its ring).
+pub(crate) fn cancel(out: &mut Replier<'_>, ticket: u64, tag: u64, max_payload: usize) {
+    if stalled(out, max_payload) {
+        return;
+    }
     let meta = FrameMeta {
         request_id: ticket,
         tag,

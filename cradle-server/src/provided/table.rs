@@ -910,12 +910,16 @@ impl Table {
             self.withdraw(session, method, "went away", false, out);
         }
         if info.calls > 0 {
-            let mine: Vec<u64> = self
+            // Queued ones first: a slot freed by a held one must not go to
+            // another call of the same departed caller.
+            let mut mine: Vec<(bool, u64)> = self
                 .live
                 .iter()
                 .filter(|(_, l)| l.caller.session == session)
-                .map(|(&t, _)| t)
+                .map(|(&t, l)| (l.state != State::Queued, t))
                 .collect();
+            mine.sort_unstable();
+            let mine = mine.into_iter().map(|(_, t)| t);
             let mut answers = Vec::new();
             for ticket in mine {
                 self.counts.abandoned += 1;
@@ -1024,4 +1028,193 @@ fn expired(deadline: u64, now: u64) -> String {
         "the call's deadline passed {:.3} ms ago before it could be delivered to a provider",
         now.saturating_sub(deadline) as f64 / 1e6
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipc_rpc::provide::BYTES_SCHEMA;
+
+    const M: &str = "t.m";
+
+    fn offer(concurrency: u32, idempotent: bool) -> Offer {
+        Offer {
+            name: M.into(),
+            version: 1,
+            schema_hash: BYTES_SCHEMA,
+            concurrency,
+            idempotent,
+        }
+    }
+
+    fn id() -> u64 {
+        ipc_rpc::method_id(M, 1)
+    }
+
+    fn payload() -> Buf {
+        let mut b = Buf::new();
+        b.extend_from_slice(&[0u8; 32]);
+        b
+    }
+
+    fn caller(n: u64) -> Caller {
+        Caller {
+            worker: 0,
+            session: 100,
+            request_id: n,
+        }
+    }
+
+    /// A table with providers 1 and 2 (concurrency `c`) and caller 100.
+    fn table(c: u32, idempotent: bool) -> Table {
+        let mut t = Table::new(Limits {
+            queue_per_method: 3,
+            ..Limits::default()
+        });
+        for s in [1, 2, 100] {
+            t.open_session(s, 0, 1000 + s as u32);
+        }
+        t.register(1, &offer(c, idempotent)).unwrap();
+        t.register(2, &offer(c, idempotent)).unwrap();
+        t
+    }
+
+    fn delivered(out: &[Action]) -> Vec<(u64, u64)> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Deliver {
+                    session, ticket, ..
+                } => Some((*session, *ticket)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn deliver_all(t: &mut Table, out: &mut Vec<Action>, now: u64) {
+        for (s, ticket) in delivered(out) {
+            t.deliver(ticket, s, now, |_, _, _| Ok(()), &mut Vec::new());
+        }
+        out.clear();
+    }
+
+    #[test]
+    fn fewest_in_flight_then_queue_then_busy() {
+        let mut t = table(1, false);
+        let mut out = Vec::new();
+        for n in 0..2 {
+            t.route(caller(n), id(), 0, u64::MAX, payload(), &mut out)
+                .unwrap();
+        }
+        let d = delivered(&out);
+        assert_eq!(d.len(), 2);
+        assert_ne!(d[0].0, d[1].0, "one each");
+        for n in 2..5 {
+            t.route(caller(n), id(), 0, u64::MAX, payload(), &mut out)
+                .unwrap();
+        }
+        assert_eq!(t.stats().queued, 3);
+        let e = t
+            .route(caller(9), id(), 0, u64::MAX, payload(), &mut out)
+            .unwrap_err();
+        assert_eq!(e.0.0, ErrorCode::Busy);
+        let e = t
+            .route(caller(9), id(), 7, u64::MAX, payload(), &mut out)
+            .unwrap_err();
+        assert_eq!(e.0.0, ErrorCode::SchemaMismatch);
+        deliver_all(&mut t, &mut out, 0);
+        // A reply frees a slot, which the oldest queued call takes.
+        let (s, ticket) = d[0];
+        assert_eq!(
+            t.reply(s, ticket, id(), false, 5, &mut out),
+            Some(caller(0))
+        );
+        assert_eq!(delivered(&out), vec![(s, 3)]);
+        // A second reply to the same invocation, or from another session,
+        // or for another method, is discarded.
+        assert_eq!(t.reply(s, ticket, id(), false, 5, &mut out), None);
+        assert_eq!(t.reply(d[1].0, 3, id(), false, 5, &mut out), None);
+        assert_eq!(t.reply(d[1].0, d[1].1, 77, false, 5, &mut out), None);
+        assert_eq!(t.stats().discarded, 3);
+    }
+
+    #[test]
+    fn deadlines_cancel_delivered_calls_and_drop_queued_ones() {
+        let mut t = table(1, false);
+        let mut out = Vec::new();
+        for n in 0..3 {
+            t.route(caller(n), id(), 0, 1000 + n, payload(), &mut out)
+                .unwrap();
+        }
+        deliver_all(&mut t, &mut out, 10);
+        assert_eq!(t.sweep(999, &mut out), 1000);
+        assert!(out.is_empty());
+        t.sweep(1002, &mut out);
+        let cancels = out
+            .iter()
+            .filter(|a| matches!(a, Action::Cancel { .. }))
+            .count();
+        let answers = out
+            .iter()
+            .filter(|a| {
+                matches!(
+                    a,
+                    Action::Answer {
+                        outcome: Outcome::Error(ErrorCode::DeadlineExceeded, _),
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!((cancels, answers), (2, 3));
+        let st = t.stats();
+        assert_eq!((st.queued, st.in_flight, st.deadline_exceeded), (0, 0, 3));
+        assert_eq!(t.earliest, u64::MAX);
+    }
+
+    #[test]
+    fn an_idempotent_call_goes_to_the_other_provider() {
+        let mut t = table(1, true);
+        let mut out = Vec::new();
+        t.route(caller(0), id(), 0, u64::MAX, payload(), &mut out)
+            .unwrap();
+        let (s, ticket) = delivered(&out)[0];
+        deliver_all(&mut t, &mut out, 0);
+        t.close_session(s, &mut out);
+        let other = 3 - s;
+        assert_eq!(delivered(&out), vec![(other, ticket)]);
+        assert_eq!(t.stats().resent, 1);
+        deliver_all(&mut t, &mut out, 0);
+        // The last provider goes: ProviderGone, the method is gone.
+        t.close_session(other, &mut out);
+        assert!(matches!(
+            &out[..],
+            [Action::Answer {
+                outcome: Outcome::Error(ErrorCode::ProviderGone, _),
+                ..
+            }]
+        ));
+        assert!(t.list().is_empty());
+        assert!(!t.any());
+    }
+
+    #[test]
+    fn a_caller_that_leaves_cancels_its_calls() {
+        let mut t = table(1, false);
+        let mut out = Vec::new();
+        for n in 0..4 {
+            t.route(caller(n), id(), 0, u64::MAX, payload(), &mut out)
+                .unwrap();
+        }
+        deliver_all(&mut t, &mut out, 0);
+        t.close_session(100, &mut out);
+        assert!(
+            out.iter().all(|a| matches!(a, Action::Cancel { .. })),
+            "{out:?}"
+        );
+        assert_eq!(out.len(), 2);
+        let st = t.stats();
+        assert_eq!((st.queued, st.in_flight, st.abandoned), (0, 0, 4));
+        let m = &t.list()[0];
+        assert!(m.providers.iter().all(|p| p.in_flight == 0));
+    }
 }
