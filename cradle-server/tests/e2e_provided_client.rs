@@ -184,6 +184,36 @@ fn two_providers_and_eight_callers_add_up() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "030201");
+    // The body from standard input, the response as is.
+    let mut child = std::process::Command::new(cli_bin())
+        .arg("--socket")
+        .arg(&socket)
+        .args(["call", "test.reverse", "--stdin", "--raw"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"hello").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout, b"olleh");
+    // An unknown method is one clear line naming it.
+    let out = std::process::Command::new(cli_bin())
+        .arg("--socket")
+        .arg(&socket)
+        .args(["call", "test.nothing@3", "--raw-hex", "00"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("test.nothing") && err.contains("version 3"),
+        "{err}"
+    );
     for p in &mut providers {
         p.kill().ok();
         p.wait().ok();
