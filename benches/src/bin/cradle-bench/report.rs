@@ -284,7 +284,6 @@ impl Report {
             });
         }
         self.metrics_targets(out);
-        self.provided_figures(out);
         let rate = self
             .throughput
             .iter()
@@ -302,6 +301,7 @@ impl Report {
                 None => "not measured".into(),
             },
         });
+        self.provided_figures(out);
     }
 
     /// Provided calls against the direct (compiled-in) call in the same
@@ -1522,6 +1522,9 @@ mod tests {
         assert_eq!(t[8].pass, None, "no scraped run measured");
         assert_eq!(t[9].measured, Some(6e6));
         assert_eq!(t[9].pass, Some(true));
+        // The provided-call figures follow, reported only.
+        assert!(t[10..].iter().all(|t| t.pass.is_none()));
+        assert!(t[10..].iter().all(|t| t.measured.is_none()), "none measured");
         let table = r.table();
         assert!(table.contains("PASS"), "{table}");
         assert!(table.contains("MISS"), "{table}");
