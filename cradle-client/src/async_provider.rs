@@ -561,8 +561,12 @@ async fn serve_one(
         Err(_) => ok = false,
         Ok(()) => {}
     }
-    // The answer is in the ring: our leases on result blobs may go.
+    // The answer is in the ring: our leases on result blobs may go, now
+    // (with those on argument blobs), not with a later batch.
     drop(held);
+    if session.has_queued_releases() {
+        crate::session::Owner::send_release(&*client.shared, session.take_releases());
+    }
     // Relaxed: counters, read once every task is joined.
     counts.0.fetch_add(1, Ordering::Relaxed);
     if !ok {

@@ -621,8 +621,13 @@ impl<'p> Provider<'p> {
                 }
                 r => r.map(|()| kind == wire::REPLY),
             };
-            // The answer is in the ring: our leases on result blobs may go.
+            // The answer is in the ring: our leases on result blobs may go,
+            // now (with those on argument blobs), not with a later batch: a
+            // caller's large blob must not stay pinned by a provider.
             drop(held);
+            if inner.session.has_queued_releases() {
+                crate::session::Owner::send_release(&**inner, inner.session.take_releases());
+            }
             inner.invocations.cancelled(meta.request_id, true);
             // Relaxed: counters, read after the threads are joined.
             served.fetch_add(1, Ordering::Relaxed);

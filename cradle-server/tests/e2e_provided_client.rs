@@ -184,6 +184,36 @@ fn two_providers_and_eight_callers_add_up() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "030201");
+    // The body from standard input, the response as is.
+    let mut child = std::process::Command::new(cli_bin())
+        .arg("--socket")
+        .arg(&socket)
+        .args(["call", "test.reverse", "--stdin", "--raw"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"hello").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout, b"olleh");
+    // An unknown method is one clear line naming it.
+    let out = std::process::Command::new(cli_bin())
+        .arg("--socket")
+        .arg(&socket)
+        .args(["call", "test.nothing@3", "--raw-hex", "00"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("test.nothing") && err.contains("version 3"),
+        "{err}"
+    );
     for p in &mut providers {
         p.kill().ok();
         p.wait().ok();
@@ -352,4 +382,69 @@ where
         out.push(h.await.unwrap());
     }
     out
+}
+
+ipc_rpc::method! {
+    /// Answers `n` and passes back a new blob of `n` bytes.
+    pub Make = "test.make" version 1: u64 => u64;
+}
+
+/// Blobs alive and leases held, as the server counts them.
+fn blob_figures(c: &Client) -> (u64, u64) {
+    let s = c.call::<ipc_rpc::builtin::Stats>(&()).unwrap();
+    (s.blobs.blobs, s.blobs.leases)
+}
+
+#[test]
+fn blobs_passed_and_returned_are_all_given_back() {
+    let (_dog, dir, _server) = with_server("provided leases", Duration::from_secs(120), &[]);
+    let socket = dir.socket();
+    let pc = Client::connect_with(&socket, sleeping()).unwrap();
+    let provider = pc.provider().concurrency(2).serve::<Make>(|call, n| {
+        let mut w = call.client().create(n as usize)?;
+        w.write_at(0, &vec![9; n as usize]);
+        call.attach(w.seal()?);
+        // The argument blobs (if any) are read and let go.
+        Ok(n + call.blobs().iter().map(|b| b.len() as u64).sum::<u64>())
+    });
+    let stop = provider.stopper();
+    std::thread::scope(|s| {
+        let served = s.spawn(move || provider.run());
+        let c = Client::connect_with(&socket, sleeping()).unwrap();
+        wait_providers(&c, "test.make", 1);
+        let baseline = blob_figures(&c);
+        let mut w = c.create(1 << 20).unwrap();
+        w.write_at(0, &[1]);
+        let arg = w.seal().unwrap();
+        for n in [10u64, 300 << 10, 2 << 20] {
+            // A plain call takes no blob: the result's lease is given back.
+            let plain = c.call::<Make>(&n);
+            if plain.is_err() {
+                stop.stop();
+            }
+            assert_eq!(plain.unwrap(), n);
+            // With blobs: the argument goes, the result comes back mapped.
+            let (r, back) = c.call_with_blobs::<Make>(&n, &[arg.handle()]).unwrap();
+            assert_eq!(r, n + (1 << 20));
+            assert_eq!(back.len(), 1);
+            assert_eq!(back[0].len() as u64, n);
+            assert!(back[0].iter().all(|&b| b == 9));
+        }
+        drop(arg);
+        c.flush().unwrap();
+        let back_to_baseline = eventually(Duration::from_secs(10), || {
+            c.flush().ok();
+            blob_figures(&c) == baseline
+        });
+        let now = blob_figures(&c);
+        // Stopped before asserting: a failure must not leave the provider
+        // thread (and so this scope) running.
+        stop.stop();
+        let report = served.join().unwrap().unwrap();
+        assert!(
+            back_to_baseline,
+            "blobs and leases {now:?}, before {baseline:?}"
+        );
+        assert_eq!((report.served, report.errors), (6, 0));
+    });
 }

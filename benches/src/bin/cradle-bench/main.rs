@@ -548,10 +548,13 @@ fn calls(
         loaded: false,
     });
     // The pipelined throughput and the blob pass through a provider of
-    // their own (on a spinning server of their own).
+    // their own, on a spinning server of their own. The provider sleeps
+    // when idle: with the caller and the server spinning, a third spinning
+    // process would oversubscribe a 2-core machine (pipelined, its ring is
+    // rarely empty anyway).
     let prov_server =
         cradle::Server::start(server_bin, dir.path(), "provided", Some(20_000), there)?;
-    let prov_provider = provided::ProviderPeer::start(prov_server.socket(), "spin", there)?;
+    let prov_provider = provided::ProviderPeer::start(prov_server.socket(), "sleep", there)?;
     let prov_client = prov_server.connect(WaitMode::Spin)?;
     let prov_calls = (plan.pipelined_calls / 10).max(1_000);
     let blob_sizes = [4usize << 10, 64 << 20];
