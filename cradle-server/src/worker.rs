@@ -162,6 +162,8 @@ pub(crate) struct WorkerCtx {
     pub(crate) max_payload: usize,
     /// Polling budget after the last frame before sleeping.
     pub(crate) spin: Duration,
+    /// Spin all of `spin`, whatever the load (`ServerBuilder::spin_fixed`).
+    pub(crate) spin_fixed: bool,
     /// Per-method figures for the metrics endpoint (`None`: no endpoint,
     /// calls are not timed).
     pub(crate) calls: Option<Arc<CallCells>>,
@@ -742,7 +744,9 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
             next_check = now + EPOLL_CHECK_EVERY;
         }
         let limit = *spin_limit.get_or_insert_with(|| {
-            if !cpu_contended(now) {
+            if ctx.spin_fixed {
+                ctx.spin
+            } else if !cpu_contended(now) {
                 budget.current(ctx.spin)
             } else if streaming {
                 BURST_SPIN.min(ctx.spin)
