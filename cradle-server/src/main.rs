@@ -54,6 +54,11 @@ struct Args {
     #[arg(long, value_name = "US", default_value_t = 100)]
     spin_us: u64,
 
+    /// Spin all of --spin-us after every burst, even on a busy machine (for
+    /// benchmarks and tests that must see no wake-up while clients spin).
+    #[arg(long)]
+    spin_fixed: bool,
+
     /// Heap bytes of responses queued for clients that do not read them,
     /// all sessions together, e.g. 256M; beyond it their requests wait
     /// [default: an eighth of the memory cache budget, 32 MiB to 1 GiB].
@@ -187,6 +192,7 @@ fn main() -> ExitCode {
         .ring_capacity(args.ring_bytes)
         .max_sessions(args.max_sessions)
         .spin(std::time::Duration::from_micros(args.spin_us))
+        .spin_fixed(args.spin_fixed)
         .session_quota(SessionQuota {
             leases: args.session_max_leases,
             pinned_bytes: args.session_quota_bytes,

@@ -55,6 +55,7 @@ pub struct ServerBuilder {
     max_backlog_bytes: Option<u64>,
     offload_threads: usize,
     spin: Duration,
+    spin_fixed: bool,
     mem_cache_bytes: Option<u64>,
     max_held_bytes: Option<u64>,
     quota: SessionQuota,
@@ -79,6 +80,7 @@ impl std::fmt::Debug for ServerBuilder {
             .field("max_backlog", &self.max_backlog)
             .field("offload_threads", &self.offload_threads)
             .field("spin", &self.spin)
+            .field("spin_fixed", &self.spin_fixed)
             .field("mem_cache_bytes", &self.mem_cache_bytes)
             .field("quota", &self.quota)
             .field("disk_cache", &self.disk_cache)
@@ -102,6 +104,7 @@ impl Default for ServerBuilder {
             max_backlog_bytes: None,
             offload_threads: 2,
             spin: crate::worker::DEFAULT_SPIN,
+            spin_fixed: false,
             mem_cache_bytes: None,
             max_held_bytes: None,
             quota: SessionQuota::default(),
@@ -236,6 +239,24 @@ impl ServerBuilder {
     /// ```
     pub fn spin(mut self, d: Duration) -> Self {
         self.spin = d;
+        self
+    }
+
+    /// Spin the whole [`spin`](Self::spin) after every burst, whatever the
+    /// load (default: off, the spin is learned and skipped on a busy
+    /// machine). For benchmarks and tests that must see no wake-up syscall
+    /// while clients spin; on a busy machine it costs clients the latency
+    /// docs/architecture.md §12 describes.
+    ///
+    /// ```
+    /// use cradle_server::Server;
+    /// let b = Server::builder()
+    ///     .spin(std::time::Duration::from_millis(20))
+    ///     .spin_fixed(true);
+    /// # let _ = b;
+    /// ```
+    pub fn spin_fixed(mut self, fixed: bool) -> Self {
+        self.spin_fixed = fixed;
         self
     }
 
@@ -653,6 +674,7 @@ impl ServerBuilder {
             max_backlog: self.max_backlog,
             offload_threads: self.offload_threads,
             spin: self.spin,
+            spin_fixed: self.spin_fixed,
             euid,
             socket_file,
             _lock: lock,
@@ -803,6 +825,7 @@ pub struct Server {
     max_backlog: usize,
     offload_threads: usize,
     spin: Duration,
+    spin_fixed: bool,
     euid: u32,
     /// Dropped before the lock: the socket goes first.
     socket_file: SocketFile,
@@ -933,6 +956,7 @@ impl Server {
             max_backlog,
             offload_threads,
             spin,
+            spin_fixed,
             euid,
             socket_file,
             _lock,
@@ -967,6 +991,7 @@ impl Server {
                 max_backlog,
                 max_payload: payload_limit(ring_capacity),
                 spin,
+                spin_fixed,
                 calls: calls.clone(),
                 providers: Arc::clone(&providers),
             };

@@ -287,8 +287,13 @@ fn dropping_gets_mid_flight_leaves_no_lease_and_no_descriptor() {
             }
         }
         eprintln!("{cancelled} gets dropped mid-flight, {finished} finished first");
+        // How many finish within their polls depends on how soon the server
+        // answers: a worker that sleeps (a busy machine stops its spin) and is
+        // woken onto this thread's CPU answers before the next poll more
+        // often (870-1,800 of 3,000 dropped in runs under load, 2,300 with a
+        // spinning worker). Hundreds of drops exercise the clean-up.
         assert!(
-            cancelled >= 1500,
+            cancelled >= 300,
             "only {cancelled} gets were dropped mid-flight"
         );
 

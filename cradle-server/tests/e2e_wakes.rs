@@ -12,10 +12,11 @@ use support::*;
 fn spinning_calls_make_no_wake_syscalls_on_either_side() {
     let dog = Watchdog::arm("wake counters", Duration::from_secs(300));
     let dir = TempDir::new("wakes");
-    // Both sides spin: the server polls for 20 ms after each request, so a
+    // Both sides spin: the server polls for 20 ms after each request, even on
+    // a busy machine (`--spin-fixed`: the adaptive spin stops there), so a
     // scheduling hiccup of this 2-vCPU VM does not put it to sleep between two
     // calls (with the default 100 µs it sleeps a few dozen times per 100,000).
-    let server = ServerProc::start(&dir.socket(), &["--spin-us", "20000"]);
+    let server = ServerProc::start(&dir.socket(), &["--spin-us", "20000", "--spin-fixed"]);
     dog.watch_child(server.pid());
     let client = Client::connect_with(
         dir.socket(),

@@ -78,7 +78,8 @@ struct Gauge {
     file: Option<File>,
     /// `/proc/loadavg` (its 4th field counts the runnable threads now).
     loadavg: Option<File>,
-    /// CPUs this thread may run on.
+    /// Online CPUs of the machine (`/proc/loadavg` counts the runnable
+    /// threads of the whole machine, whatever this thread's affinity).
     cpus: u32,
     /// One bit per recent sample: more runnable threads than CPUs.
     crowded: u8,
@@ -116,8 +117,15 @@ impl Gauge {
             self.opened = true;
             self.file = File::open("/proc/thread-self/schedstat").ok();
             self.loadavg = File::open("/proc/loadavg").ok();
-            self.cpus = std::thread::available_parallelism()
-                .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX));
+            self.cpus = std::fs::read_to_string("/sys/devices/system/cpu/online")
+                .ok()
+                .and_then(|t| count_cpus(&t))
+                .or_else(|| {
+                    std::thread::available_parallelism()
+                        .ok()
+                        .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+                })
+                .unwrap_or(1);
         }
     }
 
@@ -216,6 +224,21 @@ thread_local! {
     static GAUGE: RefCell<Gauge> = const { RefCell::new(Gauge::new()) };
 }
 
+/// The CPUs of a kernel CPU list (`0-3,6,8-9`: 7).
+fn count_cpus(list: &str) -> Option<u32> {
+    let mut n = 0u32;
+    for part in list.trim().split(',') {
+        n += match part.split_once('-') {
+            Some((a, b)) => b.parse::<u32>().ok()?.checked_sub(a.parse().ok()?)? + 1,
+            None => {
+                part.parse::<u32>().ok()?;
+                1
+            }
+        };
+    }
+    (n > 0).then_some(n)
+}
+
 /// The runnable threads of a `/proc/loadavg` line (`0.52 0.58 0.59 3/218
 /// 4242`: 3).
 fn parse_running(bytes: &[u8]) -> Option<u32> {
@@ -237,7 +260,7 @@ fn parse_schedstat(bytes: &[u8]) -> Option<(u64, u64)> {
 /// Whether the calling thread's CPUs are oversubscribed, so that spinning
 /// would take a CPU from a thread that needs it (its peer, typically).
 ///
-/// Two signals. The machine: more threads runnable than CPUs in at least 4
+/// Two signals. The machine: more threads runnable than online CPUs in at least 4
 /// of the last 8 samples of `/proc/loadavg` (taken at most every 4 ms, when
 /// asked) means no CPU is idle, so a spinner holds one its peer would need
 /// (20 ms without spinning, then a new sample). The thread: its scheduler
@@ -396,6 +419,9 @@ mod tests {
         assert_eq!(parse_schedstat(b""), None);
         assert_eq!(parse_running(b"0.52 0.58 0.59 3/218 4242\n"), Some(3));
         assert_eq!(parse_running(b"0.52 0.58"), None);
+        assert_eq!(count_cpus("0-1\n"), Some(2));
+        assert_eq!(count_cpus("0-3,6,8-9"), Some(7));
+        assert_eq!(count_cpus("x"), None);
     }
 
     #[test]

@@ -27,6 +27,36 @@ pub(crate) struct IdleReport {
     pub(crate) shmem: (u64, u64),
     /// Size of one session segment (both rings), bytes.
     pub(crate) segment: u64,
+    /// p50 / p90 of an active spinning client's 8-byte calls (ns) before the
+    /// idle sessions connect, and while they are connected.
+    pub(crate) active: ([u64; 2], [u64; 2]),
+}
+
+/// Calls an active client makes to time itself against the idle sessions.
+const ACTIVE_CALLS: usize = 20_000;
+
+/// p50 and p90 (ns) of `ACTIVE_CALLS` spinning 8-byte pings.
+fn active_latency(client: &Client) -> Result<[u64; 2], String> {
+    let opts = cradle_client::CallOptions {
+        timeout: Duration::from_secs(10),
+        wait: cradle_client::WaitMode::Spin,
+    };
+    let msg = vec![7u8; 8];
+    let mut ns = Vec::with_capacity(ACTIVE_CALLS);
+    for _ in 0..ACTIVE_CALLS {
+        let t = Instant::now();
+        let n = client
+            .call_with::<Ping, _>(&msg, opts, |echo| echo.len())
+            .map_err(|e| format!("active client: {e}"))?;
+        ns.push(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        if n != msg.len() {
+            return Err("active client: echo of another length".into());
+        }
+    }
+    Ok([
+        crate::report::percentile(&ns, 0.5),
+        crate::report::percentile(&ns, 0.9),
+    ])
 }
 
 /// A `Key: value kB` field of a /proc status-like file, in bytes.
@@ -111,6 +141,8 @@ pub(crate) fn run(
         &["--no-disk-cache"],
     )?;
     let pid = server.pid();
+    let active = Client::connect(server.socket()).map_err(|e| format!("active client: {e}"))?;
+    let active_alone = active_latency(&active)?;
     std::thread::sleep(Duration::from_millis(500));
     let (anon0, fds0, shm0) = (anon_bytes(pid)?, fd_count(pid)?, shmem()?);
     let mut clients = Vec::with_capacity(sessions);
@@ -128,6 +160,8 @@ pub(crate) fn run(
     std::thread::sleep(Duration::from_secs(seconds));
     let (s1, c1, _) = thread_totals(pid)?;
     let secs = t0.elapsed().as_secs_f64();
+    let active_crowd = active_latency(&active)?;
+    drop(active);
     drop(clients);
     drop(server);
     Ok(IdleReport {
@@ -140,6 +174,7 @@ pub(crate) fn run(
         fds: (fds0, fds1),
         shmem: (shm0, shm1),
         segment,
+        active: (active_alone, active_crowd),
     })
 }
 
@@ -159,6 +194,8 @@ impl IdleReport {
              \x20 server private memory (RssAnon) / session {:.1} KiB ({:.1} -> {:.1} MiB)\n\
              \x20 descriptors / session                     {:.1}\n\
              \x20 shared memory (machine Shmem) / session   {:.1} KiB (segment: {} KiB, two rings)\n\
+             \x20 an active client's spinning 8 B calls      p50 {:.3} / p90 {:.3} us alone, \
+             p50 {:.3} / p90 {:.3} us next to the idle sessions\n\
              \ntargets (issue 18)\n\
              \x20 {}  0 server wake-ups over {:.0} s with {} idle sessions     {}\n\
              \x20 {}  server memory <= 64 KiB per session                      {:.1} KiB\n\
@@ -175,6 +212,10 @@ impl IdleReport {
             fds,
             shm / 1024.0,
             self.segment / 1024,
+            self.active.0[0] as f64 / 1e3,
+            self.active.0[1] as f64 / 1e3,
+            self.active.1[0] as f64 / 1e3,
+            self.active.1[1] as f64 / 1e3,
             verdict(self.wakeups == 0),
             self.seconds,
             self.sessions,
