@@ -229,7 +229,7 @@ impl ServerBuilder {
     /// goes to sleep in `epoll_wait` (default 100 µs). The spin is learned
     /// below this limit (it shrinks while spins end in a sleep anyway) and
     /// skipped while the machine has no CPU to spare (docs/architecture.md
-    /// §12). Longer keeps spinning clients from needing a wake-up syscall on
+    /// §13). Longer keeps spinning clients from needing a wake-up syscall on
     /// a noisy machine, at the cost of up to that much CPU after a burst.
     ///
     /// ```
@@ -246,7 +246,7 @@ impl ServerBuilder {
     /// load (default: off, the spin is learned and skipped on a busy
     /// machine). For benchmarks and tests that must see no wake-up syscall
     /// while clients spin; on a busy machine it costs clients the latency
-    /// docs/architecture.md §12 describes.
+    /// docs/architecture.md §13 describes.
     ///
     /// ```
     /// use cradle_server::Server;
@@ -468,7 +468,7 @@ impl ServerBuilder {
     /// run. `M::Request` lists the blobs it passes and `M::Response` the
     /// blobs it returns ([`BlobRefs`](ipc_rpc::memo::BlobRefs)); result
     /// blobs are kept with the entry and leased to every caller it answers.
-    /// A failed run caches nothing. See `docs/architecture.md` §12.
+    /// A failed run caches nothing. See `docs/architecture.md` §14.
     ///
     /// ```
     /// use cradle_server::Server;

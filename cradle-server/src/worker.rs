@@ -12,7 +12,7 @@
 //! others are looked at when it is about to sleep, and every millisecond
 //! while it stays awake. It spins after its last work for a learned budget,
 //! and not at all while the machine has no CPU to spare
-//! (docs/architecture.md §12).
+//! (docs/architecture.md §13).
 //!
 //! # Sleeping
 //!
@@ -80,7 +80,7 @@ pub(crate) const DEFAULT_SPIN: Duration = Duration::from_micros(100);
 /// this long after a round that answered several calls: a client streaming
 /// pipelined requests is then still producing, and a worker that slept after
 /// every round would make it write the eventfd for nearly every request
-/// (docs/architecture.md §12). A ping-pong answers one call per round and
+/// (docs/architecture.md §13). A ping-pong answers one call per round and
 /// gets no spin.
 const BURST_SPIN: Duration = Duration::from_micros(20);
 

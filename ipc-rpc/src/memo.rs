@@ -1,5 +1,5 @@
 //! Memoized calls and compute-once keys: the wire types and methods
-//! (`docs/architecture.md` §12, `docs/protocol.md` §8).
+//! (`docs/architecture.md` §14, `docs/protocol.md` §8).
 //!
 //! * A method the server registers as *memoized* answers from the shared
 //!   cache when it has seen an equal request before: the key is a BLAKE3

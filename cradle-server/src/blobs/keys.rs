@@ -181,7 +181,7 @@ impl Inner {
     }
 }
 
-/// What a cache key is to the memo (`docs/architecture.md` §12).
+/// What a cache key is to the memo (`docs/architecture.md` §14).
 #[derive(Debug, PartialEq, Eq)]
 enum MemoPart<'a> {
     /// `cradle.memo/<method>/<64 hex>`: an entry.

@@ -1,4 +1,4 @@
-//! Memoized calls (`docs/architecture.md` §12): a memoized method's answer
+//! Memoized calls (`docs/architecture.md` §14): a memoized method's answer
 //! is looked up in the shared cache before its handler runs, stored there
 //! after, and identical calls in flight share one run.
 //!
