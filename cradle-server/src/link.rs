@@ -6,7 +6,6 @@
 //! path's queued frame.
 
 use crate::methods::OffloadFn;
-use crate::provided::table::Action;
 use crate::reply::Queued;
 use crate::stats::SessionCounters;
 use ipc_core::doorbell::{EventFd, Futex, WakeSocket, Waker};
@@ -38,9 +37,6 @@ pub(crate) enum WorkerMsg {
     Session(Box<NewSession>),
     /// An offloaded call is answered.
     Completion(Completion),
-    /// Something to do about a provided call on one of the worker's
-    /// sessions (docs/architecture.md "Provided methods").
-    Relay(Action),
 }
 
 /// The way to a worker: its channel and the eventfd that wakes it.

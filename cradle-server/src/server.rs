@@ -548,7 +548,7 @@ impl ServerBuilder {
         let store = Arc::new(store);
 
         let (handle, receivers) = control_links(self.workers)?;
-        let providers = Arc::new(Providers::new(ProvidedLimits::default()));
+        let providers = Arc::new(Providers::new(ProvidedLimits::default(), self.workers));
         let max_payload = ipc_core::ring::max_payload_len(self.ring_capacity);
         let mut entries = self.entries;
         entries.extend(methods::builtin_entries(

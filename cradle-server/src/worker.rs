@@ -519,6 +519,8 @@ struct Worker<'a> {
     relay: Relay,
     /// Sessions whose rings relay actions touched in this batch.
     touched: Vec<u64>,
+    /// Workers given actions in this batch (woken once each at its end).
+    to_wake: Vec<bool>,
 }
 
 impl Worker<'_> {
@@ -582,8 +584,10 @@ impl Worker<'_> {
                         s.last_active = Instant::now();
                     }
                 }
-                Ok(WorkerMsg::Relay(a)) => self.relay.actions.push(a),
                 Err(TryRecvError::Empty) => {
+                    self.ctx
+                        .providers
+                        .take_inbox(self.ctx.index, &mut self.relay.actions);
                     self.flush_relay();
                     return Ok(());
                 }
@@ -660,15 +664,25 @@ impl Worker<'_> {
         while !self.relay.actions.is_empty() {
             let mut batch = std::mem::take(&mut self.relay.actions);
             for a in batch.drain(..) {
-                if a.worker() == self.ctx.index {
+                let w = a.worker();
+                if w == self.ctx.index {
                     self.perform(a, now);
-                } else if let Some(link) = self.ctx.handle.links.get(a.worker()) {
-                    link.send(WorkerMsg::Relay(a));
+                } else if let Some(wake) = self.to_wake.get_mut(w) {
+                    self.ctx.providers.post(a);
+                    *wake = true;
                 }
             }
             if self.relay.actions.is_empty() {
                 // Keep the capacity.
                 self.relay.actions = batch;
+            }
+        }
+        // One wake-up per other worker and batch.
+        for (w, wake) in self.to_wake.iter_mut().enumerate() {
+            if std::mem::take(wake)
+                && let Some(link) = self.ctx.handle.links.get(w)
+            {
+                link.wake();
             }
         }
         // One doorbell per session and batch (a fence each), not per frame.
@@ -818,6 +832,7 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
         log: LogLimiter::default(),
         relay: Relay::default(),
         touched: Vec::new(),
+        to_wake: vec![false; ctx.handle.links.len()],
     };
     let mut last_work = Instant::now();
     let mut next_check = Instant::now();
@@ -874,7 +889,9 @@ pub(crate) fn run_worker(ctx: &WorkerCtx, rx: &Receiver<WorkerMsg>) -> Result<()
         // after it publishes a request: either the re-check below sees the
         // frame, or the client sees `waiting == 1` and writes the eventfd.
         <StdAtomics as Atomics>::fence(Ordering::SeqCst);
-        let mut found = false;
+        // Relay actions posted by another worker: its wake-up may have been
+        // drained by the last `poll_events` already.
+        let mut found = ctx.providers.has_mail(ctx.index);
         for s in w.sessions.values_mut() {
             if has_work(s, ctx) {
                 s.active = true;

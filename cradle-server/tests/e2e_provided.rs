@@ -643,11 +643,11 @@ fn calls_cross_workers() {
             })
         })
         .collect();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let serve = |mut p: RawPeer, stop: std::sync::Arc<std::sync::atomic::AtomicBool>| {
+    let stop = std::sync::Arc::new(ipc_core::sync::AtomicBool::new(false));
+    let serve = |mut p: RawPeer, stop: std::sync::Arc<ipc_core::sync::AtomicBool>| {
         std::thread::spawn(move || {
             let mut n = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while !stop.load(ipc_core::sync::Ordering::Relaxed) {
                 if let Some((meta, payload)) = p.recv_kind(wire::INVOKE, SEC / 20) {
                     let (_, body) = wire::Envelope::split(&payload).unwrap();
                     let x = u64::decode(body).unwrap();
@@ -669,7 +669,7 @@ fn calls_cross_workers() {
     for c in callers {
         c.join().unwrap();
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, ipc_core::sync::Ordering::Relaxed);
     let (mut a, na) = ta.join().unwrap();
     let (b, nb) = tb.join().unwrap();
     assert_eq!(na + nb, 800);

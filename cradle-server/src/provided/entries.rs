@@ -4,7 +4,7 @@
 
 use super::Providers;
 use crate::error::HandlerError;
-use crate::link::{WorkerLink, WorkerMsg};
+use crate::link::WorkerLink;
 use crate::methods::{Entry, Handler, inline, inline_session};
 use ipc_rpc::provide::{
     ListMethods, MAX_NAME_LEN, MethodInfo, Offer, Origin, RESERVED_PREFIX, Register, Unregister,
@@ -141,10 +141,12 @@ pub(crate) fn entries(
                 let had = t.unregister(out.session, id, &mut actions);
                 p2.unlock(t);
                 // The calls it held end on their callers' workers (and
-                // the CANCELs go out on this one's, through its channel).
+                // the CANCELs go out on this one's, from its inbox).
                 for a in actions {
-                    if let Some(link) = links.get(a.worker()) {
-                        link.send(WorkerMsg::Relay(a));
+                    let w = a.worker();
+                    p2.post(a);
+                    if let Some(link) = links.get(w) {
+                        link.wake();
                     }
                 }
                 Ok(had)
@@ -186,4 +188,59 @@ pub(crate) fn entries(
             })),
         },
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipc_rpc::provide::BYTES_SCHEMA;
+
+    fn offer(name: &str) -> Offer {
+        Offer {
+            name: name.into(),
+            version: 1,
+            schema_hash: BYTES_SCHEMA,
+            concurrency: 1,
+            idempotent: false,
+        }
+    }
+
+    fn code(known: &[Known], name: &str) -> Option<ErrorCode> {
+        check_offer(known, &offer(name)).err().map(|e| e.code)
+    }
+
+    #[test]
+    fn offers_of_reserved_invalid_builtin_or_compiled_in_methods_are_refused() {
+        let known = vec![
+            Known {
+                id: ipc_rpc::method_id("app.add", 1),
+                name: "app.add",
+                version: 1,
+                schema_hash: 5,
+            },
+            Known {
+                id: ipc_rpc::method_id("cradle.ping", 1),
+                name: "cradle.ping",
+                version: 1,
+                schema_hash: 0,
+            },
+        ];
+        assert_eq!(code(&known, "app.add"), Some(ErrorCode::SchemaMismatch));
+        assert_eq!(code(&known, "cradle.ping"), Some(ErrorCode::Refused));
+        assert_eq!(code(&known, "cradle.anything"), Some(ErrorCode::Refused));
+        assert_eq!(code(&known, ""), Some(ErrorCode::Refused));
+        assert_eq!(code(&known, "tab\there"), Some(ErrorCode::Refused));
+        assert_eq!(
+            code(&known, &"n".repeat(MAX_NAME_LEN + 1)),
+            Some(ErrorCode::Refused)
+        );
+        assert_eq!(code(&known, &"n".repeat(MAX_NAME_LEN)), None);
+        assert_eq!(code(&known, "app.other"), None);
+        let e = check_offer(&known, &offer("app.add")).unwrap_err();
+        assert!(
+            e.message.contains("compiled into this server"),
+            "{}",
+            e.message
+        );
+    }
 }

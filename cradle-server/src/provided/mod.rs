@@ -8,8 +8,10 @@
 //!
 //! The rings are the workers' business: a worker routes a request under
 //! the table's lock and carries out the actions for its own sessions; an
-//! action for a session of another worker travels as a
-//! `WorkerMsg::Relay` through that worker's channel.
+//! action for a session of another worker goes into that worker's relay
+//! inbox here (a vector that keeps its capacity: no allocation per
+//! message, unlike a channel), and the worker is woken through its
+//! control eventfd.
 
 pub(crate) mod entries;
 pub(crate) mod relay;
@@ -30,17 +32,20 @@ pub(crate) struct Providers {
     earliest: AtomicU64,
     /// Whether any method is provided (skips the lock for unknown ids).
     any: AtomicU64,
+    /// Per worker: actions other threads made for its sessions.
+    inboxes: Box<[Mutex<Vec<Action>>]>,
     /// The deadline of a call that carries none, from its arrival.
     default_timeout_ns: u64,
 }
 
 impl Providers {
-    pub(crate) fn new(limits: Limits) -> Self {
+    pub(crate) fn new(limits: Limits, workers: usize) -> Self {
         Self {
             default_timeout_ns: limits.default_timeout_ns,
             table: Mutex::new(Table::new(limits)),
             earliest: AtomicU64::new(u64::MAX),
             any: AtomicU64::new(0),
+            inboxes: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
         }
     }
 
@@ -79,6 +84,31 @@ impl Providers {
     /// How long a call without a deadline may take.
     pub(crate) fn default_timeout_ns(&self) -> u64 {
         self.default_timeout_ns
+    }
+
+    /// Leaves `a` in its worker's inbox (the caller wakes that worker).
+    pub(crate) fn post(&self, a: Action) {
+        if let Some(inbox) = self.inboxes.get(a.worker()) {
+            // A panic while holding this lock cannot leave the vector
+            // inconsistent (one push or append); a poisoned lock is usable.
+            inbox.lock().unwrap_or_else(|e| e.into_inner()).push(a);
+        }
+    }
+
+    /// Whether actions wait in `worker`'s inbox.
+    pub(crate) fn has_mail(&self, worker: usize) -> bool {
+        self.inboxes
+            .get(worker)
+            // See `post`.
+            .is_some_and(|i| !i.lock().unwrap_or_else(|e| e.into_inner()).is_empty())
+    }
+
+    /// Moves the actions waiting for `worker` to the end of `into`.
+    pub(crate) fn take_inbox(&self, worker: usize, into: &mut Vec<Action>) {
+        if let Some(inbox) = self.inboxes.get(worker) {
+            // See `post`.
+            into.append(&mut inbox.lock().unwrap_or_else(|e| e.into_inner()));
+        }
     }
 
     /// The figures `cradle.stats` reports.

@@ -160,7 +160,17 @@ pub(crate) fn request(
     relay.balance(&mut t);
     cx.providers.unlock(t);
     match routed {
-        Ok(()) => *in_flight += 1,
+        Ok(ticket) => {
+            *in_flight += 1;
+            tracing::trace!(
+                session,
+                request_id = meta.request_id,
+                method = meta.tag,
+                invocation = ticket,
+                deadline_ns = deadline,
+                "provided call routed"
+            );
+        }
         Err(((code, message), buf)) => {
             relay.give(buf);
             out.error(meta, code, message);
@@ -209,6 +219,14 @@ pub(crate) fn reply(
     };
     let buf = relay.take(&mut t, bytes.len());
     cx.providers.unlock(t);
+    tracing::trace!(
+        provider = session,
+        invocation = meta.request_id,
+        caller = caller.session,
+        request_id = caller.request_id,
+        error = is_error,
+        "provided call answered"
+    );
     let outcome = answer_of(cx.store, relay, caller, meta, bytes, buf);
     relay.actions.push(Action::Answer {
         caller,
@@ -394,6 +412,11 @@ pub(crate) fn deliver(
                 flags: wire::ENVELOPE,
             };
             if push_frame(out, meta, payload) {
+                tracing::trace!(
+                    provider = session,
+                    invocation = ticket,
+                    "provided call delivered"
+                );
                 Ok(())
             } else {
                 let ids: Vec<u64> = head.blobs().map(|h| h.id).collect();

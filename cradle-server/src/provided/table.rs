@@ -31,6 +31,8 @@ pub(crate) struct Limits {
     pub(crate) providers: usize,
     /// Providers of one method.
     pub(crate) providers_per_method: usize,
+    /// Methods one session offers.
+    pub(crate) offers_per_session: usize,
     /// A provider's declared concurrency is capped to this.
     pub(crate) concurrency: u32,
     /// Calls waiting for a provider, per method.
@@ -47,6 +49,7 @@ impl Default for Limits {
             methods: 1024,
             providers: 4096,
             providers_per_method: 64,
+            offers_per_session: 256,
             concurrency: 1024,
             queue_per_method: 1024,
             queue_total: 16_384,
@@ -337,6 +340,16 @@ impl Table {
             return Err((ErrorCode::Refused, "the session is closing".to_owned()));
         };
         let (worker, pid) = (info.worker, info.pid);
+        if info.offers.len() >= self.limits.offers_per_session {
+            return Err((
+                ErrorCode::Refused,
+                format!(
+                    "this session offers {} methods (limit {})",
+                    info.offers.len(),
+                    self.limits.offers_per_session
+                ),
+            ));
+        }
         if offer.concurrency == 0 {
             return Err((
                 ErrorCode::Refused,
@@ -467,7 +480,7 @@ impl Table {
         deadline: u64,
         mut payload: Buf,
         out: &mut Vec<Action>,
-    ) -> Result<(), (Refusal, Buf)> {
+    ) -> Result<u64, (Refusal, Buf)> {
         let Some(m) = self.methods.get_mut(&method) else {
             return Err((
                 (
@@ -554,7 +567,7 @@ impl Table {
         }
         self.earliest = self.earliest.min(deadline);
         self.counts.calls += 1;
-        Ok(())
+        Ok(ticket)
     }
 
     /// Writes call `ticket`'s INVOKE to provider `session` with `write`
