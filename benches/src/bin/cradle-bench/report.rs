@@ -1524,7 +1524,10 @@ mod tests {
         assert_eq!(t[9].pass, Some(true));
         // The provided-call figures follow, reported only.
         assert!(t[10..].iter().all(|t| t.pass.is_none()));
-        assert!(t[10..].iter().all(|t| t.measured.is_none()), "none measured");
+        assert!(
+            t[10..].iter().all(|t| t.measured.is_none()),
+            "none measured"
+        );
         let table = r.table();
         assert!(table.contains("PASS"), "{table}");
         assert!(table.contains("MISS"), "{table}");
