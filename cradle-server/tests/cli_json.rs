@@ -121,6 +121,24 @@ fn stats_json_has_every_documented_group() {
     ] {
         u(&v, &format!("/disk_cache/{k}"));
     }
+    for k in [
+        "methods",
+        "providers",
+        "queued",
+        "in_flight",
+        "calls",
+        "replied",
+        "reply_errors",
+        "busy",
+        "deadline_exceeded",
+        "provider_gone",
+        "refused",
+        "resent",
+        "discarded",
+        "abandoned",
+    ] {
+        u(&v, &format!("/provided/{k}"));
+    }
     let sessions = v["per_session"].as_array().unwrap();
     assert_eq!(sessions.len(), 1);
     for k in [

@@ -911,6 +911,8 @@ struct StatsReport {
     disk_cache: Option<DiskPart>,
     /// Memoized methods, all together.
     memo: MemoTotals,
+    /// Methods offered by client processes, and their calls.
+    provided: ProvidedPart,
     /// One entry per connected session.
     per_session: Vec<SessionPart>,
 }
@@ -1047,6 +1049,25 @@ impl Report for MemoClearReport {
     }
 }
 
+/// `ipc_rpc::builtin::ProvidedStats`, as is.
+#[derive(Debug, Serialize)]
+struct ProvidedPart {
+    methods: u64,
+    providers: u64,
+    queued: u64,
+    in_flight: u64,
+    calls: u64,
+    replied: u64,
+    reply_errors: u64,
+    busy: u64,
+    deadline_exceeded: u64,
+    provider_gone: u64,
+    refused: u64,
+    resent: u64,
+    discarded: u64,
+    abandoned: u64,
+}
+
 #[derive(Debug, Serialize)]
 struct ServerPart {
     pid: u32,
@@ -1175,6 +1196,25 @@ fn stats(client: &Client) -> Result<StatsReport, String> {
             queued: b.disk_queued,
         }),
         memo,
+        provided: {
+            let p = &s.provided;
+            ProvidedPart {
+                methods: p.methods,
+                providers: p.providers,
+                queued: p.queued,
+                in_flight: p.in_flight,
+                calls: p.calls,
+                replied: p.replied,
+                reply_errors: p.reply_errors,
+                busy: p.busy,
+                deadline_exceeded: p.deadline_exceeded,
+                provider_gone: p.provider_gone,
+                refused: p.refused,
+                resent: p.resent,
+                discarded: p.discarded,
+                abandoned: p.abandoned,
+            }
+        },
         per_session: s
             .per_session
             .iter()
@@ -1277,6 +1317,22 @@ impl Report for StatsReport {
             mm.errors,
             mm.damaged,
             mm.saved_seconds
+        );
+        let p = &self.provided;
+        let _ = writeln!(
+            o,
+            "provided     {} by {} (client processes); {} queued, {} in flight; {} routed, {} answered ({} with an error), {} busy, {} past deadline, {} provider gone, {} sent again",
+            plural(p.methods, "method", "methods"),
+            plural(p.providers, "provider", "providers"),
+            p.queued,
+            p.in_flight,
+            plural(p.calls, "call", "calls"),
+            p.replied,
+            p.reply_errors,
+            p.busy,
+            p.deadline_exceeded,
+            p.provider_gone,
+            p.resent
         );
         if (self.per_session.len() as u64) < se.open {
             let _ = writeln!(

@@ -547,20 +547,22 @@ fn calls(
         )),
         loaded: false,
     });
-    // The pipelined throughput and the blob pass through a provider of
-    // their own, on a spinning server of their own. The provider sleeps
-    // when idle: with the caller and the server spinning, a third spinning
-    // process would oversubscribe a 2-core machine (pipelined, its ring is
-    // rarely empty anyway).
+    // The pipelined throughput goes through a provider of its own, on a
+    // spinning server of its own. That provider sleeps when idle: with the
+    // caller and the server spinning, a third spinning process would
+    // oversubscribe a 2-core machine (pipelined, its ring is rarely empty
+    // anyway). The blob pass is a latency scenario: it calls the spinning
+    // provider of `provided-spin` (which also serves `bench.blob`).
     let prov_server =
         cradle::Server::start(server_bin, dir.path(), "provided", Some(20_000), there)?;
     let prov_provider = provided::ProviderPeer::start(prov_server.socket(), "sleep", there)?;
     let prov_client = prov_server.connect(WaitMode::Spin)?;
     let prov_calls = (plan.pipelined_calls / 10).max(1_000);
     let blob_sizes = [4usize << 10, 64 << 20];
+    let blob_client = spin_server.connect(WaitMode::Spin)?;
     let blob_inputs = blob_sizes
         .iter()
-        .map(|&n| provided::make_blob(&prov_client, n))
+        .map(|&n| provided::make_blob(&blob_client, n))
         .collect::<Result<Vec<_>, _>>()?;
     let blob_opts = cradle_client::CallOptions {
         timeout: Duration::from_secs(30),
@@ -700,7 +702,7 @@ fn calls(
     provided::pipelined(&prov_client, prov_calls.min(5_000), WINDOW, 0)?;
     for (blob, _) in &blob_inputs {
         for _ in 0..16 {
-            provided::blob_round_trip(&prov_client, blob, blob_opts)?;
+            provided::blob_round_trip(&blob_client, blob, blob_opts)?;
         }
     }
     cradle::pipelined(&pipe_default, plan.pipelined_calls.min(20_000), WINDOW, 0)?;
@@ -848,7 +850,7 @@ fn calls(
             let c0 = Snapshot::now();
             for _ in 0..blob_per_block {
                 let t = Instant::now();
-                provided::blob_round_trip(&prov_client, blob, blob_opts)?;
+                provided::blob_round_trip(&blob_client, blob, blob_opts)?;
                 l.samples
                     .push(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
             }
@@ -914,6 +916,7 @@ fn calls(
     drop(metrics_client);
     drop(slots);
     drop(blob_inputs);
+    drop(blob_client);
     drop(prov_client);
     drop(prov_provider);
     drop((
