@@ -23,13 +23,15 @@
 //! mappings are the session core's (`session.rs`), shared with the sync
 //! client.
 
+use crate::calls;
 use crate::error::ConnectError;
 use crate::options::{CallOptions, ClientOptions};
-use crate::session::{self, DEAD, Owner, Salvage, Session, SocketState, interpret, lock};
+use crate::serving::for_provider;
+use crate::session::{self, DEAD, Owner, Salvage, Session, SocketState, lock};
 use ipc_core::doorbell::WaitMode;
 use ipc_core::ring::{Consumer, FrameMeta, Producer, RingMemory, RingRegion};
 use ipc_core::sync::{AtomicBool, AtomicU32, AtomicUsize, Atomics, Ordering, StdAtomics};
-use ipc_rpc::blob::{Release, ReleaseBatch};
+use ipc_rpc::blob::{BlobHandle, Release, ReleaseBatch};
 use ipc_rpc::handshake::HELLO_WAKE_EVENTFD;
 use ipc_rpc::idmap::IdMap;
 use ipc_rpc::{CallError, Inbox, Method, Outbox, ProtocolError, SendError, Wire, wire};
@@ -53,6 +55,16 @@ const DRIVER_SPIN: Duration = Duration::from_micros(20);
 const CALL_SPIN_MAX: Duration = Duration::from_millis(1);
 
 type Reply = Result<(FrameMeta, AlignedVec<16>), CallError>;
+
+/// `INVOKE`/`CANCEL` frames for an async provider.
+pub(crate) type InvokeTx = tokio::sync::mpsc::UnboundedSender<(FrameMeta, AlignedVec<16>)>;
+
+/// A request's payload: a value to serialize into the ring, or bytes
+/// already encoded (an envelope and a body).
+enum Body<'a, T> {
+    Typed(&'a T),
+    Encoded(&'a [u8]),
+}
 
 /// An async connection to the CRADLE server, for tokio.
 ///
@@ -110,6 +122,9 @@ pub(crate) struct Shared {
     /// The response ring. The driver drains it; a call that spins drains it
     /// too (with `try_lock`), completing whichever calls it finds answered.
     inbox: Mutex<Inbox<RingRegion>>,
+    /// Where `INVOKE`/`CANCEL` frames go while an async provider runs
+    /// (else they are dropped).
+    pub(crate) invocations: Mutex<Option<InvokeTx>>,
 }
 
 struct Tx {
@@ -367,6 +382,7 @@ impl AsyncClient {
             pending: Mutex::new(IdMap::default()),
             release_backlog: AtomicBool::new(false),
             inbox: Mutex::new(Inbox::new(consumer)),
+            invocations: Mutex::new(None),
         });
         let driver = tokio::spawn(drive(Arc::clone(&shared), wake, sock));
         Ok(Self {
@@ -436,7 +452,8 @@ impl AsyncClient {
         req: &M::Request,
         timeout: Duration,
     ) -> Result<M::Response, CallError> {
-        self.round_trip::<M, _>(req, timeout, None, session::decode::<M>)
+        let f = calls::plain(&self.shared.session, M::ID, session::decode::<M>);
+        self.round_trip::<M, _>(req, &[], timeout, None, f)
             .await
             .map_err(session::name_unknown::<M>)
     }
@@ -480,7 +497,8 @@ impl AsyncClient {
         f: impl FnOnce(&<M::Response as Wire>::Archived) -> R,
     ) -> Result<R, CallError> {
         let access = |b: &[u8]| session::access::<M, R>(b, f);
-        self.round_trip::<M, _>(req, self.shared.opts.timeout, None, access)
+        let f = calls::plain(&self.shared.session, M::ID, access);
+        self.round_trip::<M, _>(req, &[], self.shared.opts.timeout, None, f)
             .await
             .map_err(session::name_unknown::<M>)
     }
@@ -493,25 +511,72 @@ impl AsyncClient {
         timeout: Duration,
         salvage: Salvage,
     ) -> Result<M::Response, CallError> {
-        self.round_trip::<M, _>(req, timeout, Some(salvage), session::decode::<M>)
+        let f = calls::plain(&self.shared.session, M::ID, session::decode::<M>);
+        self.round_trip::<M, _>(req, &[], timeout, Some(salvage), f)
             .await
     }
 
     /// One call: publish, spin per the wait mode, then await the driver. The
     /// deadline bounds every wait; only the waits that can block carry a
     /// timer.
-    async fn round_trip<M: Method, R>(
+    pub(crate) async fn round_trip<M: Method, R>(
         &self,
         req: &M::Request,
+        blobs: &[BlobHandle],
         timeout: Duration,
         salvage: Option<Salvage>,
-        f: impl FnOnce(&[u8]) -> Result<R, CallError>,
+        f: impl FnOnce(FrameMeta, &[u8]) -> Result<R, CallError>,
     ) -> Result<R, CallError> {
-        let sh = &*self.shared;
         let start = Instant::now();
         let deadline = start + timeout;
+        if blobs.is_empty() && !calls::needs_envelope(M::NAME) {
+            let body = Body::Typed(req);
+            return self
+                .round_trip_body(M::ID, wire::NO_FLAGS, body, start, deadline, salvage, f)
+                .await;
+        }
+        let max = self.max_message();
+        let body = calls::encode_body(req, max)?;
+        let deadline_ns = calls::envelope_deadline(deadline);
+        let payload = calls::enveloped(deadline_ns, M::SCHEMA_HASH, blobs, &body)
+            .map_err(calls::envelope_error)?;
+        let body = Body::<M::Request>::Encoded(&payload);
+        self.round_trip_body(M::ID, wire::ENVELOPE, body, start, deadline, salvage, f)
+            .await
+    }
+
+    /// A call of the bytes method `method`: `payload` is the request's,
+    /// envelope included.
+    pub(crate) async fn round_trip_raw<R>(
+        &self,
+        method: u64,
+        payload: &[u8],
+        timeout: Duration,
+        f: impl FnOnce(FrameMeta, &[u8]) -> Result<R, CallError>,
+    ) -> Result<R, CallError> {
+        let start = Instant::now();
+        let deadline = start + timeout;
+        let body = Body::<()>::Encoded(payload);
+        self.round_trip_body(method, wire::ENVELOPE, body, start, deadline, None, f)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn round_trip_body<T: Wire, R>(
+        &self,
+        method: u64,
+        flags: u16,
+        body: Body<'_, T>,
+        start: Instant,
+        deadline: Instant,
+        salvage: Option<Salvage>,
+        f: impl FnOnce(FrameMeta, &[u8]) -> Result<R, CallError>,
+    ) -> Result<R, CallError> {
+        let sh = &*self.shared;
         sh.session.check()?;
-        let mut reg = self.publish::<M>(req, salvage, start, deadline).await?;
+        let mut reg = self
+            .publish(method, flags, body, salvage, start, deadline)
+            .await?;
         // Spin first (per the wait mode), reading the ring ourselves as the
         // sync client does; then leave the wait to the driver.
         let spin = match sh.opts.wait {
@@ -522,7 +587,7 @@ impl AsyncClient {
         .min(deadline.saturating_duration_since(start));
         let mut f = Some(f);
         if !spin.is_zero() {
-            match spin_for_reply(sh, reg.id, &mut reg.reply, spin, M::ID, &mut f) {
+            match spin_for_reply(sh, reg.id, &mut reg.reply, spin, &mut f) {
                 Spun::Mine(r) => {
                     reg.armed = false;
                     return r;
@@ -531,7 +596,7 @@ impl AsyncClient {
                     reg.armed = false;
                     let (meta, bytes) = r?;
                     let f = f.take().expect("f is used once");
-                    return session::interpret(M::ID, meta, &bytes, f);
+                    return f(meta, &bytes);
                 }
                 Spun::Nothing => {}
             }
@@ -543,14 +608,16 @@ impl AsyncClient {
         reg.armed = false;
         let (meta, bytes) = reply??;
         let f = f.take().expect("f is used once");
-        session::interpret(M::ID, meta, &bytes, f)
+        f(meta, &bytes)
     }
 
     /// Registers the call and publishes its request, waiting (fairly, in FIFO
     /// order) for ring room if needed.
-    async fn publish<M: Method>(
+    async fn publish<T: Wire>(
         &self,
-        req: &M::Request,
+        method: u64,
+        flags: u16,
+        req: Body<'_, T>,
         salvage: Option<Salvage>,
         start: Instant,
         deadline: Instant,
@@ -578,10 +645,11 @@ impl AsyncClient {
         }
         let meta = FrameMeta {
             request_id: id,
-            tag: M::ID,
+            tag: method,
             kind: wire::REQUEST,
-            flags: wire::NO_FLAGS,
+            flags,
         };
+        let req = &req;
         // Fast path: no turn needed when the ring has room and nobody queues.
         // Relaxed: a hint; a sender that misses a fresh waiter only gets ahead
         // of it once.
@@ -634,9 +702,16 @@ impl AsyncClient {
 
     /// Publishes once: `Ok(None)` if sent, `Ok(Some(need))` if the ring has
     /// no room for `need` bytes now.
-    fn try_publish<T: Wire>(&self, meta: FrameMeta, req: &T) -> Result<Option<usize>, CallError> {
+    fn try_publish<T: Wire>(
+        &self,
+        meta: FrameMeta,
+        req: &Body<'_, T>,
+    ) -> Result<Option<usize>, CallError> {
         let sh = &*self.shared;
-        let r = lock(&sh.tx).outbox.try_send(meta, req);
+        let r = match req {
+            Body::Typed(v) => lock(&sh.tx).outbox.try_send(meta, *v),
+            Body::Encoded(b) => lock(&sh.tx).outbox.try_send_encoded(meta, b),
+        };
         match r {
             Ok(()) => {
                 sh.session.wake_server();
@@ -646,6 +721,56 @@ impl AsyncClient {
             Err(SendError::TooLarge { len, max }) => Err(CallError::MessageTooLarge { len, max }),
             Err(SendError::Encode(e)) => Err(CallError::Encode(e)),
             Err(SendError::Ring(e)) => Err(CallError::Malformed(ProtocolError::Ring(e))),
+        }
+    }
+}
+
+impl AsyncClient {
+    /// Sends a provider's answer frame (`meta` names the invocation),
+    /// waiting (in FIFO turn with other senders) for ring room.
+    pub(crate) async fn send_answer(
+        &self,
+        meta: FrameMeta,
+        payload: &[u8],
+    ) -> Result<(), CallError> {
+        let sh = &*self.shared;
+        let start = Instant::now();
+        let deadline = start + sh.opts.timeout;
+        let body = Body::<()>::Encoded(payload);
+        sh.session.check()?;
+        if sh.slow.load(Ordering::Relaxed) == 0 && self.try_publish(meta, &body)?.is_none() {
+            return Ok(());
+        }
+        let slow = async {
+            let _queued = Queued::new(&sh.slow);
+            let _turn = sh.turn.lock().await;
+            loop {
+                let Some(need) = self.try_publish(meta, &body)? else {
+                    return Ok(());
+                };
+                let notified = sh.space.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let armed = Armed::new(sh.session.req.space_waiting());
+                // The SeqCst fence of the doorbell protocol, as in `publish`.
+                StdAtomics::fence(Ordering::SeqCst);
+                let room = lock(&sh.tx)
+                    .outbox
+                    .producer()
+                    .has_room(need)
+                    .unwrap_or(true);
+                if !room && sh.state_error().is_none() {
+                    notified.await;
+                }
+                drop(armed);
+                if let Some(e) = sh.state_error() {
+                    return Err(e);
+                }
+            }
+        };
+        match tokio::time::timeout_at(deadline.into(), slow).await {
+            Ok(r) => r,
+            Err(_) => Err(CallError::Timeout(start.elapsed())),
         }
     }
 }
@@ -690,12 +815,11 @@ enum Spun<R> {
 /// Busy-polls for `spin` for the response to `id`, reading the response ring
 /// itself whenever it holds a frame: its own response is decoded right from
 /// the ring's private copy; others' are handed to their calls.
-fn spin_for_reply<R, F: FnOnce(&[u8]) -> Result<R, CallError>>(
+fn spin_for_reply<R, F: FnOnce(FrameMeta, &[u8]) -> Result<R, CallError>>(
     sh: &Shared,
     id: u64,
     reply_rx: &mut oneshot::Receiver<Reply>,
     spin: Duration,
-    method: u64,
     f: &mut Option<F>,
 ) -> Spun<R> {
     let until = Instant::now() + spin;
@@ -712,11 +836,15 @@ fn spin_for_reply<R, F: FnOnce(&[u8]) -> Result<R, CallError>>(
             let mut mine = None;
             loop {
                 match inbox.try_recv() {
-                    Ok(Some(msg)) if msg.meta.request_id == id && mine.is_none() => {
+                    Ok(Some(msg))
+                        if msg.meta.request_id == id
+                            && mine.is_none()
+                            && !for_provider(&msg.meta) =>
+                    {
                         // Ours: drop the hand-off entry, read in place.
                         lock(&sh.pending).remove(&id);
                         let f = f.take().expect("f is used once");
-                        mine = Some(interpret(method, msg.meta, msg.bytes, f));
+                        mine = Some(f(msg.meta, msg.bytes));
                     }
                     Ok(Some(msg)) => deliver(sh, msg),
                     Ok(None) => break,
@@ -746,6 +874,15 @@ fn spin_for_reply<R, F: FnOnce(&[u8]) -> Result<R, CallError>>(
 /// Hands a response to its call (copying it out of the ring), cleans up
 /// after it if its call was dropped, or drops it if nobody waits for it.
 fn deliver(sh: &Shared, msg: ipc_rpc::Message<'_>) {
+    if for_provider(&msg.meta) {
+        // For the async provider, if one runs (`async_provider.rs`).
+        if let Some(tx) = &*lock(&sh.invocations) {
+            let mut copy = AlignedVec::<16>::with_capacity(msg.bytes.len());
+            copy.extend_from_slice(msg.bytes);
+            let _ = tx.send((msg.meta, copy));
+        }
+        return;
+    }
     let mut pending = lock(&sh.pending);
     match pending.remove(&msg.meta.request_id) {
         Some(Waiter::Call(tx)) => {

@@ -1,19 +1,21 @@
 //! The synchronous client.
 
+use crate::calls;
 use crate::error::ConnectError;
 use crate::options::{CallOptions, ClientOptions};
+use crate::serving::{Invocations, for_provider};
 use crate::session::{self, DEAD, Owner, Salvage, Session, SocketState, lock};
-use ipc_core::doorbell::{Doorbell, EventFd, Futex, WaitMode};
-use ipc_core::ring::{Consumer, FrameMeta, Producer, RingError, RingRegion};
-use ipc_core::sync::StdAtomics;
-use ipc_rpc::blob::{Release, ReleaseBatch};
+use ipc_core::doorbell::{Doorbell, EventFd, Futex, WaitMode, Waker};
+use ipc_core::ring::{Consumer, FrameMeta, Producer, RingError, RingMemory, RingRegion};
+use ipc_core::sync::{Ordering, StdAtomics};
+use ipc_rpc::blob::{BlobHandle, Release, ReleaseBatch};
 use ipc_rpc::idmap::{IdMap, IdSet};
 use ipc_rpc::{CallError, Inbox, Method, Outbox, ProtocolError, SendError, Wire, wire};
 use rkyv::util::AlignedVec;
 use std::fmt;
 use std::marker::PhantomData;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// A connection to the CRADLE server: one session, with its own request and
@@ -51,6 +53,8 @@ pub(crate) struct Inner {
     watcher: Option<std::thread::JoinHandle<()>>,
     /// Written by `Drop` to stop the watcher.
     stop: Arc<EventFd>,
+    /// `INVOKE`/`CANCEL` frames read from the response ring, for a provider.
+    pub(crate) invocations: Invocations,
 }
 
 struct Tx {
@@ -78,9 +82,11 @@ struct Rx {
 const NO_SALVAGE: Option<fn() -> Salvage> = None;
 
 /// Files a response that is not the reader's own: an orphan's is kept for
-/// its clean-up, an abandoned one dropped, any other stashed for its caller.
-/// (The fields of `Rx` but its inbox, which the frame borrows.)
+/// its clean-up, an abandoned one dropped, any other stashed for its caller;
+/// an invocation goes to the provider. (The fields of `Rx` but its inbox,
+/// which the frame borrows.)
 fn file(
+    invocations: &Invocations,
     stash: &mut IdMap<(FrameMeta, AlignedVec<16>)>,
     abandoned: &mut IdSet,
     orphans: &mut IdMap<Salvage>,
@@ -88,6 +94,10 @@ fn file(
     meta: FrameMeta,
     bytes: &[u8],
 ) {
+    if for_provider(&meta) {
+        invocations.push(meta, bytes);
+        return;
+    }
     let id = meta.request_id;
     let copy = || {
         let mut copy = AlignedVec::<16>::with_capacity(bytes.len());
@@ -186,6 +196,7 @@ impl Client {
                 opts,
                 watcher,
                 stop,
+                invocations: Invocations::default(),
             }),
         }
     }
@@ -266,8 +277,13 @@ impl Client {
         req: &M::Request,
         opts: CallOptions,
     ) -> Result<M::Response, CallError> {
-        self.inner
-            .round_trip::<M, _>(req, opts, true, session::decode::<M>)
+        let s = &*self.inner.session;
+        self.inner.round_trip::<M, _>(
+            req,
+            opts,
+            true,
+            calls::plain(s, M::ID, session::decode::<M>),
+        )
     }
 
     /// Like [`call`](Self::call), but fails with [`CallError::RingFull`]
@@ -284,8 +300,10 @@ impl Client {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn try_call<M: Method>(&self, req: &M::Request) -> Result<M::Response, CallError> {
+        let s = &*self.inner.session;
+        let f = calls::plain(s, M::ID, session::decode::<M>);
         self.inner
-            .round_trip::<M, _>(req, self.default_opts(), false, session::decode::<M>)
+            .round_trip::<M, _>(req, self.default_opts(), false, f)
     }
 
     /// Calls `M` and hands the validated, archived response to `f` without
@@ -308,8 +326,9 @@ impl Client {
         opts: CallOptions,
         f: impl FnOnce(&<M::Response as Wire>::Archived) -> R,
     ) -> Result<R, CallError> {
-        self.inner
-            .round_trip::<M, _>(req, opts, true, |b| session::access::<M, R>(b, f))
+        let s = &*self.inner.session;
+        let f = calls::plain(s, M::ID, |b| session::access::<M, R>(b, f));
+        self.inner.round_trip::<M, _>(req, opts, true, f)
     }
 
     /// Sends a request without waiting for its response: for pipelining.
@@ -329,7 +348,9 @@ impl Client {
     pub fn send<M: Method>(&self, req: &M::Request) -> Result<Pending<'_, M>, CallError> {
         let opts = self.default_opts();
         let deadline = Instant::now() + opts.timeout;
-        let id = self.inner.submit::<M>(req, deadline, opts.wait, true)?;
+        let id = self
+            .inner
+            .submit::<M>(req, &[], deadline, opts.wait, true)?;
         Ok(Pending {
             client: self,
             id,
@@ -360,7 +381,7 @@ impl Owner for Inner {
         // the server is gone, so are the leases.
         let opts = self.opts;
         if let Ok(id) =
-            self.submit::<Release>(&batch, Instant::now() + opts.timeout, opts.wait, true)
+            self.submit::<Release>(&batch, &[], Instant::now() + opts.timeout, opts.wait, true)
         {
             self.abandon(id);
         }
@@ -373,13 +394,49 @@ impl Inner {
         req: &M::Request,
         opts: CallOptions,
         block: bool,
-        f: impl FnOnce(&[u8]) -> Result<R, CallError>,
+        f: impl FnOnce(FrameMeta, &[u8]) -> Result<R, CallError>,
+    ) -> Result<R, CallError> {
+        self.round_trip_blobs::<M, R>(req, &[], opts, block, f)
+    }
+
+    /// A call of `M` that passes `blobs` with its request; `f` reads the
+    /// answer frame.
+    pub(crate) fn round_trip_blobs<M: Method, R>(
+        &self,
+        req: &M::Request,
+        blobs: &[BlobHandle],
+        opts: CallOptions,
+        block: bool,
+        f: impl FnOnce(FrameMeta, &[u8]) -> Result<R, CallError>,
     ) -> Result<R, CallError> {
         let start = Instant::now();
         let deadline = start + opts.timeout;
-        let id = self.submit::<M>(req, deadline, opts.wait, block)?;
-        self.receive(M::ID, id, start, deadline, opts.wait, NO_SALVAGE, f)
+        let id = self.submit::<M>(req, blobs, deadline, opts.wait, block)?;
+        self.receive(id, start, deadline, opts.wait, NO_SALVAGE, f)
             .map_err(session::name_unknown::<M>)
+    }
+
+    /// A call of the bytes method `method`: `payload` is the request frame's
+    /// payload, envelope included; `f` reads the answer frame.
+    pub(crate) fn round_trip_raw<R>(
+        &self,
+        method: u64,
+        payload: &[u8],
+        opts: CallOptions,
+        f: impl FnOnce(FrameMeta, &[u8]) -> Result<R, CallError>,
+    ) -> Result<R, CallError> {
+        let start = Instant::now();
+        let deadline = start + opts.timeout;
+        let meta = FrameMeta {
+            request_id: 0,
+            tag: method,
+            kind: wire::REQUEST,
+            flags: wire::ENVELOPE,
+        };
+        let id = self.submit_frame(meta, None, deadline, opts.wait, true, |out, meta| {
+            out.try_send_encoded(meta, payload)
+        })?;
+        self.receive(id, start, deadline, opts.wait, NO_SALVAGE, f)
     }
 
     /// Calls `M`; if the call times out after the request went out,
@@ -393,17 +450,10 @@ impl Inner {
     ) -> Result<M::Response, CallError> {
         let start = Instant::now();
         let deadline = start + opts.timeout;
-        let id = self.submit::<M>(req, deadline, opts.wait, true)?;
+        let id = self.submit::<M>(req, &[], deadline, opts.wait, true)?;
         let s = Some(salvage);
-        self.receive(
-            M::ID,
-            id,
-            start,
-            deadline,
-            opts.wait,
-            s,
-            session::decode::<M>,
-        )
+        let f = calls::plain(&self.session, M::ID, session::decode::<M>);
+        self.receive(id, start, deadline, opts.wait, s, f)
     }
 
     /// Discards the response to `id` when it arrives.
@@ -414,27 +464,66 @@ impl Inner {
         }
     }
 
-    /// Publishes one request; returns its id.
+    /// Publishes one request of `M`, passing `blobs` with it; returns its
+    /// id. The request carries an envelope if `M` is not the server's own
+    /// or `blobs` is not empty (`calls.rs`).
     fn submit<M: Method>(
         &self,
         req: &M::Request,
+        blobs: &[BlobHandle],
         deadline: Instant,
         wait: WaitMode,
         block: bool,
     ) -> Result<u64, CallError> {
-        let session = &*self.session;
-        session.check()?;
-        let mut tx = lock(&self.tx);
-        let id = tx.next_id;
-        tx.next_id += 1;
-        let meta = FrameMeta {
-            request_id: id,
+        let mut meta = FrameMeta {
+            request_id: 0,
             tag: M::ID,
             kind: wire::REQUEST,
             flags: wire::NO_FLAGS,
         };
+        if blobs.is_empty() && !calls::needs_envelope(M::NAME) {
+            return self.submit_frame(meta, None, deadline, wait, block, |out, meta| {
+                out.try_send(meta, req)
+            });
+        }
+        meta.flags = wire::ENVELOPE;
+        let max = self.session_max_payload();
+        let body = calls::encode_body(req, max)?;
+        let deadline_ns = calls::envelope_deadline(deadline);
+        let payload = calls::enveloped(deadline_ns, M::SCHEMA_HASH, blobs, &body)
+            .map_err(calls::envelope_error)?;
+        self.submit_frame(meta, None, deadline, wait, block, |out, meta| {
+            out.try_send_encoded(meta, &payload)
+        })
+    }
+
+    /// The largest payload of one frame.
+    fn session_max_payload(&self) -> usize {
+        ipc_core::ring::max_payload_len(self.session.welcome.ring_capacity as usize)
+    }
+
+    /// Publishes one frame with `meta` (its `request_id` is `id`, or the
+    /// next request id); `send` writes it. Waits for ring room if `block`.
+    pub(crate) fn submit_frame(
+        &self,
+        mut meta: FrameMeta,
+        id: Option<u64>,
+        deadline: Instant,
+        wait: WaitMode,
+        block: bool,
+        mut send: impl FnMut(&mut Outbox<RingRegion>, FrameMeta) -> Result<(), SendError>,
+    ) -> Result<u64, CallError> {
+        let session = &*self.session;
+        session.check()?;
+        let mut tx = lock(&self.tx);
+        let id = id.unwrap_or_else(|| {
+            let id = tx.next_id;
+            tx.next_id += 1;
+            id
+        });
+        meta.request_id = id;
         loop {
-            match tx.outbox.try_send(meta, req) {
+            match send(&mut tx.outbox, meta) {
                 Ok(()) => {
                     session.wake_server();
                     return Ok(id);
@@ -484,6 +573,7 @@ impl Inner {
         let rx = &mut *rx;
         while let Ok(Some(msg)) = rx.inbox.try_recv() {
             file(
+                &self.invocations,
                 &mut rx.stash,
                 &mut rx.abandoned,
                 &mut rx.orphans,
@@ -498,19 +588,17 @@ impl Inner {
     /// Waits for the response to request `id`; on a timeout, `salvage` (if
     /// any) will clean up after the late response. Then cleans up after the
     /// orphans' responses it read.
-    #[allow(clippy::too_many_arguments)]
     fn receive<R>(
         &self,
-        method: u64,
         id: u64,
         start: Instant,
         deadline: Instant,
         wait: WaitMode,
         salvage: Option<impl FnOnce() -> Salvage>,
-        f: impl FnOnce(&[u8]) -> Result<R, CallError>,
+        f: impl FnOnce(FrameMeta, &[u8]) -> Result<R, CallError>,
     ) -> Result<R, CallError> {
-        let mut rx = lock(&self.rx);
-        let r = self.receive_locked(&mut rx, method, id, start, deadline, wait, salvage, f);
+        let mut rx = self.lock_rx();
+        let r = self.receive_locked(&mut rx, id, start, deadline, wait, salvage, f);
         if rx.salvaged.is_empty() {
             return r;
         }
@@ -526,13 +614,12 @@ impl Inner {
     fn receive_locked<R>(
         &self,
         rx: &mut Rx,
-        method: u64,
         id: u64,
         start: Instant,
         deadline: Instant,
         wait: WaitMode,
         salvage: Option<impl FnOnce() -> Salvage>,
-        f: impl FnOnce(&[u8]) -> Result<R, CallError>,
+        f: impl FnOnce(FrameMeta, &[u8]) -> Result<R, CallError>,
     ) -> Result<R, CallError> {
         let session = &*self.session;
         loop {
@@ -544,11 +631,11 @@ impl Inner {
             if !rx.stash.is_empty()
                 && let Some((meta, bytes)) = rx.stash.remove(&id)
             {
-                return session::interpret(method, meta, &bytes, f);
+                return f(meta, &bytes);
             }
             match rx.inbox.try_recv() {
-                Ok(Some(msg)) if msg.meta.request_id == id => {
-                    let r = session::interpret(method, msg.meta, msg.bytes, f);
+                Ok(Some(msg)) if msg.meta.request_id == id && !for_provider(&msg.meta) => {
+                    let r = f(msg.meta, msg.bytes);
                     let cap = session.welcome.ring_capacity as u64;
                     if rx.inbox.consumer().unreleased() > cap / 4 {
                         rx.inbox.consumer().release_and_notify(&session.bell);
@@ -556,6 +643,7 @@ impl Inner {
                     return r;
                 }
                 Ok(Some(msg)) => file(
+                    &self.invocations,
                     &mut rx.stash,
                     &mut rx.abandoned,
                     &mut rx.orphans,
@@ -595,6 +683,143 @@ impl Inner {
                 }
             }
         }
+    }
+}
+
+// ---- provided methods: the ring shared with provider threads ----------
+
+impl Inner {
+    /// Locks the response ring. While a provider runs, a provider thread
+    /// may sleep holding the lock: a thread that finds it taken counts
+    /// itself a contender and wakes the sleeper, which lets go.
+    fn lock_rx(&self) -> MutexGuard<'_, Rx> {
+        if self.invocations.active() {
+            match self.rx.try_lock() {
+                Ok(g) => return g,
+                Err(std::sync::TryLockError::Poisoned(p)) => return p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+            let _c = self.invocations.contend();
+            self.nudge();
+            return lock(&self.rx);
+        }
+        lock(&self.rx)
+    }
+
+    /// Wakes whichever thread sleeps on the response ring's futex (it
+    /// re-runs its poll).
+    pub(crate) fn nudge(&self) {
+        let seq = self.session.resp.data_seq();
+        // Release: pairs with the Acquire load of `seq` in the sleeper's
+        // `Doorbell::wait`, as in `Session::set_state`; the increment keeps a
+        // sleeper about to call `futex_wait` from going to sleep.
+        seq.fetch_add(1, Ordering::Release);
+        Waker::<StdAtomics>::wake(&Futex, seq);
+    }
+
+    /// For provider threads: the next invocation (an `INVOKE` frame), read
+    /// from the response ring by this thread if no other reads it. `None`
+    /// once `stop()` holds or `until` has passed.
+    pub(crate) fn next_invocation(
+        &self,
+        until: Instant,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Option<(FrameMeta, AlignedVec<16>)>, CallError> {
+        let inv = &self.invocations;
+        loop {
+            if let Some(frame) = inv.pop() {
+                return Ok(Some(frame));
+            }
+            if stop() || Instant::now() >= until {
+                return Ok(None);
+            }
+            self.session.check()?;
+            let mut guard = match self.rx.try_lock() {
+                Ok(g) => g,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    // Another thread reads the ring and files invocations.
+                    inv.wait(Duration::from_micros(200));
+                    continue;
+                }
+            };
+            let rx = &mut *guard;
+            if let Some(e) = &rx.broken {
+                return Err(CallError::Malformed(ProtocolError::Ring(e.clone())));
+            }
+            let mut got = false;
+            loop {
+                match rx.inbox.try_recv() {
+                    Ok(Some(msg)) => {
+                        got = true;
+                        file(
+                            &self.invocations,
+                            &mut rx.stash,
+                            &mut rx.abandoned,
+                            &mut rx.orphans,
+                            &mut rx.salvaged,
+                            msg.meta,
+                            msg.bytes,
+                        );
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        rx.broken = Some(e.clone());
+                        return Err(CallError::Malformed(ProtocolError::Ring(e)));
+                    }
+                }
+            }
+            if got || inv.contended() || !rx.salvaged.is_empty() {
+                rx.inbox.consumer().release_and_notify(&self.session.bell);
+                let salvaged = std::mem::take(&mut rx.salvaged);
+                drop(guard);
+                for (s, meta, bytes) in salvaged {
+                    s(self, meta, &bytes);
+                }
+                if inv.contended() {
+                    // Let the contender in: it reads the ring meanwhile.
+                    inv.wait(Duration::from_micros(200));
+                }
+                continue;
+            }
+            let session = &*self.session;
+            let consumer = rx.inbox.consumer();
+            consumer.release_and_notify(&session.bell);
+            let (seq, waiting) = consumer.data_bell_words();
+            let bell = Doorbell::<StdAtomics>::new(seq, waiting);
+            let poll = || {
+                (consumer.has_frame()
+                    || session.state_error().is_some()
+                    || inv.contended()
+                    || stop())
+                .then_some(())
+            };
+            // Bounded, so that a stop nobody signals is still seen.
+            let slice = until.min(Instant::now() + Duration::from_millis(50));
+            let _ = bell.wait(poll, &Futex, self.opts.wait, Some(slice));
+        }
+    }
+
+    /// Sends a provider's answer to invocation `id` of `method`.
+    pub(crate) fn send_answer(
+        &self,
+        id: u64,
+        method: u64,
+        kind: u16,
+        flags: u16,
+        payload: &[u8],
+    ) -> Result<(), CallError> {
+        let meta = FrameMeta {
+            request_id: id,
+            tag: method,
+            kind,
+            flags,
+        };
+        let deadline = Instant::now() + self.opts.timeout;
+        self.submit_frame(meta, Some(id), deadline, self.opts.wait, true, |out, m| {
+            out.try_send_encoded(m, payload)
+        })
+        .map(|_| ())
     }
 }
 
@@ -706,9 +931,10 @@ impl<M: Method> Pending<'_, M> {
         self.client.inner.session.check()?;
         self.done = true;
         let deadline = start + opts.timeout;
+        let f = calls::plain(&self.client.inner.session, M::ID, f);
         self.client
             .inner
-            .receive(M::ID, self.id, start, deadline, opts.wait, NO_SALVAGE, f)
+            .receive(self.id, start, deadline, opts.wait, NO_SALVAGE, f)
             .map_err(session::name_unknown::<M>)
     }
 }

@@ -299,6 +299,13 @@ pub enum BlobError {
         /// The segment's length.
         segment_len: usize,
     },
+    /// A call passes more blobs than one envelope lists.
+    TooManyBlobs {
+        /// Blobs passed.
+        count: usize,
+        /// Most one call may pass.
+        max: usize,
+    },
 }
 
 impl BlobError {
@@ -360,6 +367,10 @@ impl fmt::Display for BlobError {
             } => write!(
                 f,
                 "{handle} lies outside its segment of {segment_len} bytes; {BUG}"
+            ),
+            Self::TooManyBlobs { count, max } => write!(
+                f,
+                "a call passes at most {max} blobs, not {count}; pass the rest in several calls or list their handles in the request"
             ),
         }
     }

@@ -58,30 +58,45 @@
 
 // Files, bottom to top (each uses only those above it):
 // `fork`, `error`, `options` -> `session` (the core) -> `blob` (blob values)
-// -> `client` -> `client_blobs` (the sync client) and `async_client` ->
-// `async_blobs` (the tokio client).
+// -> `calls`, `serving` (provided methods: caller and provider cores) ->
+// `client` -> `client_blobs`, `client_calls`, `provider` (the sync client)
+// and `async_client` -> `async_blobs`, `async_calls`, `async_provider`
+// (the tokio client).
 #[cfg(feature = "tokio")]
 mod async_blobs;
 #[cfg(feature = "tokio")]
+mod async_calls;
+#[cfg(feature = "tokio")]
 mod async_client;
+#[cfg(feature = "tokio")]
+mod async_provider;
 mod blob;
+mod calls;
 mod client;
 mod client_blobs;
+mod client_calls;
 mod error;
 mod fork;
 mod options;
+mod provider;
+mod serving;
 mod session;
 
 #[cfg(feature = "tokio")]
 pub use async_blobs::{AsyncBlobWriter, AsyncCache};
 #[cfg(feature = "tokio")]
 pub use async_client::AsyncClient;
+#[cfg(feature = "tokio")]
+pub use async_provider::{AsyncCall, AsyncProvider, AsyncStopper};
 pub use blob::{Blob, BlobRef, SMALL_BLOB_MAX};
 pub use client::{Client, Pending};
 pub use client_blobs::{BlobWriter, Cache};
 pub use error::{BlobError, ConnectError, HandshakeError};
 pub use ipc_core::doorbell::WaitMode;
 pub use ipc_rpc::blob::{BlobHandle, BlobStats};
+pub use ipc_rpc::provide::{MethodInfo, Origin, ProviderInfo};
 pub use ipc_rpc::{CallError, ErrorCode, Method, ProtocolError};
 pub use options::{CallOptions, ClientOptions, DEFAULT_TIMEOUT};
+pub use provider::{Call, Provider, ServeReport, Stopper};
+pub use serving::HandlerError;
 pub use session::{CONNECT_TIMEOUT, default_socket_path};

@@ -650,6 +650,12 @@ impl Session {
         Segment::open(fd, &expect).map_err(|source| BlobError::Map { segment, source })
     }
 
+    /// Queues the release of a lease the server granted us (a result blob
+    /// nobody adopts); it goes with the next batch.
+    pub(crate) fn queue_lease(&self, id: u64) {
+        lock(&self.blobs.pending).leases.push(id);
+    }
+
     /// Takes every queued release (for `flush`).
     pub(crate) fn take_releases(&self) -> ReleaseBatch {
         std::mem::take(&mut *lock(&self.blobs.pending))

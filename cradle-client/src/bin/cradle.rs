@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+#[path = "cradle/provided.rs"]
+mod provided;
+
 /// Talk to the per-user CRADLE server (shared-memory RPC, memory and disk
 /// caches). The server must be running: start it with `cradle-server`.
 #[derive(Parser, Debug)]
@@ -102,6 +105,30 @@ enum Command {
         /// The cache key.
         key: String,
     },
+    /// List the methods the server answers: its own (builtin), those
+    /// compiled into it, and those client processes provide, with one line
+    /// per provider (pid, calls in flight / concurrency, served, errors,
+    /// median latency).
+    Methods,
+    /// Call a bytes method by name (a method a client process provides,
+    /// whose request and response are plain bytes) and print the response
+    /// as hex, then the blobs it passed back.
+    Call {
+        /// The method: NAME or NAME@VERSION (version 1 by default).
+        method: String,
+        /// The request body as hex digits (e.g. `68656c6c6f`).
+        #[arg(long, value_name = "HEX", conflicts_with = "stdin")]
+        raw_hex: Option<String>,
+        /// Read the request body from standard input.
+        #[arg(long)]
+        stdin: bool,
+        /// Deadline of the call, in seconds (the server and the provider see it).
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
+        /// Write the response body to stdout as is (no hex, no blob lines).
+        #[arg(long, conflicts_with = "json")]
+        raw: bool,
+    },
     /// Print a completion script for SHELL on stdout, e.g.
     /// `cradle completions bash > ~/.local/share/bash-completion/completions/cradle`.
     Completions {
@@ -127,6 +154,8 @@ impl Command {
         match self {
             Self::Put { key, .. } | Self::Get { key, .. } | Self::Rm { key } => Some(key),
             Self::Ping { .. }
+            | Self::Methods
+            | Self::Call { .. }
             | Self::Stats
             | Self::Ls { .. }
             | Self::Completions { .. }
@@ -264,6 +293,32 @@ fn main() -> ExitCode {
         Command::Ls { prefix } => {
             ls(&client, prefix.as_deref().unwrap_or("")).and_then(|r| emit(&r, json))
         }
+        Command::Methods => provided::methods(&client).and_then(|r| emit(&r, json)),
+        Command::Call {
+            method,
+            raw_hex,
+            stdin,
+            timeout,
+            raw,
+        } => provided::call(
+            &client,
+            provided::CallArgs {
+                target: method,
+                raw_hex,
+                stdin,
+                timeout,
+                raw,
+            },
+        )
+        .and_then(|r| match r.raw_body() {
+            Some(b) => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(b)
+                    .and_then(|()| out.flush())
+                    .map_err(|e| format!("writing stdout: {e}"))
+            }
+            None => emit(&r, json),
+        }),
         Command::Completions { .. } | Command::Man => Ok(()),
     };
     match result {

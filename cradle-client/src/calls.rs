@@ -1,0 +1,219 @@
+//! The caller's side of provided methods (docs/architecture.md "Provided
+//! methods"), shared by both clients: the envelope a request carries (its
+//! deadline, the method's schema hash, the blobs passed with the call) and
+//! the reading of an answer that may list result blobs.
+//!
+//! A request gets an envelope when its method is not the server's own
+//! (`cradle.*`) or when it passes blobs; calls of `cradle.*` methods are
+//! sent exactly as before, with no envelope and no extra copy.
+
+use crate::session::{self, Session};
+use ipc_core::ring::FrameMeta;
+use ipc_rpc::blob::BlobHandle;
+use ipc_rpc::provide::RESERVED_PREFIX;
+use ipc_rpc::rkyv::rancor::Source;
+use ipc_rpc::rkyv::ser::allocator::Arena;
+use ipc_rpc::wire::{self, EnvelopeError};
+use ipc_rpc::{CallError, ProtocolError, SendError, Wire};
+use rkyv::util::AlignedVec;
+use std::cell::RefCell;
+use std::time::Instant;
+
+/// The handles of `blobs`, checked against the envelope's limit.
+pub(crate) fn handles(blobs: &[&BlobHandle]) -> Result<Vec<BlobHandle>, crate::error::BlobError> {
+    if blobs.len() > wire::MAX_ENVELOPE_BLOBS {
+        return Err(crate::error::BlobError::TooManyBlobs {
+            count: blobs.len(),
+            max: wire::MAX_ENVELOPE_BLOBS,
+        });
+    }
+    Ok(blobs.iter().map(|h| **h).collect())
+}
+
+/// Whether a call of the method named `name` carries an envelope even
+/// without blobs: every method but the server's own.
+pub(crate) fn needs_envelope(name: &str) -> bool {
+    !name.starts_with(RESERVED_PREFIX)
+}
+
+/// The envelope deadline (`CLOCK_MONOTONIC` ns) of a call that waits until
+/// `deadline`.
+pub(crate) fn envelope_deadline(deadline: Instant) -> u64 {
+    wire::deadline_after(deadline.saturating_duration_since(Instant::now()))
+}
+
+thread_local! {
+    /// Scratch space for encoding enveloped bodies: reused, so a stream of
+    /// calls allocates no scratch.
+    static ARENA: RefCell<Arena> = RefCell::new(Arena::new());
+}
+
+/// Encodes `value` into an owned, aligned buffer of at most `max` bytes.
+pub(crate) fn encode_body<T: Wire>(value: &T, max: usize) -> Result<AlignedVec<16>, CallError> {
+    ARENA
+        .with(|a| ipc_rpc::encode_to_vec(value, &mut a.borrow_mut(), max))
+        .map_err(send_error)
+}
+
+/// A send error as the call's error.
+pub(crate) fn send_error(e: SendError) -> CallError {
+    match e {
+        SendError::TooLarge { len, max } => CallError::MessageTooLarge { len, max },
+        SendError::Encode(e) => CallError::Encode(e),
+        SendError::Ring(e) => CallError::Malformed(ProtocolError::Ring(e)),
+        SendError::Full { .. } => CallError::RingFull,
+    }
+}
+
+/// The payload of a frame with an envelope: the envelope, then `body` at
+/// its aligned offset.
+pub(crate) fn enveloped(
+    deadline_ns: u64,
+    schema_hash: u64,
+    blobs: &[BlobHandle],
+    body: &[u8],
+) -> Result<AlignedVec<16>, EnvelopeError> {
+    let at = wire::body_offset(blobs.len());
+    let mut out = AlignedVec::<16>::with_capacity(at + body.len());
+    out.resize(at, 0);
+    wire::write_envelope(&mut out, deadline_ns, schema_hash, blobs)?;
+    out.extend_from_slice(body);
+    Ok(out)
+}
+
+/// An envelope that cannot be written (too many blobs) as the call's error.
+pub(crate) fn envelope_error(e: EnvelopeError) -> CallError {
+    CallError::Encode(ipc_rpc::codec::CodecError::new(e))
+}
+
+/// A malformed envelope in an answer to method `method`.
+fn bad_envelope(method: u64, e: EnvelopeError) -> CallError {
+    CallError::Malformed(ProtocolError::Decode {
+        method,
+        source: ipc_rpc::codec::CodecError::new(e),
+    })
+}
+
+/// Splits an answer's payload: its body, and the result blobs its envelope
+/// lists (leased to us by the server).
+pub(crate) fn split_answer(
+    method: u64,
+    meta: FrameMeta,
+    bytes: &[u8],
+) -> Result<(&[u8], Vec<BlobHandle>), CallError> {
+    if meta.flags & wire::ENVELOPE == 0 {
+        return Ok((bytes, Vec::new()));
+    }
+    let (head, body) = wire::split_envelope(bytes).map_err(|e| bad_envelope(method, e))?;
+    Ok((body, head.blobs().collect()))
+}
+
+/// Reads the answer to a call of `method` whose caller takes no blobs:
+/// `f` gets the body; result blobs the answer lists are given back (queued
+/// with the session's releases), so nothing leaks.
+pub(crate) fn plain<'a, R>(
+    session: &'a Session,
+    method: u64,
+    f: impl FnOnce(&[u8]) -> Result<R, CallError> + 'a,
+) -> impl FnOnce(FrameMeta, &[u8]) -> Result<R, CallError> + 'a {
+    move |meta: FrameMeta, bytes: &[u8]| {
+        if meta.flags & wire::ENVELOPE == 0 || meta.kind != wire::RESPONSE {
+            return session::interpret(method, meta, bytes, f);
+        }
+        let (body, blobs) = split_answer(method, meta, bytes)?;
+        for h in &blobs {
+            session.queue_lease(h.id);
+        }
+        session::interpret(method, meta, body, f)
+    }
+}
+
+/// Reads the answer to a call of `method` that takes result blobs: `f` gets
+/// the body, and the listed handles come with its result (each carries a
+/// lease the caller must adopt or give back).
+pub(crate) fn with_blobs<'a, R>(
+    session: &'a Session,
+    method: u64,
+    f: impl FnOnce(&[u8]) -> Result<R, CallError> + 'a,
+) -> impl FnOnce(FrameMeta, &[u8]) -> Result<(R, Vec<BlobHandle>), CallError> + 'a {
+    move |meta: FrameMeta, bytes: &[u8]| {
+        if meta.kind != wire::RESPONSE {
+            return session::interpret(method, meta, bytes, |_| unreachable_body());
+        }
+        let (body, blobs) = split_answer(method, meta, bytes)?;
+        match session::interpret(method, meta, body, f) {
+            Ok(r) => Ok((r, blobs)),
+            Err(e) => {
+                for h in &blobs {
+                    session.queue_lease(h.id);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// `interpret` calls its body reader for `RESPONSE` frames only.
+fn unreachable_body<R>() -> Result<R, CallError> {
+    Err(CallError::Malformed(ProtocolError::FrameKind(
+        wire::RESPONSE,
+    )))
+}
+
+/// An `UnknownMethod` answer to a call by name says which name.
+pub(crate) fn name_unknown(e: CallError, name: &str, version: u32, id: u64) -> CallError {
+    match e {
+        CallError::Remote {
+            code: ipc_rpc::ErrorCode::UnknownMethod,
+            ..
+        } => CallError::Remote {
+            code: ipc_rpc::ErrorCode::UnknownMethod,
+            message: format!(
+                "this server has no method {name} (version {version}, id {id:#018x}): no \
+                 provider offers it now (see `cradle methods`)"
+            ),
+        },
+        e => e,
+    }
+}
+
+/// The body of a bytes method's answer, as is.
+pub(crate) fn raw_body(b: &[u8]) -> Result<Vec<u8>, CallError> {
+    Ok(b.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_servers_own_methods_go_without_an_envelope() {
+        assert!(!needs_envelope("cradle.ping"));
+        assert!(!needs_envelope("cradle.blob.map_segment"));
+        assert!(needs_envelope("demo.checksum"));
+        assert!(needs_envelope("cradlex.ping"));
+    }
+
+    #[test]
+    fn an_enveloped_payload_splits_back() {
+        let h = BlobHandle {
+            epoch: 1,
+            id: 2,
+            segment: 3,
+            offset: 4096,
+            len: 5,
+        };
+        let p = enveloped(7, 9, &[h], b"body").unwrap();
+        let meta = FrameMeta {
+            request_id: 1,
+            tag: 5,
+            kind: wire::RESPONSE,
+            flags: wire::ENVELOPE,
+        };
+        let (body, blobs) = split_answer(5, meta, &p).unwrap();
+        assert_eq!(body, b"body");
+        assert_eq!(blobs, [h]);
+        let err = split_answer(5, meta, &p[..10]).unwrap_err();
+        assert!(matches!(err, CallError::Malformed(_)), "{err:?}");
+    }
+}

@@ -1,0 +1,690 @@
+//! The synchronous provider: a process offers methods through its
+//! [`Client`]; the server routes other clients' calls of them to it
+//! (docs/architecture.md "Provided methods").
+//!
+//! ```no_run
+//! use cradle_client::{Client, HandlerError};
+//!
+//! let client = Client::connect_default()?;
+//! client
+//!     .provider()
+//!     .concurrency(4)
+//!     .serve_bytes("demo.checksum", 1, |_call, body| {
+//!         let sum = body.iter().fold(0u32, |a, &b| a.rotate_left(5) ^ u32::from(b));
+//!         Ok::<_, HandlerError>(sum.to_le_bytes().to_vec())
+//!     })
+//!     .idempotent()
+//!     .run()?; // until stopped (see `Provider::stopper`) or the server goes
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! `run` registers every method, then `concurrency` threads (this one and
+//! `concurrency - 1` more) each take an invocation, run its handler and
+//! send the answer. Whichever thread waits reads the session's response
+//! ring: answers to the handlers' own calls (creating result blobs, mapping
+//! segments) go to their callers, invocations to the provider threads.
+
+use crate::blob::{Blob, BlobRef};
+use crate::calls;
+use crate::client::Client;
+use crate::serving::{
+    Answer, HandlerError, Invocation, Invocations, bytes_offer, not_served, offer_of,
+};
+use ipc_core::sync::{AtomicBool, AtomicU64, Ordering};
+use ipc_rpc::blob::BlobHandle;
+use ipc_rpc::provide::{Offer, Register, Unregister};
+use ipc_rpc::{CallError, ErrorCode, Method, Wire, wire};
+use rkyv::util::AlignedVec;
+use std::collections::HashMap;
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Most calls one provider serves at once (threads it runs).
+const MAX_CONCURRENCY: u32 = 1024;
+
+/// A handler's answer body.
+pub(crate) enum Out {
+    /// An rkyv archive.
+    Aligned(AlignedVec<16>),
+    /// Bytes of a bytes method.
+    Plain(Vec<u8>),
+}
+
+impl Out {
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Aligned(v) => v,
+            Self::Plain(v) => v,
+        }
+    }
+}
+
+type Handler<'p> =
+    Box<dyn Fn(&mut Call<'_>, &[u8]) -> Result<Out, HandlerError> + Send + Sync + 'p>;
+
+struct Entry<'p> {
+    offer: Offer,
+    handler: Handler<'p>,
+}
+
+/// Decodes `M`'s request from an invocation's body.
+pub(crate) fn decode_request<M: Method>(body: &[u8]) -> Result<M::Request, HandlerError> {
+    <M::Request as Wire>::decode(body).map_err(|e| {
+        HandlerError::new(
+            ErrorCode::Malformed,
+            format!("the request is not a {} request: {e}", M::NAME),
+        )
+    })
+}
+
+/// Encodes `M`'s response, at most `max` bytes.
+pub(crate) fn encode_response<M: Method>(
+    resp: &M::Response,
+    max: usize,
+) -> Result<Out, HandlerError> {
+    calls::encode_body(resp, max)
+        .map(Out::Aligned)
+        .map_err(|e| {
+            let code = match e {
+                CallError::MessageTooLarge { .. } => ErrorCode::ResponseTooLarge,
+                _ => ErrorCode::Handler,
+            };
+            HandlerError::new(code, format!("the response of {} cannot go: {e}", M::NAME))
+        })
+}
+
+/// A result blob a handler attached: kept alive until its answer is sent.
+pub(crate) enum Held {
+    Blob(Blob),
+    Ref(BlobRef),
+}
+
+impl Held {
+    pub(crate) fn handle(&self) -> &BlobHandle {
+        match self {
+            Self::Blob(b) => b.handle(),
+            Self::Ref(r) => r.handle(),
+        }
+    }
+}
+
+/// What a served call's handler gets besides its request: the blobs passed
+/// with the call, the client (to create result blobs, or make calls of its
+/// own), and where to attach result blobs.
+///
+/// ```no_run
+/// use cradle_client::{Call, HandlerError};
+///
+/// // A handler of a bytes method that returns the reversed argument blob.
+/// fn reverse(call: &mut Call<'_>, _body: &[u8]) -> Result<Vec<u8>, HandlerError> {
+///     let arg = call.blobs().first().ok_or("pass one blob")?;
+///     let mut w = call.client().create(arg.len())?;
+///     let reversed: Vec<u8> = arg.iter().rev().copied().collect();
+///     w.write_at(0, &reversed);
+///     let out = w.seal()?;
+///     call.attach(out);
+///     Ok(Vec::new())
+/// }
+/// ```
+pub struct Call<'a> {
+    client: &'a Client,
+    invocations: &'a Invocations,
+    id: u64,
+    method: u64,
+    deadline_ns: u64,
+    blobs: Vec<BlobRef>,
+    results: Vec<Held>,
+}
+
+impl fmt::Debug for Call<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Call")
+            .field("id", &self.id)
+            .field("method", &self.method)
+            .field("blobs", &self.blobs.len())
+            .finish()
+    }
+}
+
+impl<'a> Call<'a> {
+    /// The client the provider runs on: create result blobs with it, or
+    /// call other methods.
+    ///
+    /// ```no_run
+    /// # fn h(call: &mut cradle_client::Call<'_>) -> Result<(), cradle_client::HandlerError> {
+    /// let w = call.client().create(16)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn client(&self) -> &'a Client {
+        self.client
+    }
+
+    /// The blobs the caller passed with the call, mapped (no copy).
+    ///
+    /// ```no_run
+    /// # fn h(call: &mut cradle_client::Call<'_>) {
+    /// let total: usize = call.blobs().iter().map(|b| b.len()).sum();
+    /// # }
+    /// ```
+    pub fn blobs(&self) -> &[BlobRef] {
+        &self.blobs
+    }
+
+    /// Takes the blobs passed with the call (to keep them past the call).
+    ///
+    /// ```no_run
+    /// # fn h(call: &mut cradle_client::Call<'_>) {
+    /// let kept: Vec<cradle_client::BlobRef> = call.take_blobs();
+    /// # }
+    /// ```
+    pub fn take_blobs(&mut self) -> Vec<BlobRef> {
+        std::mem::take(&mut self.blobs)
+    }
+
+    /// Passes `blob` back with the answer: the server leases it to the
+    /// caller, who gets it as a [`BlobRef`] (no copy). Our own lease goes
+    /// once the answer is sent.
+    ///
+    /// ```no_run
+    /// # fn h(call: &mut cradle_client::Call<'_>) -> Result<(), cradle_client::HandlerError> {
+    /// let mut w = call.client().create(2)?;
+    /// w.write_at(0, b"ok");
+    /// let blob = w.seal()?;
+    /// call.attach(blob);
+    /// # Ok(()) }
+    /// ```
+    pub fn attach(&mut self, blob: Blob) {
+        self.results.push(Held::Blob(blob));
+    }
+
+    /// Passes a blob we read (one passed with the call, a cache entry) back
+    /// with the answer.
+    ///
+    /// ```no_run
+    /// # fn h(call: &mut cradle_client::Call<'_>) {
+    /// // Echo the first argument blob back.
+    /// if let Some(b) = call.take_blobs().into_iter().next() {
+    ///     call.attach_ref(b);
+    /// }
+    /// # }
+    /// ```
+    pub fn attach_ref(&mut self, blob: BlobRef) {
+        self.results.push(Held::Ref(blob));
+    }
+
+    /// Time left before the caller's deadline (`None`: no deadline).
+    ///
+    /// ```no_run
+    /// # fn h(call: &mut cradle_client::Call<'_>) -> Result<(), cradle_client::HandlerError> {
+    /// if call.time_left().is_some_and(|t| t.as_millis() < 5) {
+    ///     return Err("not enough time left".into());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn time_left(&self) -> Option<Duration> {
+        (self.deadline_ns != 0)
+            .then(|| Duration::from_nanos(self.deadline_ns.saturating_sub(wire::monotonic_ns())))
+    }
+
+    /// Whether the server said nobody waits for this call any more (its
+    /// caller gave up or left): a long handler may stop early.
+    ///
+    /// ```no_run
+    /// # fn h(call: &mut cradle_client::Call<'_>) -> Result<(), cradle_client::HandlerError> {
+    /// for chunk in 0..1000 {
+    ///     if call.is_cancelled() {
+    ///         return Err("cancelled".into());
+    ///     }
+    ///     // ... work on `chunk` ...
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn is_cancelled(&self) -> bool {
+        let past = self.deadline_ns != 0 && wire::monotonic_ns() >= self.deadline_ns;
+        past || self.invocations.cancelled(self.id, false)
+    }
+}
+
+/// Counts of what a provider served.
+///
+/// ```
+/// let r = cradle_client::ServeReport::default();
+/// assert_eq!(r.served + r.errors, 0);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServeReport {
+    /// Calls answered.
+    pub served: u64,
+    /// Of which answered with an error.
+    pub errors: u64,
+}
+
+/// Stops a running [`Provider`] from any thread (a signal handler's
+/// thread, a test): its threads finish the calls they hold, then it
+/// withdraws its methods and `run` returns.
+///
+/// ```no_run
+/// use cradle_client::Client;
+///
+/// let client = Client::connect_default()?;
+/// let provider = client.provider().serve_bytes("demo.echo", 1, |_, b| Ok(b.to_vec()));
+/// let stopper = provider.stopper();
+/// std::thread::spawn(move || {
+///     std::thread::sleep(std::time::Duration::from_secs(10));
+///     stopper.stop();
+/// });
+/// provider.run()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Stopper {
+    flag: Arc<AtomicBool>,
+    client: Client,
+}
+
+impl Clone for Stopper {
+    fn clone(&self) -> Self {
+        Self {
+            flag: Arc::clone(&self.flag),
+            client: Client {
+                inner: Arc::clone(&self.client.inner),
+            },
+        }
+    }
+}
+
+impl fmt::Debug for Stopper {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stopper")
+            .field("stopped", &self.is_stopped())
+            .finish()
+    }
+}
+
+impl Stopper {
+    /// Asks the provider to stop.
+    ///
+    /// ```no_run
+    /// # let client = cradle_client::Client::connect_default()?;
+    /// # let provider = client.provider();
+    /// provider.stopper().stop();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn stop(&self) {
+        // Release: pairs with the Acquire load in `is_stopped`.
+        self.flag.store(true, Ordering::Release);
+        self.client.inner.nudge();
+        self.client.inner.invocations.wake_all();
+    }
+
+    /// Whether [`stop`](Self::stop) was called.
+    ///
+    /// ```no_run
+    /// # let client = cradle_client::Client::connect_default()?;
+    /// let s = client.provider().stopper();
+    /// assert!(!s.is_stopped());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn is_stopped(&self) -> bool {
+        // Acquire: pairs with the Release store in `stop`.
+        self.flag.load(Ordering::Acquire)
+    }
+}
+
+/// A set of methods this process offers, and the threads that serve them:
+/// build it with [`Client::provider`], then [`run`](Self::run) it.
+///
+/// ```no_run
+/// use cradle_client::{Client, HandlerError};
+/// ipc_rpc::method! {
+///     /// Adds two numbers.
+///     pub Add = "demo.add" version 1: (u64, u64) => u64;
+/// }
+///
+/// let client = Client::connect_default()?;
+/// client
+///     .provider()
+///     .serve::<Add>(|_call, (a, b)| Ok::<_, HandlerError>(a + b))
+///     .idempotent()
+///     .run()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Provider<'p> {
+    client: &'p Client,
+    concurrency: u32,
+    methods: Vec<Entry<'p>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl fmt::Debug for Provider<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Provider")
+            .field("concurrency", &self.concurrency)
+            .field(
+                "methods",
+                &self
+                    .methods
+                    .iter()
+                    .map(|m| &m.offer.name)
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Client {
+    /// Starts building a provider of methods on this client's session.
+    ///
+    /// ```no_run
+    /// # let client = cradle_client::Client::connect_default()?;
+    /// let report = client
+    ///     .provider()
+    ///     .serve_bytes("demo.echo", 1, |_call, body| Ok(body.to_vec()))
+    ///     .run()?;
+    /// println!("served {} calls", report.served);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn provider(&self) -> Provider<'_> {
+        Provider {
+            client: self,
+            concurrency: 1,
+            methods: Vec::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+impl<'p> Provider<'p> {
+    /// How many calls it serves at once (threads it runs; default 1,
+    /// capped at 1024); declared to the server for every method.
+    ///
+    /// ```no_run
+    /// # let client = cradle_client::Client::connect_default()?;
+    /// let p = client.provider().concurrency(8);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn concurrency(mut self, n: u32) -> Self {
+        self.concurrency = n.clamp(1, MAX_CONCURRENCY);
+        for m in &mut self.methods {
+            m.offer.concurrency = self.concurrency;
+        }
+        self
+    }
+
+    /// Serves method `M` with `handler`.
+    ///
+    /// ```no_run
+    /// # let client = cradle_client::Client::connect_default()?;
+    /// ipc_rpc::method! {
+    ///     /// Counts the bytes of the blobs passed with the call.
+    ///     pub Size = "demo.size" version 1: () => u64;
+    /// }
+    /// let p = client.provider().serve::<Size>(|call, ()| {
+    ///     Ok(call.blobs().iter().map(|b| b.len() as u64).sum())
+    /// });
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn serve<M: Method>(
+        mut self,
+        handler: impl Fn(&mut Call<'_>, M::Request) -> Result<M::Response, HandlerError>
+        + Send
+        + Sync
+        + 'p,
+    ) -> Self {
+        let max = self.client.max_message();
+        self.methods.push(Entry {
+            offer: offer_of::<M>(self.concurrency, false),
+            handler: Box::new(move |call, body| {
+                let req = decode_request::<M>(body)?;
+                let resp = handler(call, req)?;
+                encode_response::<M>(&resp, max)
+            }),
+        });
+        self
+    }
+
+    /// Serves the bytes method `name` (version `version`): the handler gets
+    /// the request body as is and answers the response body.
+    ///
+    /// ```no_run
+    /// # let client = cradle_client::Client::connect_default()?;
+    /// let p = client.provider().serve_bytes("demo.upper", 1, |_call, body| {
+    ///     Ok(body.to_ascii_uppercase())
+    /// });
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn serve_bytes(
+        mut self,
+        name: &str,
+        version: u32,
+        handler: impl Fn(&mut Call<'_>, &[u8]) -> Result<Vec<u8>, HandlerError> + Send + Sync + 'p,
+    ) -> Self {
+        self.methods.push(Entry {
+            offer: bytes_offer(name, version, self.concurrency, false),
+            handler: Box::new(move |call, body| handler(call, body).map(Out::Plain)),
+        });
+        self
+    }
+
+    /// Marks the method added last idempotent: a call of it may be sent to
+    /// another provider when this one goes away before answering.
+    ///
+    /// ```no_run
+    /// # let client = cradle_client::Client::connect_default()?;
+    /// let p = client.provider().serve_bytes("demo.echo", 1, |_, b| Ok(b.to_vec())).idempotent();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn idempotent(mut self) -> Self {
+        if let Some(m) = self.methods.last_mut() {
+            m.offer.idempotent = true;
+        }
+        self
+    }
+
+    /// A handle that stops [`run`](Self::run) from another thread.
+    ///
+    /// ```no_run
+    /// # let client = cradle_client::Client::connect_default()?;
+    /// let p = client.provider().serve_bytes("demo.echo", 1, |_, b| Ok(b.to_vec()));
+    /// let s = p.stopper();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            flag: Arc::clone(&self.stop),
+            client: Client {
+                inner: Arc::clone(&self.client.inner),
+            },
+        }
+    }
+
+    /// Registers every method, serves calls until stopped (see
+    /// [`stopper`](Self::stopper)) or until the session fails (the server
+    /// went away: the error), then withdraws the methods.
+    ///
+    /// ```no_run
+    /// # let client = cradle_client::Client::connect_default()?;
+    /// let report = client.provider().serve_bytes("demo.echo", 1, |_, b| Ok(b.to_vec())).run()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn run(self) -> Result<ServeReport, CallError> {
+        if self.methods.is_empty() {
+            return Err(CallError::Remote {
+                code: ErrorCode::Refused,
+                message: "a provider needs a method: add one with serve or serve_bytes".into(),
+            });
+        }
+        let inner = &self.client.inner;
+        // Before registering: no invocation may be dropped.
+        inner.invocations.set_active(true);
+        let mut registered = Vec::new();
+        for m in &self.methods {
+            if let Err(e) = self.client.call::<Register>(&m.offer) {
+                self.withdraw(&registered);
+                return Err(e);
+            }
+            registered.push(m.offer.id());
+        }
+        let table: HashMap<u64, &Entry<'p>> =
+            self.methods.iter().map(|m| (m.offer.id(), m)).collect();
+        let served = AtomicU64::new(0);
+        let errors = AtomicU64::new(0);
+        let worker = || {
+            let r = self.work(&table, &served, &errors);
+            if r.is_err() {
+                // One thread's failure (the session's) stops the others.
+                // Release: pairs with the Acquire load in `stopped`.
+                self.stop.store(true, Ordering::Release);
+                inner.invocations.wake_all();
+            }
+            r
+        };
+        let result = std::thread::scope(|s| {
+            let others: Vec<_> = (1..self.concurrency).map(|_| s.spawn(worker)).collect();
+            let mut r = worker();
+            for t in others {
+                let tr = t.join().unwrap_or(Err(CallError::PeerDead));
+                if r.is_ok() {
+                    r = tr;
+                }
+            }
+            r
+        });
+        self.withdraw(&registered);
+        result?;
+        // Relaxed: the threads that counted have been joined.
+        Ok(ServeReport {
+            served: served.load(Ordering::Relaxed),
+            errors: errors.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Withdraws the methods registered (best effort: the session may be
+    /// gone, which withdraws them anyway).
+    fn withdraw(&self, ids: &[u64]) {
+        if self.client.inner.session.check().is_ok() {
+            for id in ids {
+                let _ = self.client.call::<Unregister>(id);
+            }
+        }
+        self.client.inner.invocations.set_active(false);
+    }
+
+    fn stopped(&self) -> bool {
+        // Acquire: pairs with the Release store in `Stopper::stop`.
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// One provider thread: takes invocations and answers them until
+    /// stopped.
+    fn work(
+        &self,
+        table: &HashMap<u64, &Entry<'p>>,
+        served: &AtomicU64,
+        errors: &AtomicU64,
+    ) -> Result<(), CallError> {
+        let inner = &self.client.inner;
+        let stop = || self.stopped();
+        let forever = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        while let Some((meta, payload)) = inner.next_invocation(forever, &stop)? {
+            if meta.kind != wire::INVOKE {
+                continue;
+            }
+            let answer = match Invocation::read(meta, payload) {
+                Ok(inv) => match self.serve_one(inv, table) {
+                    Some(a) => a,
+                    None => continue,
+                },
+                Err((_, method)) => (
+                    Answer::error(&HandlerError::new(
+                        ErrorCode::Malformed,
+                        "the invocation's envelope is malformed",
+                    )),
+                    method,
+                    Vec::new(),
+                ),
+            };
+            let (answer, method, held) = answer;
+            let (kind, flags, body) = answer.frame();
+            let sent = match inner.send_answer(meta.request_id, method, kind, flags, body) {
+                Err(CallError::MessageTooLarge { len, max }) => {
+                    let e = HandlerError::new(
+                        ErrorCode::ResponseTooLarge,
+                        format!("the response of {len} bytes exceeds {max}: pass it as a blob"),
+                    );
+                    let a = Answer::error(&e);
+                    let (kind, flags, body) = a.frame();
+                    inner
+                        .send_answer(meta.request_id, method, kind, flags, body)
+                        .map(|()| false)
+                }
+                r => r.map(|()| kind == wire::REPLY),
+            };
+            // The answer is in the ring: our leases on result blobs may go.
+            drop(held);
+            inner.invocations.cancelled(meta.request_id, true);
+            // Relaxed: counters, read after the threads are joined.
+            served.fetch_add(1, Ordering::Relaxed);
+            if !sent? {
+                errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one invocation's handler; `None` if nobody waits for it (its
+    /// deadline passed, or it was cancelled before it started).
+    fn serve_one(
+        &self,
+        inv: Invocation,
+        table: &HashMap<u64, &Entry<'p>>,
+    ) -> Option<(Answer, u64, Vec<Held>)> {
+        let session = &self.client.inner.session;
+        let invocations = &self.client.inner.invocations;
+        let give_back = |hs: &[BlobHandle]| hs.iter().for_each(|h| session.queue_lease(h.id));
+        if inv.expired() || invocations.cancelled(inv.id, true) {
+            give_back(&inv.blobs);
+            return None;
+        }
+        let Some(entry) = table.get(&inv.method) else {
+            give_back(&inv.blobs);
+            return Some((
+                Answer::error(&not_served(inv.method)),
+                inv.method,
+                Vec::new(),
+            ));
+        };
+        let blobs = match self.client.adopt_all(&inv.blobs) {
+            Ok(b) => b,
+            Err(e) => {
+                let e = HandlerError::from(e);
+                return Some((Answer::error(&e), inv.method, Vec::new()));
+            }
+        };
+        let mut call = Call {
+            client: self.client,
+            invocations,
+            id: inv.id,
+            method: inv.method,
+            deadline_ns: inv.deadline_ns,
+            blobs,
+            results: Vec::new(),
+        };
+        let r =
+            std::panic::catch_unwind(AssertUnwindSafe(|| (entry.handler)(&mut call, inv.body())));
+        let held = std::mem::take(&mut call.results);
+        let answer = match r {
+            Ok(Ok(out)) => {
+                let hs: Vec<BlobHandle> = held.iter().map(|h| *h.handle()).collect();
+                Answer::reply(&hs, out.bytes())
+            }
+            Ok(Err(e)) => Answer::error(&e),
+            Err(_) => Answer::error(&HandlerError::new(
+                ErrorCode::HandlerPanicked,
+                format!("the handler of {} panicked", entry.offer.name),
+            )),
+        };
+        Some((answer, inv.method, held))
+    }
+}
