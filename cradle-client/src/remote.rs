@@ -335,7 +335,9 @@ impl RemoteClient {
             .build()
             .map_err(|e| GatewayError::Connect(format!("cannot start a runtime: {e}")))?;
         let target = url.strip_prefix(REMOTE_SCHEME).ok_or_else(|| {
-            GatewayError::Connect(format!("{url} is not a cradle+https:// or cradle+http:// URL"))
+            GatewayError::Connect(format!(
+                "{url} is not a cradle+https:// or cradle+http:// URL"
+            ))
         })?;
         let tls = target.starts_with("https://");
         if !tls && !target.starts_with("http://") {
@@ -351,7 +353,12 @@ impl RemoteClient {
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
         if tls {
-            let host = ep.uri().host().unwrap_or("localhost").trim_matches(['[', ']']).to_owned();
+            let host = ep
+                .uri()
+                .host()
+                .unwrap_or("localhost")
+                .trim_matches(['[', ']'])
+                .to_owned();
             let mut cfg = ClientTlsConfig::new().domain_name(host);
             cfg = match &opts.ca_pem {
                 Some(pem) => cfg.ca_certificate(Certificate::from_pem(pem)),
@@ -402,7 +409,9 @@ impl RemoteClient {
         let body = ipc_rpc::encode_to_vec(req, &mut Arena::new(), MAX_BODY).map_err(|e| {
             GatewayError::Call(match e {
                 ipc_rpc::SendError::Encode(c) => CallError::Encode(c),
-                ipc_rpc::SendError::TooLarge { len, max } => CallError::MessageTooLarge { len, max },
+                ipc_rpc::SendError::TooLarge { len, max } => {
+                    CallError::MessageTooLarge { len, max }
+                }
                 other => CallError::Remote {
                     code: ErrorCode::Malformed,
                     message: other.to_string(),
@@ -461,7 +470,10 @@ impl RemoteClient {
     /// let missing = remote.find_missing(&[d])?;
     /// # Ok(()) }
     /// ```
-    pub fn find_missing(&self, digests: &[ContentDigest]) -> Result<Vec<ContentDigest>, GatewayError> {
+    pub fn find_missing(
+        &self,
+        digests: &[ContentDigest],
+    ) -> Result<Vec<ContentDigest>, GatewayError> {
         let req = FindMissingBlobsRequest {
             digests: digests.iter().map(|d| d.to_proto()).collect(),
         };
@@ -575,7 +587,8 @@ impl RemoteClient {
                 hasher.update(&c.data);
                 out.extend_from_slice(&c.data);
                 // Relaxed: a tally for reporting; no partner.
-                self.received.fetch_add(c.data.len() as u64, Ordering::Relaxed);
+                self.received
+                    .fetch_add(c.data.len() as u64, Ordering::Relaxed);
             }
             if !c.blake3.is_empty() {
                 let got = hasher.finalize();
@@ -617,9 +630,10 @@ impl RemoteClient {
     /// # Ok(()) }
     /// ```
     pub fn gateway_stats(&self) -> Result<GatewayStats, GatewayError> {
-        let r = self
-            .rt
-            .block_on(self.grpc().gateway_stats(self.request(GatewayStatsRequest {})))?;
+        let r = self.rt.block_on(
+            self.grpc()
+                .gateway_stats(self.request(GatewayStatsRequest {})),
+        )?;
         Ok(r.into_inner())
     }
 
@@ -687,7 +701,13 @@ impl RemoteCache<'_> {
         })
     }
 
-    fn store(&self, key: &str, bytes: &[u8], if_absent: bool, durable: bool) -> Result<bool, GatewayError> {
+    fn store(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        if_absent: bool,
+        durable: bool,
+    ) -> Result<bool, GatewayError> {
         let c = self.client;
         let up = c.upload(bytes)?;
         let req = CachePutRequest {
@@ -720,7 +740,12 @@ impl RemoteCache<'_> {
     /// remote.cache().put_durable("k", b"v", false)?;
     /// # Ok(()) }
     /// ```
-    pub fn put_durable(&self, key: &str, bytes: &[u8], if_absent: bool) -> Result<bool, GatewayError> {
+    pub fn put_durable(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        if_absent: bool,
+    ) -> Result<bool, GatewayError> {
         self.store(key, bytes, if_absent, true)
     }
 
@@ -755,7 +780,10 @@ impl RemoteCache<'_> {
             return Ok(v);
         }
         let v = compute().map_err(ComputeOrGatewayError::Compute)?;
-        if self.put_if_absent(key, &v).map_err(ComputeOrGatewayError::Gateway)? {
+        if self
+            .put_if_absent(key, &v)
+            .map_err(ComputeOrGatewayError::Gateway)?
+        {
             return Ok(v);
         }
         match self.get(key).map_err(ComputeOrGatewayError::Gateway)? {
@@ -776,7 +804,10 @@ impl RemoteCache<'_> {
         let req = CacheRemoveRequest {
             key: key.to_owned(),
         };
-        Ok(c.rt.block_on(c.grpc().cache_remove(c.request(req)))?.into_inner().removed)
+        Ok(c.rt
+            .block_on(c.grpc().cache_remove(c.request(req)))?
+            .into_inner()
+            .removed)
     }
 
     /// Every key under `prefix`, with its size and tiers.
@@ -796,7 +827,9 @@ impl RemoteCache<'_> {
                 after: after.clone(),
                 limit: 10_000,
             };
-            let page = c.rt.block_on(c.grpc().cache_list(c.request(req)))?.into_inner();
+            let page =
+                c.rt.block_on(c.grpc().cache_list(c.request(req)))?
+                    .into_inner();
             let last = page.keys.last().map(|k| k.key.clone());
             keys.extend(page.keys);
             match (page.more, last) {
@@ -884,16 +917,15 @@ impl Connection {
         ca_file: Option<&Path>,
     ) -> Result<Self, GatewayError> {
         if target.starts_with(REMOTE_SCHEME) {
-            let token_file = token_file.ok_or_else(|| {
-                GatewayError::Connect(format!("{target} needs a token file"))
-            })?;
+            let token_file = token_file
+                .ok_or_else(|| GatewayError::Connect(format!("{target} needs a token file")))?;
             let mut opts = RemoteOptions::from_token_file(token_file).map_err(|e| {
                 GatewayError::Connect(format!("token file {}: {e}", token_file.display()))
             })?;
             if let Some(ca) = ca_file {
-                opts = opts.with_ca_file(ca).map_err(|e| {
-                    GatewayError::Connect(format!("CA file {}: {e}", ca.display()))
-                })?;
+                opts = opts
+                    .with_ca_file(ca)
+                    .map_err(|e| GatewayError::Connect(format!("CA file {}: {e}", ca.display())))?;
             }
             return RemoteClient::connect(target, opts).map(Self::Remote);
         }

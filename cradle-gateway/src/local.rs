@@ -201,9 +201,7 @@ impl Local {
         let client = match tokio::time::timeout(Duration::from_secs(5), connect).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
-                return Err(Status::unavailable(format!(
-                    "no local CRADLE server: {e}"
-                )));
+                return Err(Status::unavailable(format!("no local CRADLE server: {e}")));
             }
             Err(_) => {
                 return Err(Status::unavailable(
@@ -235,7 +233,11 @@ impl Local {
     }
 
     /// As [`failed`](Self::failed), for a blob operation.
-    pub(crate) async fn blob_failed(&self, conn: &Arc<Conn>, e: &cradle_client::BlobError) -> Status {
+    pub(crate) async fn blob_failed(
+        &self,
+        conn: &Arc<Conn>,
+        e: &cradle_client::BlobError,
+    ) -> Status {
         match e.call() {
             Some(c) => self.failed(conn, c).await,
             None => blob_status(e),

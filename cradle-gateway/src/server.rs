@@ -124,12 +124,8 @@ impl Gateway {
                 config.listen
             )));
         }
-        let (token, created) = load_or_create_token(&config.token_file).map_err(|e| {
-            StartError(format!(
-                "token file {}: {e}",
-                config.token_file.display()
-            ))
-        })?;
+        let (token, created) = load_or_create_token(&config.token_file)
+            .map_err(|e| StartError(format!("token file {}: {e}", config.token_file.display())))?;
         if created {
             tracing::info!(file = %config.token_file.display(), "generated a new token (mode 0600); give it to remote callers");
         }
@@ -168,7 +164,11 @@ impl Gateway {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
         let c = &self.config;
         let counters = Arc::new(Counters::default());
-        let local = Arc::new(Local::new(c.socket.clone(), c.call_timeout, counters.clone()));
+        let local = Arc::new(Local::new(
+            c.socket.clone(),
+            c.call_timeout,
+            counters.clone(),
+        ));
         let limits = Limits {
             max_blob_bytes: c.max_blob_bytes,
             upload_bytes_per_connection: c.max_upload_bytes_per_connection,
@@ -223,7 +223,11 @@ async fn watch_local(local: Arc<Local>, health: tonic_health::server::HealthRepo
     type Svc = G<Service>;
     loop {
         let up = match local.conn().await {
-            Ok(conn) => match conn.client.call::<ipc_rpc::builtin::Ping>(&Vec::new()).await {
+            Ok(conn) => match conn
+                .client
+                .call::<ipc_rpc::builtin::Ping>(&Vec::new())
+                .await
+            {
                 Ok(_) => true,
                 Err(e) => {
                     let _ = local.failed(&conn, &e).await;

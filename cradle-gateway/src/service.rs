@@ -4,6 +4,7 @@
 use crate::local::{Conn, Digest, Local, StageLimits};
 use crate::stats::Counters;
 use cradle_client::BlobRef;
+use cradle_proto::CHUNK_BYTES;
 use cradle_proto::v1::gateway_server::Gateway;
 use cradle_proto::v1::{
     CacheGetRequest, CacheListRequest, CacheListResponse, CachePutRequest, CachePutResponse,
@@ -11,7 +12,6 @@ use cradle_proto::v1::{
     DownloadRequest, FindMissingBlobsRequest, FindMissingBlobsResponse, GatewayStatsRequest,
     GatewayStatsResponse, ListedKey, UploadChunk, UploadResponse,
 };
-use cradle_proto::CHUNK_BYTES;
 use ipc_rpc::blob::{CacheList, CachePut, CachePutDurable, ListRequest, PutRequest};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -154,7 +154,10 @@ impl Service {
         Ok(CallResponse { body, blobs })
     }
 
-    async fn do_find_missing(&self, req: FindMissingBlobsRequest) -> Result<FindMissingBlobsResponse, Status> {
+    async fn do_find_missing(
+        &self,
+        req: FindMissingBlobsRequest,
+    ) -> Result<FindMissingBlobsResponse, Status> {
         let conn = self.local.conn().await?;
         let mut missing = Vec::new();
         for d in &req.digests {
@@ -208,7 +211,8 @@ impl Service {
                 w.write_at(at, &data);
                 hasher.update(&data);
                 at += data.len();
-                self.counters.bump(&self.counters.upload_bytes, data.len() as u64);
+                self.counters
+                    .bump(&self.counters.upload_bytes, data.len() as u64);
             }
             match chunks.message().await {
                 Ok(Some(c)) => data = c.data,
@@ -348,7 +352,10 @@ impl Service {
         };
         let r = if req.durable {
             conn.client
-                .call_timeout::<CachePutDurable>(&put, self.limits.call_timeout.max(Duration::from_secs(60)))
+                .call_timeout::<CachePutDurable>(
+                    &put,
+                    self.limits.call_timeout.max(Duration::from_secs(60)),
+                )
                 .await
         } else {
             conn.client.call::<CachePut>(&put).await
@@ -364,7 +371,10 @@ impl Service {
         Ok(CachePutResponse { stored })
     }
 
-    async fn do_cache_remove(&self, req: CacheRemoveRequest) -> Result<CacheRemoveResponse, Status> {
+    async fn do_cache_remove(
+        &self,
+        req: CacheRemoveRequest,
+    ) -> Result<CacheRemoveResponse, Status> {
         let conn = self.local.conn().await?;
         match conn.client.cache().remove(&req.key).await {
             Ok(removed) => Ok(CacheRemoveResponse { removed }),
@@ -439,7 +449,10 @@ impl Gateway for Service {
     ) -> Result<Response<FindMissingBlobsResponse>, Status> {
         let req = request.into_inner();
         let span = tracing::info_span!("find_missing_blobs", digests = req.digests.len());
-        self.do_find_missing(req).instrument(span).await.map(Response::new)
+        self.do_find_missing(req)
+            .instrument(span)
+            .await
+            .map(Response::new)
     }
 
     async fn upload_blob(
@@ -447,7 +460,12 @@ impl Gateway for Service {
         request: Request<Streaming<UploadChunk>>,
     ) -> Result<Response<UploadResponse>, Status> {
         let peer = peer_of(&request);
-        let span = tracing::info_span!("upload_blob", ?peer, digest = tracing::field::Empty, bytes = tracing::field::Empty);
+        let span = tracing::info_span!(
+            "upload_blob",
+            ?peer,
+            digest = tracing::field::Empty,
+            bytes = tracing::field::Empty
+        );
         self.do_upload(peer, request.into_inner())
             .instrument(span)
             .await
