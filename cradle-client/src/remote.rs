@@ -899,7 +899,7 @@ pub enum Connection {
     /// The server on this machine, over shared memory.
     Local(Client),
     /// A server on another machine, through its gateway.
-    Remote(RemoteClient),
+    Remote(Box<RemoteClient>),
 }
 
 impl Connection {
@@ -927,7 +927,7 @@ impl Connection {
                     .with_ca_file(ca)
                     .map_err(|e| GatewayError::Connect(format!("CA file {}: {e}", ca.display())))?;
             }
-            return RemoteClient::connect(target, opts).map(Self::Remote);
+            return RemoteClient::connect(target, opts).map(|r| Self::Remote(Box::new(r)));
         }
         Client::connect(target)
             .map(Self::Local)

@@ -381,3 +381,55 @@ fn the_gateway_refuses_plain_text_off_loopback() {
     assert!(err.contains("without TLS"), "{err}");
     let _ = Duration::ZERO;
 }
+
+#[test]
+fn the_cli_works_through_the_gateway() {
+    let _w = Watchdog::new(240, "cli");
+    let dir = TempDir::new("cli");
+    let _server = start_server(dir.path(), "256M");
+    let pki = make_pki(dir.path());
+    let gw = start_gateway(dir.path(), Some(&pki), &[]);
+    let cradle = |args: &[&str]| {
+        let out = std::process::Command::new(cli_bin())
+            .arg("--remote")
+            .arg(&gw.url)
+            .arg("--token-file")
+            .arg(&gw.token_file)
+            .arg("--ca-file")
+            .arg(&pki.ca)
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.success(), stdout, stderr)
+    };
+    let file = dir.path().join("in.bin");
+    std::fs::write(&file, bytes(2_000_000, 9)).unwrap();
+    let f = file.to_str().unwrap();
+
+    let (ok, out, err) = cradle(&["ping", "--count", "20"]);
+    assert!(ok && out.contains("20 calls"), "{out}{err}");
+    let (ok, out, err) = cradle(&["--json", "put", "model", f]);
+    assert!(ok && out.contains("\"bytes_sent\":2000000"), "{out}{err}");
+    let (ok, out, err) = cradle(&["--json", "put", "model2", f]);
+    assert!(
+        ok && out.contains("\"bytes_sent\":0"),
+        "second put sends nothing: {out}{err}"
+    );
+    let copy = dir.path().join("out.bin");
+    let (ok, out, err) = cradle(&["get", "model", "-o", copy.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    assert!(std::fs::read(&copy).unwrap() == std::fs::read(&file).unwrap());
+    let (ok, out, err) = cradle(&["ls"]);
+    assert!(
+        ok && out.contains("model") && out.contains("model2"),
+        "{out}{err}"
+    );
+    let (ok, out, err) = cradle(&["rm", "model"]);
+    assert!(ok, "{out}{err}");
+    let (ok, _, err) = cradle(&["rm", "model"]);
+    assert!(!ok && err.contains("no entry"), "{err}");
+    let (ok, out, err) = cradle(&["--json", "stats"]);
+    assert!(ok && out.contains("\"sessions\""), "{out}{err}");
+}

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 #[path = "cradle/provided.rs"]
 mod provided;
+#[path = "cradle/remote.rs"]
+mod remote;
 
 /// Talk to the per-user CRADLE server (shared-memory RPC, memory and disk
 /// caches). The server must be running: start it with `cradle-server`.
@@ -28,6 +30,21 @@ struct Cli {
     /// fields are listed in docs/operations.md, "Scripting the CLI").
     #[arg(long, global = true)]
     json: bool,
+
+    /// Talk to a server on another machine through its `cradle-gateway`:
+    /// `cradle+https://HOST:PORT` (or `cradle+http://127.0.0.1:PORT` on
+    /// loopback). Ping, stats, put, get, ls and rm work remotely.
+    #[arg(long, env = "CRADLE_REMOTE", global = true, value_name = "URL")]
+    remote: Option<String>,
+
+    /// The gateway's token file (with --remote).
+    #[arg(long, env = "CRADLE_TOKEN_FILE", global = true, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+
+    /// PEM certificates of the authorities that sign the gateway's
+    /// certificate (with --remote) [default: the system's].
+    #[arg(long, env = "CRADLE_CA_FILE", global = true, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -245,6 +262,20 @@ fn main() -> ExitCode {
     if json && let Command::Get { output: None, .. } = cli.command {
         eprintln!("cradle: get --json needs -o FILE: standard output carries the data");
         return ExitCode::from(2);
+    }
+    if let Some(url) = cli.remote {
+        let target = remote::Target {
+            url,
+            token_file: cli.token_file,
+            ca_file: cli.ca_file,
+        };
+        return match remote::run(&target, cli.command, json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("cradle: {e}");
+                ExitCode::from(1)
+            }
+        };
     }
     let path = cli
         .socket
@@ -945,8 +976,13 @@ struct SessionPart {
 
 fn stats(client: &Client) -> Result<StatsReport, String> {
     let s = client.call::<Stats>(&()).map_err(|e| e.to_string())?;
+    Ok(stats_report(s))
+}
+
+/// The report of a `cradle.stats` answer, local or remote.
+fn stats_report(s: ipc_rpc::builtin::ServerStats) -> StatsReport {
     let b = &s.blobs;
-    Ok(StatsReport {
+    StatsReport {
         server: ServerPart {
             pid: s.pid,
             workers: s.workers,
@@ -1003,7 +1039,7 @@ fn stats(client: &Client) -> Result<StatsReport, String> {
                 pool_bytes: p.pool_bytes,
             })
             .collect(),
-    })
+    }
 }
 
 impl Report for StatsReport {

@@ -85,7 +85,7 @@ impl Drop for TempDir {
 /// test --workspace` builds it anyway).
 pub fn server_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap(); // target/<profile>/deps/.. 
+    let dir = exe.parent().unwrap().parent().unwrap(); // target/<profile>
     let bin = dir.join("cradle-server");
     if !bin.exists() {
         let profile = dir.file_name().unwrap().to_str().unwrap().to_owned();
@@ -98,6 +98,21 @@ pub fn server_bin() -> PathBuf {
             cmd.status().unwrap().success(),
             "cannot build cradle-server"
         );
+    }
+    bin
+}
+
+/// The `cradle` CLI of this workspace, built if missing.
+pub fn cli_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("cradle");
+    if !bin.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "cradle-client", "--bin", "cradle"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "cannot build cradle");
     }
     bin
 }
