@@ -208,6 +208,30 @@ fn a_killed_server_gives_unavailable_and_the_gateway_reconnects() {
     let remote = remote(&gw, None);
     remote.cache().put("k", b"before").unwrap();
 
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let health = |rt: &tokio::runtime::Runtime| -> i32 {
+        rt.block_on(async {
+            use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+            let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", gw.addr))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            // No token: the health service answers anyone.
+            HealthClient::new(ch)
+                .check(HealthCheckRequest {
+                    service: "cradle.gateway.v1.Gateway".into(),
+                })
+                .await
+                .map(|r| r.into_inner().status)
+                .unwrap_or(-1)
+        })
+    };
+    use tonic_health::pb::health_check_response::ServingStatus;
+    eventually(30, "health says SERVING", || {
+        health(&rt) == ServingStatus::Serving as i32
+    });
+
     server.kill();
     let t0 = Instant::now();
     let e = remote.call::<Ping>(&vec![1]).unwrap_err();
@@ -216,6 +240,9 @@ fn a_killed_server_gives_unavailable_and_the_gateway_reconnects() {
     let e = remote.cache().get("k").unwrap_err();
     assert_eq!(code(&e), Some(Code::Unavailable), "{e}");
     eprintln!("UNAVAILABLE after {first:?} (server killed)");
+    eventually(30, "health says NOT_SERVING", || {
+        health(&rt) == ServingStatus::NotServing as i32
+    });
 
     let _server = start_server(dir.path(), "256M");
     eventually(30, "the gateway answers again", || {
@@ -226,6 +253,9 @@ fn a_killed_server_gives_unavailable_and_the_gateway_reconnects() {
     remote.cache().put("k", b"after").unwrap();
     assert_eq!(remote.cache().get("k").unwrap().unwrap(), b"after");
     assert!(remote.gateway_stats().unwrap().local_connects >= 2);
+    eventually(30, "health says SERVING again", || {
+        health(&rt) == ServingStatus::Serving as i32
+    });
 }
 
 fn local_blob_stats(local: &Client) -> cradle_client::BlobStats {
@@ -363,6 +393,28 @@ fn one_gib_up_and_down() {
         mib(up),
         mib(down)
     );
+}
+
+#[test]
+fn help_describes_every_flag() {
+    let out = std::process::Command::new(gateway_bin())
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--listen",
+        "--socket",
+        "--tls-cert",
+        "--tls-key",
+        "--token-file",
+        "--max-message-bytes",
+        "--max-concurrent-streams",
+        "--max-upload-bytes-per-connection",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+    }
 }
 
 #[test]

@@ -61,8 +61,9 @@ pub struct TempDir(pub PathBuf);
 impl TempDir {
     pub fn new(tag: &str) -> Self {
         use std::os::unix::fs::PermissionsExt;
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        static N: ipc_core::sync::AtomicU32 = ipc_core::sync::AtomicU32::new(0);
+        // Relaxed: only uniqueness of the number matters; no partner.
+        let n = N.fetch_add(1, ipc_core::sync::Ordering::Relaxed);
         let p = std::env::temp_dir().join(format!("cradle-gw-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
