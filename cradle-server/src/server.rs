@@ -548,13 +548,15 @@ impl ServerBuilder {
         let store = Arc::new(store);
 
         let (handle, receivers) = control_links(self.workers)?;
-        let providers = Arc::new(Providers::new(
-            ProvidedLimits::default(),
-            Arc::clone(&handle.links),
-        ));
+        let providers = Arc::new(Providers::new(ProvidedLimits::default()));
         let max_payload = ipc_core::ring::max_payload_len(self.ring_capacity);
         let mut entries = self.entries;
-        entries.extend(methods::builtin_entries(&shared, &store, max_payload));
+        entries.extend(methods::builtin_entries(
+            &shared,
+            &store,
+            &providers,
+            max_payload,
+        ));
         let mut known: Vec<Known> = entries
             .iter()
             .map(|e| Known {
@@ -565,7 +567,12 @@ impl ServerBuilder {
             })
             .collect();
         known.extend(provided::entries::known_self());
-        entries.extend(provided::entries::entries(&providers, known, max_payload));
+        entries.extend(provided::entries::entries(
+            &providers,
+            Arc::clone(&handle.links),
+            known,
+            max_payload,
+        ));
         let names: Vec<(u64, &'static str)> = entries.iter().map(|e| (e.id, e.name)).collect();
         let registry = Registry::new(entries)
             .map_err(|(name, id)| StartError::DuplicateMethod { name, id })?;

@@ -185,6 +185,7 @@ impl Shared {
             wake_syscalls: ipc_core::doorbell::wake_syscalls(),
             blobs: store.stats(),
             per_session,
+            provided: Default::default(),
         }
     }
 }

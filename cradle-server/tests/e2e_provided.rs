@@ -396,6 +396,20 @@ fn a_provider_that_goes_away_fails_or_resends_its_calls() {
     );
     let (cancel, _) = b.recv_kind(wire::CANCEL, 10 * SEC).expect("CANCEL");
     assert_eq!(cancel.request_id, inv.request_id);
+    let st = Client::connect(dir.socket())
+        .unwrap()
+        .call::<Stats>(&())
+        .unwrap()
+        .provided;
+    assert_eq!(
+        (st.provider_gone, st.resent, st.replied),
+        (5, 1, 2),
+        "{st:?}"
+    );
+    assert_eq!(
+        (st.queued, st.in_flight, st.methods, st.providers),
+        (0, 0, 0, 0)
+    );
 }
 
 #[test]
@@ -495,7 +509,9 @@ fn a_hostile_provider_hurts_only_its_own_calls() {
         code(&c.answer(r, 10 * SEC).unwrap_err()),
         ErrorCode::ProviderGone
     );
-    assert_eq!(ok.call::<Stats>(&()).unwrap().sessions_killed, 1);
+    let stats = ok.call::<Stats>(&()).unwrap();
+    assert_eq!(stats.sessions_killed, 1);
+    assert!(stats.provided.discarded >= 101, "{:?}", stats.provided);
 }
 
 #[test]
@@ -600,4 +616,88 @@ fn a_caller_that_leaves_mid_call_leaves_nothing_behind() {
     let m = listed(&dir.socket(), "test.slow").unwrap();
     assert_eq!((m.queued, m.providers[0].in_flight), (0, 0));
     assert_eq!(open_sessions(&dir.socket()), 1, "the provider only");
+}
+
+#[test]
+fn calls_cross_workers() {
+    // Three workers: sessions are dealt round robin, so callers and
+    // providers sit on different workers and every hop is a message.
+    let (_dog, dir, _server) = with_server(
+        "provided across workers",
+        Duration::from_secs(60),
+        &["--workers", "3"],
+    );
+    let mut a = RawPeer::open(&dir.socket());
+    let mut b = RawPeer::open(&dir.socket());
+    a.register(double_offer(8, true)).unwrap();
+    b.register(double_offer(8, true)).unwrap();
+    let callers: Vec<_> = (0..4)
+        .map(|k| {
+            let socket = dir.socket();
+            std::thread::spawn(move || {
+                let c = Client::connect(socket).unwrap();
+                for i in 0..200u64 {
+                    let x = k * 1000 + i;
+                    assert_eq!(c.call::<Double>(&x).unwrap(), 2 * x);
+                }
+            })
+        })
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let serve = |mut p: RawPeer, stop: std::sync::Arc<std::sync::atomic::AtomicBool>| {
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some((meta, payload)) = p.recv_kind(wire::INVOKE, SEC / 20) {
+                    let (_, body) = wire::Envelope::split(&payload).unwrap();
+                    let x = u64::decode(body).unwrap();
+                    let r = ipc_rpc::encode_to_vec(
+                        &(x * 2),
+                        &mut ipc_rpc::rkyv::ser::allocator::Arena::new(),
+                        1 << 16,
+                    )
+                    .unwrap();
+                    p.reply(&meta, wire::REPLY, 0, &r);
+                    n += 1;
+                }
+            }
+            (p, n)
+        })
+    };
+    let ta = serve(a, stop.clone());
+    let tb = serve(b, stop.clone());
+    for c in callers {
+        c.join().unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut a, na) = ta.join().unwrap();
+    let (b, nb) = tb.join().unwrap();
+    assert_eq!(na + nb, 800);
+    assert!(na > 0 && nb > 0, "both providers used: {na} + {nb}");
+    let m = listed(&dir.socket(), Double::NAME).unwrap();
+    assert_eq!(m.served, 800);
+    // A deadline and a provider's death, across workers too.
+    let mut c = RawPeer::open(&dir.socket());
+    drop(b);
+    assert!(eventually(10 * SEC, || listed(&dir.socket(), Double::NAME)
+        .is_some_and(|m| m.providers.len() == 1)));
+    let r = c.request_raw(
+        Double::ID,
+        wire::ENVELOPE,
+        &enveloped(wire::deadline_after(SEC / 5), 0, &[], &[0u8; 8]),
+    );
+    let (inv, _) = a.recv_kind(wire::INVOKE, 10 * SEC).unwrap();
+    assert_eq!(
+        code(&c.answer(r, 10 * SEC).unwrap_err()),
+        ErrorCode::DeadlineExceeded
+    );
+    let (cancel, _) = a.recv_kind(wire::CANCEL, 10 * SEC).unwrap();
+    assert_eq!(cancel.request_id, inv.request_id);
+    let r = c.request_raw(Double::ID, 0, &[0u8; 8]);
+    a.recv_kind(wire::INVOKE, 10 * SEC).unwrap();
+    drop(a);
+    assert_eq!(
+        code(&c.answer(r, 10 * SEC).unwrap_err()),
+        ErrorCode::ProviderGone
+    );
 }

@@ -79,6 +79,56 @@ pub struct ServerStats {
     /// The open sessions, by id: all of them, or the most active ones when
     /// they would not fit one frame (`sessions` counts them all).
     pub per_session: Vec<SessionStats>,
+    /// Methods offered by client processes, and the calls routed to them.
+    pub provided: ProvidedStats,
+}
+
+/// Provided methods in [`ServerStats`]: what is offered now, and how the
+/// calls routed to providers ended since the server started
+/// (`docs/protocol.md`, provided methods).
+///
+/// ```
+/// use ipc_rpc::builtin::ProvidedStats;
+///
+/// let p = ProvidedStats { calls: 10, replied: 7, deadline_exceeded: 2, provider_gone: 1, ..Default::default() };
+/// // Every call routed ends one way or another (or is still queued or held).
+/// assert_eq!(p.calls, p.replied + p.deadline_exceeded + p.provider_gone + p.queued + p.in_flight + p.refused + p.abandoned);
+/// ```
+#[derive(
+    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq, Default,
+)]
+#[rkyv(crate = rkyv)]
+pub struct ProvidedStats {
+    /// Provided methods now.
+    pub methods: u64,
+    /// Registrations now (one provider of one method each).
+    pub providers: u64,
+    /// Calls waiting in the server for a provider now.
+    pub queued: u64,
+    /// Calls held by providers now.
+    pub in_flight: u64,
+    /// Calls routed (sent to a provider or queued) since start.
+    pub calls: u64,
+    /// Calls answered by a provider (REPLY or REPLY_ERROR).
+    pub replied: u64,
+    /// ... of which with an error (REPLY_ERROR).
+    pub reply_errors: u64,
+    /// Calls refused `Busy` (not counted in `calls`).
+    pub busy: u64,
+    /// Calls answered `DeadlineExceeded` after they were routed.
+    pub deadline_exceeded: u64,
+    /// Calls answered `ProviderGone`.
+    pub provider_gone: u64,
+    /// Routed calls that ended otherwise: an argument blob that failed its
+    /// check when the call was delivered (`BadHandle`).
+    pub refused: u64,
+    /// Calls sent again to another provider (idempotent methods).
+    pub resent: u64,
+    /// Replies discarded: to a call cancelled or ended, never sent, or
+    /// held by another provider.
+    pub discarded: u64,
+    /// Calls dropped or cancelled because their caller left.
+    pub abandoned: u64,
 }
 
 /// Per-session figures in [`ServerStats`].

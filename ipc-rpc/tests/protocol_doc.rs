@@ -27,6 +27,9 @@ use ipc_rpc::handshake::{
     FORMAT, GOODBYE_MAGIC, Goodbye, HELLO_MAGIC, Hello, PROTOCOL_VERSION, SCHEMA_HASH,
     WELCOME_MAGIC, Welcome,
 };
+use ipc_rpc::provide::{
+    BYTES_SCHEMA, ListMethods, MethodInfo, Offer, ProviderInfo, Register, Unregister,
+};
 use ipc_rpc::rkyv::Archive;
 use ipc_rpc::rkyv::ser::allocator::Arena;
 use ipc_rpc::rkyv::util::AlignedVec;
@@ -219,6 +222,10 @@ fn list_page() -> ListPage {
     }
 }
 
+fn thumb_id() -> u64 {
+    ipc_rpc::method_id("img.thumb", 1)
+}
+
 fn ping_meta() -> FrameMeta {
     FrameMeta {
         request_id: 1,
@@ -267,6 +274,13 @@ fn stats_example() -> ServerStats {
             pinned_bytes: 11,
             pool_bytes: 4 << 20,
         }],
+        provided: ipc_rpc::builtin::ProvidedStats {
+            methods: 1,
+            providers: 2,
+            calls: 40,
+            replied: 40,
+            ..Default::default()
+        },
     }
 }
 
@@ -415,6 +429,60 @@ fn examples() -> Vec<(&'static str, Vec<u8>)> {
                 inverted: BlobHandle { id: 44, ..handle() },
             }),
         ),
+        (
+            "offer-request",
+            archive(&Offer {
+                name: "img.thumb".to_owned(),
+                version: 1,
+                schema_hash: BYTES_SCHEMA,
+                concurrency: 4,
+                idempotent: true,
+            }),
+        ),
+        ("envelope", {
+            let mut p = vec![0u8; wire::body_offset(1)];
+            wire::write_envelope(&mut p, 5_000_000_000, BYTES_SCHEMA, &[handle()]).unwrap();
+            p
+        }),
+        (
+            "invoke-frame",
+            first_frame(|o| {
+                let meta = FrameMeta {
+                    request_id: 7,
+                    tag: thumb_id(),
+                    kind: wire::INVOKE,
+                    flags: wire::ENVELOPE,
+                };
+                let mut p = vec![0u8; wire::body_offset(0)];
+                wire::write_envelope(&mut p, 5_000_000_000, BYTES_SCHEMA, &[]).unwrap();
+                p.extend_from_slice(b"png");
+                o.try_send_encoded(meta, &p).expect("send")
+            }),
+        ),
+        (
+            "reply-frame",
+            first_frame(|o| {
+                let meta = FrameMeta {
+                    request_id: 7,
+                    tag: thumb_id(),
+                    kind: wire::REPLY,
+                    flags: 0,
+                };
+                o.try_send_encoded(meta, b"ok").expect("send")
+            }),
+        ),
+        (
+            "cancel-frame",
+            first_frame(|o| {
+                let meta = FrameMeta {
+                    request_id: 7,
+                    tag: thumb_id(),
+                    kind: wire::CANCEL,
+                    flags: 0,
+                };
+                o.try_send_encoded(meta, &[]).expect("send")
+            }),
+        ),
         ("padding-commit", padding_example().0),
         ("after-padding-commit", padding_example().1),
     ]
@@ -542,7 +610,10 @@ fn fnv_id(name: &str, version: u32) -> u64 {
 
 #[test]
 fn method_ids_and_schema_follow_the_documented_formulas() {
-    let methods: [(&str, u32, u64); 16] = [
+    let methods: [(&str, u32, u64); 19] = [
+        (Register::NAME, Register::VERSION, Register::ID),
+        (Unregister::NAME, Unregister::VERSION, Unregister::ID),
+        (ListMethods::NAME, ListMethods::VERSION, ListMethods::ID),
         (Ping::NAME, Ping::VERSION, Ping::ID),
         (Stats::NAME, Stats::VERSION, Stats::ID),
         (AuthorPool::NAME, AuthorPool::VERSION, AuthorPool::ID),
@@ -691,10 +762,30 @@ fn archived_layouts_are_as_documented() {
         disk_corruptions @ 176, disk_evictions @ 184, disk_queued @ 192
     );
     layout!(
-        ServerStats, size 264, align 8,
+        ServerStats, size 376, align 8,
         pid @ 0, workers @ 4, uptime_ms @ 8, sessions @ 16, sessions_total @ 24,
         calls_served @ 32, sessions_killed @ 40, wake_syscalls @ 48, blobs @ 56,
-        per_session @ 256
+        per_session @ 256, provided @ 264
+    );
+    layout!(
+        Offer, size 32, align 8,
+        name @ 0, version @ 8, schema_hash @ 16, concurrency @ 24, idempotent @ 28
+    );
+    layout!(
+        ProviderInfo, size 48, align 8,
+        session @ 0, pid @ 8, concurrency @ 12, in_flight @ 16, served @ 24, errors @ 32,
+        p50_ns @ 40
+    );
+    layout!(
+        MethodInfo, size 80, align 8,
+        name @ 0, version @ 8, id @ 16, origin @ 24, schema_hash @ 32, queued @ 40,
+        served @ 48, errors @ 56, p50_ns @ 64, providers @ 72
+    );
+    layout!(
+        ipc_rpc::builtin::ProvidedStats, size 112, align 8,
+        methods @ 0, providers @ 8, queued @ 16, in_flight @ 24, calls @ 32,
+        replied @ 40, reply_errors @ 48, busy @ 56, deadline_exceeded @ 64,
+        provider_gone @ 72, refused @ 80, resent @ 88, discarded @ 96, abandoned @ 104
     );
 }
 
@@ -955,6 +1046,25 @@ fn by_hand_stats(s: &ServerStats) -> Vec<u8> {
         o.u64(v);
     }
     o.vec_field(sessions, s.per_session.len());
+    let p = &s.provided;
+    for v in [
+        p.methods,
+        p.providers,
+        p.queued,
+        p.in_flight,
+        p.calls,
+        p.replied,
+        p.reply_errors,
+        p.busy,
+        p.deadline_exceeded,
+        p.provider_gone,
+        p.refused,
+        p.resent,
+        p.discarded,
+        p.abandoned,
+    ] {
+        o.u64(v);
+    }
     o.finish(8)
 }
 

@@ -3,6 +3,7 @@
 use super::registry::{Entry, Handler};
 use super::wrap;
 use crate::blobs::BlobStore;
+use crate::provided::Providers;
 use crate::stats::Shared;
 use ipc_rpc::builtin::{Ping, Stats};
 use ipc_rpc::{ErrorCode, Method, Wire};
@@ -12,10 +13,12 @@ use std::sync::Arc;
 pub(super) fn entries(
     shared: &Arc<Shared>,
     store: &Arc<BlobStore>,
+    providers: &Arc<Providers>,
     max_payload: usize,
 ) -> Vec<Entry> {
     let shared = Arc::clone(shared);
     let store = Arc::clone(store);
+    let providers = Arc::clone(providers);
     vec![
         Entry {
             id: Ping::ID,
@@ -42,7 +45,9 @@ pub(super) fn entries(
             version: Stats::VERSION,
             schema_hash: Stats::SCHEMA_HASH,
             handler: Handler::Inline(wrap::inline::<Stats, _>(move |()| {
-                Ok(shared.snapshot(&store, max_payload))
+                let mut stats = shared.snapshot(&store, max_payload);
+                stats.provided = providers.stats();
+                Ok(stats)
             })),
         },
     ]

@@ -19,6 +19,7 @@ pub(crate) use registry::{Entry, Handler, OffloadFn, Registry};
 pub(crate) use wrap::{inline, inline_session, offload, offload_blob};
 
 use crate::blobs::BlobStore;
+use crate::provided::Providers;
 use crate::stats::Shared;
 use std::sync::Arc;
 
@@ -27,9 +28,10 @@ use std::sync::Arc;
 pub(crate) fn builtin_entries(
     shared: &Arc<Shared>,
     store: &Arc<BlobStore>,
+    providers: &Arc<Providers>,
     max_payload: usize,
 ) -> Vec<Entry> {
-    let mut entries = builtin::entries(shared, store, max_payload);
+    let mut entries = builtin::entries(shared, store, providers, max_payload);
     entries.extend(blob::entries(store, max_payload));
     entries
 }

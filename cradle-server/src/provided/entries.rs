@@ -4,6 +4,7 @@
 
 use super::Providers;
 use crate::error::HandlerError;
+use crate::link::{WorkerLink, WorkerMsg};
 use crate::methods::{Entry, Handler, inline, inline_session};
 use ipc_rpc::provide::{
     ListMethods, MAX_NAME_LEN, MethodInfo, Offer, Origin, RESERVED_PREFIX, Register, Unregister,
@@ -95,6 +96,7 @@ fn listed_size(m: &MethodInfo) -> usize {
 /// (these three included), `max_payload` is the ring's frame limit.
 pub(crate) fn entries(
     providers: &Arc<Providers>,
+    links: Arc<[WorkerLink]>,
     known: Vec<Known>,
     max_payload: usize,
 ) -> Vec<Entry> {
@@ -138,7 +140,13 @@ pub(crate) fn entries(
                 let mut t = p2.lock();
                 let had = t.unregister(out.session, id, &mut actions);
                 p2.unlock(t);
-                p2.dispatch(actions);
+                // The calls it held end on their callers' workers (and
+                // the CANCELs go out on this one's, through its channel).
+                for a in actions {
+                    if let Some(link) = links.get(a.worker()) {
+                        link.send(WorkerMsg::Relay(a));
+                    }
+                }
                 Ok(had)
             })),
         },

@@ -17,9 +17,8 @@ pub(crate) mod table;
 
 pub(crate) use table::{Action, Buf, Caller, Limits, Outcome, Table};
 
-use crate::link::{WorkerLink, WorkerMsg};
 use ipc_core::sync::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 
 /// The table behind its mutex, and what every worker may read without it.
 #[derive(Debug)]
@@ -31,20 +30,17 @@ pub(crate) struct Providers {
     earliest: AtomicU64,
     /// Whether any method is provided (skips the lock for unknown ids).
     any: AtomicU64,
-    /// The workers, for actions made outside a worker's own loop.
-    links: Arc<[WorkerLink]>,
     /// The deadline of a call that carries none, from its arrival.
     default_timeout_ns: u64,
 }
 
 impl Providers {
-    pub(crate) fn new(limits: Limits, links: Arc<[WorkerLink]>) -> Self {
+    pub(crate) fn new(limits: Limits) -> Self {
         Self {
             default_timeout_ns: limits.default_timeout_ns,
             table: Mutex::new(Table::new(limits)),
             earliest: AtomicU64::new(u64::MAX),
             any: AtomicU64::new(0),
-            links,
         }
     }
 
@@ -64,8 +60,7 @@ impl Providers {
         // the call (it sweeps every millisecond while awake, and a sleeping
         // worker is woken by the action that made it routable).
         self.earliest.store(t.earliest, Ordering::Relaxed);
-        self.any
-            .store(u64::from(t.figures().methods > 0), Ordering::Relaxed);
+        self.any.store(u64::from(t.any()), Ordering::Relaxed);
         drop(t);
     }
 
@@ -86,12 +81,8 @@ impl Providers {
         self.default_timeout_ns
     }
 
-    /// Sends `actions` to their workers' channels.
-    pub(crate) fn dispatch(&self, actions: impl IntoIterator<Item = Action>) {
-        for a in actions {
-            if let Some(link) = self.links.get(a.worker()) {
-                link.send(WorkerMsg::Relay(a));
-            }
-        }
+    /// The figures `cradle.stats` reports.
+    pub(crate) fn stats(&self) -> ipc_rpc::builtin::ProvidedStats {
+        self.lock().stats()
     }
 }

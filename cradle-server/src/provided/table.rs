@@ -6,6 +6,7 @@
 //! worker that owns the session concerned.
 
 use ipc_rpc::ErrorCode;
+use ipc_rpc::builtin::ProvidedStats;
 use ipc_rpc::idmap::IdMap;
 use ipc_rpc::provide::{MethodInfo, Offer, Origin, ProviderInfo};
 use ipc_rpc::rkyv::util::AlignedVec;
@@ -252,21 +253,9 @@ pub(crate) struct Counts {
     pub(crate) discarded: u64,
     /// Calls cancelled because their caller left.
     pub(crate) abandoned: u64,
-}
-
-/// Figures of the table now.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Figures {
-    /// Provided methods.
-    pub(crate) methods: u64,
-    /// Registrations.
-    pub(crate) providers: u64,
-    /// Calls waiting in queues.
-    pub(crate) queued: u64,
-    /// Calls held by providers.
-    pub(crate) in_flight: u64,
-    /// Counts since start.
-    pub(crate) counts: Counts,
+    /// Routed calls that ended with another error (an argument blob that
+    /// failed its check at delivery).
+    pub(crate) refused: u64,
 }
 
 /// Why a call was not routed.
@@ -706,6 +695,9 @@ impl Table {
         match &outcome {
             Outcome::Error(ErrorCode::DeadlineExceeded, _) => self.counts.deadline += 1,
             Outcome::Error(ErrorCode::ProviderGone, _) => self.counts.gone += 1,
+            // A caller that left (counted as abandoned).
+            Outcome::Error(ErrorCode::Shutdown, _) => {}
+            Outcome::Error(..) => self.counts.refused += 1,
             _ => {}
         }
         self.forget_caller(l.caller.session);
@@ -975,14 +967,29 @@ impl Table {
         v
     }
 
-    /// Figures now.
-    pub(crate) fn figures(&self) -> Figures {
-        Figures {
+    /// Whether any method is provided.
+    pub(crate) fn any(&self) -> bool {
+        !self.methods.is_empty()
+    }
+
+    /// Figures now, for `cradle.stats`.
+    pub(crate) fn stats(&self) -> ProvidedStats {
+        let c = &self.counts;
+        ProvidedStats {
             methods: self.methods.len() as u64,
             providers: self.registrations as u64,
             queued: self.queued as u64,
             in_flight: (self.live.len() - self.queued) as u64,
-            counts: self.counts,
+            calls: c.calls,
+            replied: c.replied,
+            reply_errors: c.reply_errors,
+            busy: c.busy,
+            deadline_exceeded: c.deadline,
+            provider_gone: c.gone,
+            refused: c.refused,
+            resent: c.resent,
+            discarded: c.discarded,
+            abandoned: c.abandoned,
         }
     }
 }
