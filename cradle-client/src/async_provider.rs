@@ -209,8 +209,8 @@ impl fmt::Debug for AsyncProvider {
 /// let p = client.provider().serve_bytes("demo.echo", 1, |_, b| async move { Ok(b) });
 /// let stop = p.stopper();
 /// tokio::spawn(async move {
-///     tokio::signal::ctrl_c().await.ok();
-///     stop.stop();
+///     tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+///     stop.stop(); // serve for a minute
 /// });
 /// p.run().await?;
 /// # Ok(()) }

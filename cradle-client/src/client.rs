@@ -688,22 +688,60 @@ impl Inner {
 
 // ---- provided methods: the ring shared with provider threads ----------
 
+/// The response-ring lock of a thread waiting for its own response; while
+/// a provider runs, dropping it wakes a provider thread (which reads the
+/// ring in its turn).
+struct RxGuard<'a> {
+    guard: MutexGuard<'a, Rx>,
+    invocations: Option<&'a Invocations>,
+}
+
+impl std::ops::Deref for RxGuard<'_> {
+    type Target = Rx;
+    fn deref(&self) -> &Rx {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for RxGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Rx {
+        &mut self.guard
+    }
+}
+
+impl Drop for RxGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(inv) = self.invocations {
+            inv.wake_one();
+        }
+    }
+}
+
 impl Inner {
     /// Locks the response ring. While a provider runs, a provider thread
     /// may sleep holding the lock: a thread that finds it taken counts
-    /// itself a contender and wakes the sleeper, which lets go.
-    fn lock_rx(&self) -> MutexGuard<'_, Rx> {
+    /// itself a contender and wakes the sleeper, which lets go; and when
+    /// the guard goes, a provider thread is told that nobody reads the ring.
+    fn lock_rx(&self) -> RxGuard<'_> {
         if self.invocations.active() {
-            match self.rx.try_lock() {
-                Ok(g) => return g,
-                Err(std::sync::TryLockError::Poisoned(p)) => return p.into_inner(),
-                Err(std::sync::TryLockError::WouldBlock) => {}
-            }
-            let _c = self.invocations.contend();
-            self.nudge();
-            return lock(&self.rx);
+            let guard = match self.rx.try_lock() {
+                Ok(g) => g,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    let _c = self.invocations.contend();
+                    self.nudge();
+                    lock(&self.rx)
+                }
+            };
+            return RxGuard {
+                guard,
+                invocations: Some(&self.invocations),
+            };
         }
-        lock(&self.rx)
+        RxGuard {
+            guard: lock(&self.rx),
+            invocations: None,
+        }
     }
 
     /// Wakes whichever thread sleeps on the response ring's futex (it
@@ -738,8 +776,9 @@ impl Inner {
                 Ok(g) => g,
                 Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
                 Err(std::sync::TryLockError::WouldBlock) => {
-                    // Another thread reads the ring and files invocations.
-                    inv.wait(Duration::from_micros(200));
+                    // Another thread reads the ring and files invocations;
+                    // it tells us when it stops reading.
+                    inv.wait(Duration::from_millis(5));
                     continue;
                 }
             };
@@ -773,6 +812,8 @@ impl Inner {
                 rx.inbox.consumer().release_and_notify(&self.session.bell);
                 let salvaged = std::mem::take(&mut rx.salvaged);
                 drop(guard);
+                // Nobody reads the ring now: another provider thread may.
+                inv.wake_one();
                 for (s, meta, bytes) in salvaged {
                     s(self, meta, &bytes);
                 }

@@ -346,6 +346,12 @@ impl Invocations {
         }
     }
 
+    /// Wakes one provider thread waiting in [`wait`](Self::wait) (the ring
+    /// has no reader now).
+    pub(crate) fn wake_one(&self) {
+        self.cv.notify_one();
+    }
+
     /// Wakes every provider thread waiting in [`wait`](Self::wait).
     pub(crate) fn wake_all(&self) {
         self.cv.notify_all();

@@ -14,6 +14,7 @@ mod counters;
 mod cradle;
 mod disk;
 mod peer;
+mod provided;
 mod report;
 mod scrape;
 mod transport;
@@ -332,6 +333,9 @@ fn calls(
     let spin_server = cradle::Server::start(server_bin, dir.path(), "spin", Some(20_000), there)?;
     let sleep_server = cradle::Server::start(server_bin, dir.path(), "sleep", None, there)?;
     let idle_server = cradle::Server::start(server_bin, dir.path(), "idle", Some(0), there)?;
+    // Provider processes (provided.rs) on the spinning and the idle server.
+    let spin_provider = provided::ProviderPeer::start(spin_server.socket(), "spin", there)?;
+    let idle_provider = provided::ProviderPeer::start(idle_server.socket(), "sleep", there)?;
     // The spinning server again, with its metrics endpoint on a Unix socket:
     // the call path's cost of the metrics, and of a scrape.
     let metrics_sock = dir.path().join("metrics-endpoint.sock");
@@ -433,6 +437,72 @@ fn calls(
         )?),
     });
 
+    // The same echo served by a provider process instead of the server:
+    // each call crosses the server twice.
+    slots.push(Slot {
+        name: report::PROVIDED_SPIN,
+        baseline: "cradle-spin",
+        echo: Box::new(provided::ProvidedEcho::new(
+            spin_server.connect(WaitMode::Spin)?,
+            spin_provider,
+            WaitMode::Spin,
+            Duration::from_millis(25),
+        )),
+    });
+    slots.push(Slot {
+        name: report::PROVIDED_SLEEP,
+        baseline: "cradle-sleep-both",
+        echo: Box::new(provided::ProvidedEcho::new(
+            idle_server.connect(WaitMode::Sleep)?,
+            idle_provider,
+            WaitMode::Sleep,
+            Duration::ZERO,
+        )),
+    });
+    // The pipelined throughput and the blob pass through a provider of
+    // their own (on a spinning server of their own).
+    let prov_server =
+        cradle::Server::start(server_bin, dir.path(), "provided", Some(20_000), there)?;
+    let prov_provider = provided::ProviderPeer::start(prov_server.socket(), "spin", there)?;
+    let prov_client = prov_server.connect(WaitMode::Spin)?;
+    let prov_calls = (plan.pipelined_calls / 10).max(1_000);
+    let blob_sizes = [4usize << 10, 64 << 20];
+    let blob_inputs = blob_sizes
+        .iter()
+        .map(|&n| provided::make_blob(&prov_client, n))
+        .collect::<Result<Vec<_>, _>>()?;
+    let blob_opts = cradle_client::CallOptions {
+        timeout: Duration::from_secs(30),
+        wait: WaitMode::Spin,
+    };
+    let blob_per_block = ((plan.iters / plan.blocks as u64) / 4).max(16);
+    let mut blob_lat: Vec<Latency> = blob_sizes
+        .iter()
+        .map(|&n| Latency {
+            name: report::PROVIDED_BLOB,
+            payload: n,
+            baseline: report::PROVIDED_BLOB,
+            samples: Vec::new(),
+            block_p50: Vec::new(),
+            client_wakes: 0,
+            server_wakes: None,
+            allocs: 0,
+            minflt: 0,
+        })
+        .collect();
+    let mut through_provider = Throughput {
+        name: report::PROVIDED_PIPELINED,
+        clients: 1,
+        window: WINDOW,
+        payload: 8,
+        calls: 0,
+        block_rates: Vec::new(),
+        client_wakes: None,
+        server_wakes: None,
+        allocs: None,
+        scrapes: None,
+    };
+
     let pipe_client = spin_server.connect(WaitMode::Spin)?;
     let metrics_client = metrics_server.connect(WaitMode::Spin)?;
     let mut n_clients = cradle::Clients::start(
@@ -532,6 +602,12 @@ fn calls(
         }
     }
     cradle::pipelined(&pipe_client, plan.pipelined_calls.min(20_000), WINDOW, 0)?;
+    provided::pipelined(&prov_client, prov_calls.min(5_000), WINDOW, 0)?;
+    for (blob, _) in &blob_inputs {
+        for _ in 0..16 {
+            provided::blob_round_trip(&prov_client, blob, blob_opts)?;
+        }
+    }
     cradle::pipelined(&metrics_client, plan.pipelined_calls.min(20_000), WINDOW, 0)?;
     scrape::once(&metrics_sock)?;
     std::thread::sleep(Duration::from_millis(25));
@@ -614,6 +690,48 @@ fn calls(
         many.calls += calls;
         many.block_rates.push(calls as f64 * 1e9 / ns.max(1) as f64);
         std::thread::sleep(Duration::from_millis(25));
+        // Pipelined through one provider process.
+        progress.show(&format!(
+            "[block {}/{}] {} ({:.0} s)",
+            b + 1,
+            plan.blocks,
+            through_provider.name,
+            started.elapsed().as_secs_f64()
+        ));
+        let ns = provided::pipelined(&prov_client, prov_calls, WINDOW, tag)?;
+        tag += prov_calls;
+        through_provider.calls += prov_calls;
+        through_provider
+            .block_rates
+            .push(prov_calls as f64 * 1e9 / ns.max(1) as f64);
+        // A blob to the provider and back, 4 KiB and 64 MiB.
+        for (l, (blob, _)) in blob_lat.iter_mut().zip(&blob_inputs) {
+            progress.show(&format!(
+                "[block {}/{}] {} {} ({:.0} s)",
+                b + 1,
+                plan.blocks,
+                l.name,
+                report::size(l.payload),
+                started.elapsed().as_secs_f64()
+            ));
+            let first = l.samples.len();
+            let c0 = Snapshot::now();
+            for _ in 0..blob_per_block {
+                let t = Instant::now();
+                provided::blob_round_trip(&prov_client, blob, blob_opts)?;
+                l.samples
+                    .push(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
+            }
+            let c = c0.delta(&Snapshot::now());
+            l.client_wakes += c.wakes;
+            l.allocs += c.allocs;
+            l.minflt += c.minflt;
+            scratch.clear();
+            scratch.extend_from_slice(&l.samples[first..]);
+            scratch.sort_unstable();
+            l.block_p50.push(report::percentile(&scratch, 0.5));
+        }
+        std::thread::sleep(Duration::from_millis(25));
         // Pipelined against the server with a metrics endpoint: unscraped,
         // then with a scraper fetching /metrics every SCRAPE_EVERY.
         for (t, scraping) in [(&mut unscraped, false), (&mut scraped, true)] {
@@ -644,8 +762,21 @@ fn calls(
     drop(pipe_client);
     drop(metrics_client);
     drop(slots);
-    drop((spin_server, sleep_server, idle_server, metrics_server));
-    Ok((latency, vec![one, many, unscraped, scraped]))
+    drop(blob_inputs);
+    drop(prov_client);
+    drop(prov_provider);
+    drop((
+        spin_server,
+        sleep_server,
+        idle_server,
+        metrics_server,
+        prov_server,
+    ));
+    latency.extend(blob_lat);
+    Ok((
+        latency,
+        vec![one, many, unscraped, scraped, through_provider],
+    ))
 }
 
 /// Writes the call's sequence number into the first bytes of the payload.

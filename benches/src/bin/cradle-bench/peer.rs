@@ -50,6 +50,7 @@ pub(crate) fn run(kind: &str, args: &[String]) -> Result<(), String> {
             pipelined_client(socket, calls, window)
         }
         "blob-reader" => crate::blobs::reader(arg(0)?, fd(1)?),
+        "provider" => crate::provided::provider(arg(0)?, arg(1)?),
         other => Err(format!("unknown peer kind {other:?}")),
     }
 }

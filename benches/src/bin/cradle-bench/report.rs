@@ -14,6 +14,23 @@ pub(crate) const SPIN_METRICS: &str = "cradle-spin-metrics";
 pub(crate) const PIPELINED_METRICS: &str = "cradle-pipelined-metrics";
 /// The same while a scraper fetches /metrics every 100 ms.
 pub(crate) const PIPELINED_SCRAPED: &str = "cradle-pipelined-scraped";
+/// "8 B", "4 KiB", "64 MiB".
+fn size_label(n: usize) -> String {
+    match n {
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
+        n => format!("{n} B"),
+    }
+}
+
+/// The echo served by a provider process, everyone spinning.
+pub(crate) const PROVIDED_SPIN: &str = "provided-spin";
+/// The echo served by a provider process, everyone asleep between calls.
+pub(crate) const PROVIDED_SLEEP: &str = "provided-sleep-both";
+/// Pipelined echo calls through one provider process.
+pub(crate) const PROVIDED_PIPELINED: &str = "provided-pipelined";
+/// A blob passed to a provider and back (payload: the blob's size).
+pub(crate) const PROVIDED_BLOB: &str = "provided-blob";
 
 /// One latency scenario: a transport at one payload size.
 #[derive(Debug)]
@@ -267,6 +284,7 @@ impl Report {
             });
         }
         self.metrics_targets(out);
+        self.provided_figures(out);
         let rate = self
             .throughput
             .iter()
@@ -284,6 +302,49 @@ impl Report {
                 None => "not measured".into(),
             },
         });
+    }
+
+    /// Provided calls against the direct (compiled-in) call in the same
+    /// mode, and a 64 MiB blob pass against a 4 KiB one: reported (INFO),
+    /// no target of docs/design.md §9 applies.
+    fn provided_figures(&self, out: &mut Vec<Target>) {
+        let pairs = [
+            (PROVIDED_SPIN, 8, "cradle-spin", 8, "x direct call"),
+            (PROVIDED_SLEEP, 8, "cradle-sleep-both", 8, "x direct call"),
+            (
+                PROVIDED_BLOB,
+                64 << 20,
+                PROVIDED_BLOB,
+                4 << 10,
+                "x 4 KiB blob",
+            ),
+        ];
+        for (name, size, base, base_size, unit) in pairs {
+            let (r, p50) = match (self.find(name, size), self.find(base, base_size)) {
+                (Some(a), Some(b)) => (block_ratio(a, b), Some(summarize(&a.samples).p50)),
+                _ => (None, None),
+            };
+            out.push(Target {
+                what: format!(
+                    "{name} {}, p50 against {base} {}",
+                    size_label(size),
+                    size_label(base_size)
+                ),
+                scenario: name.into(),
+                payload: Some(size),
+                measured: r,
+                unit,
+                pass: None,
+                detail: match (r, p50) {
+                    (Some(r), Some(p)) => format!(
+                        "{r:.2}{} (p50 {:.2} us)",
+                        unit.trim_start_matches('x'),
+                        p as f64 / 1e3
+                    ),
+                    _ => "not measured".into(),
+                },
+            });
+        }
     }
 
     /// The metrics endpoint's cost: the spinning call with metrics on

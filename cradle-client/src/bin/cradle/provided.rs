@@ -203,7 +203,7 @@ pub(crate) fn parse_target(target: &str) -> Result<(String, u32), String> {
 pub(crate) fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
     let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
     let s = s.strip_prefix("0x").unwrap_or(&s);
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err("--raw-hex needs an even number of hex digits".into());
     }
     (0..s.len())

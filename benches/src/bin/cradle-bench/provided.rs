@@ -1,0 +1,217 @@
+//! The "provided call" scenarios: the same echo as the CRADLE scenarios,
+//! but served by a provider process (`cradle-bench peer provider`, the
+//! client library's `Provider`) instead of a handler compiled into the
+//! server. Each call crosses the server twice (caller → server → provider
+//! → server → caller). Also: the pipelined throughput through one provider,
+//! and a blob passed to the provider and back (4 KiB against 64 MiB).
+
+use crate::transport::{Echo, Peer, SpawnOpts, echo_ok, spawn_peer};
+use cradle_client::{CallOptions, Client, HandlerError, Pending, WaitMode};
+use std::collections::VecDeque;
+use std::io::BufRead;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+ipc_rpc::method! {
+    /// The provider's echo.
+    pub(crate) BenchEcho = "bench.echo" version 1: Vec<u8> => Vec<u8>;
+    /// Passes the blob passed with the call back as the result; answers its
+    /// length.
+    pub(crate) BenchBlob = "bench.blob" version 1: () => u64;
+}
+
+/// A provider process serving `bench.echo` and `bench.blob` through the
+/// server at `socket`, stopped when dropped (its stdin closes).
+pub(crate) struct ProviderPeer {
+    _peer: Peer,
+}
+
+impl ProviderPeer {
+    /// Starts the provider (waiting in `wait`: `spin` is spin-then-sleep
+    /// 20 ms, like the spinning server; `sleep`) and waits until the server
+    /// lists it.
+    pub(crate) fn start(socket: &Path, wait: &str, core: Option<usize>) -> Result<Self, String> {
+        let peer = spawn_peer(
+            &[
+                "provider".into(),
+                socket.display().to_string(),
+                wait.to_owned(),
+            ],
+            &SpawnOpts {
+                core,
+                stdin: true,
+                ..Default::default()
+            },
+        )?;
+        let mut me = Self { _peer: peer };
+        let c = Client::connect(socket).map_err(|e| format!("connect: {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let listed = c
+                .methods()
+                .map_err(|e| format!("cradle.methods: {e}"))?
+                .iter()
+                .any(|m| m.name == "bench.blob" && !m.providers.is_empty());
+            if listed {
+                return Ok(me);
+            }
+            me._peer.check_alive()?;
+            if Instant::now() > deadline {
+                return Err("the bench provider did not register".into());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// The provider process: serves until its stdin closes.
+pub(crate) fn provider(socket: &str, wait: &str) -> Result<(), String> {
+    let wait = match wait {
+        "spin" => WaitMode::SpinThenSleep(Duration::from_millis(20)),
+        "sleep" => WaitMode::Sleep,
+        w => return Err(format!("wait mode {w:?}")),
+    };
+    let client = Client::connect_with(
+        socket,
+        cradle_client::ClientOptions {
+            timeout: Duration::from_secs(30),
+            wait,
+        },
+    )
+    .map_err(|e| format!("connect {socket}: {e}"))?;
+    let p = client
+        .provider()
+        .serve::<BenchEcho>(|_call, msg| Ok::<_, HandlerError>(msg))
+        .serve::<BenchBlob>(|call, ()| {
+            let blob = call.take_blobs().pop().ok_or("pass a blob")?;
+            let n = blob.len() as u64;
+            call.attach_ref(blob);
+            Ok(n)
+        });
+    let stopper = p.stopper();
+    std::thread::spawn(move || {
+        // The harness closes our stdin to stop us.
+        for _ in std::io::stdin().lock().lines() {}
+        stopper.stop();
+    });
+    p.run().map(|_| ()).map_err(|e| format!("provider: {e}"))
+}
+
+/// Echo calls of the provided `bench.echo`, checked in place.
+pub(crate) struct ProvidedEcho {
+    client: Client,
+    opts: CallOptions,
+    cool_down: Duration,
+    _provider: ProviderPeer,
+}
+
+impl ProvidedEcho {
+    pub(crate) fn new(
+        client: Client,
+        provider: ProviderPeer,
+        wait: WaitMode,
+        cool_down: Duration,
+    ) -> Self {
+        Self {
+            client,
+            opts: CallOptions {
+                timeout: Duration::from_secs(30),
+                wait,
+            },
+            cool_down,
+            _provider: provider,
+        }
+    }
+}
+
+impl Echo for ProvidedEcho {
+    fn round_trip(&mut self, msg: &Vec<u8>) -> Result<(), String> {
+        let ok = self
+            .client
+            .call_with::<BenchEcho, _>(msg, self.opts, |echo| echo_ok(msg, echo.as_slice()))
+            .map_err(|e| format!("bench.echo: {e}"))?;
+        if ok {
+            Ok(())
+        } else {
+            Err("echo differs from the request".into())
+        }
+    }
+
+    fn server_wakes(&self) -> Option<u64> {
+        crate::cradle::server_wakes(&self.client).ok()
+    }
+
+    fn cool_down(&self) -> Duration {
+        self.cool_down
+    }
+}
+
+/// `calls` pipelined 8-byte `bench.echo` calls through the provider, at
+/// most `window` in flight, every answer checked; returns the nanoseconds.
+pub(crate) fn pipelined(
+    client: &Client,
+    calls: u64,
+    window: usize,
+    tag0: u64,
+) -> Result<u64, String> {
+    let mut q: VecDeque<(u64, Pending<'_, BenchEcho>)> = VecDeque::with_capacity(window);
+    let check = |tag: u64, p: Pending<'_, BenchEcho>| -> Result<(), String> {
+        let same = p
+            .wait_with(|echo| echo.as_slice() == tag.to_le_bytes())
+            .map_err(|e| format!("pipelined bench.echo: {e}"))?;
+        if same {
+            Ok(())
+        } else {
+            Err("pipelined echo differs from its request".into())
+        }
+    };
+    let start = Instant::now();
+    for i in 0..calls {
+        if q.len() >= window
+            && let Some((tag, p)) = q.pop_front()
+        {
+            check(tag, p)?;
+        }
+        let tag = tag0.wrapping_add(i);
+        let p = client
+            .send::<BenchEcho>(&tag.to_le_bytes().to_vec())
+            .map_err(|e| format!("pipelined send: {e}"))?;
+        q.push_back((tag, p));
+    }
+    while let Some((tag, p)) = q.pop_front() {
+        check(tag, p)?;
+    }
+    Ok(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// A blob of `len` bytes for the blob scenario, and a reference to it that
+/// keeps its segment mapped in the caller (as an application that reads its
+/// results would).
+pub(crate) fn make_blob(
+    client: &Client,
+    len: usize,
+) -> Result<(cradle_client::Blob, cradle_client::BlobRef), String> {
+    let mut w = client.create(len).map_err(|e| format!("create: {e}"))?;
+    w.write_at(0, &[1]);
+    w.write_at(len - 1, &[2]);
+    let blob = w.seal().map_err(|e| format!("seal: {e}"))?;
+    let r = client.get(blob.handle()).map_err(|e| format!("get: {e}"))?;
+    Ok((blob, r))
+}
+
+/// One `bench.blob` call: `blob` goes to the provider and comes back as the
+/// result, adopted; its first and last bytes checked.
+pub(crate) fn blob_round_trip(
+    client: &Client,
+    blob: &cradle_client::Blob,
+    opts: CallOptions,
+) -> Result<(), String> {
+    let (n, back) = client
+        .call_with_blobs_opts::<BenchBlob>(&(), &[blob.handle()], opts)
+        .map_err(|e| format!("bench.blob: {e}"))?;
+    let r = back.first().ok_or("bench.blob: no result blob")?;
+    if n as usize != blob.len() || r.len() != blob.len() || r[0] != 1 || r[r.len() - 1] != 2 {
+        return Err("bench.blob: the result blob differs".into());
+    }
+    Ok(())
+}
