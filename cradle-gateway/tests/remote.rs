@@ -485,3 +485,85 @@ fn the_cli_works_through_the_gateway() {
     let (ok, out, err) = cradle(&["--json", "stats"]);
     assert!(ok && out.contains("\"sessions\""), "{out}{err}");
 }
+
+fn rss_anon_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_slow_remote_reader_does_not_make_the_gateway_hold_the_blob_in_memory() {
+    let _w = Watchdog::new(240, "slow_reader");
+    let dir = TempDir::new("slow");
+    let _server = start_server(dir.path(), "1G");
+    let gw = start_gateway(dir.path(), None, &[]);
+    let local = Client::connect(dir.path().join("cradle.sock")).unwrap();
+    let len = 256usize << 20;
+    let data = bytes(len, 11);
+    let mut w = local.create(len).unwrap();
+    w.write_at(0, &data);
+    local.cache().put("big", &w.seal().unwrap()).unwrap();
+    let watcher = remote(&gw, None);
+    let token = std::fs::read_to_string(&gw.token_file).unwrap();
+    let before = rss_anon_kib(gw.proc.pid());
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut stream = rt.block_on(async {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", gw.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut req = tonic::Request::new(cradle_proto::v1::CacheGetRequest { key: "big".into() });
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", token.trim()).parse().unwrap(),
+        );
+        GatewayClient::new(ch)
+            .cache_get(req)
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    let first = rt.block_on(stream.message()).unwrap().unwrap();
+    assert_eq!(first.size, len as u64);
+
+    // The reader stalls: the gateway stops once the windows are full.
+    let mut sent = 0;
+    eventually(30, "the gateway stops sending", || {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = watcher.gateway_stats().unwrap().download_bytes;
+        let still = now == sent;
+        sent = now;
+        still
+    });
+    let grown_mib = (rss_anon_kib(gw.proc.pid()).saturating_sub(before)) / 1024;
+    eprintln!(
+        "stalled reader: {} MiB sent of 256, gateway heap +{grown_mib} MiB",
+        sent >> 20
+    );
+    assert!(
+        sent < 64 << 20,
+        "{sent} bytes went out to a reader that reads nothing"
+    );
+    assert!(grown_mib < 64, "the gateway's heap grew {grown_mib} MiB");
+
+    // The reader resumes: everything arrives, digest-checked.
+    let mut got = first.data;
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&got);
+    let digest = loop {
+        let c = rt.block_on(stream.message()).unwrap().unwrap();
+        hasher.update(&c.data);
+        got.extend_from_slice(&c.data);
+        if !c.blake3.is_empty() {
+            break c.blake3;
+        }
+    };
+    assert_eq!(got.len(), len);
+    assert!(got == data);
+    assert_eq!(hasher.finalize().as_bytes()[..], digest[..]);
+}
