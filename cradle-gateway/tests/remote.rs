@@ -567,3 +567,63 @@ fn a_slow_remote_reader_does_not_make_the_gateway_hold_the_blob_in_memory() {
     assert!(got == data);
     assert_eq!(hasher.finalize().as_bytes()[..], digest[..]);
 }
+
+#[test]
+fn a_provided_method_takes_and_returns_blobs_by_digest() {
+    let _w = Watchdog::new(240, "provided");
+    let dir = TempDir::new("provided");
+    let _server = start_server(dir.path(), "512M");
+    let gw = start_gateway(dir.path(), None, &[]);
+    let sock = dir.path().join("cradle.sock");
+    let (give, take) = std::sync::mpsc::channel();
+    let provider = std::thread::spawn(move || {
+        let client = Client::connect(&sock).unwrap();
+        // test.reverse: the body's length, and the blobs passed, reversed
+        // and concatenated, as a result blob.
+        let p = client
+            .provider()
+            .serve_bytes("test.reverse", 1, |call, body| {
+                let mut out = Vec::new();
+                for b in call.blobs() {
+                    out.extend(b.iter().rev());
+                }
+                let mut w = call.client().create(out.len())?;
+                w.write_at(0, &out);
+                let blob = w.seal()?;
+                call.attach(blob);
+                Ok((body.len() as u64).to_le_bytes().to_vec())
+            });
+        give.send(p.stopper()).unwrap();
+        p.run().unwrap();
+    });
+    let stopper = take.recv().unwrap();
+    let remote = remote(&gw, None);
+    let a = bytes(3 << 20, 21);
+    let b = bytes(1000, 22);
+    let mut call = || remote.call_bytes("test.reverse", 1, b"four", &[&a, &b]);
+    let mut answer = None;
+    eventually(30, "the provider is registered", || match call() {
+        Ok(r) => {
+            answer = Some(r);
+            true
+        }
+        Err(GatewayError::Call(cradle_client::CallError::Remote { code, .. }))
+            if code == cradle_client::ErrorCode::UnknownMethod =>
+        {
+            false
+        }
+        Err(e) => panic!("{e}"),
+    });
+    let (body, results) = answer.unwrap();
+    assert_eq!(body, 4u64.to_le_bytes());
+    let want: Vec<u8> = a.iter().rev().chain(b.iter().rev()).copied().collect();
+    assert_eq!(results.len(), 1);
+    assert!(results[0] == want);
+    // The same blobs again: named by digest, not sent.
+    let sent = remote.bytes_sent();
+    let (_, again) = call().unwrap();
+    assert_eq!(remote.bytes_sent(), sent);
+    assert!(again[0] == want);
+    stopper.stop();
+    provider.join().unwrap();
+}
