@@ -600,18 +600,17 @@ fn a_provided_method_takes_and_returns_blobs_by_digest() {
     let remote = remote(&gw, None);
     let a = bytes(3 << 20, 21);
     let b = bytes(1000, 22);
-    let mut call = || remote.call_bytes("test.reverse", 1, b"four", &[&a, &b]);
+    let call = || remote.call_bytes("test.reverse", 1, b"four", &[&a, &b]);
     let mut answer = None;
     eventually(30, "the provider is registered", || match call() {
         Ok(r) => {
             answer = Some(r);
             true
         }
-        Err(GatewayError::Call(cradle_client::CallError::Remote { code, .. }))
-            if code == cradle_client::ErrorCode::UnknownMethod =>
-        {
-            false
-        }
+        Err(GatewayError::Call(cradle_client::CallError::Remote {
+            code: cradle_client::ErrorCode::UnknownMethod,
+            ..
+        })) => false,
         Err(e) => panic!("{e}"),
     });
     let (body, results) = answer.unwrap();
