@@ -9,6 +9,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Blob chunks as `Bytes`: decoded without a copy, and a sender can
+        // hand over memory it does not own as a Vec.
+        .bytes(".cradle.gateway.v1.UploadChunk.data")
+        .bytes(".cradle.gateway.v1.DownloadChunk.data")
         .compile_fds(fds)?;
     Ok(())
 }

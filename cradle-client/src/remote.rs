@@ -350,6 +350,7 @@ impl RemoteClient {
             .connect_timeout(Duration::from_secs(5))
             .initial_stream_window_size(Some(8 << 20))
             .initial_connection_window_size(Some(16 << 20))
+            .max_frame_size(1u32 << 20)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
         if tls {
@@ -513,7 +514,7 @@ impl RemoteClient {
             let first = chunks.next().unwrap_or(&[]);
             let mut msg = UploadChunk {
                 digest: Some(digest.to_proto()),
-                data: first.to_vec(),
+                data: tonic::codegen::Bytes::copy_from_slice(first),
             };
             loop {
                 let n = msg.data.len() as u64;
@@ -526,7 +527,7 @@ impl RemoteClient {
                     Some(c) => {
                         msg = UploadChunk {
                             digest: None,
-                            data: c.to_vec(),
+                            data: tonic::codegen::Bytes::copy_from_slice(c),
                         }
                     }
                     None => return,

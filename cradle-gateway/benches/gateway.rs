@@ -302,7 +302,14 @@ fn main() {
 
     // Downloads: through the gateway (digest-checked) vs raw TLS.
     let data = pseudo_random(big, 7);
+    let t = Instant::now();
     remote.cache().put("bench/big", &data).unwrap();
+    let up = t.elapsed().as_secs_f64();
+    println!(
+        "upload {:.0} MiB (hash, FindMissing, stream, digest check at the gateway, put): {:.0} MiB/s ({up:.2} s)",
+        big as f64 / (1 << 20) as f64,
+        big as f64 / (1 << 20) as f64 / up
+    );
     let (_raw, raw_port) = spawn_child("raw", &dir, big);
     let connector = {
         let mut roots = tokio_rustls::rustls::RootCertStore::empty();

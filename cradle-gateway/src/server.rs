@@ -191,6 +191,7 @@ impl Gateway {
             .max_concurrent_streams(Some(c.max_concurrent_streams))
             .initial_stream_window_size(Some(8 << 20))
             .initial_connection_window_size(Some(16 << 20))
+            .max_frame_size(Some(1 << 20))
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)));
         if let Some((cert, key)) = &c.tls {

@@ -76,6 +76,17 @@ impl Drop for UploadReservation {
 
 type ChunkStream = ReceiverStream<Result<DownloadChunk, Status>>;
 
+/// A leased blob as the owner of `Bytes` chunks: the chunks of a download
+/// point into the shared memory itself, and the lease lives as long as any
+/// of them.
+struct Leased(Arc<BlobRef>);
+
+impl AsRef<[u8]> for Leased {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 impl Service {
     pub(crate) fn new(local: Arc<Local>, counters: Arc<Counters>, limits: Limits) -> Self {
         Self {
@@ -265,13 +276,13 @@ impl Service {
         let counters = self.counters.clone();
         tokio::spawn(
             async move {
-                let bytes: &[u8] = &blob;
-                let len = bytes.len();
+                let len = blob.len();
+                let whole = prost::bytes::Bytes::from_owner(Leased(blob));
                 let mut hasher = blake3::Hasher::new();
                 let mut at = 0;
                 loop {
                     let end = (at + CHUNK_BYTES).min(len);
-                    let data = bytes[at..end].to_vec();
+                    let data = whole.slice(at..end);
                     hasher.update(&data);
                     let msg = DownloadChunk {
                         size: if at == 0 { len as u64 } else { 0 },
@@ -290,7 +301,7 @@ impl Service {
                 let hash = *hasher.finalize().as_bytes();
                 let last = DownloadChunk {
                     size: 0,
-                    data: Vec::new(),
+                    data: prost::bytes::Bytes::new(),
                     blake3: hash.to_vec(),
                 };
                 if tx.send(Ok(last)).await.is_ok() {
