@@ -12,7 +12,9 @@
 //!
 //! `cargo build --release -p cradle-server -p cradle-gateway && cargo bench
 //! -p cradle-gateway --bench gateway` (`-- --quick`: fewer rounds and
-//! 256 MiB instead of 1 GiB). Figures are printed, never asserted.
+//! 256 MiB instead of 1 GiB; `CRADLE_BENCH_GATEWAY_ARGS="--local-wait
+//! sleep"` passes flags to the gateway). Figures are printed, never
+//! asserted.
 
 use cradle_proto::v1::CallResponse;
 use cradle_proto::v1::bench_echo_client::BenchEchoClient;
@@ -64,7 +66,9 @@ fn echo_server(dir: &Path) {
             .initial_stream_window_size(Some(8 << 20))
             .initial_connection_window_size(Some(16 << 20))
             .add_service(BenchEchoServer::new(Echo))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l))
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true)),
+            )
             .await
             .unwrap();
     });
@@ -227,6 +231,11 @@ fn main() {
         .arg("--tls-key")
         .arg(dir.join("key.pem"))
         .args(["--listen", "127.0.0.1:0", "--log-level", "warn"])
+        .args(
+            std::env::var("CRADLE_BENCH_GATEWAY_ARGS")
+                .unwrap_or_default()
+                .split_whitespace(),
+        )
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();

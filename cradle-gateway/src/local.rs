@@ -172,15 +172,22 @@ impl Conn {
 pub(crate) struct Local {
     socket: PathBuf,
     timeout: Duration,
+    wait: cradle_client::WaitMode,
     current: tokio::sync::Mutex<Option<Arc<Conn>>>,
     counters: Arc<Counters>,
 }
 
 impl Local {
-    pub(crate) fn new(socket: PathBuf, timeout: Duration, counters: Arc<Counters>) -> Self {
+    pub(crate) fn new(
+        socket: PathBuf,
+        timeout: Duration,
+        wait: cradle_client::WaitMode,
+        counters: Arc<Counters>,
+    ) -> Self {
         Self {
             socket,
             timeout,
+            wait,
             current: tokio::sync::Mutex::new(None),
             counters,
         }
@@ -195,7 +202,7 @@ impl Local {
         }
         let opts = ClientOptions {
             timeout: self.timeout,
-            ..ClientOptions::default()
+            wait: self.wait,
         };
         let connect = AsyncClient::connect_with(&self.socket, opts);
         let client = match tokio::time::timeout(Duration::from_secs(5), connect).await {

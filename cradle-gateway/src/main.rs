@@ -57,9 +57,21 @@ struct Args {
     /// Longest deadline of a forwarded call, in seconds.
     #[arg(long, default_value_t = 30)]
     call_timeout_secs: u64,
+    /// How the gateway waits for the local server's answers: spin (lowest
+    /// latency, burns a core while waiting), sleep (no spinning: frees the
+    /// runtime's threads), or spin-then-sleep (50 µs, then sleep).
+    #[arg(long, value_enum, default_value_t = LocalWait::SpinThenSleep)]
+    local_wait: LocalWait,
     /// Log filter (tracing's env-filter syntax; RUST_LOG overrides).
     #[arg(long, default_value = "info")]
     log_level: String,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LocalWait {
+    Spin,
+    Sleep,
+    SpinThenSleep,
 }
 
 fn main() -> ExitCode {
@@ -85,6 +97,11 @@ fn main() -> ExitCode {
     config.staging_bytes = args.staging_bytes;
     config.staging_ttl = Duration::from_secs(args.staging_ttl_secs);
     config.call_timeout = Duration::from_secs(args.call_timeout_secs);
+    config.local_wait = match args.local_wait {
+        LocalWait::Spin => cradle_client::WaitMode::Spin,
+        LocalWait::Sleep => cradle_client::WaitMode::Sleep,
+        LocalWait::SpinThenSleep => cradle_client::WaitMode::default(),
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

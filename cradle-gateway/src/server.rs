@@ -48,6 +48,8 @@ pub struct Config {
     pub staging_ttl: Duration,
     /// Deadline of a forwarded call (a caller may ask for less).
     pub call_timeout: Duration,
+    /// How the gateway waits for the local server's answers.
+    pub local_wait: cradle_client::WaitMode,
 }
 
 impl Config {
@@ -71,6 +73,7 @@ impl Config {
             staging_bytes: 4 << 30,
             staging_ttl: Duration::from_secs(600),
             call_timeout: Duration::from_secs(30),
+            local_wait: cradle_client::WaitMode::default(),
         }
     }
 }
@@ -167,6 +170,7 @@ impl Gateway {
         let local = Arc::new(Local::new(
             c.socket.clone(),
             c.call_timeout,
+            c.local_wait,
             counters.clone(),
         ));
         let limits = Limits {
@@ -206,7 +210,10 @@ impl Gateway {
         } else {
             tracing::warn!(addr = %self.addr, "serving gRPC WITHOUT TLS, on loopback only: give --tls-cert and --tls-key to serve other machines");
         }
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
+        // TCP_NODELAY: a response's frames leave at once, never held back
+        // by Nagle's algorithm waiting for an acknowledgement.
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(self.listener).with_nodelay(Some(true));
         let r = builder
             .add_service(health_service)
             .add_service(checked)
