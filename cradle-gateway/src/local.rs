@@ -62,6 +62,9 @@ pub(crate) struct Store {
     staged: HashMap<Digest, Staged>,
     staged_bytes: u64,
     keyed: HashMap<Digest, (String, u64)>,
+    /// The same, by key: the digest of the blob a key held when the
+    /// gateway last saw it, with that blob's id.
+    by_key: HashMap<String, (Digest, u64)>,
 }
 
 /// One session with the local server and the tables that live with it.
@@ -128,7 +131,19 @@ impl Conn {
 
     /// Records that `key` holds the blob of `d` with id `blob_id`.
     pub(crate) fn index(&self, d: Digest, key: &str, blob_id: u64) {
-        self.store().keyed.insert(d, (key.to_owned(), blob_id));
+        let mut s = self.store();
+        s.keyed.insert(d, (key.to_owned(), blob_id));
+        s.by_key.insert(key.to_owned(), (d, blob_id));
+    }
+
+    /// The digest of the blob with id `blob_id` under `key`, if the
+    /// gateway has hashed it before (a sealed blob never changes, so the
+    /// same id means the same bytes).
+    pub(crate) fn known_digest(&self, key: &str, blob_id: u64) -> Option<Digest> {
+        match self.store().by_key.get(key) {
+            Some((d, id)) if *id == blob_id => Some(*d),
+            _ => None,
+        }
     }
 
     /// Staged blobs and their bytes.

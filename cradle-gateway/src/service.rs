@@ -264,12 +264,15 @@ impl Service {
         })
     }
 
-    /// Streams `blob` in chunks, the digest of what was sent last; when
-    /// done, `then` learns the digest. At most two chunks wait in the
-    /// channel: a slow reader holds the sender, not memory.
+    /// Streams `blob` in chunks, the digest of what was sent last (hashed
+    /// on the way, unless `known` already: a blob whose digest the gateway
+    /// computed before, by id, is not hashed again); when done, `then`
+    /// learns the digest. At most two chunks wait in the channel: a slow
+    /// reader holds the sender, not memory.
     fn stream(
         &self,
         blob: Arc<BlobRef>,
+        known: Option<Digest>,
         then: impl FnOnce(Digest) + Send + 'static,
     ) -> ChunkStream {
         let (tx, rx) = tokio::sync::mpsc::channel(2);
@@ -283,7 +286,9 @@ impl Service {
                 loop {
                     let end = (at + CHUNK_BYTES).min(len);
                     let data = whole.slice(at..end);
-                    hasher.update(&data);
+                    if known.is_none() {
+                        hasher.update(&data);
+                    }
                     let msg = DownloadChunk {
                         size: if at == 0 { len as u64 } else { 0 },
                         data,
@@ -298,7 +303,10 @@ impl Service {
                         break;
                     }
                 }
-                let hash = *hasher.finalize().as_bytes();
+                let hash = match known {
+                    Some(d) => d.hash,
+                    None => *hasher.finalize().as_bytes(),
+                };
                 let last = DownloadChunk {
                     size: 0,
                     data: prost::bytes::Bytes::new(),
@@ -320,7 +328,7 @@ impl Service {
         let d = Digest::from_proto(req.digest.as_ref())?;
         let conn = self.local.conn().await?;
         match conn.resolve(&d).await {
-            Ok(Some(b)) => Ok(self.stream(b, |_| {})),
+            Ok(Some(b)) => Ok(self.stream(b, Some(d), |_| {})),
             Ok(None) => Err(Status::not_found(format!(
                 "blob {} is not at the gateway",
                 d.hex()
@@ -337,9 +345,10 @@ impl Service {
             Err(e) => return Err(self.local.blob_failed(&conn, &e).await),
         };
         let id = b.handle().id;
+        let known = conn.known_digest(&req.key, id);
         let key = req.key;
         let c2: Arc<Conn> = conn.clone();
-        Ok(self.stream(Arc::new(b), move |d| c2.index(d, &key, id)))
+        Ok(self.stream(Arc::new(b), known, move |d| c2.index(d, &key, id)))
     }
 
     async fn do_cache_put(&self, req: CachePutRequest) -> Result<CachePutResponse, Status> {
