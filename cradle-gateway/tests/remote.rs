@@ -626,3 +626,23 @@ fn a_provided_method_takes_and_returns_blobs_by_digest() {
     stopper.stop();
     provider.join().unwrap();
 }
+
+#[test]
+fn a_token_file_others_can_read_is_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("tokenmode");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = std::process::Command::new(gateway_bin())
+        .arg("--socket")
+        .arg(dir.path().join("cradle.sock"))
+        .arg("--token-file")
+        .arg(&token)
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("readable by others"), "{err}");
+}
