@@ -308,6 +308,18 @@ fn main() {
         "small call (8 B): gateway {g:.1} µs, tonic echo {e:.1} µs, ratio {:.2}x (target <= 1.3x); medians of {rounds} blocks of {calls}",
         g / e
     );
+    // Breakdown: a gateway RPC that makes no local call (GatewayStats,
+    // token check included) against the same echo.
+    let mut st = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let t = Instant::now();
+        remote.gateway_stats().unwrap();
+        st.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    println!(
+        "  of which gRPC + token check alone (GatewayStats, no local call): {:.1} µs",
+        median(st)
+    );
 
     // Downloads: through the gateway (digest-checked) vs raw TLS.
     let data = pseudo_random(big, 7);
