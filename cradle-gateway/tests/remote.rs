@@ -1,6 +1,12 @@
 //! The gateway end to end: real `cradle-server` and `cradle-gateway`
 //! processes on loopback, TLS with a CA generated here, `RemoteClient` and
 //! raw gRPC clients.
+//!
+//! They run the workspace's `target/<profile>/cradle-server` and `cradle`
+//! binaries (built here only if missing). `cargo test --workspace` builds
+//! both first; when running this crate alone, build them first so they are
+//! current: `cargo build -p cradle-server -p cradle-client && cargo test
+//! -p cradle-gateway`.
 
 mod support;
 
