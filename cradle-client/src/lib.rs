@@ -79,6 +79,8 @@ mod error;
 mod fork;
 mod options;
 mod provider;
+#[cfg(feature = "remote")]
+mod remote;
 mod serving;
 mod session;
 
@@ -98,5 +100,10 @@ pub use ipc_rpc::provide::{MethodInfo, Origin, ProviderInfo};
 pub use ipc_rpc::{CallError, ErrorCode, Method, ProtocolError};
 pub use options::{CallOptions, ClientOptions, DEFAULT_TIMEOUT, MemoMode};
 pub use provider::{Call, Provider, ServeReport, Stopper};
+#[cfg(feature = "remote")]
+pub use remote::{
+    ComputeOrGatewayError, Connection, ContentDigest, GatewayError, GatewayStats, REMOTE_SCHEME,
+    RemoteCache, RemoteClient, RemoteKey, RemoteOptions, Uploaded,
+};
 pub use serving::HandlerError;
 pub use session::{CONNECT_TIMEOUT, default_socket_path};

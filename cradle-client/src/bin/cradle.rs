@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 #[path = "cradle/provided.rs"]
 mod provided;
+#[path = "cradle/remote.rs"]
+mod remote;
 
 /// Talk to the per-user CRADLE server (shared-memory RPC, memory and disk
 /// caches). The server must be running: start it with `cradle-server`.
@@ -29,6 +31,21 @@ struct Cli {
     /// fields are listed in docs/operations.md, "Scripting the CLI").
     #[arg(long, global = true)]
     json: bool,
+
+    /// Talk to a server on another machine through its `cradle-gateway`:
+    /// `cradle+https://HOST:PORT` (or `cradle+http://127.0.0.1:PORT` on
+    /// loopback). Ping, stats, put, get, ls and rm work remotely.
+    #[arg(long, env = "CRADLE_REMOTE", global = true, value_name = "URL")]
+    remote: Option<String>,
+
+    /// The gateway's token file (with --remote).
+    #[arg(long, env = "CRADLE_TOKEN_FILE", global = true, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+
+    /// PEM certificates of the authorities that sign the gateway's
+    /// certificate (with --remote) [default: the system's].
+    #[arg(long, env = "CRADLE_CA_FILE", global = true, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -274,6 +291,20 @@ fn main() -> ExitCode {
     if json && let Command::Get { output: None, .. } = cli.command {
         eprintln!("cradle: get --json needs -o FILE: standard output carries the data");
         return ExitCode::from(2);
+    }
+    if let Some(url) = cli.remote {
+        let target = remote::Target {
+            url,
+            token_file: cli.token_file,
+            ca_file: cli.ca_file,
+        };
+        return match remote::run(&target, cli.command, json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("cradle: {e}");
+                ExitCode::from(1)
+            }
+        };
     }
     let path = cli
         .socket
@@ -1135,24 +1166,35 @@ struct SessionPart {
 
 fn stats(client: &Client) -> Result<StatsReport, String> {
     let s = client.call::<Stats>(&()).map_err(|e| e.to_string())?;
-    let memo = client
-        .call::<MemoList>(&String::new())
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .fold(MemoTotals::default(), |mut t, m| {
-            t.methods += 1;
-            t.entries += m.entries;
-            t.bytes += m.bytes;
-            t.hits += m.hits;
-            t.misses += m.misses;
-            t.waits += m.waits;
-            t.errors += m.errors;
-            t.damaged += m.damaged;
-            t.saved_seconds += m.saved_ns as f64 / 1e9;
-            t
-        });
+    let memo = memo_totals(
+        client
+            .call::<MemoList>(&String::new())
+            .map_err(|e| e.to_string())?,
+    );
+    Ok(stats_report(s, memo))
+}
+
+/// The memo's figures, all memoized methods together.
+fn memo_totals(list: Vec<ipc_rpc::memo::MemoMethodStats>) -> MemoTotals {
+    list.into_iter().fold(MemoTotals::default(), |mut t, m| {
+        t.methods += 1;
+        t.entries += m.entries;
+        t.bytes += m.bytes;
+        t.hits += m.hits;
+        t.misses += m.misses;
+        t.waits += m.waits;
+        t.errors += m.errors;
+        t.damaged += m.damaged;
+        t.saved_seconds += m.saved_ns as f64 / 1e9;
+        t
+    })
+}
+
+/// The report of a `cradle.stats` answer (and the memo's figures), local
+/// or remote.
+fn stats_report(s: ipc_rpc::builtin::ServerStats, memo: MemoTotals) -> StatsReport {
     let b = &s.blobs;
-    Ok(StatsReport {
+    StatsReport {
         server: ServerPart {
             pid: s.pid,
             workers: s.workers,
@@ -1229,7 +1271,7 @@ fn stats(client: &Client) -> Result<StatsReport, String> {
                 pool_bytes: p.pool_bytes,
             })
             .collect(),
-    })
+    }
 }
 
 impl Report for StatsReport {

@@ -1,0 +1,228 @@
+//! `cradle --remote URL --token-file F <command>`: ping, stats, put, get,
+//! ls and rm through a `cradle-gateway` (docs/operations.md "The gateway").
+
+use super::{
+    Command, GetReport, LsEntry, LsReport, PingReport, Report, RmReport, emit, fmt_bytes,
+    memo_totals, progress_bar, stats_report, write_file,
+};
+use cradle_client::{RemoteClient, RemoteOptions};
+use ipc_rpc::builtin::{Ping, Stats};
+use ipc_rpc::memo::MemoList;
+use serde::Serialize;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Where and how to reach the gateway.
+pub(super) struct Target {
+    pub(super) url: String,
+    pub(super) token_file: Option<PathBuf>,
+    pub(super) ca_file: Option<PathBuf>,
+}
+
+/// `cradle --remote … put`'s result.
+#[derive(Debug, Serialize)]
+struct RemotePutReport {
+    key: String,
+    bytes: u64,
+    /// false: `--if-absent` found the key and left it unchanged.
+    stored: bool,
+    /// Bytes that crossed the network (0: the gateway had the content).
+    bytes_sent: u64,
+    /// BLAKE3 of the content, hex.
+    blake3: String,
+}
+
+impl Report for RemotePutReport {
+    fn human(&self) -> String {
+        if !self.stored {
+            return format!(
+                "put {}: already present, left unchanged (--if-absent)",
+                self.key
+            );
+        }
+        let sent = if self.bytes_sent == 0 {
+            "the gateway had the content: nothing sent".to_owned()
+        } else {
+            format!("{} sent", fmt_bytes(self.bytes_sent))
+        };
+        format!("put {}: {}, {sent}", self.key, fmt_bytes(self.bytes))
+    }
+}
+
+fn connect(t: &Target) -> Result<RemoteClient, String> {
+    let token_file = t
+        .token_file
+        .as_deref()
+        .ok_or("--remote needs --token-file (the gateway's token)")?;
+    let mut opts = RemoteOptions::from_token_file(token_file)
+        .map_err(|e| format!("token file {}: {e}", token_file.display()))?;
+    if let Some(ca) = &t.ca_file {
+        opts = opts
+            .with_ca_file(ca)
+            .map_err(|e| format!("--ca-file {}: {e}", ca.display()))?;
+    }
+    RemoteClient::connect(&t.url, opts).map_err(|e| e.to_string())
+}
+
+/// Runs `command` through the gateway.
+pub(super) fn run(t: &Target, command: Command, json: bool) -> Result<(), String> {
+    let remote = connect(t)?;
+    match command {
+        Command::Ping { count, size, .. } => {
+            ping(&remote, count, size).and_then(|r| emit(&r, json))
+        }
+        Command::Stats => {
+            let s = remote.call::<Stats>(&()).map_err(|e| e.to_string())?;
+            let memo = remote
+                .call::<MemoList>(&String::new())
+                .map_err(|e| e.to_string())?;
+            emit(&stats_report(s, memo_totals(memo)), json)
+        }
+        Command::Put {
+            key,
+            file,
+            if_absent,
+            sync,
+            ..
+        } => put(&remote, &key, &file, if_absent, sync).and_then(|r| emit(&r, json)),
+        Command::Get {
+            key,
+            output,
+            no_progress,
+        } => {
+            let bytes = remote
+                .cache()
+                .get(&key)
+                .map_err(|e| format!("cannot get {key}: {e}"))?
+                .ok_or_else(|| format!("no entry for {key} in the cache"))?;
+            match output {
+                Some(path) => {
+                    write_file(&bytes, &path, !no_progress)?;
+                    emit(
+                        &GetReport {
+                            key,
+                            bytes: bytes.len() as u64,
+                            output: path,
+                        },
+                        json,
+                    )
+                }
+                None => {
+                    let mut out = std::io::stdout().lock();
+                    match out.write_all(&bytes).and_then(|()| out.flush()) {
+                        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                            Err(format!("writing stdout: {e}"))
+                        }
+                        _ => Ok(()),
+                    }
+                }
+            }
+        }
+        Command::Rm { key } => {
+            if remote
+                .cache()
+                .remove(&key)
+                .map_err(|e| format!("cannot remove {key}: {e}"))?
+            {
+                emit(&RmReport { key, removed: true }, json)
+            } else {
+                Err(format!("no entry for {key} in the cache"))
+            }
+        }
+        Command::Ls { prefix } => {
+            let prefix = prefix.unwrap_or_default();
+            let keys = remote
+                .cache()
+                .list(&prefix)
+                .map_err(|e| format!("cannot list the cache: {e}"))?;
+            let keys = keys
+                .into_iter()
+                .map(|k| LsEntry {
+                    tier: match (k.in_memory, k.on_disk) {
+                        (true, true) => "memory+disk",
+                        (true, false) => "memory",
+                        _ => "disk",
+                    },
+                    key: k.key,
+                    bytes: k.size,
+                })
+                .collect();
+            emit(&LsReport { prefix, keys }, json)
+        }
+        _ => Err(
+            "this command is not available with --remote (ping, stats, put, get, ls and rm are)"
+                .into(),
+        ),
+    }
+}
+
+fn ping(remote: &RemoteClient, count: u64, size: usize) -> Result<PingReport, String> {
+    if count == 0 {
+        return Err("--count must be at least 1".into());
+    }
+    let payload: Vec<u8> = (0..size).map(|i| i as u8).collect();
+    let mut rtts = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3)
+        .map_err(|e| format!("latency histogram: {e}"))?;
+    let bar = progress_bar("ping", count, true, "{prefix} {wide_bar} {pos}/{len} calls");
+    let started = Instant::now();
+    for i in 0..count {
+        let t = Instant::now();
+        let echo = remote
+            .call::<Ping>(&payload)
+            .map_err(|e| format!("call {} of {count}: {e}", i + 1))?;
+        rtts.saturating_record(t.elapsed().as_nanos().max(1) as u64);
+        if echo != payload {
+            return Err(format!(
+                "call {}: the echo differs from what was sent",
+                i + 1
+            ));
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(PingReport {
+        calls: count,
+        payload_bytes: size,
+        wait: "remote",
+        seconds: started.elapsed().as_secs_f64(),
+        min_ns: rtts.min(),
+        mean_ns: rtts.mean(),
+        p50_ns: rtts.value_at_quantile(0.50),
+        p90_ns: rtts.value_at_quantile(0.90),
+        p99_ns: rtts.value_at_quantile(0.99),
+        p999_ns: rtts.value_at_quantile(0.999),
+        max_ns: rtts.max(),
+    })
+}
+
+fn put(
+    remote: &RemoteClient,
+    key: &str,
+    file: &Path,
+    if_absent: bool,
+    sync: bool,
+) -> Result<RemotePutReport, String> {
+    let mut bytes = Vec::new();
+    let read = if file == Path::new("-") {
+        std::io::stdin().lock().read_to_end(&mut bytes)
+    } else {
+        std::fs::File::open(file).and_then(|mut f| f.read_to_end(&mut bytes))
+    };
+    read.map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let before = remote.bytes_sent();
+    let cache = remote.cache();
+    let stored = match (sync, if_absent) {
+        (true, a) => cache.put_durable(key, &bytes, a),
+        (false, true) => cache.put_if_absent(key, &bytes),
+        (false, false) => cache.put(key, &bytes).map(|()| true),
+    }
+    .map_err(|e| format!("cannot put {key}: {e}"))?;
+    Ok(RemotePutReport {
+        key: key.to_owned(),
+        bytes: bytes.len() as u64,
+        stored,
+        bytes_sent: remote.bytes_sent() - before,
+        blake3: cradle_client::ContentDigest::of(&bytes).hex(),
+    })
+}

@@ -1,0 +1,564 @@
+//! The `Gateway` service: each request checked, turned into calls of the
+//! local session, and answered; blobs move in chunks with their digest.
+
+use crate::local::{Conn, Digest, Local, StageLimits};
+use crate::stats::Counters;
+use cradle_client::BlobRef;
+use cradle_proto::CHUNK_BYTES;
+use cradle_proto::v1::gateway_server::Gateway;
+use cradle_proto::v1::{
+    CacheGetRequest, CacheListRequest, CacheListResponse, CachePutRequest, CachePutResponse,
+    CacheRemoveRequest, CacheRemoveResponse, CallRequest, CallResponse, DownloadChunk,
+    DownloadRequest, FindMissingBlobsRequest, FindMissingBlobsResponse, GatewayStatsRequest,
+    GatewayStatsResponse, ListedKey, UploadChunk, UploadResponse,
+};
+use ipc_rpc::blob::{CacheList, CachePut, CachePutDurable, ListRequest, PutRequest};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+/// What the gateway lets remote callers do, and how much.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// The largest blob one upload may carry.
+    pub(crate) max_blob_bytes: u64,
+    /// Bytes of uploads in progress on one connection, together.
+    pub(crate) upload_bytes_per_connection: u64,
+    /// Staged blobs: bytes and age.
+    pub(crate) staging: StageLimits,
+    /// Deadline of a forwarded call when the caller gives none, and the
+    /// longest a caller may ask for.
+    pub(crate) call_timeout: Duration,
+}
+
+/// `cradle.*` methods a remote caller may name in `Call`. The others move
+/// leases or descriptors (blob and cache methods: the gateway's own RPCs
+/// do that), make the gateway's session a provider, or take a blob handle
+/// in their request body (`cradle.example.invert`: a remote caller could
+/// name any blob by a guessed handle).
+const ALLOWED_SERVER_METHODS: &[&str] = &[
+    "cradle.ping",
+    "cradle.stats",
+    "cradle.cache.list",
+    "cradle.cache.remove",
+    "cradle.methods",
+    "cradle.memo.list",
+];
+
+pub(crate) struct Service {
+    pub(crate) local: Arc<Local>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) limits: Limits,
+    uploads: Arc<Mutex<HashMap<Option<SocketAddr>, u64>>>,
+}
+
+/// Bytes reserved for an upload on its connection, given back on drop.
+struct UploadReservation {
+    table: Arc<Mutex<HashMap<Option<SocketAddr>, u64>>>,
+    peer: Option<SocketAddr>,
+    bytes: u64,
+}
+
+impl Drop for UploadReservation {
+    fn drop(&mut self) {
+        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = t.get_mut(&self.peer) {
+            *n -= self.bytes;
+            if *n == 0 {
+                t.remove(&self.peer);
+            }
+        }
+    }
+}
+
+type ChunkStream = ReceiverStream<Result<DownloadChunk, Status>>;
+
+/// A leased blob as the owner of `Bytes` chunks: the chunks of a download
+/// point into the shared memory itself, and the lease lives as long as any
+/// of them.
+struct Leased(Arc<BlobRef>);
+
+impl AsRef<[u8]> for Leased {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Service {
+    pub(crate) fn new(local: Arc<Local>, counters: Arc<Counters>, limits: Limits) -> Self {
+        Self {
+            local,
+            counters,
+            limits,
+            uploads: Arc::default(),
+        }
+    }
+
+    fn reserve(&self, peer: Option<SocketAddr>, bytes: u64) -> Result<UploadReservation, Status> {
+        let mut t = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        let used = t.get(&peer).copied().unwrap_or(0);
+        if used + bytes > self.limits.upload_bytes_per_connection {
+            return Err(Status::resource_exhausted(format!(
+                "uploads in progress on this connection would hold {} bytes; the limit is {} (--max-upload-bytes-per-connection)",
+                used + bytes,
+                self.limits.upload_bytes_per_connection
+            )));
+        }
+        *t.entry(peer).or_insert(0) += bytes;
+        Ok(UploadReservation {
+            table: self.uploads.clone(),
+            peer,
+            bytes,
+        })
+    }
+
+    async fn do_call(&self, req: CallRequest) -> Result<CallResponse, Status> {
+        if req.method.starts_with("cradle.")
+            && !ALLOWED_SERVER_METHODS.contains(&req.method.as_str())
+        {
+            return Err(Status::permission_denied(format!(
+                "{} is not callable through the gateway (blob and cache methods have their own RPCs; providing methods is local only)",
+                req.method
+            )));
+        }
+        let conn = self.local.conn().await?;
+        let mut held = Vec::with_capacity(req.blobs.len());
+        for d in &req.blobs {
+            let d = Digest::from_proto(Some(d))?;
+            match conn.resolve(&d).await {
+                Ok(Some(b)) => held.push(b),
+                Ok(None) => {
+                    return Err(Status::failed_precondition(format!(
+                        "blob {} is not at the gateway; upload it first",
+                        d.hex()
+                    )));
+                }
+                Err(e) => return Err(self.local.blob_failed(&conn, &e).await),
+            }
+        }
+        let handles: Vec<_> = held.iter().map(|b| b.handle()).collect();
+        let timeout = match req.timeout_ms {
+            0 => self.limits.call_timeout,
+            ms => Duration::from_millis(ms).min(self.limits.call_timeout),
+        };
+        self.counters.bump(&self.counters.calls, 1);
+        let r = conn
+            .client
+            .call_bytes_timeout(&req.method, req.version, &req.body, &handles, timeout)
+            .await;
+        let (body, results) = match r {
+            Ok(x) => x,
+            Err(e) => return Err(self.local.blob_failed(&conn, &e).await),
+        };
+        let mut blobs = Vec::with_capacity(results.len());
+        for b in results {
+            let size = b.len() as u64;
+            let hash = tokio::task::block_in_place(|| *blake3::hash(&b).as_bytes());
+            let d = Digest { hash, size };
+            conn.stage(d, Arc::new(b), self.limits.staging);
+            blobs.push(d.to_proto());
+        }
+        Ok(CallResponse { body, blobs })
+    }
+
+    async fn do_find_missing(
+        &self,
+        req: FindMissingBlobsRequest,
+    ) -> Result<FindMissingBlobsResponse, Status> {
+        let conn = self.local.conn().await?;
+        let mut missing = Vec::new();
+        for d in &req.digests {
+            let d = Digest::from_proto(Some(d))?;
+            match conn.resolve(&d).await {
+                Ok(Some(_)) => {}
+                Ok(None) => missing.push(d.to_proto()),
+                Err(e) => return Err(self.local.blob_failed(&conn, &e).await),
+            }
+        }
+        Ok(FindMissingBlobsResponse { missing })
+    }
+
+    async fn do_upload(
+        &self,
+        peer: Option<SocketAddr>,
+        mut chunks: Streaming<UploadChunk>,
+    ) -> Result<UploadResponse, Status> {
+        let first = chunks
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("an upload without a first message"))?;
+        let d = Digest::from_proto(first.digest.as_ref())?;
+        tracing::Span::current().record("digest", d.hex());
+        tracing::Span::current().record("bytes", d.size);
+        if d.size > self.limits.max_blob_bytes {
+            return Err(Status::resource_exhausted(format!(
+                "a blob of {} bytes exceeds the gateway's limit of {} (--max-blob-bytes)",
+                d.size, self.limits.max_blob_bytes
+            )));
+        }
+        let _reserved = self.reserve(peer, d.size)?;
+        let conn = self.local.conn().await?;
+        let size = usize::try_from(d.size)
+            .map_err(|_| Status::invalid_argument("blob size does not fit this machine"))?;
+        let mut w = match conn.client.create(size).await {
+            Ok(w) => w,
+            Err(e) => return Err(self.local.blob_failed(&conn, &e).await),
+        };
+        let mut hasher = blake3::Hasher::new();
+        let mut at = 0usize;
+        let mut data = first.data;
+        loop {
+            if at + data.len() > size {
+                self.counters.bump(&self.counters.uploads_refused, 1);
+                return Err(Status::invalid_argument(format!(
+                    "the upload sent more than the {size} bytes its digest announced"
+                )));
+            }
+            if !data.is_empty() {
+                w.write_at(at, &data);
+                hasher.update(&data);
+                at += data.len();
+                self.counters
+                    .bump(&self.counters.upload_bytes, data.len() as u64);
+            }
+            match chunks.message().await {
+                Ok(Some(c)) => data = c.data,
+                Ok(None) => break,
+                Err(e) => {
+                    // Cut off: the unsealed blob is dropped, nothing stored.
+                    self.counters.bump(&self.counters.uploads_refused, 1);
+                    return Err(e);
+                }
+            }
+        }
+        if at != size {
+            self.counters.bump(&self.counters.uploads_refused, 1);
+            return Err(Status::invalid_argument(format!(
+                "the upload ended after {at} of {size} bytes; nothing stored"
+            )));
+        }
+        if *hasher.finalize().as_bytes() != d.hash {
+            self.counters.bump(&self.counters.uploads_refused, 1);
+            return Err(Status::invalid_argument(format!(
+                "the bytes do not hash to {}; nothing stored",
+                d.hex()
+            )));
+        }
+        let blob = match w.seal().await {
+            Ok(b) => b,
+            Err(e) => return Err(self.local.blob_failed(&conn, &e).await),
+        };
+        let r = match conn.client.get(blob.handle()).await {
+            Ok(r) => r,
+            Err(e) => return Err(self.local.blob_failed(&conn, &e).await),
+        };
+        drop(blob);
+        conn.stage(d, Arc::new(r), self.limits.staging);
+        self.counters.bump(&self.counters.uploads, 1);
+        Ok(UploadResponse {
+            digest: Some(d.to_proto()),
+            bytes_received: d.size,
+        })
+    }
+
+    /// Streams `blob` in chunks, the digest of what was sent last (hashed
+    /// on the way, unless `known` already: a blob whose digest the gateway
+    /// computed before, by id, is not hashed again); when done, `then`
+    /// learns the digest. At most two chunks wait in the channel: a slow
+    /// reader holds the sender, not memory.
+    fn stream(
+        &self,
+        blob: Arc<BlobRef>,
+        known: Option<Digest>,
+        then: impl FnOnce(Digest) + Send + 'static,
+    ) -> ChunkStream {
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let counters = self.counters.clone();
+        tokio::spawn(
+            async move {
+                let len = blob.len();
+                let whole = prost::bytes::Bytes::from_owner(Leased(blob));
+                let mut hasher = blake3::Hasher::new();
+                let mut at = 0;
+                loop {
+                    let end = (at + CHUNK_BYTES).min(len);
+                    let data = whole.slice(at..end);
+                    if known.is_none() {
+                        hasher.update(&data);
+                    }
+                    let msg = DownloadChunk {
+                        size: if at == 0 { len as u64 } else { 0 },
+                        data,
+                        blake3: Vec::new(),
+                    };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return; // the reader went away
+                    }
+                    counters.bump(&counters.download_bytes, (end - at) as u64);
+                    at = end;
+                    if at >= len {
+                        break;
+                    }
+                }
+                let hash = match known {
+                    Some(d) => d.hash,
+                    None => *hasher.finalize().as_bytes(),
+                };
+                let last = DownloadChunk {
+                    size: 0,
+                    data: prost::bytes::Bytes::new(),
+                    blake3: hash.to_vec(),
+                };
+                if tx.send(Ok(last)).await.is_ok() {
+                    then(Digest {
+                        hash,
+                        size: len as u64,
+                    });
+                }
+            }
+            .in_current_span(),
+        );
+        ReceiverStream::new(rx)
+    }
+
+    async fn do_download(&self, req: DownloadRequest) -> Result<ChunkStream, Status> {
+        let d = Digest::from_proto(req.digest.as_ref())?;
+        let conn = self.local.conn().await?;
+        match conn.resolve(&d).await {
+            Ok(Some(b)) => Ok(self.stream(b, Some(d), |_| {})),
+            Ok(None) => Err(Status::not_found(format!(
+                "blob {} is not at the gateway",
+                d.hex()
+            ))),
+            Err(e) => Err(self.local.blob_failed(&conn, &e).await),
+        }
+    }
+
+    async fn do_cache_get(&self, req: CacheGetRequest) -> Result<ChunkStream, Status> {
+        let conn = self.local.conn().await?;
+        let b = match conn.client.cache().get(&req.key).await {
+            Ok(Some(b)) => b,
+            Ok(None) => return Err(Status::not_found(format!("no key {:?}", req.key))),
+            Err(e) => return Err(self.local.blob_failed(&conn, &e).await),
+        };
+        let id = b.handle().id;
+        let known = conn.known_digest(&req.key, id);
+        let key = req.key;
+        let c2: Arc<Conn> = conn.clone();
+        Ok(self.stream(Arc::new(b), known, move |d| c2.index(d, &key, id)))
+    }
+
+    async fn do_cache_put(&self, req: CachePutRequest) -> Result<CachePutResponse, Status> {
+        let d = Digest::from_proto(req.digest.as_ref())?;
+        let conn = self.local.conn().await?;
+        let blob = match conn.resolve(&d).await {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                return Err(Status::failed_precondition(format!(
+                    "blob {} is not at the gateway; upload it first",
+                    d.hex()
+                )));
+            }
+            Err(e) => return Err(self.local.blob_failed(&conn, &e).await),
+        };
+        let put = PutRequest {
+            key: req.key.clone(),
+            handle: *blob.handle(),
+            if_absent: req.if_absent,
+        };
+        let r = if req.durable {
+            conn.client
+                .call_timeout::<CachePutDurable>(
+                    &put,
+                    self.limits.call_timeout.max(Duration::from_secs(60)),
+                )
+                .await
+        } else {
+            conn.client.call::<CachePut>(&put).await
+        };
+        let stored = match r {
+            Ok(s) => s,
+            Err(e) => return Err(self.local.failed(&conn, &e).await),
+        };
+        if stored {
+            conn.index(d, &req.key, blob.handle().id);
+            conn.unstage(&d);
+        }
+        Ok(CachePutResponse { stored })
+    }
+
+    async fn do_cache_remove(
+        &self,
+        req: CacheRemoveRequest,
+    ) -> Result<CacheRemoveResponse, Status> {
+        let conn = self.local.conn().await?;
+        match conn.client.cache().remove(&req.key).await {
+            Ok(removed) => Ok(CacheRemoveResponse { removed }),
+            Err(e) => Err(self.local.failed(&conn, &e).await),
+        }
+    }
+
+    async fn do_cache_list(&self, req: CacheListRequest) -> Result<CacheListResponse, Status> {
+        let conn = self.local.conn().await?;
+        let r = conn
+            .client
+            .call::<CacheList>(&ListRequest {
+                prefix: req.prefix,
+                after: req.after,
+                limit: req.limit,
+            })
+            .await;
+        match r {
+            Ok(page) => Ok(CacheListResponse {
+                keys: page
+                    .keys
+                    .into_iter()
+                    .map(|k| ListedKey {
+                        key: k.key,
+                        size: k.len,
+                        in_memory: k.in_memory,
+                        on_disk: k.on_disk,
+                    })
+                    .collect(),
+                more: page.more,
+            }),
+            Err(e) => Err(self.local.failed(&conn, &e).await),
+        }
+    }
+
+    async fn do_stats(&self) -> GatewayStatsResponse {
+        let c = &self.counters;
+        let (staged_blobs, staged_bytes) = match self.local.current().await {
+            Some(conn) => conn.staged(),
+            None => (0, 0),
+        };
+        GatewayStatsResponse {
+            upload_bytes: Counters::get(&c.upload_bytes),
+            download_bytes: Counters::get(&c.download_bytes),
+            uploads: Counters::get(&c.uploads),
+            uploads_refused: Counters::get(&c.uploads_refused),
+            calls: Counters::get(&c.calls),
+            unauthenticated: Counters::get(&c.unauthenticated),
+            staged_blobs,
+            staged_bytes,
+            local_connects: Counters::get(&c.local_connects),
+            local_up: self.local.is_up().await,
+        }
+    }
+}
+
+fn peer_of<T>(r: &Request<T>) -> Option<SocketAddr> {
+    r.remote_addr()
+}
+
+#[tonic::async_trait]
+impl Gateway for Service {
+    async fn call(&self, request: Request<CallRequest>) -> Result<Response<CallResponse>, Status> {
+        let req = request.into_inner();
+        let span = tracing::info_span!("call", method = %req.method, version = req.version, blobs = req.blobs.len());
+        self.do_call(req).instrument(span).await.map(Response::new)
+    }
+
+    async fn find_missing_blobs(
+        &self,
+        request: Request<FindMissingBlobsRequest>,
+    ) -> Result<Response<FindMissingBlobsResponse>, Status> {
+        let req = request.into_inner();
+        let span = tracing::info_span!("find_missing_blobs", digests = req.digests.len());
+        self.do_find_missing(req)
+            .instrument(span)
+            .await
+            .map(Response::new)
+    }
+
+    async fn upload_blob(
+        &self,
+        request: Request<Streaming<UploadChunk>>,
+    ) -> Result<Response<UploadResponse>, Status> {
+        let peer = peer_of(&request);
+        let span = tracing::info_span!(
+            "upload_blob",
+            ?peer,
+            digest = tracing::field::Empty,
+            bytes = tracing::field::Empty
+        );
+        self.do_upload(peer, request.into_inner())
+            .instrument(span)
+            .await
+            .map(Response::new)
+    }
+
+    type DownloadBlobStream = ChunkStream;
+
+    async fn download_blob(
+        &self,
+        request: Request<DownloadRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        let span = tracing::info_span!("download_blob");
+        self.do_download(request.into_inner())
+            .instrument(span)
+            .await
+            .map(Response::new)
+    }
+
+    type CacheGetStream = ChunkStream;
+
+    async fn cache_get(
+        &self,
+        request: Request<CacheGetRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        let req = request.into_inner();
+        let span = tracing::info_span!("cache_get", key = %req.key);
+        self.do_cache_get(req)
+            .instrument(span)
+            .await
+            .map(Response::new)
+    }
+
+    async fn cache_put(
+        &self,
+        request: Request<CachePutRequest>,
+    ) -> Result<Response<CachePutResponse>, Status> {
+        let req = request.into_inner();
+        let span = tracing::info_span!("cache_put", key = %req.key, if_absent = req.if_absent, durable = req.durable);
+        self.do_cache_put(req)
+            .instrument(span)
+            .await
+            .map(Response::new)
+    }
+
+    async fn cache_remove(
+        &self,
+        request: Request<CacheRemoveRequest>,
+    ) -> Result<Response<CacheRemoveResponse>, Status> {
+        let req = request.into_inner();
+        let span = tracing::info_span!("cache_remove", key = %req.key);
+        self.do_cache_remove(req)
+            .instrument(span)
+            .await
+            .map(Response::new)
+    }
+
+    async fn cache_list(
+        &self,
+        request: Request<CacheListRequest>,
+    ) -> Result<Response<CacheListResponse>, Status> {
+        let req = request.into_inner();
+        let span = tracing::info_span!("cache_list", prefix = %req.prefix);
+        self.do_cache_list(req)
+            .instrument(span)
+            .await
+            .map(Response::new)
+    }
+
+    async fn gateway_stats(
+        &self,
+        _request: Request<GatewayStatsRequest>,
+    ) -> Result<Response<GatewayStatsResponse>, Status> {
+        Ok(Response::new(self.do_stats().await))
+    }
+}
