@@ -720,7 +720,11 @@ impl Worker<'_> {
         }
         let now = Instant::now();
         while !self.relay.actions.is_empty() {
-            let mut batch = std::mem::take(&mut self.relay.actions);
+            // Actions made while this batch is carried out go to the spare
+            // vector; the drained batch becomes the next spare: both keep
+            // their capacity, so a steady stream of calls allocates nothing.
+            let spare = std::mem::take(&mut self.relay.spare);
+            let mut batch = std::mem::replace(&mut self.relay.actions, spare);
             for a in batch.drain(..) {
                 let w = a.worker();
                 if w == self.ctx.index {
@@ -730,10 +734,7 @@ impl Worker<'_> {
                     *wake = true;
                 }
             }
-            if self.relay.actions.is_empty() {
-                // Keep the capacity.
-                self.relay.actions = batch;
-            }
+            self.relay.spare = batch;
         }
         // One wake-up per other worker and batch.
         for (w, wake) in self.to_wake.iter_mut().enumerate() {

@@ -34,6 +34,9 @@ fn stalled(out: &Replier<'_>, max_payload: usize) -> bool {
 pub(crate) struct Relay {
     /// Actions to carry out (own sessions) or send (other workers').
     pub(crate) actions: Vec<Action>,
+    /// An empty vector with capacity, swapped with `actions` while a batch
+    /// is carried out (actions it makes go there, and nothing allocates).
+    pub(crate) spare: Vec<Action>,
     free: Vec<Buf>,
 }
 
