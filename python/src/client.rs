@@ -57,7 +57,7 @@ impl Client {
         }
         let path = socket.clone();
         let c = py
-            .detach(move || cradle_client::Client::connect_with(&path, opts.clone()))
+            .detach(move || cradle_client::Client::connect_with(&path, opts))
             .map_err(connect_err)?;
         Ok(Self {
             inner: Mutex::new(Some(Arc::new(c))),

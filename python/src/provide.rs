@@ -155,6 +155,12 @@ pub(crate) fn call_bytes<'py>(
     ))
 }
 
+/// A result blob given as a `Buffer`: passed on with a new lease of ours.
+struct Leased(BlobHandle);
+
+/// A handler's answer: the body, and each result blob, new or leased.
+type Answer = (Vec<u8>, Vec<Result<Blob, Leased>>);
+
 /// The handler of one bytes method: calls ``f(body, blobs)`` with the GIL.
 fn handle(
     f: &Py<PyAny>,
@@ -164,7 +170,7 @@ fn handle(
 ) -> Result<Vec<u8>, HandlerError> {
     let blobs = call.take_blobs();
     Python::attach(|py| {
-        let out = (|| -> PyResult<(Vec<u8>, Vec<Result<Blob, BlobHandle>>)> {
+        let out = (|| -> PyResult<Answer> {
             let args = PyList::empty(py);
             for b in blobs {
                 args.append(Py::new(py, Buffer::new(b))?)?;
@@ -194,7 +200,7 @@ fn handle(
                 for r in results.try_iter()? {
                     let r = r?;
                     if let Ok(b) = r.cast::<Buffer>() {
-                        out.push(Err(b.get().blob_handle()?));
+                        out.push(Err(Leased(b.get().blob_handle()?)));
                     } else {
                         out.push(Ok(blob_of(c, &r)?));
                     }
@@ -208,7 +214,7 @@ fn handle(
                     match r {
                         Ok(blob) => call.attach(blob),
                         // A blob we read: a lease of our own, passed on.
-                        Err(h) => {
+                        Err(Leased(h)) => {
                             let b = py.detach(|| c.get(&h))?;
                             call.attach_ref(b);
                         }
