@@ -468,11 +468,21 @@ def memoize(version, *, client: Client | None = None, claim: float = 600.0):
         sig = inspect.signature(fn)
         prefix = f"memo/{name}/v{version}/"
 
+        params = list(sig.parameters.values())
+        plain = [p.name for p in params]
+        # Every parameter positional-or-keyword: a call passing all of them
+        # by position binds without inspect (the common, fast case).
+        simple = all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
+
         def cache_key(*args, **kwargs) -> str:
-            bound = sig.bind(*args, **kwargs)
-            bound.apply_defaults()
+            if simple and not kwargs and len(args) == len(plain):
+                pairs = list(zip(plain, args))
+            else:
+                bound = sig.bind(*args, **kwargs)
+                bound.apply_defaults()
+                pairs = list(bound.arguments.items())
             out = bytearray(b"cradle.memoize 1\n")
-            _encode([(k, v) for k, v in bound.arguments.items()], out)
+            _encode(pairs, out)
             return prefix + digest(out).hex()
 
         @functools.wraps(fn)
@@ -483,7 +493,12 @@ def memoize(version, *, client: Client | None = None, claim: float = 600.0):
             def compute():
                 return _result_writer(c, fn(*args, **kwargs))
 
-            return _result_of(c.get_or_compute(key, compute, claim))
+            # A hit is a plain lookup (one round trip); a miss takes the
+            # single-flight path (claim, compute or wait).
+            buf = c.get(key)
+            if buf is None:
+                buf = c.get_or_compute(key, compute, claim)
+            return _result_of(buf)
 
         wrapper.cache_key = cache_key
         return wrapper

@@ -17,8 +17,11 @@ use pyo3::types::{PyBytes, PyList, PyTuple};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Buffers at most this long are hashed with the GIL held.
+const DIGEST_WITH_GIL: usize = 16 * 1024;
+
 /// The BLAKE3-256 digest of the bytes of ``obj`` (anything with the buffer
-/// protocol, C-contiguous), computed without the GIL: the content identity
+/// protocol, C-contiguous), computed without the GIL (above 16 KiB): the content identity
 /// ``@memoize`` keys arrays and buffers by.
 #[pyfunction]
 pub(crate) fn digest<'py>(
@@ -26,13 +29,20 @@ pub(crate) fn digest<'py>(
     obj: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let (buf, ptr, len) = bytes_of(obj)?;
-    let d = py.detach(move || {
+    let hash = move || {
         // SAFETY: `ptr..ptr+len` is the C-contiguous memory of `buf`, an
         // export this function holds until after the hash (neither freed
         // nor resized meanwhile).
         let src = unsafe { std::slice::from_raw_parts(ptr as *const u8, len) };
         blake3::hash(src)
-    });
+    };
+    // Releasing the GIL costs more than hashing a few KiB (a memoized
+    // call's encoded arguments): only larger buffers are hashed without it.
+    let d = if len <= DIGEST_WITH_GIL {
+        hash()
+    } else {
+        py.detach(hash)
+    };
     drop(buf);
     Ok(PyBytes::new(py, d.as_bytes()))
 }
