@@ -415,14 +415,16 @@ _default_clients: dict = {}
 _default_lock = threading.Lock()
 
 
-def _default_client() -> Client:
-    """This process's client for ``@memoize`` (a new one after a fork)."""
+def _default_client(timeout: float) -> Client:
+    """This process's client for ``@memoize`` whose calls wait up to
+    ``timeout`` seconds (a new one after a fork)."""
     pid = os.getpid()
     with _default_lock:
-        c = _default_clients.get(pid)
-        if c is None:
+        if any(p != pid for p, _ in _default_clients):
             _default_clients.clear()
-            c = _default_clients[pid] = Client()
+        c = _default_clients.get((pid, timeout))
+        if c is None:
+            c = _default_clients[(pid, timeout)] = Client(timeout=timeout)
         return c
 
 
@@ -450,11 +452,11 @@ def memoize(version, *, client: Client | None = None, claim: float = 600.0):
     can choose what is unpickled).
 
     ``client``: the ``Client`` to use (default: one per process, on
-    ``$CRADLE_SOCKET`` or the default socket). ``claim``: seconds a
-    computation may hold the key before another process may compute it too
-    (a computation that raises gives the key up at once). A waiter waits at
-    most the client's timeout (30 s by default; pass a client with a longer
-    ``timeout`` for longer computations). The decorated function has
+    ``$CRADLE_SOCKET`` or the default socket, whose timeout is ``claim``).
+    ``claim``: seconds a computation may hold the key before another
+    process may compute it too (a computation that raises gives the key up
+    at once). A waiter waits at most its client's timeout (so with your own
+    client, give it a ``timeout`` as long as the computation). The decorated function has
     ``cache_key(*args, **kwargs)`` (the key a call uses) and ``__wrapped__``.
     """
     if not isinstance(version, (int, str)) or isinstance(version, bool):
@@ -488,7 +490,7 @@ def memoize(version, *, client: Client | None = None, claim: float = 600.0):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
             key = cache_key(*args, **kwargs)
-            c = client if client is not None else _default_client()
+            c = client if client is not None else _default_client(max(float(claim), 30.0))
 
             def compute():
                 return _result_writer(c, fn(*args, **kwargs))

@@ -34,6 +34,10 @@ def total(body, blobs):
     np.frombuffer(out, dtype=np.float64)[:] = s
     return (repr((s, ro)).encode(), [out, b"tail"])
 
+@c.provides("py.echo_blobs")
+def echo_blobs(body, blobs):
+    return None, blobs  # the argument blobs, passed back by handle
+
 @c.provides("py.fail")
 def fail(body, blobs):
     raise KeyError("no such thing")
@@ -87,6 +91,9 @@ def test_a_python_provider_answers_rust_and_python_callers(server, provider):
         r = np.frombuffer(blobs[0], dtype=np.float64)
         assert list(r) == [float(a.sum()) + 3.0] * 4 and not r.flags.writeable
         assert bytes(blobs[1]) == b"tail"
+        body, back = c.call_bytes("py.echo_blobs", blobs=[sealed])
+        assert body == b"" and len(back) == 1 and back[0].handle == sealed.handle
+        assert np.array_equal(np.frombuffer(back[0], dtype=np.float64), a)
         with pytest.raises(cradle.UnknownMethod):
             c.call_bytes("py.sum", version=1)
         with pytest.raises(cradle.HandlerError, match="KeyError: 'no such thing'"):
@@ -139,3 +146,24 @@ def test_stop_ends_run_and_withdraws(server):
         assert c.stop() is False
         with pytest.raises(ValueError):
             server.client().run()
+
+
+def test_ctrl_c_stops_a_provider(server):
+    p = run_py(PROVIDER.replace('print("done"', 'print("never"') + "", server)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        wait_offered(server, "py.upper")
+        p.send_signal(signal.SIGINT)
+        assert p.wait(60) != 0  # KeyboardInterrupt out of run()
+        with server.client() as c:
+            eventually("the methods are withdrawn", lambda: _unknown(c, "py.upper"))
+    finally:
+        reap(p)
+
+
+def _unknown(c, name):
+    try:
+        c.call_bytes(name, b"", timeout=5)
+        return False
+    except cradle.UnknownMethod:
+        return True
