@@ -70,6 +70,7 @@ pub(crate) fn blob_of(c: &Arc<Client>, v: &Bound<'_, PyAny>) -> PyResult<Blob> {
     r.map_err(blob_err)
 }
 
+/// The name of `v`'s type, for messages.
 fn type_name(v: &Bound<'_, PyAny>) -> String {
     v.get_type()
         .name()
@@ -108,6 +109,7 @@ enum Arg {
     Made(Blob),
 }
 
+/// What a value passed in ``blobs=`` is.
 fn arg_of(c: &Arc<Client>, v: &Bound<'_, PyAny>) -> PyResult<Arg> {
     if let Ok(b) = v.cast::<Buffer>() {
         return Ok(Arg::Handle(b.get().blob_handle()?));
