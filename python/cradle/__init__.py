@@ -9,15 +9,22 @@
 ((2, 3), 'float32')
 
 What is here: ``Client`` (``ping``, ``stats``, ``put``/``get``/``create``/
-``remove``/``keys``/``put_if_absent``, ``put_array``/``get_array``), the
-values ``Buffer``, ``Writer`` and ``SealedBlob``, and the exceptions (base
-``CradleError``). Not yet: ``@cradle.memoize`` (single flight across
-processes needs the server's get-or-compute, which the Rust client does not
-offer yet) and Python providers (serving methods to other processes needs
-the provider API); see python/README.md.
+``remove``/``keys``/``put_if_absent``, ``put_array``/``get_array``,
+``get_or_compute``, ``call_bytes``, and providers: ``serve_bytes``/
+``provides`` + ``run``/``stop``), ``@memoize`` (a result computed once
+across processes, kept in both cache tiers), ``digest``, the values
+``Buffer``, ``Writer`` and ``SealedBlob``, and the exceptions (base
+``CradleError``); see python/README.md.
 """
 
 from __future__ import annotations
+
+import functools
+import inspect
+import os
+import pickle
+import struct
+import threading
 
 from . import _cradle
 from ._cradle import (
@@ -52,6 +59,7 @@ from ._cradle import (
     UnknownMethod,
     Writer,
     default_socket_path,
+    digest,
 )
 from ._cradle import Client as _RustClient
 
@@ -59,6 +67,8 @@ __version__: str = _cradle.__version__
 
 __all__ = [
     "Client",
+    "memoize",
+    "digest",
     "Buffer",
     "Writer",
     "SealedBlob",
@@ -164,6 +174,11 @@ class Client(_RustClient):
         C-contiguous copy is stored for a non-contiguous array, a
         Fortran-ordered one keeps its order). Arrays of Python objects are
         refused (``ValueError``)."""
+        self._array_writer(array).put(key)
+
+    def _array_writer(self, array):
+        """A ``Writer`` holding ``array`` in ``.npy`` format, filled in
+        place, not sealed."""
         import numpy as np
 
         a = np.asanyarray(array)
@@ -185,7 +200,7 @@ class Client(_RustClient):
             dst = data = None
             w.abort()
             raise
-        w.put(key)
+        return w
 
     def get_array(self, key: str):
         """The array stored under ``key`` by ``put_array`` (or any ``.npy``
@@ -198,13 +213,296 @@ class Client(_RustClient):
         buf = self.get(key)
         if buf is None:
             return None
-        dtype, shape, fortran_order, offset = _npy_parse(buf)
-        count = 1
-        for n in shape:
-            count *= n
-        if count == 0 or dtype.itemsize == 0:
-            a = np.empty(shape, dtype=dtype)
-            a.flags.writeable = False
-            return a
-        a = np.frombuffer(buf, dtype=dtype, count=count, offset=offset)
-        return a.reshape(shape, order="F" if fortran_order else "C")
+        return _array_of(buf)
+
+    def serve_bytes(self, name: str, handler, version: int = 1):
+        """Adds the bytes method ``name`` (version ``version``) to the methods
+        ``run()`` offers, served by ``handler(body: bytes, blobs:
+        list[Buffer])``, called with the GIL; it returns the response body
+        (bytes-like or None) or ``(body, [blob, ...])`` whose blobs
+        (``Writer``, ``SealedBlob``, ``Buffer`` or bytes-like) reach the
+        caller as read-only buffers. Blob arguments arrive as read-only
+        ``Buffer``s over the caller's pages (no copy). An exception in the
+        handler answers the call with ``HandlerError`` (``"Type: message"``).
+        Returns ``handler``. Rust callers call it with
+        ``Client::call_bytes``, the command line with ``cradle call NAME``."""
+        if not callable(handler):
+            raise TypeError("handler must be callable")
+        self._methods().append((str(name), int(version), handler))
+        return handler
+
+    def provides(self, name: str, version: int = 1):
+        """Decorator form of ``serve_bytes``::
+
+            @client.provides("demo.upper")
+            def upper(body, blobs):
+                return body.upper()
+
+            client.run()
+        """
+
+        def deco(handler):
+            return self.serve_bytes(name, handler, version)
+
+        return deco
+
+    def run(self, concurrency: int = 1):
+        """Offers the methods added with ``serve_bytes`` / ``provides`` and
+        serves calls until ``stop()`` (from another thread, a signal handler
+        or a handler), Ctrl-C (``KeyboardInterrupt``, after the calls in
+        progress end) or the end of the session (the server went away:
+        ``PeerDead``). ``concurrency`` calls are served at once. Waits with
+        the GIL released; the methods are withdrawn before it returns
+        ``(served, errors)``."""
+        methods = list(self._methods())
+        if not methods:
+            raise ValueError("no method to serve: add one with serve_bytes or @client.provides")
+        return self._serve(methods, concurrency)
+
+    def _methods(self):
+        m = self.__dict__.get("_cradle_methods")
+        if m is None:
+            m = self.__dict__.setdefault("_cradle_methods", [])
+        return m
+
+
+def _array_of(buf):
+    """The read-only ndarray over the ``.npy`` bytes of ``buf`` (a
+    ``Buffer``): no copy; the array keeps the buffer (its lease) alive."""
+    import numpy as np
+
+    dtype, shape, fortran_order, offset = _npy_parse(buf)
+    count = 1
+    for n in shape:
+        count *= n
+    if count == 0 or dtype.itemsize == 0:
+        a = np.empty(shape, dtype=dtype)
+        a.flags.writeable = False
+        return a
+    a = np.frombuffer(buf, dtype=dtype, count=count, offset=offset)
+    return a.reshape(shape, order="F" if fortran_order else "C")
+
+
+# ---------------------------------------------------------------- @memoize
+#
+# A memoized call's key: "memo/<module>.<qualname>/v<version>/<hex>", where
+# <hex> is the BLAKE3 digest of a canonical, tagged encoding of the bound
+# arguments (docs/architecture.md, "The Python package"). The result blob:
+# an ndarray in .npy format (as put_array stores it); bytes-like data after
+# the 8-byte tag _TAG_BYTES; anything else pickled after _TAG_PICKLE.
+
+_TAG_BYTES = b"CRDLmB1\n"
+_TAG_PICKLE = b"CRDLmP1\n"
+
+
+def _len(n: int) -> bytes:
+    return struct.pack("<Q", n)
+
+
+def _encode(v, out: bytearray) -> None:
+    """Appends the canonical encoding of ``v`` to ``out``; ``TypeError``
+    for a value that has none (never a guess that could collide)."""
+    t = type(v)
+    if v is None:
+        out += b"N"
+    elif t is bool:
+        out += b"T" if v else b"F"
+    elif t is int:
+        s = str(v).encode()
+        out += b"I" + _len(len(s)) + s
+    elif t is float:
+        out += b"D" + struct.pack("<d", v)
+    elif t is complex:
+        out += b"C" + struct.pack("<dd", v.real, v.imag)
+    elif t is str:
+        s = v.encode("utf-8", "surrogatepass")
+        out += b"S" + _len(len(s)) + s
+    elif t in (tuple, list):
+        out += (b"(" if t is tuple else b"[") + _len(len(v))
+        for x in v:
+            _encode(x, out)
+    elif t is dict:
+        items = []
+        for k, x in v.items():
+            kb, xb = bytearray(), bytearray()
+            _encode(k, kb)
+            _encode(x, xb)
+            items.append((bytes(kb), bytes(xb)))
+        items.sort()
+        out += b"{" + _len(len(items))
+        for kb, xb in items:
+            out += kb + xb
+    elif t in (set, frozenset):
+        items = []
+        for x in v:
+            xb = bytearray()
+            _encode(x, xb)
+            items.append(bytes(xb))
+        items.sort()
+        out += (b"s" if t is set else b"f") + _len(len(items))
+        for xb in items:
+            out += xb
+    elif t in (bytes, bytearray, memoryview, Buffer):
+        mv = memoryview(v)
+        if not mv.c_contiguous:
+            mv = memoryview(mv.tobytes())
+        out += b"B" + _len(mv.nbytes) + digest(mv)
+    elif _is_numpy(v):
+        _encode_numpy(v, out)
+    else:
+        raise TypeError(
+            f"cradle.memoize cannot key an argument of type {t.__module__}.{t.__qualname__}: "
+            "arguments must be None, bool, int, float, complex, str, bytes-like, numpy arrays "
+            "or scalars, or tuples/lists/dicts/sets of those (pass a key you choose instead)"
+        )
+
+
+def _is_numpy(v) -> bool:
+    np = _numpy_if_loaded()
+    return np is not None and isinstance(v, (np.ndarray, np.generic))
+
+
+def _numpy_if_loaded():
+    import sys
+
+    return sys.modules.get("numpy")
+
+
+def _encode_numpy(v, out: bytearray) -> None:
+    import numpy as np
+
+    a = np.asarray(v)
+    if a.dtype.hasobject:
+        raise TypeError("cradle.memoize cannot key a numpy array of Python objects")
+    descr = np.lib.format.dtype_to_descr(a.dtype)
+    d = repr(descr).encode()
+    out += (b"A" if isinstance(v, np.ndarray) else b"G") + _len(len(d)) + d
+    out += _len(a.ndim) + b"".join(_len(n) for n in a.shape)
+    a = np.ascontiguousarray(a)
+    out += _len(a.nbytes) + digest(a.reshape(-1).view(np.uint8) if a.nbytes else b"")
+
+
+def _result_writer(client: Client, value):
+    """The unsealed ``Writer`` a memoized result is stored as."""
+    np = _numpy_if_loaded()
+    if np is not None and isinstance(value, np.ndarray) and not value.dtype.hasobject:
+        return client._array_writer(value)
+    if isinstance(value, (bytes, bytearray, memoryview, Buffer)):
+        data = memoryview(value).cast("B") if memoryview(value).c_contiguous else memoryview(bytes(value))
+        tag = _TAG_BYTES
+    else:
+        data = memoryview(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+        tag = _TAG_PICKLE
+    w = client.create(len(tag) + data.nbytes)
+    with memoryview(w) as dst:
+        dst[: len(tag)] = tag
+        dst[len(tag):] = data
+    return w
+
+
+def _result_of(buf):
+    """The value a memoized result blob holds (see ``_result_writer``)."""
+    head = bytes(memoryview(buf)[:8])
+    if head == _TAG_BYTES:
+        return memoryview(buf)[8:]
+    if head == _TAG_PICKLE:
+        with memoryview(buf)[8:] as data:
+            return pickle.loads(data)
+    return _array_of(buf)
+
+
+_default_clients: dict = {}
+_default_lock = threading.Lock()
+
+
+def _default_client(timeout: float) -> Client:
+    """This process's client for ``@memoize`` whose calls wait up to
+    ``timeout`` seconds (a new one after a fork)."""
+    pid = os.getpid()
+    with _default_lock:
+        if any(p != pid for p, _ in _default_clients):
+            _default_clients.clear()
+        c = _default_clients.get((pid, timeout))
+        if c is None:
+            c = _default_clients[(pid, timeout)] = Client(timeout=timeout)
+        return c
+
+
+def memoize(version, *, client: Client | None = None, claim: float = 600.0):
+    """Decorator: the function's result is computed **once** across every
+    process of the user that calls it with equal arguments (single flight:
+    the others wait, GIL released, and receive the result), then kept in the
+    server's memory cache and its disk tier (a restart of the server still
+    has it).
+
+    ``version`` (int or str) is part of the key: change it when the
+    function's code changes. The key also covers the function's module and
+    qualified name and its bound arguments (defaults applied, so ``f(1)``
+    and ``f(x=1)`` are one key): numpy arrays and scalars and bytes-like
+    values by dtype, shape and BLAKE3 content digest; ``None``, ``bool``,
+    ``int``, ``float``, ``complex``, ``str``, tuples, lists, dicts and sets
+    by a canonical tagged encoding (``1`` and ``1.0`` are different keys).
+    Any other argument raises ``TypeError``: no key is ever guessed.
+
+    What a call returns, on a hit and after computing alike: an ndarray
+    comes back as a read-only ``numpy.ndarray`` over the cache's pages (no
+    copy); bytes-like results as a read-only ``memoryview`` over them; any
+    other value is pickled (protocol 5) and unpickled by every caller, so it
+    must be picklable and trusted (anyone who can write the user's cache
+    can choose what is unpickled).
+
+    ``client``: the ``Client`` to use (default: one per process, on
+    ``$CRADLE_SOCKET`` or the default socket, whose timeout is ``claim``).
+    ``claim``: seconds a computation may hold the key before another
+    process may compute it too (a computation that raises gives the key up
+    at once). A waiter waits at most its client's timeout (so with your own
+    client, give it a ``timeout`` as long as the computation). The decorated function has
+    ``cache_key(*args, **kwargs)`` (the key a call uses) and ``__wrapped__``.
+    """
+    if not isinstance(version, (int, str)) or isinstance(version, bool):
+        raise TypeError("memoize(version=...) takes an int or a str")
+
+    def deco(fn):
+        module = getattr(fn, "__module__", None) or "?"
+        if module == "__mp_main__":  # multiprocessing's name for __main__ in a child
+            module = "__main__"
+        name = f"{module}.{getattr(fn, '__qualname__', fn.__name__)}"
+        sig = inspect.signature(fn)
+        prefix = f"memo/{name}/v{version}/"
+
+        params = list(sig.parameters.values())
+        plain = [p.name for p in params]
+        # Every parameter positional-or-keyword: a call passing all of them
+        # by position binds without inspect (the common, fast case).
+        simple = all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
+
+        def cache_key(*args, **kwargs) -> str:
+            if simple and not kwargs and len(args) == len(plain):
+                pairs = list(zip(plain, args))
+            else:
+                bound = sig.bind(*args, **kwargs)
+                bound.apply_defaults()
+                pairs = list(bound.arguments.items())
+            out = bytearray(b"cradle.memoize 1\n")
+            _encode(pairs, out)
+            return prefix + digest(out).hex()
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            key = cache_key(*args, **kwargs)
+            c = client if client is not None else _default_client(max(float(claim), 30.0))
+
+            def compute():
+                return _result_writer(c, fn(*args, **kwargs))
+
+            # A hit is a plain lookup (one round trip); a miss takes the
+            # single-flight path (claim, compute or wait).
+            buf = c.get(key)
+            if buf is None:
+                buf = c.get_or_compute(key, compute, claim)
+            return _result_of(buf)
+
+        wrapper.cache_key = cache_key
+        return wrapper
+
+    return deco

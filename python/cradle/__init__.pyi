@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import pathlib
 from types import TracebackType
-from typing import Any, Optional, Type, Union
+from typing import Any, Callable, Optional, Sequence, Type, TypeVar, Union
 
 from typing_extensions import Buffer as _BufferLike  # PEP 688 (collections.abc.Buffer on 3.12+)
 
@@ -16,6 +16,23 @@ __all__: list[str]
 SMALL_BLOB_MAX: int
 """Blobs up to this many bytes are written in the session's pool and copied
 once at seal; larger ones get their own memfd (no copy at seal)."""
+
+_Handler = Callable[
+    [bytes, list[Buffer]],
+    Union[None, _BufferLike, tuple[Optional[_BufferLike], Sequence[Union[Writer, SealedBlob, Buffer, _BufferLike]]]],
+]
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+def digest(obj: _BufferLike) -> bytes:
+    """BLAKE3-256 of the bytes of a C-contiguous buffer (GIL released)."""
+    ...
+
+def memoize(
+    version: Union[int, str], *, client: Optional[Client] = None, claim: float = 600.0
+) -> Callable[[_F], _F]:
+    """Decorator: the result is computed once across processes and kept in
+    both cache tiers; arrays come back read-only over the cache's pages."""
+    ...
 
 def default_socket_path() -> pathlib.Path:
     """``$CRADLE_SOCKET``, else the server's default socket path."""
@@ -118,6 +135,38 @@ class Client:
         ...
     def get_array(self, key: str) -> Any:
         """A read-only ``numpy.ndarray`` over the shared pages, or None."""
+        ...
+    def get_or_compute(
+        self,
+        key: str,
+        compute: Callable[[], Union[Writer, SealedBlob, _BufferLike]],
+        claim: float = 600.0,
+    ) -> Buffer:
+        """The blob under ``key``, computed by ``compute()`` once across
+        processes if absent (single flight; the GIL is released while
+        waiting)."""
+        ...
+    def call_bytes(
+        self,
+        name: str,
+        body: Optional[_BufferLike] = None,
+        version: int = 1,
+        blobs: Sequence[Union[Buffer, SealedBlob, _BufferLike]] = ...,
+        timeout: Optional[float] = None,
+    ) -> tuple[bytes, list[Buffer]]:
+        """Calls the bytes method ``name@version``: ``(body, [Buffer, ...])``."""
+        ...
+    def serve_bytes(self, name: str, handler: _Handler, version: int = 1) -> _Handler:
+        """Adds a bytes method served by ``handler(body, blobs)`` to ``run()``."""
+        ...
+    def provides(self, name: str, version: int = 1) -> Callable[[_Handler], _Handler]:
+        """Decorator form of ``serve_bytes``."""
+        ...
+    def run(self, concurrency: int = 1) -> tuple[int, int]:
+        """Serves the added methods until ``stop()``; ``(served, errors)``."""
+        ...
+    def stop(self) -> bool:
+        """Stops ``run()``; whether a provider was running."""
         ...
     def __enter__(self) -> Client: ...
     def __exit__(

@@ -11,7 +11,8 @@
 //! blob's window, which a live view would still point into.
 
 use crate::errors::{blob_err, call_err};
-use cradle_client::{BlobRef, BlobWriter, Client};
+use cradle_client::{BlobError, BlobHandle, BlobRef, BlobWriter, Client};
+use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::{PyBufferError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -62,6 +63,36 @@ unsafe fn fill(
     }
 }
 
+/// Copies `len` bytes at `ptr` (a Python buffer the caller keeps) into a new
+/// sealed blob.
+pub(crate) fn blob_from(
+    c: &Client,
+    ptr: usize,
+    len: usize,
+) -> Result<cradle_client::Blob, BlobError> {
+    let mut w = c.create(len)?;
+    // SAFETY: `ptr..ptr+len` is the C-contiguous memory of a buffer the
+    // caller holds (exported, so neither freed nor resized) until this
+    // returns. A Python thread writing it meanwhile gets torn bytes, as with
+    // any copy made without the GIL.
+    let src = unsafe { std::slice::from_raw_parts(ptr as *const u8, len) };
+    w.write_at(0, src);
+    w.seal()
+}
+
+/// The memory of `obj` (buffer protocol, C-contiguous) as an address and
+/// length; the returned buffer keeps it valid.
+pub(crate) fn bytes_of(obj: &Bound<'_, PyAny>) -> PyResult<(PyUntypedBuffer, usize, usize)> {
+    let buf = PyUntypedBuffer::get(obj)?;
+    if !buf.is_c_contiguous() {
+        return Err(PyBufferError::new_err(
+            "put needs a C-contiguous buffer: pass np.ascontiguousarray(a), or use put_array",
+        ));
+    }
+    let (ptr, len) = (buf.buf_ptr() as usize, buf.len_bytes());
+    Ok((buf, ptr, len))
+}
+
 /// A read-only view of a sealed blob in shared memory.
 ///
 /// It exports the buffer protocol (read-only): ``memoryview(buf)``,
@@ -86,6 +117,16 @@ impl Buffer {
                 blob: Some(blob),
                 exports: 0,
             }),
+        }
+    }
+}
+
+impl Buffer {
+    /// The blob's handle (to pass it with a call), unless released.
+    pub(crate) fn blob_handle(&self) -> PyResult<BlobHandle> {
+        match &lock(&self.state).blob {
+            Some(b) => Ok(*b.handle()),
+            None => Err(PyValueError::new_err("the buffer was released")),
         }
     }
 }
@@ -263,7 +304,8 @@ impl Writer {
             .ok_or_else(|| PyValueError::new_err("the writer is already sealed or aborted"))
     }
 
-    fn seal_blob(&self, py: Python<'_>) -> PyResult<cradle_client::Blob> {
+    /// Seals the blob (refused while views are alive).
+    pub(crate) fn seal_blob(&self, py: Python<'_>) -> PyResult<cradle_client::Blob> {
         let w = self.take()?;
         py.detach(move || w.seal()).map_err(blob_err)
     }
@@ -417,6 +459,23 @@ impl SealedBlob {
             client,
             blob: Mutex::new(Some(Arc::new(blob))),
         }
+    }
+
+    /// Takes the blob out (to hand it on by value): this object is
+    /// released afterwards. Refused while another thread uses it.
+    pub(crate) fn take_blob(&self) -> PyResult<cradle_client::Blob> {
+        let b = lock(&self.blob)
+            .take()
+            .ok_or_else(|| PyValueError::new_err("the blob was released"))?;
+        Arc::try_unwrap(b).map_err(|b| {
+            *lock(&self.blob) = Some(b);
+            PyValueError::new_err("the blob is in use by another thread")
+        })
+    }
+
+    /// The blob's handle, unless released.
+    pub(crate) fn blob_handle(&self) -> PyResult<BlobHandle> {
+        Ok(*self.blob()?.handle())
     }
 
     fn blob(&self) -> PyResult<Arc<cradle_client::Blob>> {

@@ -2,13 +2,13 @@
 //! [`cradle_client::Client`]. Every call that waits runs with the GIL
 //! released (`Python::detach`), so threads share one client.
 
-use crate::buffers::{Buffer, Writer, lock};
+use crate::buffers::{Buffer, Writer, blob_from, bytes_of, lock};
 use crate::errors::{CradleError, blob_err, call_err, connect_err};
+use crate::provide;
 use cradle_client::{BlobError, ClientOptions};
 use ipc_rpc::blob::{CacheList, ListRequest};
 use ipc_rpc::builtin::{Ping, Stats};
-use pyo3::buffer::PyUntypedBuffer;
-use pyo3::exceptions::{PyBufferError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use std::path::PathBuf;
@@ -28,6 +28,10 @@ use std::time::Duration;
 pub(crate) struct Client {
     inner: Mutex<Option<Arc<cradle_client::Client>>>,
     socket: PathBuf,
+    /// Every call's deadline.
+    timeout: Duration,
+    /// The provider `serve` runs, to stop it.
+    serving: provide::Serving,
 }
 
 impl Client {
@@ -37,36 +41,6 @@ impl Client {
             .clone()
             .ok_or_else(|| CradleError::new_err("this client is closed"))
     }
-}
-
-/// Copies `len` bytes at `ptr` (a Python buffer the caller keeps) into a new
-/// sealed blob.
-fn blob_from(
-    c: &cradle_client::Client,
-    ptr: usize,
-    len: usize,
-) -> Result<cradle_client::Blob, BlobError> {
-    let mut w = c.create(len)?;
-    // SAFETY: `ptr..ptr+len` is the C-contiguous memory of a buffer the
-    // caller holds (exported, so neither freed nor resized) until this
-    // returns. A Python thread writing it meanwhile gets torn bytes, as with
-    // any copy made without the GIL.
-    let src = unsafe { std::slice::from_raw_parts(ptr as *const u8, len) };
-    w.write_at(0, src);
-    w.seal()
-}
-
-/// The memory of `obj` (buffer protocol, C-contiguous) as an address and
-/// length; the returned buffer keeps it valid.
-fn bytes_of(obj: &Bound<'_, PyAny>) -> PyResult<(PyUntypedBuffer, usize, usize)> {
-    let buf = PyUntypedBuffer::get(obj)?;
-    if !buf.is_c_contiguous() {
-        return Err(PyBufferError::new_err(
-            "put needs a C-contiguous buffer: pass np.ascontiguousarray(a), or use put_array",
-        ));
-    }
-    let (ptr, len) = (buf.buf_ptr() as usize, buf.len_bytes());
-    Ok((buf, ptr, len))
 }
 
 #[pymethods]
@@ -88,6 +62,8 @@ impl Client {
         Ok(Self {
             inner: Mutex::new(Some(Arc::new(c))),
             socket,
+            timeout: opts.timeout,
+            serving: Mutex::new(None),
         })
     }
 
@@ -281,6 +257,97 @@ impl Client {
             }
         })
         .map_err(call_err)
+    }
+
+    /// The blob under ``key`` as a read-only ``Buffer``, computed by
+    /// ``compute()`` if no process has put it yet, and computed **once**
+    /// across processes: one caller at a time holds the claim on the key
+    /// (for at most ``claim`` seconds), the others wait in the server (GIL
+    /// released) and receive its blob. ``compute`` is called with the GIL
+    /// and returns a ``Writer`` (sealed here), a ``SealedBlob`` or
+    /// bytes-like data (copied); its result is put under ``key``. If it
+    /// raises, the claim is given back (the next waiter computes) and the
+    /// exception propagates. A wait is bounded by the client's timeout.
+    /// ``@cradle.memoize`` is built on this.
+    #[pyo3(signature = (key, compute, claim = 600.0))]
+    fn get_or_compute(
+        &self,
+        py: Python<'_>,
+        key: &str,
+        compute: Py<PyAny>,
+        claim: f64,
+    ) -> PyResult<Buffer> {
+        let c = self.client()?;
+        let claim = Duration::try_from_secs_f64(claim)
+            .map_err(|_| PyValueError::new_err("claim must be a positive number of seconds"))?;
+        provide::get_or_compute(py, c, key, compute, claim)
+    }
+
+    /// Calls the bytes method ``name`` (version ``version``), offered by a
+    /// provider process (Rust or Python): ``body`` (bytes-like) goes as is,
+    /// ``blobs`` pass with it without a copy (``Buffer`` and ``SealedBlob``
+    /// values by handle; bytes-like values are copied into new blobs first).
+    /// Returns ``(response_body, [Buffer, ...])``: the response bytes and
+    /// the result blobs, read-only over the shared pages. ``timeout`` in
+    /// seconds (default: the client's). Errors: ``UnknownMethod`` (no
+    /// provider), ``ProviderGone``, ``DeadlineExceeded``, ``Busy``,
+    /// ``HandlerError`` (the handler raised), ...
+    #[pyo3(signature = (name, body = None, version = 1, blobs = Vec::new(), timeout = None))]
+    fn call_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        name: &str,
+        body: Option<&Bound<'py, PyAny>>,
+        version: u32,
+        blobs: Vec<Bound<'py, PyAny>>,
+        timeout: Option<f64>,
+    ) -> PyResult<(Bound<'py, pyo3::types::PyBytes>, Vec<Buffer>)> {
+        let c = self.client()?;
+        let timeout = match timeout {
+            None => self.timeout,
+            Some(t) => Duration::try_from_secs_f64(t).map_err(|_| {
+                PyValueError::new_err("timeout must be a positive number of seconds")
+            })?,
+        };
+        let empty = pyo3::types::PyBytes::new(py, b"");
+        let body = body.cloned().unwrap_or_else(|| empty.into_any());
+        provide::call_bytes(py, c, name, version, &body, &blobs, timeout)
+    }
+
+    /// Serves bytes methods until ``stop()`` (from another thread or a
+    /// handler), a signal's exception (Ctrl-C), or the end of the session:
+    /// ``methods`` is a list of ``(name, version, handler)``; each handler is
+    /// called as ``handler(body: bytes, blobs: list[Buffer])`` with the GIL
+    /// and returns the response body (bytes-like or None) or a tuple
+    /// ``(body, [blob, ...])`` whose blobs (``Writer``, ``SealedBlob``,
+    /// ``Buffer`` or bytes-like) go back to the caller without a copy. An
+    /// exception in a handler answers that call with ``HandlerError``
+    /// (its message is ``"Type: message"``). ``concurrency`` calls are
+    /// served at once (threads; the handlers take turns on the GIL).
+    /// Returns ``(served, errors)``. Waits with the GIL released. Use
+    /// ``Client.serve_bytes`` + ``Client.run`` (or ``@client.provides``).
+    #[pyo3(signature = (methods, concurrency = 1))]
+    fn _serve(
+        &self,
+        py: Python<'_>,
+        methods: Vec<(String, u32, Py<PyAny>)>,
+        concurrency: u32,
+    ) -> PyResult<(u64, u64)> {
+        let c = self.client()?;
+        provide::serve(py, c, &self.serving, methods, concurrency)
+    }
+
+    /// Stops ``run()`` (from another thread, a signal handler or a
+    /// handler): the calls being served finish, the methods are withdrawn,
+    /// then ``run`` returns. Whether a provider was running.
+    fn stop(&self) -> bool {
+        match &*lock(&self.serving) {
+            Some(s) => {
+                s.stop();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Sends the lease releases this client has queued and waits until the

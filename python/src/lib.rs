@@ -5,12 +5,14 @@
 //! `get_array` (numpy, `.npy` format).
 //!
 //! Files, bottom to top: `errors` (the exceptions) -> `buffers` (Buffer,
-//! Writer, SealedBlob) -> `client` (Client). See docs/architecture.md,
+//! Writer, SealedBlob) -> `provide` (digests, get-or-compute, bytes calls and
+//! providers) -> `client` (Client). See docs/architecture.md,
 //! "The Python package".
 
 mod buffers;
 mod client;
 mod errors;
+mod provide;
 
 use pyo3::prelude::*;
 
@@ -29,6 +31,7 @@ fn _cradle(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<buffers::SealedBlob>()?;
     errors::register(m)?;
     m.add_function(wrap_pyfunction!(default_socket_path, m)?)?;
+    m.add_function(wrap_pyfunction!(provide::digest, m)?)?;
     m.add("SMALL_BLOB_MAX", cradle_client::SMALL_BLOB_MAX)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -1,0 +1,229 @@
+"""The Python package's benchmark: what a numpy user gets from CRADLE
+against what they would pick instead, on the same data, in one run.
+
+    python bench/bench.py [--socket PATH] [--mib 256] [--memo-mib 100] [--rounds 5]
+
+Starts nothing: it talks to a running ``cradle-server`` ($CRADLE_SOCKET or
+--socket; give the server a memory budget above 2 x --mib). It reports the
+median of ``--rounds`` runs of each, in one table:
+
+* ``put_array`` and ``put`` of a --mib float32 array, and ``get_array`` of
+  it (a read-only ndarray over the shared pages) with one full read, next to
+  ``np.copyto`` of the same array (memcpy speed; the ratio is put / memcpy);
+* a ``@cradle.memoize`` hit returning a --memo-mib float64 array, next to
+  hits of ``joblib.Memory`` and ``diskcache`` (if installed) and a pickle of
+  the array sent through a ``multiprocessing`` pipe; each hit is also read
+  once in full (``a.sum()``), so that a lazy mapping is not timed empty;
+* a small-value hit (an int) of ``@cradle.memoize`` next to
+  ``functools.lru_cache`` (the in-process floor) and ``diskcache``.
+
+Nothing is hard-coded: every figure is measured here, now.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import multiprocessing as mp
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+import cradle
+
+MIB = 1 << 20
+
+
+def median_time(fn, rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def small_time(fn, n: int = 20_000) -> float:
+    """Seconds per call of ``fn``, over ``n`` calls (median of 5 batches)."""
+    batches = []
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        batches.append((time.perf_counter() - t) / n)
+    return statistics.median(batches)
+
+
+def fmt(s: float) -> str:
+    if s >= 1e-3:
+        return f"{s * 1e3:.2f} ms"
+    if s >= 1e-6:
+        return f"{s * 1e6:.2f} us"
+    return f"{s * 1e9:.0f} ns"
+
+
+def _pipe_child(conn):
+    a = conn.recv()
+    conn.send(a)
+    conn.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--socket", default=None)
+    ap.add_argument("--mib", type=int, default=256)
+    ap.add_argument("--memo-mib", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    c = cradle.Client(args.socket, timeout=600)
+    rows = []
+
+    # ---- put / get of a large array versus memcpy
+    big = np.random.default_rng(1).random(args.mib * MIB // 4, dtype=np.float32)
+    dst = np.empty_like(big)
+    np.copyto(dst, big)  # fault the destination in
+    t_memcpy = median_time(lambda: np.copyto(dst, big), args.rounds)
+    t_put_array = median_time(lambda: c.put_array("bench/big", big), args.rounds)
+    t_put = median_time(lambda: c.put("bench/big-bytes", big), args.rounds)
+
+    def get_read():
+        a = c.get_array("bench/big")
+        a.sum()
+
+    t_get = median_time(get_read, args.rounds)
+    t_read = median_time(lambda: big.sum(), args.rounds)
+    rows += [
+        (f"memcpy (np.copyto) {args.mib} MiB", t_memcpy, ""),
+        (f"put_array {args.mib} MiB", t_put_array, f"{t_memcpy / t_put_array:.2f}x memcpy speed"),
+        (f"put {args.mib} MiB", t_put, f"{t_memcpy / t_put:.2f}x memcpy speed"),
+        (f"get_array {args.mib} MiB + a.sum()", t_get, f"a.sum() alone on private memory: {fmt(t_read)}"),
+    ]
+    c.remove("bench/big")
+    c.remove("bench/big-bytes")
+    del big, dst
+
+    # ---- memoized hit of a large array
+    n = args.memo_mib * MIB // 8
+    run_id = f"{os.getpid()}-{time.time_ns()}"
+
+    @cradle.memoize(version=run_id, client=c)
+    def make_cradle(k):
+        return np.random.default_rng(k).random(n)
+
+    def cradle_hit():
+        make_cradle(3).sum()
+
+    make_cradle(3)
+    t_cradle = median_time(cradle_hit, args.rounds)
+    t_cradle_only = median_time(lambda: make_cradle(3), args.rounds)
+    rows.append((f"@cradle.memoize hit, {args.memo_mib} MiB float64", t_cradle_only, "the array only"))
+    rows.append((f"@cradle.memoize hit, {args.memo_mib} MiB float64 (+ sum)", t_cradle, ""))
+
+    tmp = tempfile.mkdtemp(prefix="cradle-bench-")
+    try:
+        report_hits(args, c, rows, tmp, n, t_cradle, t_cradle_only, run_id)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for k in c.keys("memo/"):
+        if run_id in k:
+            c.remove(k)
+
+    print(f"python {sys.version.split()[0]}, numpy {np.__version__}, cradle {cradle.__version__}, "
+          f"{os.cpu_count()} CPUs, median of {args.rounds} rounds")
+    print(f"| {'what':<58} | {'time':>10} | note |")
+    print(f"|{'-' * 60}|{'-' * 12}|------|")
+    for name, t, note in rows:
+        print(f"| {name:<58} | {fmt(t) if t is not None else '-':>10} | {note} |")
+    return 0
+
+
+def report_hits(args, c, rows, tmp, n, t_cradle, t_cradle_only, run_id):
+    """The comparison rows: joblib.Memory, diskcache, a pipe; small hits."""
+    compare = {}
+    try:
+        import joblib
+
+        mem = joblib.Memory(os.path.join(tmp, "joblib"), verbose=0)
+
+        @mem.cache
+        def make_joblib(k):
+            return np.random.default_rng(k).random(n)
+
+        make_joblib(3)
+        t = median_time(lambda: make_joblib(3), args.rounds)
+        rows.append((f"joblib.Memory hit, {args.memo_mib} MiB float64", t,
+                     f"the array only: cradle {t / t_cradle_only:.0f}x faster"))
+        compare["joblib.Memory"] = median_time(lambda: make_joblib(3).sum(), args.rounds)
+    except ImportError:
+        rows.append(("joblib.Memory hit", None, "joblib not installed"))
+    dc = None
+    try:
+        import diskcache
+
+        dc = diskcache.Cache(os.path.join(tmp, "diskcache"))
+
+        @dc.memoize()
+        def make_dc(k):
+            return np.random.default_rng(k).random(n)
+
+        make_dc(3)
+        t = median_time(lambda: make_dc(3), args.rounds)
+        rows.append((f"diskcache hit, {args.memo_mib} MiB float64", t,
+                     f"the array only: cradle {t / t_cradle_only:.0f}x faster"))
+        compare["diskcache"] = median_time(lambda: make_dc(3).sum(), args.rounds)
+    except ImportError:
+        rows.append(("diskcache hit", None, "diskcache not installed"))
+
+    arr = np.random.default_rng(3).random(n)
+    ctx = mp.get_context("spawn")
+
+    def through_pipe():
+        parent, child = ctx.Pipe()
+        p = ctx.Process(target=_pipe_child, args=(child,))
+        p.start()
+        parent.send(arr)
+        t = time.perf_counter()
+        back = parent.recv()  # the child's pickle of it, back through the pipe
+        back.sum()
+        dt = time.perf_counter() - t
+        p.join()
+        return dt
+
+    compare["pickle through a pipe"] = statistics.median(
+        through_pipe() for _ in range(args.rounds))
+    compare = {k if k.startswith("pickle") else k + " hit": v for k, v in compare.items()}
+    for name, t in compare.items():
+        rows.append((f"{name}, {args.memo_mib} MiB float64 (+ sum)", t,
+                     f"cradle {t / t_cradle:.1f}x faster"))
+
+    # ---- small-value hit
+    @cradle.memoize(version=run_id, client=c)
+    def small_cradle(k):
+        return k * 2
+
+    @functools.lru_cache(maxsize=None)
+    def small_lru(k):
+        return k * 2
+
+    small_cradle(7), small_lru(7)
+    t_small = small_time(lambda: small_cradle(7), 2_000)
+    rows.append(("@cradle.memoize hit, small int", t_small, ""))
+    rows.append(("functools.lru_cache hit (in-process floor)", small_time(lambda: small_lru(7)), ""))
+    if dc is not None:
+        @dc.memoize()
+        def small_dc(k):
+            return k * 2
+
+        small_dc(7)
+        t = small_time(lambda: small_dc(7), 2_000)
+        rows.append(("diskcache hit, small int", t, f"cradle {t / t_small:.2f}x faster"))
+        dc.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
