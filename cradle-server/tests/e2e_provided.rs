@@ -118,6 +118,22 @@ fn code(e: &ipc_rpc::RemoteError) -> ErrorCode {
 }
 
 /// The `cradle.stats` entry of session `id`.
+/// One call of `id` by `c`, which provider `p` answers with a frame of
+/// `kind`, `flags` and `body`: what the caller gets.
+fn relayed(
+    c: &mut RawPeer,
+    p: &mut RawPeer,
+    id: u64,
+    kind: u16,
+    flags: u16,
+    body: &[u8],
+) -> Result<(u16, Vec<u8>), ipc_rpc::RemoteError> {
+    let r = c.request_raw(id, 0, b"");
+    let (inv, _) = p.recv_kind(wire::INVOKE, 10 * SEC).unwrap();
+    p.reply(&inv, kind, flags, body);
+    c.answer(r, 10 * SEC)
+}
+
 fn session_stats(socket: &std::path::Path, id: u64) -> Option<ipc_rpc::builtin::SessionStats> {
     let c = Client::connect(socket).unwrap();
     c.call::<Stats>(&())
@@ -430,36 +446,24 @@ fn a_hostile_provider_hurts_only_its_own_calls() {
         p.send_encoded(meta, b"forged");
     }
     // A garbage error answer: the caller gets Malformed.
-    let r = c.request_raw(id, 0, b"");
-    let (inv, _) = p.recv_kind(wire::INVOKE, 10 * SEC).unwrap();
-    p.reply(&inv, wire::REPLY_ERROR, 0, b"\xff\xff garbage");
-    assert_eq!(
-        code(&c.answer(r, 10 * SEC).unwrap_err()),
-        ErrorCode::Malformed
+    let got = relayed(
+        &mut c,
+        &mut p,
+        id,
+        wire::REPLY_ERROR,
+        0,
+        b"\xff\xff garbage",
     );
+    assert_eq!(code(&got.unwrap_err()), ErrorCode::Malformed);
     // A garbage body is relayed as is (the caller's library decodes it).
-    let r = c.request_raw(id, 0, b"");
-    let (inv, _) = p.recv_kind(wire::INVOKE, 10 * SEC).unwrap();
-    p.reply(&inv, wire::REPLY, 0, &[0xff; 7]);
-    assert_eq!(c.answer(r, 10 * SEC).unwrap(), (0, vec![0xff; 7]));
+    let got = relayed(&mut c, &mut p, id, wire::REPLY, 0, &[0xff; 7]);
+    assert_eq!(got.unwrap(), (0, vec![0xff; 7]));
     // Unknown flags, a bad envelope: Malformed.
-    let r = c.request_raw(id, 0, b"");
-    let (inv, _) = p.recv_kind(wire::INVOKE, 10 * SEC).unwrap();
-    p.reply(&inv, wire::REPLY, 0x80, b"");
-    assert_eq!(
-        code(&c.answer(r, 10 * SEC).unwrap_err()),
-        ErrorCode::Malformed
-    );
-    let r = c.request_raw(id, 0, b"");
-    let (inv, _) = p.recv_kind(wire::INVOKE, 10 * SEC).unwrap();
-    p.reply(&inv, wire::REPLY, wire::ENVELOPE, &[0xff; 40]);
-    assert_eq!(
-        code(&c.answer(r, 10 * SEC).unwrap_err()),
-        ErrorCode::Malformed
-    );
+    let got = relayed(&mut c, &mut p, id, wire::REPLY, 0x80, b"");
+    assert_eq!(code(&got.unwrap_err()), ErrorCode::Malformed);
+    let got = relayed(&mut c, &mut p, id, wire::REPLY, wire::ENVELOPE, &[0xff; 40]);
+    assert_eq!(code(&got.unwrap_err()), ErrorCode::Malformed);
     // A forged result handle: BadHandle, never a lease.
-    let r = c.request_raw(id, 0, b"");
-    let (inv, _) = p.recv_kind(wire::INVOKE, 10 * SEC).unwrap();
     let forged = ipc_rpc::blob::BlobHandle {
         epoch: 1,
         id: 77,
@@ -467,16 +471,9 @@ fn a_hostile_provider_hurts_only_its_own_calls() {
         offset: 0,
         len: 4096,
     };
-    p.reply(
-        &inv,
-        wire::REPLY,
-        wire::ENVELOPE,
-        &enveloped(0, 0, &[forged], b"r"),
-    );
-    assert_eq!(
-        code(&c.answer(r, 10 * SEC).unwrap_err()),
-        ErrorCode::BadHandle
-    );
+    let body = enveloped(0, 0, &[forged], b"r");
+    let got = relayed(&mut c, &mut p, id, wire::REPLY, wire::ENVELOPE, &body);
+    assert_eq!(code(&got.unwrap_err()), ErrorCode::BadHandle);
     // A reply to the wrong method id: discarded; the call stays held.
     let r = c.request_raw(id, 0, b"");
     let (inv, _) = p.recv_kind(wire::INVOKE, 10 * SEC).unwrap();
