@@ -309,7 +309,6 @@ pub(crate) fn pipelined(
     window: usize,
     tag0: u64,
 ) -> Result<u64, String> {
-    let mut q: VecDeque<(u64, Pending<'_, Ping>)> = VecDeque::with_capacity(window);
     let mut msg = vec![0u8; 8];
     let check = |tag: u64, p: Pending<'_, Ping>| -> Result<(), String> {
         // Checked in place (`wait_with`), as the latency scenarios do.
@@ -322,6 +321,25 @@ pub(crate) fn pipelined(
             Err("pipelined echo differs from its request".into())
         }
     };
+    windowed(calls, window, tag0, check, |tag| {
+        msg.copy_from_slice(&tag.to_le_bytes());
+        client
+            .send::<Ping>(&msg)
+            .map_err(|e| format!("pipelined send: {e}"))
+    })
+}
+
+/// `calls` calls, at most `window` in flight: `send` makes the call of each
+/// tag (`tag0` onwards), `check` checks its answer, in order; returns the
+/// elapsed nanoseconds.
+pub(crate) fn windowed<P>(
+    calls: u64,
+    window: usize,
+    tag0: u64,
+    check: impl Fn(u64, P) -> Result<(), String>,
+    mut send: impl FnMut(u64) -> Result<P, String>,
+) -> Result<u64, String> {
+    let mut q: VecDeque<(u64, P)> = VecDeque::with_capacity(window);
     let start = Instant::now();
     for i in 0..calls {
         if q.len() >= window
@@ -330,11 +348,7 @@ pub(crate) fn pipelined(
             check(tag, p)?;
         }
         let tag = tag0.wrapping_add(i);
-        msg.copy_from_slice(&tag.to_le_bytes());
-        let p = client
-            .send::<Ping>(&msg)
-            .map_err(|e| format!("pipelined send: {e}"))?;
-        q.push_back((tag, p));
+        q.push_back((tag, send(tag)?));
     }
     while let Some((tag, p)) = q.pop_front() {
         check(tag, p)?;

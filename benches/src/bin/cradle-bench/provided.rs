@@ -7,7 +7,6 @@
 
 use crate::transport::{Echo, Peer, SpawnOpts, echo_ok, spawn_peer};
 use cradle_client::{CallOptions, Client, HandlerError, Pending, WaitMode};
-use std::collections::VecDeque;
 use std::io::BufRead;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -154,7 +153,6 @@ pub(crate) fn pipelined(
     window: usize,
     tag0: u64,
 ) -> Result<u64, String> {
-    let mut q: VecDeque<(u64, Pending<'_, BenchEcho>)> = VecDeque::with_capacity(window);
     let check = |tag: u64, p: Pending<'_, BenchEcho>| -> Result<(), String> {
         let same = p
             .wait_with(|echo| echo.as_slice() == tag.to_le_bytes())
@@ -165,23 +163,11 @@ pub(crate) fn pipelined(
             Err("pipelined echo differs from its request".into())
         }
     };
-    let start = Instant::now();
-    for i in 0..calls {
-        if q.len() >= window
-            && let Some((tag, p)) = q.pop_front()
-        {
-            check(tag, p)?;
-        }
-        let tag = tag0.wrapping_add(i);
-        let p = client
+    crate::cradle::windowed(calls, window, tag0, check, |tag| {
+        client
             .send::<BenchEcho>(&tag.to_le_bytes().to_vec())
-            .map_err(|e| format!("pipelined send: {e}"))?;
-        q.push_back((tag, p));
-    }
-    while let Some((tag, p)) = q.pop_front() {
-        check(tag, p)?;
-    }
-    Ok(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX))
+            .map_err(|e| format!("pipelined send: {e}"))
+    })
 }
 
 /// A blob of `len` bytes for the blob scenario, and a reference to it that
