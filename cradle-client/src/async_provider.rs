@@ -26,7 +26,7 @@ use crate::async_client::AsyncClient;
 use crate::blob::{Blob, BlobRef};
 use crate::provider::{ServeReport, decode_request, encode_response};
 use crate::serving::{
-    Answer, HandlerError, Held, Invocation, Out, bytes_offer, not_served, offer_of,
+    Answer, HandlerError, Held, Invocation, Out, bytes_offer, no_method, not_served, offer_of,
     release_answered,
 };
 use crate::session::lock;
@@ -34,7 +34,7 @@ use ipc_core::ring::FrameMeta;
 use ipc_core::sync::{AtomicBool, AtomicU64, Ordering};
 use ipc_rpc::blob::BlobHandle;
 use ipc_rpc::provide::{Offer, Register, Unregister};
-use ipc_rpc::{CallError, ErrorCode, Method, wire};
+use ipc_rpc::{CallError, Method, wire};
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
@@ -394,10 +394,7 @@ impl AsyncProvider {
     /// ```
     pub async fn run(self) -> Result<ServeReport, CallError> {
         if self.methods.is_empty() {
-            return Err(CallError::Remote {
-                code: ErrorCode::Refused,
-                message: "a provider needs a method: add one with serve or serve_bytes".into(),
-            });
+            return Err(no_method());
         }
         let client = &self.client;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

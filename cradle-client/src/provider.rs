@@ -28,8 +28,8 @@ use crate::blob::{Blob, BlobRef};
 use crate::calls;
 use crate::client::Client;
 use crate::serving::{
-    Answer, HandlerError, Held, Invocation, Invocations, Out, bytes_offer, not_served, offer_of,
-    release_answered,
+    Answer, HandlerError, Held, Invocation, Invocations, Out, bytes_offer, no_method, not_served,
+    offer_of, release_answered,
 };
 use ipc_core::sync::{AtomicBool, AtomicU64, Ordering};
 use ipc_rpc::blob::BlobHandle;
@@ -478,10 +478,7 @@ impl<'p> Provider<'p> {
     /// ```
     pub fn run(self) -> Result<ServeReport, CallError> {
         if self.methods.is_empty() {
-            return Err(CallError::Remote {
-                code: ErrorCode::Refused,
-                message: "a provider needs a method: add one with serve or serve_bytes".into(),
-            });
+            return Err(no_method());
         }
         let inner = &self.client.inner;
         // Before registering: no invocation may be dropped.

@@ -336,6 +336,14 @@ pub(crate) fn release_answered(owner: &dyn Owner, held: Vec<Held>) {
     }
 }
 
+/// The error of a provider run without a method.
+pub(crate) fn no_method() -> CallError {
+    CallError::Remote {
+        code: ErrorCode::Refused,
+        message: "a provider needs a method: add one with serve or serve_bytes".into(),
+    }
+}
+
 /// The refusal of an invocation whose method this provider does not serve
 /// (any more).
 pub(crate) fn not_served(method: u64) -> HandlerError {
