@@ -197,15 +197,7 @@ impl CradleEcho {
 
 impl Echo for CradleEcho {
     fn round_trip(&mut self, msg: &Vec<u8>) -> Result<(), String> {
-        let ok = self
-            .client
-            .call_with::<Ping, _>(msg, self.opts, |echo| echo_ok(msg, echo.as_slice()))
-            .map_err(|e| format!("ping: {e}"))?;
-        if ok {
-            Ok(())
-        } else {
-            Err("echo differs from the request".into())
-        }
+        echo_call::<Ping>(&self.client, msg, self.opts, "ping")
     }
 
     fn server_wakes(&self) -> Option<u64> {
@@ -327,6 +319,27 @@ pub(crate) fn pipelined(
             .send::<Ping>(&msg)
             .map_err(|e| format!("pipelined send: {e}"))
     })
+}
+
+/// One call of the echo method `M` (`what` in errors) with `msg`, its
+/// answer checked in place.
+pub(crate) fn echo_call<M>(
+    client: &Client,
+    msg: &Vec<u8>,
+    opts: CallOptions,
+    what: &str,
+) -> Result<(), String>
+where
+    M: ipc_rpc::Method<Request = Vec<u8>, Response = Vec<u8>>,
+{
+    let ok = client
+        .call_with::<M, _>(msg, opts, |echo| echo_ok(msg, echo.as_slice()))
+        .map_err(|e| format!("{what}: {e}"))?;
+    if ok {
+        Ok(())
+    } else {
+        Err("echo differs from the request".into())
+    }
 }
 
 /// `calls` calls, at most `window` in flight: `send` makes the call of each

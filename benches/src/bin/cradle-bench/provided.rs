@@ -5,7 +5,7 @@
 //! → server → caller). Also: the pipelined throughput through one provider,
 //! and a blob passed to the provider and back (4 KiB against 64 MiB).
 
-use crate::transport::{Echo, Peer, SpawnOpts, echo_ok, spawn_peer};
+use crate::transport::{Echo, Peer, SpawnOpts, spawn_peer};
 use cradle_client::{CallOptions, Client, HandlerError, Pending, WaitMode};
 use std::io::BufRead;
 use std::path::Path;
@@ -125,15 +125,7 @@ impl ProvidedEcho {
 
 impl Echo for ProvidedEcho {
     fn round_trip(&mut self, msg: &Vec<u8>) -> Result<(), String> {
-        let ok = self
-            .client
-            .call_with::<BenchEcho, _>(msg, self.opts, |echo| echo_ok(msg, echo.as_slice()))
-            .map_err(|e| format!("bench.echo: {e}"))?;
-        if ok {
-            Ok(())
-        } else {
-            Err("echo differs from the request".into())
-        }
+        crate::cradle::echo_call::<BenchEcho>(&self.client, msg, self.opts, "bench.echo")
     }
 
     fn server_wakes(&self) -> Option<u64> {
