@@ -118,6 +118,14 @@ fn code(e: &ipc_rpc::RemoteError) -> ErrorCode {
 }
 
 /// The `cradle.stats` entry of session `id`.
+/// A raw provider of `name` (version 1) on `dir`'s server, registered with
+/// `concurrency` and `idempotent`, and the method's id.
+fn raw_provider(dir: &TempDir, name: &str, concurrency: u32, idempotent: bool) -> (RawPeer, u64) {
+    let mut p = RawPeer::open(&dir.socket());
+    p.register(offer(name, concurrency, idempotent)).unwrap();
+    (p, ipc_rpc::method_id(name, 1))
+}
+
 /// One call of `id` by `c`, which provider `p` answers with a frame of
 /// `kind`, `flags` and `body`: what the caller gets.
 fn relayed(
@@ -259,9 +267,7 @@ fn registration_rules() {
 #[test]
 fn the_queue_bound_answers_busy_and_deadlines_end_queued_and_held_calls() {
     let (_dog, dir, _server) = with_server("provided busy", Duration::from_secs(120), &[]);
-    let mut p = RawPeer::open(&dir.socket());
-    p.register(offer("test.stall", 1, false)).unwrap();
-    let id = ipc_rpc::method_id("test.stall", 1);
+    let (mut p, id) = raw_provider(&dir, "test.stall", 1, false);
     // One held by the provider, 1024 queued (two callers: a session has at
     // most 1024 in flight), the rest Busy.
     let mut c1 = RawPeer::open(&dir.socket());
@@ -360,9 +366,7 @@ fn the_queue_bound_answers_busy_and_deadlines_end_queued_and_held_calls() {
 fn a_provider_that_goes_away_fails_or_resends_its_calls() {
     let (_dog, dir, _server) = with_server("provided gone", Duration::from_secs(60), &[]);
     // Not idempotent: ProviderGone.
-    let mut p = RawPeer::open(&dir.socket());
-    p.register(offer("test.once", 4, false)).unwrap();
-    let id = ipc_rpc::method_id("test.once", 1);
+    let (mut p, id) = raw_provider(&dir, "test.once", 4, false);
     let mut c = RawPeer::open(&dir.socket());
     let reqs: Vec<u64> = (0..4).map(|_| c.request_raw(id, 0, b"")).collect();
     for _ in 0..4 {
@@ -431,9 +435,7 @@ fn a_provider_that_goes_away_fails_or_resends_its_calls() {
 #[test]
 fn a_hostile_provider_hurts_only_its_own_calls() {
     let (_dog, dir, _server) = with_server("provided hostile", Duration::from_secs(60), &[]);
-    let mut p = RawPeer::open(&dir.socket());
-    p.register(offer("test.evil", 8, false)).unwrap();
-    let id = ipc_rpc::method_id("test.evil", 1);
+    let (mut p, id) = raw_provider(&dir, "test.evil", 8, false);
     let mut c = RawPeer::open(&dir.socket());
     // Replies to invocations it was never sent: discarded, nothing else.
     for i in 0..100u64 {
@@ -514,9 +516,7 @@ fn a_hostile_provider_hurts_only_its_own_calls() {
 #[test]
 fn blobs_pass_by_lease_both_ways() {
     let (_dog, dir, _server) = with_server("provided blobs", Duration::from_secs(60), &[]);
-    let mut p = RawPeer::open(&dir.socket());
-    p.register(offer("test.blob", 1, false)).unwrap();
-    let id = ipc_rpc::method_id("test.blob", 1);
+    let (mut p, id) = raw_provider(&dir, "test.blob", 1, false);
     let lib = Client::connect(dir.socket()).unwrap();
     let mut w = lib.create(4096).unwrap();
     w.write_at(0, b"argument");
@@ -579,9 +579,7 @@ fn blobs_pass_by_lease_both_ways() {
 #[test]
 fn a_caller_that_leaves_mid_call_leaves_nothing_behind() {
     let (_dog, dir, _server) = with_server("provided caller gone", Duration::from_secs(60), &[]);
-    let mut p = RawPeer::open(&dir.socket());
-    p.register(offer("test.slow", 2, false)).unwrap();
-    let id = ipc_rpc::method_id("test.slow", 1);
+    let (mut p, id) = raw_provider(&dir, "test.slow", 2, false);
     let mut c = RawPeer::open(&dir.socket());
     for _ in 0..5 {
         c.request_raw(id, 0, b"");
