@@ -302,18 +302,7 @@ pub(crate) fn pipelined(
     tag0: u64,
 ) -> Result<u64, String> {
     let mut msg = vec![0u8; 8];
-    let check = |tag: u64, p: Pending<'_, Ping>| -> Result<(), String> {
-        // Checked in place (`wait_with`), as the latency scenarios do.
-        let same = p
-            .wait_with(|echo| echo.as_slice() == tag.to_le_bytes())
-            .map_err(|e| format!("pipelined ping: {e}"))?;
-        if same {
-            Ok(())
-        } else {
-            Err("pipelined echo differs from its request".into())
-        }
-    };
-    windowed(calls, window, tag0, check, |tag| {
+    windowed::<Ping>(calls, window, tag0, "ping", |tag| {
         msg.copy_from_slice(&tag.to_le_bytes());
         client
             .send::<Ping>(&msg)
@@ -342,17 +331,31 @@ where
     }
 }
 
-/// `calls` calls, at most `window` in flight: `send` makes the call of each
-/// tag (`tag0` onwards), `check` checks its answer, in order; returns the
-/// elapsed nanoseconds.
-pub(crate) fn windowed<P>(
+/// `calls` calls of the echo method `M` (`what` in errors), at most `window`
+/// in flight: `send` makes the call of each tag (`tag0` onwards), whose
+/// answer is checked in order; returns the elapsed nanoseconds.
+pub(crate) fn windowed<'c, M>(
     calls: u64,
     window: usize,
     tag0: u64,
-    check: impl Fn(u64, P) -> Result<(), String>,
-    mut send: impl FnMut(u64) -> Result<P, String>,
-) -> Result<u64, String> {
-    let mut q: VecDeque<(u64, P)> = VecDeque::with_capacity(window);
+    what: &str,
+    mut send: impl FnMut(u64) -> Result<Pending<'c, M>, String>,
+) -> Result<u64, String>
+where
+    M: ipc_rpc::Method<Response = Vec<u8>>,
+{
+    let check = |tag: u64, p: Pending<'c, M>| -> Result<(), String> {
+        // Checked in place (`wait_with`), as the latency scenarios do.
+        let same = p
+            .wait_with(|echo| echo.as_slice() == tag.to_le_bytes())
+            .map_err(|e| format!("pipelined {what}: {e}"))?;
+        if same {
+            Ok(())
+        } else {
+            Err("pipelined echo differs from its request".into())
+        }
+    };
+    let mut q: VecDeque<(u64, Pending<'c, M>)> = VecDeque::with_capacity(window);
     let start = Instant::now();
     for i in 0..calls {
         if q.len() >= window

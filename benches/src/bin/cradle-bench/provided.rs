@@ -6,7 +6,7 @@
 //! and a blob passed to the provider and back (4 KiB against 64 MiB).
 
 use crate::transport::{Echo, Peer, SpawnOpts, spawn_peer};
-use cradle_client::{CallOptions, Client, HandlerError, Pending, WaitMode};
+use cradle_client::{CallOptions, Client, HandlerError, WaitMode};
 use std::io::BufRead;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -145,17 +145,7 @@ pub(crate) fn pipelined(
     window: usize,
     tag0: u64,
 ) -> Result<u64, String> {
-    let check = |tag: u64, p: Pending<'_, BenchEcho>| -> Result<(), String> {
-        let same = p
-            .wait_with(|echo| echo.as_slice() == tag.to_le_bytes())
-            .map_err(|e| format!("pipelined bench.echo: {e}"))?;
-        if same {
-            Ok(())
-        } else {
-            Err("pipelined echo differs from its request".into())
-        }
-    };
-    crate::cradle::windowed(calls, window, tag0, check, |tag| {
+    crate::cradle::windowed::<BenchEcho>(calls, window, tag0, "bench.echo", |tag| {
         client
             .send::<BenchEcho>(&tag.to_le_bytes().to_vec())
             .map_err(|e| format!("pipelined send: {e}"))
