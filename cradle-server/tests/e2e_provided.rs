@@ -28,15 +28,20 @@ fn serve_double(p: &mut RawPeer, n: usize) {
         let (env, body) = wire::Envelope::split(&payload).expect("envelope");
         assert!(env.deadline_ns > wire::monotonic_ns(), "a live deadline");
         assert_eq!(env.schema_hash, Double::SCHEMA_HASH);
-        let x = u64::decode(body).expect("u64 body");
-        let r = ipc_rpc::encode_to_vec(
-            &(x * 2),
-            &mut ipc_rpc::rkyv::ser::allocator::Arena::new(),
-            1 << 16,
-        )
-        .unwrap();
-        p.reply(&meta, wire::REPLY, 0, &r);
+        reply_doubled(p, &meta, body);
     }
+}
+
+/// Answers the invocation `meta` of `Double` whose body is `body`.
+fn reply_doubled(p: &mut RawPeer, meta: &FrameMeta, body: &[u8]) {
+    let x = u64::decode(body).expect("u64 body");
+    let r = ipc_rpc::encode_to_vec(
+        &(x * 2),
+        &mut ipc_rpc::rkyv::ser::allocator::Arena::new(),
+        1 << 16,
+    )
+    .unwrap();
+    p.reply(meta, wire::REPLY, 0, &r);
 }
 
 fn double_offer(concurrency: u32, idempotent: bool) -> Offer {
@@ -645,14 +650,7 @@ fn calls_cross_workers() {
             while !stop.load(ipc_core::sync::Ordering::Relaxed) {
                 if let Some((meta, payload)) = p.recv_kind(wire::INVOKE, SEC / 20) {
                     let (_, body) = wire::Envelope::split(&payload).unwrap();
-                    let x = u64::decode(body).unwrap();
-                    let r = ipc_rpc::encode_to_vec(
-                        &(x * 2),
-                        &mut ipc_rpc::rkyv::ser::allocator::Arena::new(),
-                        1 << 16,
-                    )
-                    .unwrap();
-                    p.reply(&meta, wire::REPLY, 0, &r);
+                    reply_doubled(&mut p, &meta, body);
                     n += 1;
                 }
             }
