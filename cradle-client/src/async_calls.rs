@@ -130,9 +130,7 @@ impl AsyncClient {
             match self.adopt(h).await {
                 Ok(r) => out.push(r),
                 Err(e) => {
-                    for rest in &hs[i + 1..] {
-                        self.shared.session.queue_lease(rest.id);
-                    }
+                    self.shared.session.queue_leases(&hs[i + 1..]);
                     return Err(e);
                 }
             }

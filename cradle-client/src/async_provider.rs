@@ -32,7 +32,6 @@ use crate::serving::{
 use crate::session::lock;
 use ipc_core::ring::FrameMeta;
 use ipc_core::sync::{AtomicBool, AtomicU64, Ordering};
-use ipc_rpc::blob::BlobHandle;
 use ipc_rpc::provide::{Offer, Register, Unregister};
 use ipc_rpc::{CallError, Method, wire};
 use std::collections::HashMap;
@@ -485,16 +484,15 @@ async fn serve_one(
     counts: &(AtomicU64, AtomicU64),
 ) {
     let session = &client.shared.session;
-    let give_back = |hs: &[BlobHandle]| hs.iter().for_each(|h| session.queue_lease(h.id));
     let (answer, held) = match Invocation::read(meta, payload) {
         Err(_) => (Answer::malformed(), Vec::new()),
         Ok(inv) if inv.expired() => {
-            give_back(&inv.blobs);
+            session.queue_leases(&inv.blobs);
             return;
         }
         Ok(inv) => match table.get(&inv.method) {
             None => {
-                give_back(&inv.blobs);
+                session.queue_leases(&inv.blobs);
                 (Answer::error(&not_served(inv.method)), Vec::new())
             }
             Some(handler) => match client.adopt_all(&inv.blobs).await {

@@ -191,9 +191,7 @@ pub(crate) fn plain<'a, R>(
             return session::interpret(method, meta, bytes, f);
         }
         let (body, blobs) = split_answer(method, meta, bytes)?;
-        for h in &blobs {
-            session.queue_lease(h.id);
-        }
+        session.queue_leases(&blobs);
         session::interpret(method, meta, body, f)
     }
 }
@@ -214,9 +212,7 @@ pub(crate) fn with_blobs<'a, R>(
         match session::interpret(method, meta, body, f) {
             Ok(r) => Ok((r, blobs)),
             Err(e) => {
-                for h in &blobs {
-                    session.queue_lease(h.id);
-                }
+                session.queue_leases(&blobs);
                 Err(e)
             }
         }

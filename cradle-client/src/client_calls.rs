@@ -143,9 +143,7 @@ impl Client {
             match self.adopt(h) {
                 Ok(r) => out.push(r),
                 Err(e) => {
-                    for rest in &hs[i + 1..] {
-                        self.inner.session.queue_lease(rest.id);
-                    }
+                    self.inner.session.queue_leases(&hs[i + 1..]);
                     return Err(e);
                 }
             }

@@ -32,7 +32,6 @@ use crate::serving::{
     offer_of, release_answered,
 };
 use ipc_core::sync::{AtomicBool, AtomicU64, Ordering};
-use ipc_rpc::blob::BlobHandle;
 use ipc_rpc::provide::{Offer, Register, Unregister};
 use ipc_rpc::{CallError, ErrorCode, Method, Wire, wire};
 use std::collections::HashMap;
@@ -596,13 +595,12 @@ impl<'p> Provider<'p> {
     ) -> Option<(Answer, u64, Vec<Held>)> {
         let session = &self.client.inner.session;
         let invocations = &self.client.inner.invocations;
-        let give_back = |hs: &[BlobHandle]| hs.iter().for_each(|h| session.queue_lease(h.id));
         if inv.expired() || invocations.cancelled(inv.id, true) {
-            give_back(&inv.blobs);
+            session.queue_leases(&inv.blobs);
             return None;
         }
         let Some(entry) = table.get(&inv.method) else {
-            give_back(&inv.blobs);
+            session.queue_leases(&inv.blobs);
             return Some((
                 Answer::error(&not_served(inv.method)),
                 inv.method,
