@@ -9,12 +9,12 @@
 //! a guard that gives it back when dropped.
 
 use crate::async_client::{AsyncClient, Shared};
-use crate::blob::claim_leftover;
 use crate::blob::{
     Blob, BlobRef, Draft, Lease, SMALL_BLOB_MAX, Sealing, Unsealed, acquired_leftover,
     author_leftover, created_leftover, loaded_leftover, lookup_leftover, put_request,
     retry_after_flush, sealed_leftover, segment_leftover,
 };
+use crate::blob::{claim_leftover, claim_request, computed_but_gone};
 use crate::error::{BlobError, ComputeError};
 use crate::options::slow_call;
 use crate::session::{AuthorSpace, Leftover, Owner, SegMap, salvage};
@@ -24,7 +24,7 @@ use ipc_rpc::blob::{
     SegmentInfo,
 };
 use ipc_rpc::builtin::Stats;
-use ipc_rpc::memo::{CacheClaim, CacheUnclaim, Claim, ClaimRequest};
+use ipc_rpc::memo::{CacheClaim, CacheUnclaim, Claim};
 use ipc_rpc::{CallError, Method};
 use std::fmt;
 use std::io;
@@ -403,14 +403,7 @@ impl AsyncCache<'_> {
         let c = self.client;
         let timeout = c.timeout();
         let deadline = std::time::Instant::now() + timeout;
-        let wait = timeout
-            .saturating_sub(Duration::from_secs(1))
-            .max(timeout / 2);
-        let req = ClaimRequest {
-            key: key.to_owned(),
-            claim_ms: u32::try_from(claim.as_millis()).unwrap_or(u32::MAX),
-            wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
-        };
+        let req = claim_request(key, claim, timeout);
         let mut compute = Some(compute);
         loop {
             let answer = c
@@ -426,11 +419,7 @@ impl AsyncCache<'_> {
                 Claim::Claimed => {
                     let Some(f) = compute.take() else {
                         let _ = c.call::<CacheUnclaim>(&key.to_owned()).await;
-                        return Err(CallError::Remote {
-                            code: ipc_rpc::ErrorCode::CacheFull,
-                            message: format!("{key} was computed but is gone from the cache"),
-                        }
-                        .into());
+                        return Err(computed_but_gone(key).into());
                     };
                     match f().await {
                         Ok(blob) => {

@@ -6,9 +6,9 @@ use crate::blob::BlobRef;
 use crate::calls;
 use crate::error::BlobError;
 use ipc_rpc::blob::BlobHandle;
-use ipc_rpc::provide::{BYTES_SCHEMA, ListMethods, MethodInfo};
-use ipc_rpc::{CallError, Method, method_id, wire};
-use std::time::{Duration, Instant};
+use ipc_rpc::provide::{ListMethods, MethodInfo};
+use ipc_rpc::{CallError, Method, wire};
+use std::time::Duration;
 
 impl AsyncClient {
     /// Calls `M`, passing `blobs` with the request (leased to whoever
@@ -98,11 +98,7 @@ impl AsyncClient {
         blobs: &[&BlobHandle],
         timeout: Duration,
     ) -> Result<(Vec<u8>, Vec<BlobRef>), BlobError> {
-        let blobs = calls::handles(blobs)?;
-        let id = method_id(name, version);
-        let deadline = calls::envelope_deadline(Instant::now() + timeout);
-        let payload = calls::enveloped(deadline, BYTES_SCHEMA, &blobs, body)
-            .map_err(calls::envelope_error)?;
+        let (id, payload) = calls::bytes_request(name, version, body, blobs, timeout)?;
         let s = &self.shared.session;
         let f = calls::with_blobs(s, id, calls::raw_body);
         let (r, results) = self
@@ -134,9 +130,7 @@ impl AsyncClient {
             match self.adopt(h).await {
                 Ok(r) => out.push(r),
                 Err(e) => {
-                    for rest in &hs[i + 1..] {
-                        self.shared.session.queue_lease(rest.id);
-                    }
+                    self.shared.session.queue_leases(&hs[i + 1..]);
                     return Err(e);
                 }
             }

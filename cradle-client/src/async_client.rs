@@ -687,37 +687,7 @@ impl AsyncClient {
         }
         // Slow path: wait for a turn and for room, within the deadline (the
         // fast path above never blocks, so it needs no timer).
-        let slow = async {
-            let _queued = Queued::new(&sh.slow);
-            let _turn = sh.turn.lock().await;
-            loop {
-                let Some(need) = self.try_publish(meta, req)? else {
-                    return Ok(());
-                };
-                // Wait for room: arm the request ring's space doorbell (the
-                // server rings it through our eventfd), then re-check before
-                // awaiting.
-                let notified = sh.space.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                let armed = Armed::new(sh.session.req.space_waiting());
-                // The SeqCst fence of the doorbell protocol (docs/design.md §6):
-                // pairs with the server's fence after it stores `head`.
-                StdAtomics::fence(Ordering::SeqCst);
-                let room = lock(&sh.tx)
-                    .outbox
-                    .producer()
-                    .has_room(need)
-                    .unwrap_or(true);
-                if !room && sh.state_error().is_none() {
-                    notified.await;
-                }
-                drop(armed);
-                if let Some(e) = sh.state_error() {
-                    return Err(e);
-                }
-            }
-        };
+        let slow = self.publish_waiting(meta, req);
         match tokio::time::timeout_at(deadline.into(), slow).await {
             Ok(Ok(())) => {
                 reg.sent = true;
@@ -725,6 +695,45 @@ impl AsyncClient {
             }
             Ok(Err(e)) => Err(e),
             Err(_) => Err(CallError::Timeout(start.elapsed())),
+        }
+    }
+
+    /// Publishes in FIFO turn with the other slow senders, waiting for ring
+    /// room as long as it takes (the caller bounds it with its deadline).
+    async fn publish_waiting<T: Wire>(
+        &self,
+        meta: FrameMeta,
+        req: &Body<'_, T>,
+    ) -> Result<(), CallError> {
+        let sh = &*self.shared;
+        let _queued = Queued::new(&sh.slow);
+        let _turn = sh.turn.lock().await;
+        loop {
+            let Some(need) = self.try_publish(meta, req)? else {
+                return Ok(());
+            };
+            // Wait for room: arm the request ring's space doorbell (the
+            // server rings it through our eventfd), then re-check before
+            // awaiting.
+            let notified = sh.space.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let armed = Armed::new(sh.session.req.space_waiting());
+            // The SeqCst fence of the doorbell protocol (docs/design.md §6):
+            // pairs with the server's fence after it stores `head`.
+            StdAtomics::fence(Ordering::SeqCst);
+            let room = lock(&sh.tx)
+                .outbox
+                .producer()
+                .has_room(need)
+                .unwrap_or(true);
+            if !room && sh.state_error().is_none() {
+                notified.await;
+            }
+            drop(armed);
+            if let Some(e) = sh.state_error() {
+                return Err(e);
+            }
         }
     }
 
@@ -777,33 +786,7 @@ impl AsyncClient {
         if sh.slow.load(Ordering::Relaxed) == 0 && self.try_publish(meta, &body)?.is_none() {
             return Ok(());
         }
-        let slow = async {
-            let _queued = Queued::new(&sh.slow);
-            let _turn = sh.turn.lock().await;
-            loop {
-                let Some(need) = self.try_publish(meta, &body)? else {
-                    return Ok(());
-                };
-                let notified = sh.space.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                let armed = Armed::new(sh.session.req.space_waiting());
-                // The SeqCst fence of the doorbell protocol, as in `publish`.
-                StdAtomics::fence(Ordering::SeqCst);
-                let room = lock(&sh.tx)
-                    .outbox
-                    .producer()
-                    .has_room(need)
-                    .unwrap_or(true);
-                if !room && sh.state_error().is_none() {
-                    notified.await;
-                }
-                drop(armed);
-                if let Some(e) = sh.state_error() {
-                    return Err(e);
-                }
-            }
-        };
+        let slow = self.publish_waiting(meta, &body);
         match tokio::time::timeout_at(deadline.into(), slow).await {
             Ok(r) => r,
             Err(_) => Err(CallError::Timeout(start.elapsed())),

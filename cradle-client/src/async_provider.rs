@@ -24,14 +24,16 @@
 
 use crate::async_client::AsyncClient;
 use crate::blob::{Blob, BlobRef};
-use crate::provider::{Held, Out, ServeReport, decode_request, encode_response};
-use crate::serving::{Answer, HandlerError, Invocation, bytes_offer, not_served, offer_of};
+use crate::provider::{ServeReport, decode_request, encode_response};
+use crate::serving::{
+    Answer, HandlerError, Held, Invocation, Out, bytes_offer, no_method, not_served, offer_of,
+    release_answered,
+};
 use crate::session::lock;
 use ipc_core::ring::FrameMeta;
 use ipc_core::sync::{AtomicBool, AtomicU64, Ordering};
-use ipc_rpc::blob::BlobHandle;
 use ipc_rpc::provide::{Offer, Register, Unregister};
-use ipc_rpc::{CallError, ErrorCode, Method, wire};
+use ipc_rpc::{CallError, Method, wire};
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
@@ -391,10 +393,7 @@ impl AsyncProvider {
     /// ```
     pub async fn run(self) -> Result<ServeReport, CallError> {
         if self.methods.is_empty() {
-            return Err(CallError::Remote {
-                code: ErrorCode::Refused,
-                message: "a provider needs a method: add one with serve or serve_bytes".into(),
-            });
+            return Err(no_method());
         }
         let client = &self.client;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -485,22 +484,15 @@ async fn serve_one(
     counts: &(AtomicU64, AtomicU64),
 ) {
     let session = &client.shared.session;
-    let give_back = |hs: &[BlobHandle]| hs.iter().for_each(|h| session.queue_lease(h.id));
     let (answer, held) = match Invocation::read(meta, payload) {
-        Err(_) => (
-            Answer::error(&HandlerError::new(
-                ErrorCode::Malformed,
-                "the invocation's envelope is malformed",
-            )),
-            Vec::new(),
-        ),
+        Err(_) => (Answer::malformed(), Vec::new()),
         Ok(inv) if inv.expired() => {
-            give_back(&inv.blobs);
+            session.queue_leases(&inv.blobs);
             return;
         }
         Ok(inv) => match table.get(&inv.method) {
             None => {
-                give_back(&inv.blobs);
+                session.queue_leases(&inv.blobs);
                 (Answer::error(&not_served(inv.method)), Vec::new())
             }
             Some(handler) => match client.adopt_all(&inv.blobs).await {
@@ -521,17 +513,7 @@ async fn serve_one(
                     let r = tokio::spawn(handler(call, inv.body())).await;
                     lock(running).remove(&inv.id);
                     let held = std::mem::take(&mut *lock(&results));
-                    let answer = match r {
-                        Ok(Ok(out)) => {
-                            let hs: Vec<BlobHandle> = held.iter().map(|h| *h.handle()).collect();
-                            Answer::reply(&hs, out.bytes())
-                        }
-                        Ok(Err(e)) => Answer::error(&e),
-                        Err(_) => Answer::error(&HandlerError::new(
-                            ErrorCode::HandlerPanicked,
-                            "the handler panicked",
-                        )),
-                    };
+                    let answer = Answer::of_outcome(r, &held, || "the handler panicked".to_owned());
                     (answer, held)
                 }
             },
@@ -547,11 +529,7 @@ async fn serve_one(
     let mut ok = kind == wire::REPLY;
     match client.send_answer(m, body).await {
         Err(CallError::MessageTooLarge { len, max }) => {
-            let e = HandlerError::new(
-                ErrorCode::ResponseTooLarge,
-                format!("the response of {len} bytes exceeds {max}: pass it as a blob"),
-            );
-            let a = Answer::error(&e);
+            let a = Answer::too_large(len, max);
             let (kind, flags, body) = a.frame();
             let _ = client
                 .send_answer(FrameMeta { kind, flags, ..m }, body)
@@ -561,12 +539,7 @@ async fn serve_one(
         Err(_) => ok = false,
         Ok(()) => {}
     }
-    // The answer is in the ring: our leases on result blobs may go, now
-    // (with those on argument blobs), not with a later batch.
-    drop(held);
-    if session.has_queued_releases() {
-        crate::session::Owner::send_release(&*client.shared, session.take_releases());
-    }
+    release_answered(&*client.shared, held);
     // Relaxed: counters, read once every task is joined.
     counts.0.fetch_add(1, Ordering::Relaxed);
     if !ok {

@@ -552,6 +552,33 @@ pub(crate) fn loaded_leftover(h: &Option<Hit>) -> Leftover {
     h.as_ref().map(hit_leftover).unwrap_or_default()
 }
 
+/// The claim of `key` for `claim` by `get_or_compute`, whose calls time
+/// out after `timeout`: the server answers a wait before the call's own
+/// deadline.
+pub(crate) fn claim_request(
+    key: &str,
+    claim: std::time::Duration,
+    timeout: std::time::Duration,
+) -> ipc_rpc::memo::ClaimRequest {
+    let wait = timeout
+        .saturating_sub(std::time::Duration::from_secs(1))
+        .max(timeout / 2);
+    ipc_rpc::memo::ClaimRequest {
+        key: key.to_owned(),
+        claim_ms: u32::try_from(claim.as_millis()).unwrap_or(u32::MAX),
+        wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
+    }
+}
+
+/// `get_or_compute`'s error when `key` is claimed twice: the first
+/// computation's put was lost (evicted at once); compute cannot run again.
+pub(crate) fn computed_but_gone(key: &str) -> CallError {
+    CallError::Remote {
+        code: ipc_rpc::ErrorCode::CacheFull,
+        message: format!("{key} was computed but is gone from the cache"),
+    }
+}
+
 /// What an unclaimed claim answer leaves (a granted claim is not given
 /// back: it ends at its deadline or with the session).
 pub(crate) fn claim_leftover(c: &ipc_rpc::memo::Claim) -> Leftover {

@@ -139,6 +139,23 @@ pub(crate) fn envelope_error(e: EnvelopeError) -> CallError {
     CallError::Encode(ipc_rpc::codec::CodecError::new(e))
 }
 
+/// The id and the enveloped payload of a call of the bytes method `name`
+/// (version `version`) with `body`, passing `blobs`, due within `timeout`.
+pub(crate) fn bytes_request(
+    name: &str,
+    version: u32,
+    body: &[u8],
+    blobs: &[&BlobHandle],
+    timeout: std::time::Duration,
+) -> Result<(u64, AlignedVec<16>), crate::error::BlobError> {
+    let blobs = handles(blobs)?;
+    let id = ipc_rpc::method_id(name, version);
+    let deadline = envelope_deadline(Instant::now() + timeout);
+    let payload = enveloped(deadline, ipc_rpc::provide::BYTES_SCHEMA, &blobs, body)
+        .map_err(envelope_error)?;
+    Ok((id, payload))
+}
+
 /// A malformed envelope in an answer to method `method`.
 fn bad_envelope(method: u64, e: EnvelopeError) -> CallError {
     CallError::Malformed(ProtocolError::Decode {
@@ -174,9 +191,7 @@ pub(crate) fn plain<'a, R>(
             return session::interpret(method, meta, bytes, f);
         }
         let (body, blobs) = split_answer(method, meta, bytes)?;
-        for h in &blobs {
-            session.queue_lease(h.id);
-        }
+        session.queue_leases(&blobs);
         session::interpret(method, meta, body, f)
     }
 }
@@ -197,9 +212,7 @@ pub(crate) fn with_blobs<'a, R>(
         match session::interpret(method, meta, body, f) {
             Ok(r) => Ok((r, blobs)),
             Err(e) => {
-                for h in &blobs {
-                    session.queue_lease(h.id);
-                }
+                session.queue_leases(&blobs);
                 Err(e)
             }
         }

@@ -145,6 +145,25 @@ fn file(
     }
 }
 
+/// Files (see [`file`]) every message in `rx`'s inbox; whether there was
+/// one. A ring error stops it.
+fn file_all(invocations: &Invocations, rx: &mut Rx) -> Result<bool, RingError> {
+    let mut got = false;
+    while let Some(msg) = rx.inbox.try_recv()? {
+        got = true;
+        file(
+            invocations,
+            &mut rx.stash,
+            &mut rx.abandoned,
+            &mut rx.orphans,
+            &mut rx.salvaged,
+            msg.meta,
+            msg.bytes,
+        );
+    }
+    Ok(got)
+}
+
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
@@ -630,17 +649,8 @@ impl Inner {
             return;
         };
         let rx = &mut *rx;
-        while let Ok(Some(msg)) = rx.inbox.try_recv() {
-            file(
-                &self.invocations,
-                &mut rx.stash,
-                &mut rx.abandoned,
-                &mut rx.orphans,
-                &mut rx.salvaged,
-                msg.meta,
-                msg.bytes,
-            );
-        }
+        // A ring error stops it: the reader that waits reports it.
+        let _ = file_all(&self.invocations, rx);
         rx.inbox.consumer().release_and_notify(&self.session.bell);
     }
 
@@ -850,28 +860,13 @@ impl Inner {
             if let Some(e) = &rx.broken {
                 return Err(CallError::Malformed(ProtocolError::Ring(e.clone())));
             }
-            let mut got = false;
-            loop {
-                match rx.inbox.try_recv() {
-                    Ok(Some(msg)) => {
-                        got = true;
-                        file(
-                            &self.invocations,
-                            &mut rx.stash,
-                            &mut rx.abandoned,
-                            &mut rx.orphans,
-                            &mut rx.salvaged,
-                            msg.meta,
-                            msg.bytes,
-                        );
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        rx.broken = Some(e.clone());
-                        return Err(CallError::Malformed(ProtocolError::Ring(e)));
-                    }
+            let got = match file_all(&self.invocations, rx) {
+                Ok(got) => got,
+                Err(e) => {
+                    rx.broken = Some(e.clone());
+                    return Err(CallError::Malformed(ProtocolError::Ring(e)));
                 }
-            }
+            };
             if got || inv.contended() || !rx.salvaged.is_empty() {
                 rx.inbox.consumer().release_and_notify(&self.session.bell);
                 let salvaged = std::mem::take(&mut rx.salvaged);

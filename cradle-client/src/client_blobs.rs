@@ -4,8 +4,9 @@
 
 use crate::blob::{
     Blob, BlobRef, Draft, Lease, SMALL_BLOB_MAX, Sealing, Unsealed, acquired_leftover,
-    author_leftover, claim_leftover, created_leftover, loaded_leftover, lookup_leftover,
-    put_request, retry_after_flush, sealed_leftover, segment_leftover,
+    author_leftover, claim_leftover, claim_request, computed_but_gone, created_leftover,
+    loaded_leftover, lookup_leftover, put_request, retry_after_flush, sealed_leftover,
+    segment_leftover,
 };
 use crate::client::{Client, Inner};
 use crate::error::{BlobError, ComputeError};
@@ -17,7 +18,7 @@ use ipc_rpc::blob::{
     CacheRemove, CreateLarge, Hit, Lookup, MapSegment, Release, SealLarge, SealSmall,
 };
 use ipc_rpc::builtin::Stats;
-use ipc_rpc::memo::{CacheClaim, CacheUnclaim, Claim, ClaimRequest};
+use ipc_rpc::memo::{CacheClaim, CacheUnclaim, Claim};
 use ipc_rpc::{CallError, Method};
 use std::fmt;
 use std::io;
@@ -369,15 +370,7 @@ impl Cache<'_> {
         let c = self.client;
         let timeout = c.default_timeout();
         let deadline = std::time::Instant::now() + timeout;
-        // The server answers a wait before the call's own deadline.
-        let wait = timeout
-            .saturating_sub(std::time::Duration::from_secs(1))
-            .max(timeout / 2);
-        let req = ClaimRequest {
-            key: key.to_owned(),
-            claim_ms: u32::try_from(claim.as_millis()).unwrap_or(u32::MAX),
-            wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
-        };
+        let req = claim_request(key, claim, timeout);
         let mut compute = Some(compute);
         loop {
             let answer = c.call_left::<CacheClaim>(&req, c.default_opts(), claim_leftover)?;
@@ -390,14 +383,9 @@ impl Cache<'_> {
                 }
                 Claim::Claimed => {
                     let Some(f) = compute.take() else {
-                        // Claimed twice: our first computation's put was
-                        // lost (evicted at once); compute cannot run again.
+                        // Claimed twice (see `computed_but_gone`).
                         let _ = c.call::<CacheUnclaim>(&key.to_owned());
-                        return Err(CallError::Remote {
-                            code: ipc_rpc::ErrorCode::CacheFull,
-                            message: format!("{key} was computed but is gone from the cache"),
-                        }
-                        .into());
+                        return Err(computed_but_gone(key).into());
                     };
                     match f() {
                         Ok(blob) => {

@@ -13,8 +13,8 @@ use crate::client::Client;
 use crate::error::BlobError;
 use crate::options::CallOptions;
 use ipc_rpc::blob::BlobHandle;
-use ipc_rpc::provide::{BYTES_SCHEMA, ListMethods, MethodInfo};
-use ipc_rpc::{CallError, Method, method_id, wire};
+use ipc_rpc::provide::{ListMethods, MethodInfo};
+use ipc_rpc::{CallError, Method, wire};
 
 impl Client {
     /// Calls `M`, passing `blobs` with the request (the server leases each
@@ -111,16 +111,7 @@ impl Client {
         blobs: &[&BlobHandle],
         opts: CallOptions,
     ) -> Result<(Vec<u8>, Vec<BlobRef>), BlobError> {
-        let blobs = calls::handles(blobs)?;
-        let id = method_id(name, version);
-        let deadline = std::time::Instant::now() + opts.timeout;
-        let payload = calls::enveloped(
-            calls::envelope_deadline(deadline),
-            BYTES_SCHEMA,
-            &blobs,
-            body,
-        )
-        .map_err(calls::envelope_error)?;
+        let (id, payload) = calls::bytes_request(name, version, body, blobs, opts.timeout)?;
         let s = &*self.inner.session;
         let f = calls::with_blobs(s, id, calls::raw_body);
         let (r, results) = self
@@ -152,9 +143,7 @@ impl Client {
             match self.adopt(h) {
                 Ok(r) => out.push(r),
                 Err(e) => {
-                    for rest in &hs[i + 1..] {
-                        self.inner.session.queue_lease(rest.id);
-                    }
+                    self.inner.session.queue_leases(&hs[i + 1..]);
                     return Err(e);
                 }
             }

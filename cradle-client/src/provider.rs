@@ -28,13 +28,12 @@ use crate::blob::{Blob, BlobRef};
 use crate::calls;
 use crate::client::Client;
 use crate::serving::{
-    Answer, HandlerError, Invocation, Invocations, bytes_offer, not_served, offer_of,
+    Answer, HandlerError, Held, Invocation, Invocations, Out, bytes_offer, no_method, not_served,
+    offer_of, release_answered,
 };
 use ipc_core::sync::{AtomicBool, AtomicU64, Ordering};
-use ipc_rpc::blob::BlobHandle;
 use ipc_rpc::provide::{Offer, Register, Unregister};
 use ipc_rpc::{CallError, ErrorCode, Method, Wire, wire};
-use rkyv::util::AlignedVec;
 use std::collections::HashMap;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
@@ -43,23 +42,6 @@ use std::time::{Duration, Instant};
 
 /// Most calls one provider serves at once (threads it runs).
 const MAX_CONCURRENCY: u32 = 1024;
-
-/// A handler's answer body.
-pub(crate) enum Out {
-    /// An rkyv archive.
-    Aligned(AlignedVec<16>),
-    /// Bytes of a bytes method.
-    Plain(Vec<u8>),
-}
-
-impl Out {
-    pub(crate) fn bytes(&self) -> &[u8] {
-        match self {
-            Self::Aligned(v) => v,
-            Self::Plain(v) => v,
-        }
-    }
-}
 
 type Handler<'p> =
     Box<dyn Fn(&mut Call<'_>, &[u8]) -> Result<Out, HandlerError> + Send + Sync + 'p>;
@@ -93,21 +75,6 @@ pub(crate) fn encode_response<M: Method>(
             };
             HandlerError::new(code, format!("the response of {} cannot go: {e}", M::NAME))
         })
-}
-
-/// A result blob a handler attached: kept alive until its answer is sent.
-pub(crate) enum Held {
-    Blob(Blob),
-    Ref(BlobRef),
-}
-
-impl Held {
-    pub(crate) fn handle(&self) -> &BlobHandle {
-        match self {
-            Self::Blob(b) => b.handle(),
-            Self::Ref(r) => r.handle(),
-        }
-    }
 }
 
 /// What a served call's handler gets besides its request: the blobs passed
@@ -510,10 +477,7 @@ impl<'p> Provider<'p> {
     /// ```
     pub fn run(self) -> Result<ServeReport, CallError> {
         if self.methods.is_empty() {
-            return Err(CallError::Remote {
-                code: ErrorCode::Refused,
-                message: "a provider needs a method: add one with serve or serve_bytes".into(),
-            });
+            return Err(no_method());
         }
         let inner = &self.client.inner;
         // Before registering: no invocation may be dropped.
@@ -596,24 +560,13 @@ impl<'p> Provider<'p> {
                     Some(a) => a,
                     None => continue,
                 },
-                Err((_, method)) => (
-                    Answer::error(&HandlerError::new(
-                        ErrorCode::Malformed,
-                        "the invocation's envelope is malformed",
-                    )),
-                    method,
-                    Vec::new(),
-                ),
+                Err((_, method)) => (Answer::malformed(), method, Vec::new()),
             };
             let (answer, method, held) = answer;
             let (kind, flags, body) = answer.frame();
             let sent = match inner.send_answer(meta.request_id, method, kind, flags, body) {
                 Err(CallError::MessageTooLarge { len, max }) => {
-                    let e = HandlerError::new(
-                        ErrorCode::ResponseTooLarge,
-                        format!("the response of {len} bytes exceeds {max}: pass it as a blob"),
-                    );
-                    let a = Answer::error(&e);
+                    let a = Answer::too_large(len, max);
                     let (kind, flags, body) = a.frame();
                     inner
                         .send_answer(meta.request_id, method, kind, flags, body)
@@ -621,13 +574,8 @@ impl<'p> Provider<'p> {
                 }
                 r => r.map(|()| kind == wire::REPLY),
             };
-            // The answer is in the ring: our leases on result blobs may go,
-            // now (with those on argument blobs), not with a later batch: a
-            // caller's large blob must not stay pinned by a provider.
-            drop(held);
-            if inner.session.has_queued_releases() {
-                crate::session::Owner::send_release(&**inner, inner.session.take_releases());
-            }
+            // A caller's large blob must not stay pinned by a provider.
+            release_answered(&**inner, held);
             inner.invocations.cancelled(meta.request_id, true);
             // Relaxed: counters, read after the threads are joined.
             served.fetch_add(1, Ordering::Relaxed);
@@ -647,13 +595,12 @@ impl<'p> Provider<'p> {
     ) -> Option<(Answer, u64, Vec<Held>)> {
         let session = &self.client.inner.session;
         let invocations = &self.client.inner.invocations;
-        let give_back = |hs: &[BlobHandle]| hs.iter().for_each(|h| session.queue_lease(h.id));
         if inv.expired() || invocations.cancelled(inv.id, true) {
-            give_back(&inv.blobs);
+            session.queue_leases(&inv.blobs);
             return None;
         }
         let Some(entry) = table.get(&inv.method) else {
-            give_back(&inv.blobs);
+            session.queue_leases(&inv.blobs);
             return Some((
                 Answer::error(&not_served(inv.method)),
                 inv.method,
@@ -679,17 +626,9 @@ impl<'p> Provider<'p> {
         let r =
             std::panic::catch_unwind(AssertUnwindSafe(|| (entry.handler)(&mut call, inv.body())));
         let held = std::mem::take(&mut call.results);
-        let answer = match r {
-            Ok(Ok(out)) => {
-                let hs: Vec<BlobHandle> = held.iter().map(|h| *h.handle()).collect();
-                Answer::reply(&hs, out.bytes())
-            }
-            Ok(Err(e)) => Answer::error(&e),
-            Err(_) => Answer::error(&HandlerError::new(
-                ErrorCode::HandlerPanicked,
-                format!("the handler of {} panicked", entry.offer.name),
-            )),
-        };
+        let answer = Answer::of_outcome(r, &held, || {
+            format!("the handler of {} panicked", entry.offer.name)
+        });
         Some((answer, inv.method, held))
     }
 }

@@ -9,8 +9,9 @@
 //! `CANCEL` frames into its response ring among the responses to its own
 //! calls, and whoever reads the ring files them here by kind.
 
+use crate::blob::{Blob, BlobRef};
 use crate::error::BlobError;
-use crate::session::lock;
+use crate::session::{Owner, lock};
 use ipc_core::ring::FrameMeta;
 use ipc_core::sync::{AtomicBool, AtomicUsize, Ordering};
 use ipc_rpc::blob::BlobHandle;
@@ -210,6 +211,38 @@ pub(crate) fn bytes_offer(name: &str, version: u32, concurrency: u32, idempotent
     }
 }
 
+/// A handler's answer body.
+pub(crate) enum Out {
+    /// An rkyv archive.
+    Aligned(AlignedVec<16>),
+    /// Bytes of a bytes method.
+    Plain(Vec<u8>),
+}
+
+impl Out {
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Aligned(v) => v,
+            Self::Plain(v) => v,
+        }
+    }
+}
+
+/// A result blob a handler attached: kept alive until its answer is sent.
+pub(crate) enum Held {
+    Blob(Blob),
+    Ref(BlobRef),
+}
+
+impl Held {
+    pub(crate) fn handle(&self) -> &BlobHandle {
+        match self {
+            Self::Blob(b) => b.handle(),
+            Self::Ref(r) => r.handle(),
+        }
+    }
+}
+
 /// The answer to an invocation: its frame's flags and payload.
 pub(crate) enum Answer {
     /// `REPLY`: the response body and the result blobs it lists.
@@ -248,12 +281,66 @@ impl Answer {
         Self::Error(out)
     }
 
+    /// The answer to a handler's outcome `r`: its body, listing the result
+    /// blobs it attached (`held`); its error; or, when it panicked (`Err`),
+    /// a `HandlerPanicked` error saying `panicked()`.
+    pub(crate) fn of_outcome<P>(
+        r: Result<Result<Out, HandlerError>, P>,
+        held: &[Held],
+        panicked: impl FnOnce() -> String,
+    ) -> Self {
+        match r {
+            Ok(Ok(out)) => {
+                let hs: Vec<BlobHandle> = held.iter().map(|h| *h.handle()).collect();
+                Self::reply(&hs, out.bytes())
+            }
+            Ok(Err(e)) => Self::error(&e),
+            Err(_) => Self::error(&HandlerError::new(ErrorCode::HandlerPanicked, panicked())),
+        }
+    }
+
+    /// The refusal of an invocation whose envelope is malformed.
+    pub(crate) fn malformed() -> Self {
+        Self::error(&HandlerError::new(
+            ErrorCode::Malformed,
+            "the invocation's envelope is malformed",
+        ))
+    }
+
+    /// The error sent instead of a response of `len` bytes that the ring
+    /// (at most `max`) refused.
+    pub(crate) fn too_large(len: usize, max: usize) -> Self {
+        Self::error(&HandlerError::new(
+            ErrorCode::ResponseTooLarge,
+            format!("the response of {len} bytes exceeds {max}: pass it as a blob"),
+        ))
+    }
+
     /// The frame's kind, flags and payload.
     pub(crate) fn frame(&self) -> (u16, u16, &[u8]) {
         match self {
             Self::Reply { flags, payload } => (wire::REPLY, *flags, payload),
             Self::Error(p) => (wire::REPLY_ERROR, wire::NO_FLAGS, p),
         }
+    }
+}
+
+/// Once an answer is in the ring: the leases on its result blobs (`held`)
+/// go now, with those on argument blobs queued meanwhile, not with a later
+/// batch.
+pub(crate) fn release_answered(owner: &dyn Owner, held: Vec<Held>) {
+    drop(held);
+    let session = owner.session();
+    if session.has_queued_releases() {
+        owner.send_release(session.take_releases());
+    }
+}
+
+/// The error of a provider run without a method.
+pub(crate) fn no_method() -> CallError {
+    CallError::Remote {
+        code: ErrorCode::Refused,
+        message: "a provider needs a method: add one with serve or serve_bytes".into(),
     }
 }
 

@@ -656,6 +656,13 @@ impl Session {
         lock(&self.blobs.pending).leases.push(id);
     }
 
+    /// [`queue_lease`](Self::queue_lease) of each of `hs`.
+    pub(crate) fn queue_leases(&self, hs: &[ipc_rpc::blob::BlobHandle]) {
+        for h in hs {
+            self.queue_lease(h.id);
+        }
+    }
+
     /// Takes every queued release (for `flush`).
     pub(crate) fn take_releases(&self) -> ReleaseBatch {
         std::mem::take(&mut *lock(&self.blobs.pending))

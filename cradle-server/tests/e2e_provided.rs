@@ -28,15 +28,20 @@ fn serve_double(p: &mut RawPeer, n: usize) {
         let (env, body) = wire::Envelope::split(&payload).expect("envelope");
         assert!(env.deadline_ns > wire::monotonic_ns(), "a live deadline");
         assert_eq!(env.schema_hash, Double::SCHEMA_HASH);
-        let x = u64::decode(body).expect("u64 body");
-        let r = ipc_rpc::encode_to_vec(
-            &(x * 2),
-            &mut ipc_rpc::rkyv::ser::allocator::Arena::new(),
-            1 << 16,
-        )
-        .unwrap();
-        p.reply(&meta, wire::REPLY, 0, &r);
+        reply_doubled(p, &meta, body);
     }
+}
+
+/// Answers the invocation `meta` of `Double` whose body is `body`.
+fn reply_doubled(p: &mut RawPeer, meta: &FrameMeta, body: &[u8]) {
+    let x = u64::decode(body).expect("u64 body");
+    let r = ipc_rpc::encode_to_vec(
+        &(x * 2),
+        &mut ipc_rpc::rkyv::ser::allocator::Arena::new(),
+        1 << 16,
+    )
+    .unwrap();
+    p.reply(meta, wire::REPLY, 0, &r);
 }
 
 fn double_offer(concurrency: u32, idempotent: bool) -> Offer {
@@ -118,6 +123,30 @@ fn code(e: &ipc_rpc::RemoteError) -> ErrorCode {
 }
 
 /// The `cradle.stats` entry of session `id`.
+/// A raw provider of `name` (version 1) on `dir`'s server, registered with
+/// `concurrency` and `idempotent`, and the method's id.
+fn raw_provider(dir: &TempDir, name: &str, concurrency: u32, idempotent: bool) -> (RawPeer, u64) {
+    let mut p = RawPeer::open(&dir.socket());
+    p.register(offer(name, concurrency, idempotent)).unwrap();
+    (p, ipc_rpc::method_id(name, 1))
+}
+
+/// One call of `id` by `c`, which provider `p` answers with a frame of
+/// `kind`, `flags` and `body`: what the caller gets.
+fn relayed(
+    c: &mut RawPeer,
+    p: &mut RawPeer,
+    id: u64,
+    kind: u16,
+    flags: u16,
+    body: &[u8],
+) -> Result<(u16, Vec<u8>), ipc_rpc::RemoteError> {
+    let r = c.request_raw(id, 0, b"");
+    let (inv, _) = p.recv_kind(wire::INVOKE, 10 * SEC).unwrap();
+    p.reply(&inv, kind, flags, body);
+    c.answer(r, 10 * SEC)
+}
+
 fn session_stats(socket: &std::path::Path, id: u64) -> Option<ipc_rpc::builtin::SessionStats> {
     let c = Client::connect(socket).unwrap();
     c.call::<Stats>(&())
@@ -243,9 +272,7 @@ fn registration_rules() {
 #[test]
 fn the_queue_bound_answers_busy_and_deadlines_end_queued_and_held_calls() {
     let (_dog, dir, _server) = with_server("provided busy", Duration::from_secs(120), &[]);
-    let mut p = RawPeer::open(&dir.socket());
-    p.register(offer("test.stall", 1, false)).unwrap();
-    let id = ipc_rpc::method_id("test.stall", 1);
+    let (mut p, id) = raw_provider(&dir, "test.stall", 1, false);
     // One held by the provider, 1024 queued (two callers: a session has at
     // most 1024 in flight), the rest Busy.
     let mut c1 = RawPeer::open(&dir.socket());
@@ -344,9 +371,7 @@ fn the_queue_bound_answers_busy_and_deadlines_end_queued_and_held_calls() {
 fn a_provider_that_goes_away_fails_or_resends_its_calls() {
     let (_dog, dir, _server) = with_server("provided gone", Duration::from_secs(60), &[]);
     // Not idempotent: ProviderGone.
-    let mut p = RawPeer::open(&dir.socket());
-    p.register(offer("test.once", 4, false)).unwrap();
-    let id = ipc_rpc::method_id("test.once", 1);
+    let (mut p, id) = raw_provider(&dir, "test.once", 4, false);
     let mut c = RawPeer::open(&dir.socket());
     let reqs: Vec<u64> = (0..4).map(|_| c.request_raw(id, 0, b"")).collect();
     for _ in 0..4 {
@@ -415,9 +440,7 @@ fn a_provider_that_goes_away_fails_or_resends_its_calls() {
 #[test]
 fn a_hostile_provider_hurts_only_its_own_calls() {
     let (_dog, dir, _server) = with_server("provided hostile", Duration::from_secs(60), &[]);
-    let mut p = RawPeer::open(&dir.socket());
-    p.register(offer("test.evil", 8, false)).unwrap();
-    let id = ipc_rpc::method_id("test.evil", 1);
+    let (mut p, id) = raw_provider(&dir, "test.evil", 8, false);
     let mut c = RawPeer::open(&dir.socket());
     // Replies to invocations it was never sent: discarded, nothing else.
     for i in 0..100u64 {
@@ -430,36 +453,24 @@ fn a_hostile_provider_hurts_only_its_own_calls() {
         p.send_encoded(meta, b"forged");
     }
     // A garbage error answer: the caller gets Malformed.
-    let r = c.request_raw(id, 0, b"");
-    let (inv, _) = p.recv_kind(wire::INVOKE, 10 * SEC).unwrap();
-    p.reply(&inv, wire::REPLY_ERROR, 0, b"\xff\xff garbage");
-    assert_eq!(
-        code(&c.answer(r, 10 * SEC).unwrap_err()),
-        ErrorCode::Malformed
+    let got = relayed(
+        &mut c,
+        &mut p,
+        id,
+        wire::REPLY_ERROR,
+        0,
+        b"\xff\xff garbage",
     );
+    assert_eq!(code(&got.unwrap_err()), ErrorCode::Malformed);
     // A garbage body is relayed as is (the caller's library decodes it).
-    let r = c.request_raw(id, 0, b"");
-    let (inv, _) = p.recv_kind(wire::INVOKE, 10 * SEC).unwrap();
-    p.reply(&inv, wire::REPLY, 0, &[0xff; 7]);
-    assert_eq!(c.answer(r, 10 * SEC).unwrap(), (0, vec![0xff; 7]));
+    let got = relayed(&mut c, &mut p, id, wire::REPLY, 0, &[0xff; 7]);
+    assert_eq!(got.unwrap(), (0, vec![0xff; 7]));
     // Unknown flags, a bad envelope: Malformed.
-    let r = c.request_raw(id, 0, b"");
-    let (inv, _) = p.recv_kind(wire::INVOKE, 10 * SEC).unwrap();
-    p.reply(&inv, wire::REPLY, 0x80, b"");
-    assert_eq!(
-        code(&c.answer(r, 10 * SEC).unwrap_err()),
-        ErrorCode::Malformed
-    );
-    let r = c.request_raw(id, 0, b"");
-    let (inv, _) = p.recv_kind(wire::INVOKE, 10 * SEC).unwrap();
-    p.reply(&inv, wire::REPLY, wire::ENVELOPE, &[0xff; 40]);
-    assert_eq!(
-        code(&c.answer(r, 10 * SEC).unwrap_err()),
-        ErrorCode::Malformed
-    );
+    let got = relayed(&mut c, &mut p, id, wire::REPLY, 0x80, b"");
+    assert_eq!(code(&got.unwrap_err()), ErrorCode::Malformed);
+    let got = relayed(&mut c, &mut p, id, wire::REPLY, wire::ENVELOPE, &[0xff; 40]);
+    assert_eq!(code(&got.unwrap_err()), ErrorCode::Malformed);
     // A forged result handle: BadHandle, never a lease.
-    let r = c.request_raw(id, 0, b"");
-    let (inv, _) = p.recv_kind(wire::INVOKE, 10 * SEC).unwrap();
     let forged = ipc_rpc::blob::BlobHandle {
         epoch: 1,
         id: 77,
@@ -467,16 +478,9 @@ fn a_hostile_provider_hurts_only_its_own_calls() {
         offset: 0,
         len: 4096,
     };
-    p.reply(
-        &inv,
-        wire::REPLY,
-        wire::ENVELOPE,
-        &enveloped(0, 0, &[forged], b"r"),
-    );
-    assert_eq!(
-        code(&c.answer(r, 10 * SEC).unwrap_err()),
-        ErrorCode::BadHandle
-    );
+    let body = enveloped(0, 0, &[forged], b"r");
+    let got = relayed(&mut c, &mut p, id, wire::REPLY, wire::ENVELOPE, &body);
+    assert_eq!(code(&got.unwrap_err()), ErrorCode::BadHandle);
     // A reply to the wrong method id: discarded; the call stays held.
     let r = c.request_raw(id, 0, b"");
     let (inv, _) = p.recv_kind(wire::INVOKE, 10 * SEC).unwrap();
@@ -517,9 +521,7 @@ fn a_hostile_provider_hurts_only_its_own_calls() {
 #[test]
 fn blobs_pass_by_lease_both_ways() {
     let (_dog, dir, _server) = with_server("provided blobs", Duration::from_secs(60), &[]);
-    let mut p = RawPeer::open(&dir.socket());
-    p.register(offer("test.blob", 1, false)).unwrap();
-    let id = ipc_rpc::method_id("test.blob", 1);
+    let (mut p, id) = raw_provider(&dir, "test.blob", 1, false);
     let lib = Client::connect(dir.socket()).unwrap();
     let mut w = lib.create(4096).unwrap();
     w.write_at(0, b"argument");
@@ -582,9 +584,7 @@ fn blobs_pass_by_lease_both_ways() {
 #[test]
 fn a_caller_that_leaves_mid_call_leaves_nothing_behind() {
     let (_dog, dir, _server) = with_server("provided caller gone", Duration::from_secs(60), &[]);
-    let mut p = RawPeer::open(&dir.socket());
-    p.register(offer("test.slow", 2, false)).unwrap();
-    let id = ipc_rpc::method_id("test.slow", 1);
+    let (mut p, id) = raw_provider(&dir, "test.slow", 2, false);
     let mut c = RawPeer::open(&dir.socket());
     for _ in 0..5 {
         c.request_raw(id, 0, b"");
@@ -650,14 +650,7 @@ fn calls_cross_workers() {
             while !stop.load(ipc_core::sync::Ordering::Relaxed) {
                 if let Some((meta, payload)) = p.recv_kind(wire::INVOKE, SEC / 20) {
                     let (_, body) = wire::Envelope::split(&payload).unwrap();
-                    let x = u64::decode(body).unwrap();
-                    let r = ipc_rpc::encode_to_vec(
-                        &(x * 2),
-                        &mut ipc_rpc::rkyv::ser::allocator::Arena::new(),
-                        1 << 16,
-                    )
-                    .unwrap();
-                    p.reply(&meta, wire::REPLY, 0, &r);
+                    reply_doubled(&mut p, &meta, body);
                     n += 1;
                 }
             }

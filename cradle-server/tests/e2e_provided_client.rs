@@ -94,6 +94,23 @@ fn method<'a>(list: &'a [MethodInfo], name: &str) -> Option<&'a MethodInfo> {
     list.iter().find(|m| m.name == name)
 }
 
+/// Whether `name` is listed with `ok` true of it within `limit`.
+fn method_soon(c: &Client, name: &str, limit: Duration, ok: impl Fn(&MethodInfo) -> bool) -> bool {
+    eventually(limit, || {
+        c.methods()
+            .ok()
+            .and_then(|l| method(&l, name).map(&ok))
+            .unwrap_or(false)
+    })
+}
+
+/// The `cradle` CLI, on the server at `socket`.
+fn cli(socket: &std::path::Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(cli_bin());
+    cmd.arg("--socket").arg(socket);
+    cmd
+}
+
 /// Waits until `name` has `n` providers (0: it is not listed any more).
 fn wait_providers(c: &Client, name: &str, n: usize) {
     let ok = eventually(Duration::from_secs(30), || {
@@ -127,12 +144,7 @@ fn two_providers_and_eight_callers_add_up() {
         assert_eq!(lines, [format!("calls {}", 2 * N)]);
     }
     // The CLI's view: 8 × N calls of each method, shared by both providers.
-    let out = std::process::Command::new(cli_bin())
-        .arg("--socket")
-        .arg(&socket)
-        .args(["methods", "--json"])
-        .output()
-        .unwrap();
+    let out = cli(&socket).args(["methods", "--json"]).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -159,12 +171,7 @@ fn two_providers_and_eight_callers_add_up() {
         }
     }
     // The human table names both.
-    let out = std::process::Command::new(cli_bin())
-        .arg("--socket")
-        .arg(&socket)
-        .arg("methods")
-        .output()
-        .unwrap();
+    let out = cli(&socket).arg("methods").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("test.reverse@1") && text.contains("provided"),
@@ -172,9 +179,7 @@ fn two_providers_and_eight_callers_add_up() {
     );
     assert!(text.contains("cradle.ping@1"), "{text}");
     // A bytes call from the CLI.
-    let out = std::process::Command::new(cli_bin())
-        .arg("--socket")
-        .arg(&socket)
+    let out = cli(&socket)
         .args(["call", "test.reverse@1", "--raw-hex", "010203"])
         .output()
         .unwrap();
@@ -185,9 +190,7 @@ fn two_providers_and_eight_callers_add_up() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "030201");
     // The body from standard input, the response as is.
-    let mut child = std::process::Command::new(cli_bin())
-        .arg("--socket")
-        .arg(&socket)
+    let mut child = cli(&socket)
         .args(["call", "test.reverse", "--stdin", "--raw"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -202,9 +205,7 @@ fn two_providers_and_eight_callers_add_up() {
     assert!(out.status.success());
     assert_eq!(out.stdout, b"olleh");
     // An unknown method is one clear line naming it.
-    let out = std::process::Command::new(cli_bin())
-        .arg("--socket")
-        .arg(&socket)
+    let out = cli(&socket)
         .args(["call", "test.nothing@3", "--raw-hex", "00"])
         .output()
         .unwrap();
@@ -232,11 +233,8 @@ fn a_killed_provider_fails_its_100_calls_in_flight_with_provider_gone() {
         .map(|_| c.send::<Stall>(&600_000).expect("send"))
         .collect();
     // All 100 held by the provider.
-    let held = eventually(Duration::from_secs(30), || {
-        c.methods()
-            .ok()
-            .and_then(|l| method(&l, "test.stall").map(|m| m.providers[0].in_flight == 100))
-            .unwrap_or(false)
+    let held = method_soon(&c, "test.stall", Duration::from_secs(30), |m| {
+        m.providers[0].in_flight == 100
     });
     assert!(held, "{:?}", c.methods());
     let killed = Instant::now();
@@ -288,13 +286,8 @@ fn a_stalling_provider_makes_calls_miss_their_deadlines_and_nothing_stays_behind
     // The provider comes back: a call with time to spare is answered.
     assert_eq!(c.call::<Stall>(&5).unwrap(), 5);
     // The server holds nothing for the expired calls any more.
-    let clean = eventually(Duration::from_secs(10), || {
-        c.methods()
-            .ok()
-            .and_then(|l| {
-                method(&l, "test.stall").map(|m| m.queued == 0 && m.providers[0].in_flight == 0)
-            })
-            .unwrap_or(false)
+    let clean = method_soon(&c, "test.stall", Duration::from_secs(10), |m| {
+        m.queued == 0 && m.providers[0].in_flight == 0
     });
     assert!(clean, "{:?}", c.methods());
     provider.kill().ok();

@@ -21,7 +21,7 @@ mod key;
 use crate::blobs::{BlobCtx, BlobError, BlobStore, KeyWatcher};
 use crate::error::HandlerError;
 use crate::link::{Completion, WorkerLink, WorkerMsg};
-use crate::methods::{Answer, Entry, Handler, Outcome, invoke_with, offload_blob};
+use crate::methods::{Answer, Entry, Handler, OffloadFn, Outcome, invoke_with, offload_blob};
 use crate::reply::{Queued, Replier, encode_answer, encode_error};
 use claims::Claims;
 use ipc_core::ring::FrameMeta;
@@ -326,73 +326,31 @@ impl Memo {
                 }
             })
             .collect();
-        let plain = |(id, name, version, schema_hash), f| Entry {
-            id,
-            name,
-            version,
-            schema_hash,
-            handler: Handler::Offload(f),
-        };
-        v.push(plain(
-            (
-                BlobDigest::ID,
-                BlobDigest::NAME,
-                BlobDigest::VERSION,
-                BlobDigest::SCHEMA_HASH,
-            ),
-            offload_blob::<BlobDigest, _>(|ctx, h| {
-                ctx.store
-                    .digest(&h)
-                    .map_err(|e| HandlerError::with_code(e.code, e.message))
-            }),
-        ));
+        let f = offload_blob::<BlobDigest, _>(|ctx, h| {
+            ctx.store
+                .digest(&h)
+                .map_err(|e| HandlerError::with_code(e.code, e.message))
+        });
+        v.push(Entry::of::<BlobDigest>(Handler::Offload(f)));
         let memo = Arc::clone(self);
-        v.push(plain(
-            (
-                MemoList::ID,
-                MemoList::NAME,
-                MemoList::VERSION,
-                MemoList::SCHEMA_HASH,
-            ),
-            offload_blob::<MemoList, _>(move |_, filter| Ok(memo.list(&filter))),
-        ));
+        let f = offload_blob::<MemoList, _>(move |_, filter| Ok(memo.list(&filter)));
+        v.push(Entry::of::<MemoList>(Handler::Offload(f)));
         let memo = Arc::clone(self);
-        v.push(plain(
-            (
-                MemoClear::ID,
-                MemoClear::NAME,
-                MemoClear::VERSION,
-                MemoClear::SCHEMA_HASH,
-            ),
-            offload_blob::<MemoClear, _>(move |_, filter| {
-                memo.clear(&filter)
-                    .map_err(|e| HandlerError::with_code(e.code, e.message))
-            }),
-        ));
+        let f = offload_blob::<MemoClear, _>(move |_, filter| {
+            memo.clear(&filter)
+                .map_err(|e| HandlerError::with_code(e.code, e.message))
+        });
+        v.push(Entry::of::<MemoClear>(Handler::Offload(f)));
         let memo = Arc::clone(self);
-        v.push(plain(
-            (
-                CacheClaim::ID,
-                CacheClaim::NAME,
-                CacheClaim::VERSION,
-                CacheClaim::SCHEMA_HASH,
-            ),
-            Arc::new(move |bytes, meta, ctx, arena, max, worker| {
-                memo.claim(bytes, meta, ctx, arena, max, worker)
-            }),
-        ));
+        let f: OffloadFn = Arc::new(move |bytes, meta, ctx, arena, max, worker| {
+            memo.claim(bytes, meta, ctx, arena, max, worker)
+        });
+        v.push(Entry::of::<CacheClaim>(Handler::Offload(f)));
         let memo = Arc::clone(self);
-        v.push(plain(
-            (
-                CacheUnclaim::ID,
-                CacheUnclaim::NAME,
-                CacheUnclaim::VERSION,
-                CacheUnclaim::SCHEMA_HASH,
-            ),
-            offload_blob::<CacheUnclaim, _>(move |ctx, key| {
-                Ok(memo.claims.unclaim(&memo, ctx.session, &key))
-            }),
-        ));
+        let f = offload_blob::<CacheUnclaim, _>(move |ctx, key| {
+            Ok(memo.claims.unclaim(&memo, ctx.session, &key))
+        });
+        v.push(Entry::of::<CacheUnclaim>(Handler::Offload(f)));
         v
     }
 

@@ -59,6 +59,19 @@ pub(crate) struct Entry {
     pub(crate) handler: Handler,
 }
 
+impl Entry {
+    /// The entry of method `M`, served by `handler`.
+    pub(crate) fn of<M: ipc_rpc::Method>(handler: Handler) -> Self {
+        Self {
+            id: M::ID,
+            name: M::NAME,
+            version: M::VERSION,
+            schema_hash: M::SCHEMA_HASH,
+            handler,
+        }
+    }
+}
+
 /// The method table, sorted by id (binary search: a handful of methods).
 #[derive(Debug)]
 pub(crate) struct Registry {

@@ -197,15 +197,7 @@ impl CradleEcho {
 
 impl Echo for CradleEcho {
     fn round_trip(&mut self, msg: &Vec<u8>) -> Result<(), String> {
-        let ok = self
-            .client
-            .call_with::<Ping, _>(msg, self.opts, |echo| echo_ok(msg, echo.as_slice()))
-            .map_err(|e| format!("ping: {e}"))?;
-        if ok {
-            Ok(())
-        } else {
-            Err("echo differs from the request".into())
-        }
+        echo_call::<Ping>(&self.client, msg, self.opts, "ping")
     }
 
     fn server_wakes(&self) -> Option<u64> {
@@ -309,19 +301,61 @@ pub(crate) fn pipelined(
     window: usize,
     tag0: u64,
 ) -> Result<u64, String> {
-    let mut q: VecDeque<(u64, Pending<'_, Ping>)> = VecDeque::with_capacity(window);
     let mut msg = vec![0u8; 8];
-    let check = |tag: u64, p: Pending<'_, Ping>| -> Result<(), String> {
+    windowed::<Ping>(calls, window, tag0, "ping", |tag| {
+        msg.copy_from_slice(&tag.to_le_bytes());
+        client
+            .send::<Ping>(&msg)
+            .map_err(|e| format!("pipelined send: {e}"))
+    })
+}
+
+/// One call of the echo method `M` (`what` in errors) with `msg`, its
+/// answer checked in place.
+pub(crate) fn echo_call<M>(
+    client: &Client,
+    msg: &Vec<u8>,
+    opts: CallOptions,
+    what: &str,
+) -> Result<(), String>
+where
+    M: ipc_rpc::Method<Request = Vec<u8>, Response = Vec<u8>>,
+{
+    let ok = client
+        .call_with::<M, _>(msg, opts, |echo| echo_ok(msg, echo.as_slice()))
+        .map_err(|e| format!("{what}: {e}"))?;
+    if ok {
+        Ok(())
+    } else {
+        Err("echo differs from the request".into())
+    }
+}
+
+/// `calls` calls of the echo method `M` (`what` in errors), at most `window`
+/// in flight: `send` makes the call of each tag (`tag0` onwards), whose
+/// answer is checked in order; returns the elapsed nanoseconds.
+pub(crate) fn windowed<'c, M>(
+    calls: u64,
+    window: usize,
+    tag0: u64,
+    what: &str,
+    mut send: impl FnMut(u64) -> Result<Pending<'c, M>, String>,
+) -> Result<u64, String>
+where
+    M: ipc_rpc::Method<Response = Vec<u8>>,
+{
+    let check = |tag: u64, p: Pending<'c, M>| -> Result<(), String> {
         // Checked in place (`wait_with`), as the latency scenarios do.
         let same = p
             .wait_with(|echo| echo.as_slice() == tag.to_le_bytes())
-            .map_err(|e| format!("pipelined ping: {e}"))?;
+            .map_err(|e| format!("pipelined {what}: {e}"))?;
         if same {
             Ok(())
         } else {
             Err("pipelined echo differs from its request".into())
         }
     };
+    let mut q: VecDeque<(u64, Pending<'c, M>)> = VecDeque::with_capacity(window);
     let start = Instant::now();
     for i in 0..calls {
         if q.len() >= window
@@ -330,11 +364,7 @@ pub(crate) fn pipelined(
             check(tag, p)?;
         }
         let tag = tag0.wrapping_add(i);
-        msg.copy_from_slice(&tag.to_le_bytes());
-        let p = client
-            .send::<Ping>(&msg)
-            .map_err(|e| format!("pipelined send: {e}"))?;
-        q.push_back((tag, p));
+        q.push_back((tag, send(tag)?));
     }
     while let Some((tag, p)) = q.pop_front() {
         check(tag, p)?;

@@ -5,9 +5,8 @@
 //! → server → caller). Also: the pipelined throughput through one provider,
 //! and a blob passed to the provider and back (4 KiB against 64 MiB).
 
-use crate::transport::{Echo, Peer, SpawnOpts, echo_ok, spawn_peer};
-use cradle_client::{CallOptions, Client, HandlerError, Pending, WaitMode};
-use std::collections::VecDeque;
+use crate::transport::{Echo, Peer, SpawnOpts, spawn_peer};
+use cradle_client::{CallOptions, Client, HandlerError, WaitMode};
 use std::io::BufRead;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -126,15 +125,7 @@ impl ProvidedEcho {
 
 impl Echo for ProvidedEcho {
     fn round_trip(&mut self, msg: &Vec<u8>) -> Result<(), String> {
-        let ok = self
-            .client
-            .call_with::<BenchEcho, _>(msg, self.opts, |echo| echo_ok(msg, echo.as_slice()))
-            .map_err(|e| format!("bench.echo: {e}"))?;
-        if ok {
-            Ok(())
-        } else {
-            Err("echo differs from the request".into())
-        }
+        crate::cradle::echo_call::<BenchEcho>(&self.client, msg, self.opts, "bench.echo")
     }
 
     fn server_wakes(&self) -> Option<u64> {
@@ -154,34 +145,11 @@ pub(crate) fn pipelined(
     window: usize,
     tag0: u64,
 ) -> Result<u64, String> {
-    let mut q: VecDeque<(u64, Pending<'_, BenchEcho>)> = VecDeque::with_capacity(window);
-    let check = |tag: u64, p: Pending<'_, BenchEcho>| -> Result<(), String> {
-        let same = p
-            .wait_with(|echo| echo.as_slice() == tag.to_le_bytes())
-            .map_err(|e| format!("pipelined bench.echo: {e}"))?;
-        if same {
-            Ok(())
-        } else {
-            Err("pipelined echo differs from its request".into())
-        }
-    };
-    let start = Instant::now();
-    for i in 0..calls {
-        if q.len() >= window
-            && let Some((tag, p)) = q.pop_front()
-        {
-            check(tag, p)?;
-        }
-        let tag = tag0.wrapping_add(i);
-        let p = client
+    crate::cradle::windowed::<BenchEcho>(calls, window, tag0, "bench.echo", |tag| {
+        client
             .send::<BenchEcho>(&tag.to_le_bytes().to_vec())
-            .map_err(|e| format!("pipelined send: {e}"))?;
-        q.push_back((tag, p));
-    }
-    while let Some((tag, p)) = q.pop_front() {
-        check(tag, p)?;
-    }
-    Ok(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX))
+            .map_err(|e| format!("pipelined send: {e}"))
+    })
 }
 
 /// A blob of `len` bytes for the blob scenario, and a reference to it that
