@@ -783,6 +783,8 @@ impl AsyncClient {
         let deadline = start + sh.opts.timeout;
         let body = Body::<()>::Encoded(payload);
         sh.session.check()?;
+        // Relaxed: a hint, as in `publish` (pairs with nothing; a sender that
+        // misses a fresh waiter only gets ahead of it once).
         if sh.slow.load(Ordering::Relaxed) == 0 && self.try_publish(meta, &body)?.is_none() {
             return Ok(());
         }

@@ -458,6 +458,26 @@ fn ping(
         timeout: Duration::from_secs_f64(timeout),
         wait: wait.into(),
     };
+    let label = match wait {
+        Wait::Spin => "spin",
+        Wait::Sleep => "sleep",
+        Wait::SpinThenSleep => "spin-then-sleep",
+    };
+    ping_loop(count, size, label, |payload| {
+        client
+            .call_with::<Ping, _>(payload, opts, |echo| echo.as_slice() == payload.as_slice())
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// Times `count` calls of `call` with a `size`-byte payload (local or
+/// remote); `call` answers whether the echo equals what was sent.
+fn ping_loop(
+    count: u64,
+    size: usize,
+    wait: &'static str,
+    mut call: impl FnMut(&Vec<u8>) -> Result<bool, String>,
+) -> Result<PingReport, String> {
     let payload: Vec<u8> = (0..size).map(|i| i as u8).collect();
     // 1 ns to 1 hour at 3 significant digits: every round trip fits.
     let mut rtts = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3)
@@ -466,12 +486,13 @@ fn ping(
     let started = Instant::now();
     for i in 0..count {
         let t = Instant::now();
-        let n = client
-            .call_with::<Ping, _>(&payload, opts, |echo| echo.len())
-            .map_err(|e| format!("call {} of {count}: {e}", i + 1))?;
+        let same = call(&payload).map_err(|e| format!("call {} of {count}: {e}", i + 1))?;
         rtts.saturating_record(t.elapsed().as_nanos().max(1) as u64);
-        if n != size {
-            return Err(format!("call {}: echo of {n} bytes, sent {size}", i + 1));
+        if !same {
+            return Err(format!(
+                "call {}: the echo differs from the {size} bytes sent",
+                i + 1
+            ));
         }
         bar.inc(1);
     }
@@ -480,11 +501,7 @@ fn ping(
     Ok(PingReport {
         calls: count,
         payload_bytes: size,
-        wait: match wait {
-            Wait::Spin => "spin",
-            Wait::Sleep => "sleep",
-            Wait::SpinThenSleep => "spin-then-sleep",
-        },
+        wait,
         seconds: total.as_secs_f64(),
         min_ns: rtts.min(),
         mean_ns: rtts.mean(),

@@ -3,7 +3,7 @@
 
 use super::{
     Command, GetReport, LsEntry, LsReport, PingReport, Report, RmReport, emit, fmt_bytes,
-    memo_totals, progress_bar, stats_report, write_file,
+    memo_totals, ping_loop, stats_report, write_file,
 };
 use cradle_client::{RemoteClient, RemoteOptions};
 use ipc_rpc::builtin::{Ping, Stats};
@@ -11,7 +11,6 @@ use ipc_rpc::memo::MemoList;
 use serde::Serialize;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 /// Where and how to reach the gateway.
 pub(super) struct Target {
@@ -161,38 +160,11 @@ fn ping(remote: &RemoteClient, count: u64, size: usize) -> Result<PingReport, St
     if count == 0 {
         return Err("--count must be at least 1".into());
     }
-    let payload: Vec<u8> = (0..size).map(|i| i as u8).collect();
-    let mut rtts = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3)
-        .map_err(|e| format!("latency histogram: {e}"))?;
-    let bar = progress_bar("ping", count, true, "{prefix} {wide_bar} {pos}/{len} calls");
-    let started = Instant::now();
-    for i in 0..count {
-        let t = Instant::now();
-        let echo = remote
-            .call::<Ping>(&payload)
-            .map_err(|e| format!("call {} of {count}: {e}", i + 1))?;
-        rtts.saturating_record(t.elapsed().as_nanos().max(1) as u64);
-        if echo != payload {
-            return Err(format!(
-                "call {}: the echo differs from what was sent",
-                i + 1
-            ));
-        }
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    Ok(PingReport {
-        calls: count,
-        payload_bytes: size,
-        wait: "remote",
-        seconds: started.elapsed().as_secs_f64(),
-        min_ns: rtts.min(),
-        mean_ns: rtts.mean(),
-        p50_ns: rtts.value_at_quantile(0.50),
-        p90_ns: rtts.value_at_quantile(0.90),
-        p99_ns: rtts.value_at_quantile(0.99),
-        p999_ns: rtts.value_at_quantile(0.999),
-        max_ns: rtts.max(),
+    ping_loop(count, size, "remote", |payload| {
+        remote
+            .call::<Ping>(payload)
+            .map(|echo| echo == *payload)
+            .map_err(|e| e.to_string())
     })
 }
 
