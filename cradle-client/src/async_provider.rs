@@ -363,6 +363,22 @@ impl AsyncProvider {
         self
     }
 
+    /// Marks the method added last memoized (see
+    /// [`Provider::memoized`](crate::Provider::memoized)).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let client = cradle_client::AsyncClient::connect_default().await?;
+    /// let p = client.provider().serve_bytes("demo.echo", 1, |_, b| async move { Ok(b) }).memoized();
+    /// # Ok(()) }
+    /// ```
+    pub fn memoized(mut self) -> Self {
+        if let Some(m) = self.methods.last_mut() {
+            m.offer.memoized = true;
+        }
+        self
+    }
+
     /// A handle that stops [`run`](Self::run).
     ///
     /// ```no_run

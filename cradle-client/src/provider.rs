@@ -449,6 +449,30 @@ impl<'p> Provider<'p> {
         self
     }
 
+    /// Marks the method added last **memoized**: its answer depends only on
+    /// its request body and the *contents* of the blobs the request passes.
+    /// The server then answers a call from the shared cache (memory, then
+    /// disk) when an identical call was answered before, by any process and
+    /// across restarts, and identical calls in flight run the handler once;
+    /// errors are not cached. A caller may bypass or refresh the cache per
+    /// call ([`MemoMode`](crate::MemoMode)); `cradle memo ls` shows the
+    /// figures.
+    ///
+    /// ```no_run
+    /// # let client = cradle_client::Client::connect_default()?;
+    /// let p = client
+    ///     .provider()
+    ///     .serve_bytes("demo.checksum", 1, |_, b| Ok(b.len().to_le_bytes().to_vec()))
+    ///     .memoized();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn memoized(mut self) -> Self {
+        if let Some(m) = self.methods.last_mut() {
+            m.offer.memoized = true;
+        }
+        self
+    }
+
     /// A handle that stops [`run`](Self::run) from another thread.
     ///
     /// ```no_run

@@ -197,6 +197,7 @@ pub(crate) fn offer_of<M: Method>(concurrency: u32, idempotent: bool) -> Offer {
         schema_hash: M::SCHEMA_HASH,
         concurrency,
         idempotent,
+        memoized: false,
     }
 }
 
@@ -208,6 +209,7 @@ pub(crate) fn bytes_offer(name: &str, version: u32, concurrency: u32, idempotent
         schema_hash: BYTES_SCHEMA,
         concurrency,
         idempotent,
+        memoized: false,
     }
 }
 

@@ -637,6 +637,7 @@ impl ServerBuilder {
         known.extend(provided::entries::known_self());
         entries.extend(provided::entries::entries(
             &providers,
+            &memo,
             Arc::clone(&handle.links),
             known,
             max_payload,
@@ -967,7 +968,7 @@ impl Server {
             inner: Arc::clone(&handle),
         };
         store.start_disk().map_err(ServerError::Spawn)?;
-        memo.start(Arc::clone(&handle.links))
+        memo.start(Arc::clone(&handle.links), Arc::clone(&providers))
             .map_err(ServerError::Spawn)?;
         let jobs = crate::offload::spawn_pool(
             offload_threads,

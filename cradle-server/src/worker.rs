@@ -44,15 +44,15 @@
 use crate::blobs::BlobStore;
 use crate::link::{ClientWaker, Completion, HandleInner, Job, NewSession, WorkerMsg, say_goodbye};
 use crate::logs::LogLimiter;
-use crate::memo::Memo;
-use crate::methods::{Handler, Registry};
+use crate::memo::{MEMO_SESSION, Memo, ProvidedCall};
+use crate::methods::{Handler, OffloadFn, Registry};
 use crate::metrics::cells::CallCells;
 use crate::provided::relay::{self, Relay, RelayCtx};
 use crate::provided::{Action, Outcome, Providers};
 use crate::reply::{Queued, Replier};
 use crate::stats::{SessionCounters, Shared};
 use ipc_core::doorbell::{EventFd, SpinBudget, cpu_contended};
-use ipc_core::ring::{RingRegion, max_payload_len};
+use ipc_core::ring::{FrameMeta, RingRegion, max_payload_len};
 use ipc_core::shm::{Mapping, Segment};
 use ipc_core::sync::{AtomicU32, AtomicU64, Atomics, Ordering, StdAtomics};
 use ipc_rpc::rkyv::util::AlignedVec;
@@ -280,49 +280,41 @@ fn serve(s: &mut Session, ctx: &WorkerCtx, round: Instant, relay: &mut Relay) ->
         let handler = split.map(|(env, body)| (env, body, ctx.registry.get(meta.tag)));
         match handler {
             Err(why) => out.error(meta, ErrorCode::Malformed, why),
-            Ok((env, body, None)) => relay::request(
-                ctx.relay(),
-                relay,
-                s.id,
-                &mut s.in_flight,
-                meta,
-                env,
-                msg.bytes,
-                body,
-                &mut out,
-            ),
+            Ok((env, body, None)) => {
+                match ctx.memo.provided_call(meta, env, body, s.id, &mut out) {
+                    ProvidedCall::Route => relay::request(
+                        ctx.relay(),
+                        relay,
+                        s.id,
+                        &mut s.in_flight,
+                        meta,
+                        env,
+                        msg.bytes,
+                        body,
+                        &mut out,
+                    ),
+                    ProvidedCall::Answered => {}
+                    // A memoized provided method: the whole payload (its
+                    // envelope lists the blobs the key covers) to the pool.
+                    ProvidedCall::Offload(f) => {
+                        offload(s.id, &mut s.in_flight, ctx, meta, msg.bytes, f, &mut out)
+                    }
+                }
+            }
             Ok((_, body, Some(Handler::Inline(f)))) => f(body, meta, &mut out),
             Ok((_, body, Some(Handler::Offload(f)))) => {
                 if ctx.memo.try_answer(body, meta, s.id, &mut out) {
                     // A memoized call answered from memory.
-                } else if s.in_flight >= ctx.max_in_flight {
-                    out.error(
-                        meta,
-                        ErrorCode::QuotaExceeded,
-                        format!(
-                            "{} offloaded requests already in flight on this session (limit {})",
-                            s.in_flight, ctx.max_in_flight
-                        ),
-                    );
                 } else {
-                    let mut bytes = AlignedVec::<16>::with_capacity(body.len());
-                    bytes.extend_from_slice(body);
-                    let job = Job {
-                        worker: ctx.index,
-                        session: s.id,
+                    offload(
+                        s.id,
+                        &mut s.in_flight,
+                        ctx,
                         meta,
-                        bytes,
-                        handler: Arc::clone(f),
-                        max_payload: ctx.max_payload,
-                    };
-                    match ctx.jobs.send(job) {
-                        Ok(()) => s.in_flight += 1,
-                        Err(_) => out.error(
-                            meta,
-                            ErrorCode::Shutdown,
-                            "the server's offload pool has stopped".to_owned(),
-                        ),
-                    }
+                        body,
+                        Arc::clone(f),
+                        &mut out,
+                    );
                 }
             }
         }
@@ -387,6 +379,47 @@ fn serve(s: &mut Session, ctx: &WorkerCtx, round: Instant, relay: &mut Relay) ->
     }
     account(s, ctx, answered);
     worked
+}
+
+/// Sends a request to the offload pool (`bytes` is copied), unless the
+/// session has its limit of calls in flight.
+fn offload(
+    session: u64,
+    in_flight: &mut u32,
+    ctx: &WorkerCtx,
+    meta: FrameMeta,
+    bytes: &[u8],
+    handler: OffloadFn,
+    out: &mut Replier<'_>,
+) {
+    if *in_flight >= ctx.max_in_flight {
+        return out.error(
+            meta,
+            ErrorCode::QuotaExceeded,
+            format!(
+                "{} offloaded requests already in flight on this session (limit {})",
+                *in_flight, ctx.max_in_flight
+            ),
+        );
+    }
+    let mut copy = AlignedVec::<16>::with_capacity(bytes.len());
+    copy.extend_from_slice(bytes);
+    let job = Job {
+        worker: ctx.index,
+        session,
+        meta,
+        bytes: copy,
+        handler,
+        max_payload: ctx.max_payload,
+    };
+    match ctx.jobs.send(job) {
+        Ok(()) => *in_flight += 1,
+        Err(_) => out.error(
+            meta,
+            ErrorCode::Shutdown,
+            "the server's offload pool has stopped".to_owned(),
+        ),
+    }
 }
 
 /// Heap bytes held by a backlog (0 at once when it is empty).
@@ -757,6 +790,17 @@ impl Worker<'_> {
     /// Carries out one relay action on one of this worker's sessions (a
     /// session that is gone needs nothing: its close dealt with its calls).
     fn perform(&mut self, a: Action, now: Instant) {
+        // The end of a memoized provided run: the memo was its caller.
+        let a = match a {
+            Action::Answer {
+                caller, outcome, ..
+            } if caller.session == MEMO_SESSION => {
+                let memo = &self.ctx.memo;
+                memo.provided_done(caller.request_id, outcome, &self.ctx.jobs, self.ctx.index);
+                return;
+            }
+            a => a,
+        };
         let id = match &a {
             Action::Deliver { session, .. } | Action::Cancel { session, .. } => *session,
             Action::Answer { caller, .. } => caller.session,

@@ -216,7 +216,8 @@ fn a_killed_async_client_releases_everything_it_held() {
                 && s.leases == base.leases
                 && s.writing == 0
                 && s.author_pools == base.author_pools
-                && fds == base_fds;
+                // None leaked (one held at the start may have closed).
+                && fds <= base_fds;
             last = Some((s, fds));
             ok
         });
@@ -304,8 +305,12 @@ fn dropping_gets_mid_flight_leaves_no_lease_and_no_descriptor() {
         let back = eventually(Duration::from_secs(10), || {
             let s = stats(&observer);
             let fds = (fd_count(std::process::id()), fd_count(server.pid()));
-            let ok =
-                s.leases == base.leases && s.blobs == base.blobs && fds == (my_fds, server_fds);
+            // No descriptor leaked: at most as many as at the start (one
+            // held then, a pooled segment say, may have closed since).
+            let ok = s.leases == base.leases
+                && s.blobs == base.blobs
+                && fds.0 <= my_fds
+                && fds.1 <= server_fds;
             last = Some((s.leases, s.blobs, fds));
             ok
         });
@@ -478,7 +483,8 @@ fn a_get_that_times_out_gives_its_late_lease_back_with_either_client() {
         let s = stats(&observer);
         let fds = fd_count(std::process::id());
         last = Some((s.leases, fds));
-        s.leases == base.leases && fds == my_fds
+        // None leaked (one held at the start may have closed).
+        s.leases == base.leases && fds <= my_fds
     });
     assert!(
         back,

@@ -51,6 +51,7 @@ fn double_offer(concurrency: u32, idempotent: bool) -> Offer {
         schema_hash: Double::SCHEMA_HASH,
         concurrency,
         idempotent,
+        memoized: false,
     }
 }
 

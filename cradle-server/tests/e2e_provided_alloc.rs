@@ -65,6 +65,7 @@ fn raw_provider(socket: PathBuf, stop: Arc<AtomicBool>, ready: std::sync::mpsc::
         schema_hash: Echo::SCHEMA_HASH,
         concurrency: 1024,
         idempotent: false,
+        memoized: false,
     };
     let meta = FrameMeta {
         request_id: 1,

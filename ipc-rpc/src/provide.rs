@@ -25,6 +25,7 @@
 //!     schema_hash: BYTES_SCHEMA,
 //!     concurrency: 4,
 //!     idempotent: true,
+//!     memoized: false,
 //! };
 //! assert_eq!(offer.id(), method_id("demo.checksum", 1));
 //! ```
@@ -46,7 +47,7 @@ pub const MAX_NAME_LEN: usize = 256;
 /// ```
 /// use ipc_rpc::provide::Offer;
 ///
-/// let o = Offer { name: "img.thumb".into(), version: 2, schema_hash: 0x1234, concurrency: 1, idempotent: false };
+/// let o = Offer { name: "img.thumb".into(), version: 2, schema_hash: 0x1234, concurrency: 1, idempotent: false, memoized: false };
 /// assert_eq!(o.id(), ipc_rpc::method_id("img.thumb", 2));
 /// ```
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -66,6 +67,13 @@ pub struct Offer {
     /// away before answering (the method has no effect a second run would
     /// repeat).
     pub idempotent: bool,
+    /// The method is **memoized**: its answer depends only on its request
+    /// body and the *contents* of the blobs the request's envelope lists,
+    /// so the server answers a call from the shared cache when an identical
+    /// one was answered before, and identical calls in flight share one
+    /// run (`docs/architecture.md` §14). Every provider of one method must
+    /// give the same.
+    pub memoized: bool,
 }
 
 impl Offer {
@@ -73,7 +81,7 @@ impl Offer {
     ///
     /// ```
     /// # use ipc_rpc::provide::Offer;
-    /// let o = Offer { name: "a".into(), version: 1, schema_hash: 1, concurrency: 1, idempotent: false };
+    /// let o = Offer { name: "a".into(), version: 1, schema_hash: 1, concurrency: 1, idempotent: false, memoized: false };
     /// assert_eq!(o.id(), ipc_rpc::method_id("a", 1));
     /// ```
     pub fn id(&self) -> u64 {

@@ -438,6 +438,7 @@ fn examples() -> Vec<(&'static str, Vec<u8>)> {
                 schema_hash: BYTES_SCHEMA,
                 concurrency: 4,
                 idempotent: true,
+                memoized: false,
             }),
         ),
         ("envelope", {
@@ -777,7 +778,8 @@ fn archived_layouts_are_as_documented() {
     );
     layout!(
         Offer, size 32, align 8,
-        name @ 0, version @ 8, schema_hash @ 16, concurrency @ 24, idempotent @ 28
+        name @ 0, version @ 8, schema_hash @ 16, concurrency @ 24, idempotent @ 28,
+        memoized @ 29
     );
     layout!(
         ProviderInfo, size 48, align 8,

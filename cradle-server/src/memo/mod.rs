@@ -17,6 +17,9 @@
 
 mod claims;
 mod key;
+mod provided;
+
+pub(crate) use provided::ProvidedCall;
 
 use crate::blobs::{BlobCtx, BlobError, BlobStore, KeyWatcher};
 use crate::error::HandlerError;
@@ -33,13 +36,15 @@ use ipc_rpc::rkyv::ser::allocator::Arena;
 use ipc_rpc::rkyv::util::AlignedVec;
 use ipc_rpc::{ErrorCode, Method, Wire, wire};
 use key::{MemoKey, ResultSlot, decode_entry, encode_entry, memo_key, method_prefix};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Instant;
 
 /// The session id under which the server itself holds blobs while it
-/// writes or reads memo entries (never a client's: those count up from 1).
-const MEMO_SESSION: u64 = u64::MAX;
+/// writes or reads memo entries, and the caller of provided memoized runs
+/// (never a client's: those count up from 1).
+pub(crate) const MEMO_SESSION: u64 = u64::MAX;
 
 /// Calls waiting in the server, all kinds (memo flights and claims), at
 /// most; beyond, a call that would wait is answered `QuotaExceeded`.
@@ -94,10 +99,10 @@ fn canonical<T: Wire>(value: &T) -> Result<Vec<u8>, String> {
     })
 }
 
-/// A memoized method.
+/// A memoized method: compiled in, or offered by providers.
 pub(crate) struct MemoMethod {
     pub(crate) id: u64,
-    pub(crate) name: &'static str,
+    pub(crate) name: Cow<'static, str>,
     /// Its schema version.
     pub(crate) version: u32,
     /// Its schema hash (`Method::SCHEMA_HASH`).
@@ -105,7 +110,9 @@ pub(crate) struct MemoMethod {
     /// `name@version`.
     pub(crate) label: String,
     keyer: KeyFn,
-    run: RunFn,
+    /// The handler run of a compiled-in method; `None` for a provided one
+    /// (its run is a call routed to a provider: `provided.rs`).
+    run: Option<RunFn>,
     stats: Mutex<MemoMethodStats>,
 }
 
@@ -158,12 +165,12 @@ impl MemoMethod {
         });
         Self {
             id: M::ID,
-            name: M::NAME,
+            name: Cow::Borrowed(M::NAME),
             version: M::VERSION,
             schema_hash: M::SCHEMA_HASH,
             label: format!("{}@{}", M::NAME, M::VERSION),
             keyer,
-            run,
+            run: Some(run),
             stats: Mutex::new(MemoMethodStats::default()),
         }
     }
@@ -212,6 +219,9 @@ const MAX_DECODED_RESPONSE: usize = 4096;
 #[derive(Debug, Default)]
 struct Flight {
     waiters: Vec<Waiter>,
+    /// A provided method's run: its ticket in the providers' table once
+    /// routed (0: not yet, or a compiled-in run).
+    ticket: u64,
 }
 
 /// What a lookup found.
@@ -240,6 +250,17 @@ pub(crate) struct Memo {
     /// Keys of requests seen lately, by method and request bytes.
     raw_keys: Mutex<RawKeys>,
     claims: Claims,
+    /// Memoized methods offered by providers, by id (`provided.rs`).
+    provided: Mutex<HashMap<u64, Arc<MemoMethod>>>,
+    /// Whether `provided` ever held a method (workers skip its lock until).
+    any_provided: std::sync::atomic::AtomicBool,
+    /// Runs of provided methods routed to a provider, by run id.
+    runs: Mutex<HashMap<u64, provided::Run>>,
+    /// The next run id.
+    next_run: std::sync::atomic::AtomicU64,
+    /// Set when the server runs: the providers' table (runs are routed
+    /// through it) and the offload handler of provided memoized calls.
+    routing: OnceLock<provided::Routing>,
 }
 
 fn response_meta(req: FrameMeta) -> FrameMeta {
@@ -266,6 +287,11 @@ impl Memo {
             decoded: Mutex::new(HashMap::new()),
             raw_keys: Mutex::new(HashMap::new()),
             claims: Claims::default(),
+            provided: Mutex::new(HashMap::new()),
+            any_provided: std::sync::atomic::AtomicBool::new(false),
+            runs: Mutex::new(HashMap::new()),
+            next_run: std::sync::atomic::AtomicU64::new(1),
+            routing: OnceLock::new(),
         });
         let weak: Weak<Memo> = Arc::downgrade(&memo);
         store.watch(weak as Weak<dyn KeyWatcher>);
@@ -274,8 +300,13 @@ impl Memo {
 
     /// Starts delivering answers to waiting calls through `links`, and the
     /// thread that ends expired claims and waits.
-    pub(crate) fn start(self: &Arc<Self>, links: Arc<[WorkerLink]>) -> std::io::Result<()> {
+    pub(crate) fn start(
+        self: &Arc<Self>,
+        links: Arc<[WorkerLink]>,
+        providers: Arc<crate::provided::Providers>,
+    ) -> std::io::Result<()> {
         let _ = self.links.set(links);
+        let _ = self.routing.set(provided::Routing::new(self, providers));
         claims::spawn_timer(Arc::downgrade(self))
     }
 
@@ -299,7 +330,7 @@ impl Memo {
     }
 
     /// Calls waiting now, all kinds.
-    fn waiting(&self) -> usize {
+    pub(crate) fn waiting(&self) -> usize {
         let flights: usize = self.flights().values().map(|f| f.waiters.len()).sum();
         flights + self.claims.waiting()
     }
@@ -310,12 +341,16 @@ impl Memo {
         let mut v: Vec<Entry> = self
             .methods
             .values()
-            .map(|m| {
+            .filter_map(|m| {
+                // Compiled-in methods only (they have `'static` names).
+                let Cow::Borrowed(name) = m.name else {
+                    return None;
+                };
                 let memo = Arc::clone(self);
                 let m2 = Arc::clone(m);
-                Entry {
+                Some(Entry {
                     id: m.id,
-                    name: m.name,
+                    name,
                     version: m.version,
                     schema_hash: m.schema_hash,
                     handler: Handler::Offload(Arc::new(
@@ -323,7 +358,7 @@ impl Memo {
                             memo.call(&m2, bytes, meta, ctx, arena, max, worker)
                         },
                     )),
-                }
+                })
             })
             .collect();
         let f = offload_blob::<BlobDigest, _>(|ctx, h| {
@@ -648,9 +683,18 @@ impl Memo {
         let fail = |(code, msg): (ErrorCode, String), arena: &mut Arena| {
             Answer::Now(encode_error(meta, code, msg, arena, max))
         };
+        let Some(run) = &m.run else {
+            return fail(
+                (
+                    ErrorCode::Handler,
+                    format!("{} is not a compiled-in method", m.label),
+                ),
+                arena,
+            );
+        };
         if meta.flags & wire::MEMO_BYPASS != 0 {
             m.stats().bypassed += 1;
-            return Answer::Now(match (m.run)(ctx, bytes, arena, max) {
+            return Answer::Now(match run(ctx, bytes, arena, max) {
                 Ok((resp, _)) => Some((response_meta(meta), resp)),
                 Err((code, msg)) => encode_error(meta, code, msg, arena, max),
             });
@@ -729,7 +773,13 @@ impl Memo {
                 session: runner.session,
             };
             let started = Instant::now();
-            let outcome = (m.run)(&ctx, bytes, arena, runner.max_payload);
+            let outcome = match &m.run {
+                Some(run) => run(&ctx, bytes, arena, runner.max_payload),
+                None => Err((
+                    ErrorCode::Handler,
+                    format!("{} is not a compiled-in method", m.label),
+                )),
+            };
             let took = started.elapsed().as_nanos() as u64;
             {
                 let mut st = m.stats();
@@ -868,17 +918,23 @@ impl Memo {
         Ok(())
     }
 
-    /// The methods `filter` names (empty: all; `name` or `name@version`).
-    fn matching<'a>(&'a self, filter: &'a str) -> impl Iterator<Item = &'a Arc<MemoMethod>> {
+    /// The methods `filter` names (empty: all; `name` or `name@version`),
+    /// compiled-in and provided.
+    fn matching(&self, filter: &str) -> Vec<Arc<MemoMethod>> {
+        let provided = self.provided_methods();
         self.methods
             .values()
-            .filter(move |m| filter.is_empty() || m.name == filter || m.label == filter)
+            .chain(provided.values())
+            .filter(|m| filter.is_empty() || m.name == filter || m.label == filter)
+            .cloned()
+            .collect()
     }
 
     /// Figures of the memoized methods `filter` names, by label.
     pub(crate) fn list(&self, filter: &str) -> Vec<MemoMethodStats> {
         let mut v: Vec<MemoMethodStats> = self
             .matching(filter)
+            .into_iter()
             .map(|m| {
                 let mut st = m.stats().clone();
                 st.method = m.label.clone();

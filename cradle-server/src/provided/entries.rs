@@ -5,6 +5,7 @@
 use super::Providers;
 use crate::error::HandlerError;
 use crate::link::WorkerLink;
+use crate::memo::Memo;
 use crate::methods::{Entry, Handler, inline, inline_session};
 use ipc_rpc::provide::{
     ListMethods, MAX_NAME_LEN, MethodInfo, Offer, Origin, RESERVED_PREFIX, Register, Unregister,
@@ -96,6 +97,7 @@ fn listed_size(m: &MethodInfo) -> usize {
 /// (these three included), `max_payload` is the ring's frame limit.
 pub(crate) fn entries(
     providers: &Arc<Providers>,
+    memo: &Arc<Memo>,
     links: Arc<[WorkerLink]>,
     known: Vec<Known>,
     max_payload: usize,
@@ -107,6 +109,7 @@ pub(crate) fn entries(
         Arc::clone(providers),
     );
     let k1 = Arc::clone(&known);
+    let memo = Arc::clone(memo);
     vec![
         Entry {
             id: Register::ID,
@@ -119,11 +122,13 @@ pub(crate) fn entries(
                 let r = t.register(out.session, &offer);
                 p1.unlock(t);
                 if r.is_ok() {
+                    memo.offer_accepted(&offer);
                     tracing::info!(
                         session = out.session,
                         method = %offer.name,
                         version = offer.version,
                         concurrency = offer.concurrency,
+                        memoized = offer.memoized,
                         "provider registered"
                     );
                 }
@@ -202,6 +207,7 @@ mod tests {
             schema_hash: BYTES_SCHEMA,
             concurrency: 1,
             idempotent: false,
+            memoized: false,
         }
     }
 

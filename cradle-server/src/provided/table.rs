@@ -186,6 +186,8 @@ struct ProvMethod {
     version: u32,
     schema_hash: u64,
     idempotent: bool,
+    /// Calls are answered through the memo (docs/architecture.md §14).
+    memoized: bool,
     providers: Vec<Prov>,
     /// Calls waiting for a provider, oldest first.
     queue: VecDeque<u64>,
@@ -409,6 +411,18 @@ impl Table {
                         ),
                     ));
                 }
+                if m.memoized != offer.memoized {
+                    return Err((
+                        ErrorCode::SchemaMismatch,
+                        format!(
+                            "{}@{} is offered as {}memoized; this offer says {}memoized",
+                            offer.name,
+                            offer.version,
+                            if m.memoized { "" } else { "not " },
+                            if offer.memoized { "" } else { "not " },
+                        ),
+                    ));
+                }
                 if m.providers.iter().any(|p| p.session == session) {
                     return Err((
                         ErrorCode::Refused,
@@ -450,6 +464,7 @@ impl Table {
                         version: offer.version,
                         schema_hash: offer.schema_hash,
                         idempotent: offer.idempotent,
+                        memoized: offer.memoized,
                         providers: vec![prov],
                         queue: VecDeque::new(),
                         next: 0,
@@ -568,6 +583,21 @@ impl Table {
         self.earliest = self.earliest.min(deadline);
         self.counts.calls += 1;
         Ok(ticket)
+    }
+
+    /// Moves call `ticket`'s deadline to `deadline` if that is later (a
+    /// memoized run that another caller now waits for, with more time).
+    pub(crate) fn extend_deadline(&mut self, ticket: u64, deadline: u64) {
+        if let Some(l) = self.live.get_mut(&ticket)
+            && deadline > l.deadline
+        {
+            l.deadline = deadline;
+            if l.payload.len() >= 16 {
+                // The provider sees the call's deadline in the envelope; a
+                // call already delivered keeps the one it was sent with.
+                l.payload[0..8].copy_from_slice(&deadline.to_le_bytes());
+            }
+        }
     }
 
     /// Writes call `ticket`'s INVOKE to provider `session` with `write`
@@ -1057,6 +1087,7 @@ mod tests {
             schema_hash: BYTES_SCHEMA,
             concurrency,
             idempotent,
+            memoized: false,
         }
     }
 

@@ -87,7 +87,10 @@ impl ServerProc {
             cmd.arg("--disk-cache").arg(socket.with_file_name("disk"));
         }
         let child = cmd
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn cradle-server");
@@ -572,6 +575,7 @@ pub fn offer(name: &str, concurrency: u32, idempotent: bool) -> ipc_rpc::provide
         schema_hash: ipc_rpc::provide::BYTES_SCHEMA,
         concurrency,
         idempotent,
+        memoized: false,
     }
 }
 
