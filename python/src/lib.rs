@@ -12,7 +12,9 @@
 mod buffers;
 mod client;
 mod errors;
+mod memo;
 mod provide;
+mod spares;
 
 use pyo3::prelude::*;
 
@@ -32,6 +34,8 @@ fn _cradle(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     m.add_function(wrap_pyfunction!(default_socket_path, m)?)?;
     m.add_function(wrap_pyfunction!(provide::digest, m)?)?;
+    m.add_function(wrap_pyfunction!(memo::_memo_key, m)?)?;
+    m.add_function(wrap_pyfunction!(memo::_memo_result, m)?)?;
     m.add("SMALL_BLOB_MAX", cradle_client::SMALL_BLOB_MAX)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
