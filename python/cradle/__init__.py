@@ -160,10 +160,14 @@ class Client(_RustClient):
     """A connection to the CRADLE server: one session, its own rings in
     shared memory.
 
-    ``Client(socket=None, timeout=None)``: ``socket`` is the server's socket
-    path (default: ``$CRADLE_SOCKET``, else the server's default path, as
-    for the ``cradle`` command); ``timeout`` is every call's deadline in
-    seconds (default 30). Usable from several threads at once (the GIL is
+    ``Client(socket=None, timeout=None, spare_bytes=512 MiB)``: ``socket``
+    is the server's socket path (default: ``$CRADLE_SOCKET``, else the
+    server's default path, as for the ``cradle`` command); ``timeout`` is
+    every call's deadline in seconds (default 30); ``spare_bytes`` caps the
+    large blobs the client prepares ahead, off the caller's thread, for a
+    length it puts or creates repeatedly, so that the copy lands in pages
+    already faulted in (0: none; each is given back after 10 s unused and
+    at ``close()``). Usable from several threads at once (the GIL is
     released while a call waits) and as a context manager (``close()`` on
     exit). After ``fork()`` the child must make its own client.
     """

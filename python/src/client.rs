@@ -19,10 +19,12 @@ use std::time::Duration;
 /// A connection to the CRADLE server: one session, its own rings in shared
 /// memory.
 ///
-/// ``Client(socket=None, timeout=None)``: ``socket`` is the server's socket
-/// path (default: ``$CRADLE_SOCKET``, else the server's default path, as for
-/// the ``cradle`` command); ``timeout`` is every call's deadline in seconds
-/// (default 30). Usable from several threads at once (the GIL is released
+/// ``Client(socket=None, timeout=None, spare_bytes=512 MiB)``: ``socket``
+/// is the server's socket path (default: ``$CRADLE_SOCKET``, else the
+/// server's default path, as for the ``cradle`` command); ``timeout`` is
+/// every call's deadline in seconds (default 30); ``spare_bytes`` caps the
+/// large blobs the client prepares ahead, off the caller's thread, for a
+/// length it puts or creates repeatedly (0: none; see ``spare_bytes``). Usable from several threads at once (the GIL is released
 /// while a call waits) and as a context manager (``close()`` on exit).
 /// After ``fork()`` the child must make its own client.
 #[pyclass(name = "Client", module = "cradle", frozen, subclass)]

@@ -16,6 +16,10 @@
 //! spare is as immutable as any. A spare is never written before it is
 //! taken (its bytes are the kernel's zeros) and never reused after.
 //!
+//! When: a spare is prepared for a length this client has written twice
+//! within [`KEEP`] (frames, a loop of puts), not for a one-off blob, right
+//! after the second blob of that length and each later one is sealed.
+//!
 //! Bounds: at most `cap` bytes of spares per client (the `spare_bytes`
 //! argument of `Client`; 0 turns them off), at most one per length, each
 //! given back (abandoned on the server) after [`KEEP`] unused, all given
@@ -40,6 +44,9 @@ pub(crate) const KEEP: Duration = Duration::from_secs(10);
 /// How long the helper thread waits for work before it ends.
 const IDLE: Duration = Duration::from_secs(2);
 
+/// How many recent lengths are remembered.
+const RECENT: usize = 8;
+
 /// The default cap on a client's spares, in bytes (`Client(spare_bytes=)`).
 pub(crate) const DEFAULT_CAP: usize = 512 << 20;
 
@@ -63,6 +70,9 @@ struct State {
     want: Option<usize>,
     /// The length being prepared now (counted against the cap).
     preparing: Option<usize>,
+    /// Large lengths written lately (at most [`RECENT`], none older than
+    /// [`KEEP`]): a spare is prepared for a length written twice.
+    recent: Vec<(usize, Instant)>,
     thread: bool,
     closed: bool,
 }
@@ -139,15 +149,36 @@ impl Spares {
         }
     }
 
-    /// Asks the helper thread to prepare a spare of `len` bytes (if large,
-    /// within the cap, and none of that length is ready), starting the
-    /// thread if it is not running.
+    /// Notes that a blob of `len` bytes was written; if a blob of that
+    /// length was written before within [`KEEP`] (a length that repeats,
+    /// not a one-off), asks the helper thread to prepare a spare of it (if
+    /// large, within the cap, and none of that length is ready or being
+    /// prepared), starting the thread if it is not running.
     pub(crate) fn refill(&self, c: &Arc<Client>, len: usize) {
         if !wanted(len) || len > self.shared.cap {
             return;
         }
         let mut st = lock(&self.shared.state);
-        if st.closed || st.preparing == Some(len) || st.ready.iter().any(|s| s.len == len) {
+        let now = Instant::now();
+        st.recent.retain(|&(_, t)| now.duration_since(t) < KEEP);
+        let repeated = match st.recent.iter_mut().find(|(l, _)| *l == len) {
+            Some(seen) => {
+                seen.1 = now;
+                true
+            }
+            None => {
+                if st.recent.len() == RECENT {
+                    st.recent.remove(0);
+                }
+                st.recent.push((len, now));
+                false
+            }
+        };
+        if !repeated
+            || st.closed
+            || st.preparing == Some(len)
+            || st.ready.iter().any(|s| s.len == len)
+        {
             return;
         }
         st.want = Some(len);
