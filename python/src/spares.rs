@@ -44,6 +44,10 @@ pub(crate) const KEEP: Duration = Duration::from_secs(10);
 /// How long the helper thread waits for work before it ends.
 const IDLE: Duration = Duration::from_secs(2);
 
+/// How long a `put` or `create` waits for a spare of its length that is
+/// being prepared before it makes its own blob.
+const WAIT: Duration = Duration::from_secs(5);
+
 /// How many recent lengths are remembered.
 const RECENT: usize = 8;
 
@@ -86,6 +90,11 @@ struct Spare {
 impl State {
     fn held(&self) -> usize {
         self.ready.iter().map(|s| s.len).sum::<usize>() + self.preparing.unwrap_or(0)
+    }
+
+    /// Whether a spare of `len` bytes is being prepared or queued.
+    fn pending(&self, len: usize) -> bool {
+        !self.closed && (self.preparing == Some(len) || self.want == Some(len))
     }
 
     /// Takes out the spares older than [`KEEP`] (to drop outside the lock).
@@ -133,19 +142,37 @@ impl Spares {
         if self.shared.cap == 0 || !wanted(len) {
             return c.create(len);
         }
-        let taken = {
-            let mut st = lock(&self.shared.state);
-            st.ready
-                .iter()
-                .position(|s| s.len == len)
-                .map(|i| st.ready.swap_remove(i))
-        };
-        if let Some(s) = taken {
-            return Ok(s.writer);
+        // A spare of this length being prepared is waited for: the helper
+        // is already allocating its pages, and making a second blob here
+        // would only compete with it for the same CPU and memory.
+        if let Some(w) = self.take(len, WAIT) {
+            return Ok(w);
         }
         match c.create(len) {
             Err(e) if is_quota(&e) && self.drop_all() => c.create(len),
             r => r,
+        }
+    }
+
+    /// Takes the ready spare of `len` bytes, waiting up to `wait` for one
+    /// that is being prepared (or queued); `None` if there is none.
+    fn take(&self, len: usize, wait: Duration) -> Option<BlobWriter> {
+        let deadline = Instant::now() + wait;
+        let mut st = lock(&self.shared.state);
+        loop {
+            if let Some(i) = st.ready.iter().position(|s| s.len == len) {
+                return Some(st.ready.swap_remove(i).writer);
+            }
+            let now = Instant::now();
+            if !st.pending(len) || now >= deadline {
+                return None;
+            }
+            st = self
+                .shared
+                .cv
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 
@@ -301,8 +328,9 @@ impl Spares {
         (st.ready.iter().map(|s| s.len).collect(), st.preparing)
     }
 
-    /// Waits until a spare of `len` bytes is ready, or nothing is being
-    /// prepared or wanted any more, or `timeout` passes; whether one is ready.
+    /// Waits until a spare of `len` bytes is ready, or none of that length
+    /// is being prepared or queued any more, or `timeout` passes; whether
+    /// one is ready.
     pub(crate) fn wait_ready(&self, len: usize, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut st = lock(&self.shared.state);
@@ -310,9 +338,8 @@ impl Spares {
             if st.ready.iter().any(|s| s.len == len) {
                 return true;
             }
-            let pending = st.preparing.is_some() || st.want.is_some();
             let now = Instant::now();
-            if !pending || now >= deadline || st.closed {
+            if !st.pending(len) || now >= deadline {
                 return false;
             }
             st = self
