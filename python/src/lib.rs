@@ -5,8 +5,10 @@
 //! `get_array` (numpy, `.npy` format).
 //!
 //! Files, bottom to top: `errors` (the exceptions) -> `buffers` (Buffer,
-//! Writer, SealedBlob) -> `provide` (digests, get-or-compute, bytes calls and
-//! providers) -> `client` (Client). See docs/architecture.md,
+//! Writer, SealedBlob) -> `spares` (large blobs prepared ahead for `put`)
+//! -> `memo` (the memoize key of plain values, small results) -> `provide`
+//! (digests, get-or-compute, bytes calls and providers) -> `client`
+//! (Client). See docs/architecture.md,
 //! "The Python package".
 
 mod buffers;
