@@ -377,8 +377,10 @@ impl Client {
 
     /// The cap on this client's spare blobs, in bytes (``spare_bytes``):
     /// large blobs created and faulted in ahead of time, off the caller's
-    /// thread, one per length recently put or created, so that the next
-    /// ``put``/``create`` of that length copies into ready pages. 0: none.
+    /// thread, one per large length put or created twice within 10 s, so
+    /// that the next ``put``/``create`` of that length copies into pages
+    /// already faulted in. Each is given back after 10 s unused and at
+    /// ``close()``. 0: none.
     #[getter]
     fn spare_bytes(&self) -> usize {
         self.spares.cap()
