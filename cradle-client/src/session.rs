@@ -640,13 +640,13 @@ impl Session {
                 actual: info.segment.len,
             },
         })?;
-        // Populated: the author is about to write every page, and one
-        // MAP_POPULATE costs far less than a fault per page.
+        // Not MAP_POPULATE: on a shared mapping it faults the pages in for
+        // reading, and each first write faults again. `Draft::large`
+        // (blob.rs) populates the window for writing instead.
         let expect = OpenExpect::exact(BLOB_MAGIC, BLOB_LAYOUT_VERSION, len)
             .kind(LARGE_KIND)
             .only_seals(Seals::SHRINK | Seals::GROW)
-            .access(Access::ReadWrite)
-            .populate(true);
+            .access(Access::ReadWrite);
         Segment::open(fd, &expect).map_err(|source| BlobError::Map { segment, source })
     }
 

@@ -58,6 +58,8 @@ from ._cradle import (
     Timeout,
     UnknownMethod,
     Writer,
+    _memo_key,
+    _memo_result,
     default_socket_path,
     digest,
 )
@@ -158,10 +160,14 @@ class Client(_RustClient):
     """A connection to the CRADLE server: one session, its own rings in
     shared memory.
 
-    ``Client(socket=None, timeout=None)``: ``socket`` is the server's socket
-    path (default: ``$CRADLE_SOCKET``, else the server's default path, as
-    for the ``cradle`` command); ``timeout`` is every call's deadline in
-    seconds (default 30). Usable from several threads at once (the GIL is
+    ``Client(socket=None, timeout=None, spare_bytes=512 MiB)``: ``socket``
+    is the server's socket path (default: ``$CRADLE_SOCKET``, else the
+    server's default path, as for the ``cradle`` command); ``timeout`` is
+    every call's deadline in seconds (default 30); ``spare_bytes`` caps the
+    large blobs the client prepares ahead, off the caller's thread, for a
+    length it puts or creates repeatedly, so that the copy lands in pages
+    already faulted in (0: none; each is given back after 10 s unused and
+    at ``close()``). Usable from several threads at once (the GIL is
     released while a call waits) and as a context manager (``close()`` on
     exit). After ``fork()`` the child must make its own client.
     """
@@ -471,36 +477,52 @@ def memoize(version, *, client: Client | None = None, claim: float = 600.0):
         prefix = f"memo/{name}/v{version}/"
 
         params = list(sig.parameters.values())
-        plain = [p.name for p in params]
+        plain = tuple(p.name for p in params)
+        nparams = len(plain)
         # Every parameter positional-or-keyword: a call passing all of them
         # by position binds without inspect (the common, fast case).
         simple = all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
+        default_timeout = max(float(claim), 30.0)
 
         def cache_key(*args, **kwargs) -> str:
-            if simple and not kwargs and len(args) == len(plain):
-                pairs = list(zip(plain, args))
+            if simple and not kwargs and len(args) == nparams:
+                names, values = plain, args
             else:
                 bound = sig.bind(*args, **kwargs)
                 bound.apply_defaults()
-                pairs = list(bound.arguments.items())
+                names, values = tuple(bound.arguments), tuple(bound.arguments.values())
+            # Plain values (None, bool, int, float, str, bytes, tuples and
+            # lists of those) are encoded and hashed in one Rust call; the
+            # same bytes as _encode, which keys everything else.
+            key = _memo_key(prefix, names, values)
+            if key is not None:
+                return key
             out = bytearray(b"cradle.memoize 1\n")
-            _encode(pairs, out)
+            _encode(list(zip(names, values)), out)
             return prefix + digest(out).hex()
 
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            key = cache_key(*args, **kwargs)
-            c = client if client is not None else _default_client(max(float(claim), 30.0))
-
-            def compute():
-                return _result_writer(c, fn(*args, **kwargs))
-
+            key = None
+            if simple and not kwargs and len(args) == nparams:
+                key = _memo_key(prefix, plain, args)
+            if key is None:
+                key = cache_key(*args, **kwargs)
+            c = client if client is not None else _default_client(default_timeout)
             # A hit is a plain lookup (one round trip); a miss takes the
             # single-flight path (claim, compute or wait).
             buf = c.get(key)
             if buf is None:
+
+                def compute():
+                    return _result_writer(c, fn(*args, **kwargs))
+
                 buf = c.get_or_compute(key, compute, claim)
-            return _result_of(buf)
+            # A small pickled result is unpickled from a copy in one call.
+            value = _memo_result(buf)
+            if value is NotImplemented:
+                value = _result_of(buf)
+            return value
 
         wrapper.cache_key = cache_key
         return wrapper

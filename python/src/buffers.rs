@@ -11,6 +11,7 @@
 //! blob's window, which a live view would still point into.
 
 use crate::errors::{blob_err, call_err};
+use crate::spares::Spares;
 use cradle_client::{BlobError, BlobHandle, BlobRef, BlobWriter, Client};
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::{PyBufferError, PyValueError};
@@ -70,7 +71,17 @@ pub(crate) fn blob_from(
     ptr: usize,
     len: usize,
 ) -> Result<cradle_client::Blob, BlobError> {
-    let mut w = c.create(len)?;
+    blob_into(c.create(len)?, ptr, len)
+}
+
+/// Copies `len` bytes at `ptr` (a Python buffer the caller keeps) into `w`
+/// (a new blob of exactly `len` bytes) and seals it.
+pub(crate) fn blob_into(
+    mut w: BlobWriter,
+    ptr: usize,
+    len: usize,
+) -> Result<cradle_client::Blob, BlobError> {
+    debug_assert_eq!(w.len(), len);
     // SAFETY: `ptr..ptr+len` is the C-contiguous memory of a buffer the
     // caller holds (exported, so neither freed nor resized) until this
     // returns. A Python thread writing it meanwhile gets torn bytes, as with
@@ -127,6 +138,27 @@ impl Buffer {
         match &lock(&self.state).blob {
             Some(b) => Ok(*b.handle()),
             None => Err(PyValueError::new_err("the buffer was released")),
+        }
+    }
+}
+
+impl Buffer {
+    /// A copy of the bytes after `tag` if the blob starts with `tag` and
+    /// holds at most `max` bytes after it; `None` otherwise (or released).
+    pub(crate) fn small_copy<'py>(
+        &self,
+        tag: &[u8],
+        max: usize,
+        py: Python<'py>,
+    ) -> PyResult<Option<Bound<'py, pyo3::types::PyBytes>>> {
+        let st = lock(&self.state);
+        let Some(b) = &st.blob else {
+            return Ok(None);
+        };
+        let bytes: &[u8] = b;
+        match bytes.strip_prefix(tag) {
+            Some(rest) if rest.len() <= max => Ok(Some(pyo3::types::PyBytes::new(py, rest))),
+            _ => Ok(None),
         }
     }
 }
@@ -264,6 +296,9 @@ impl Buffer {
 #[pyclass(name = "Writer", module = "cradle", frozen)]
 pub(crate) struct Writer {
     client: Arc<Client>,
+    /// The client's spares, told to prepare another blob of this length
+    /// once this one is sealed.
+    spares: Spares,
     state: Mutex<WriterState>,
     /// The window's first byte (an address: raw pointers are not `Send`).
     ptr: usize,
@@ -276,11 +311,12 @@ struct WriterState {
 }
 
 impl Writer {
-    pub(crate) fn new(client: Arc<Client>, mut writer: BlobWriter) -> Self {
+    pub(crate) fn new(client: Arc<Client>, spares: Spares, mut writer: BlobWriter) -> Self {
         let ptr = writer.as_mut_ptr() as usize;
         let len = writer.len();
         Self {
             client,
+            spares,
             state: Mutex::new(WriterState {
                 writer: Some(writer),
                 exports: 0,
@@ -307,7 +343,10 @@ impl Writer {
     /// Seals the blob (refused while views are alive).
     pub(crate) fn seal_blob(&self, py: Python<'_>) -> PyResult<cradle_client::Blob> {
         let w = self.take()?;
-        py.detach(move || w.seal()).map_err(blob_err)
+        let blob = py.detach(move || w.seal()).map_err(blob_err)?;
+        // The next blob of this length finds its pages ready.
+        self.spares.refill(&self.client, self.len);
+        Ok(blob)
     }
 }
 

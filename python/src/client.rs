@@ -2,9 +2,10 @@
 //! [`cradle_client::Client`]. Every call that waits runs with the GIL
 //! released (`Python::detach`), so threads share one client.
 
-use crate::buffers::{Buffer, Writer, blob_from, bytes_of, lock};
+use crate::buffers::{Buffer, Writer, blob_into, bytes_of, lock};
 use crate::errors::{CradleError, blob_err, call_err, connect_err};
 use crate::provide;
+use crate::spares::{self, Spares};
 use cradle_client::{BlobError, ClientOptions};
 use ipc_rpc::blob::{CacheList, ListRequest};
 use ipc_rpc::builtin::{Ping, Stats};
@@ -18,10 +19,12 @@ use std::time::Duration;
 /// A connection to the CRADLE server: one session, its own rings in shared
 /// memory.
 ///
-/// ``Client(socket=None, timeout=None)``: ``socket`` is the server's socket
-/// path (default: ``$CRADLE_SOCKET``, else the server's default path, as for
-/// the ``cradle`` command); ``timeout`` is every call's deadline in seconds
-/// (default 30). Usable from several threads at once (the GIL is released
+/// ``Client(socket=None, timeout=None, spare_bytes=512 MiB)``: ``socket``
+/// is the server's socket path (default: ``$CRADLE_SOCKET``, else the
+/// server's default path, as for the ``cradle`` command); ``timeout`` is
+/// every call's deadline in seconds (default 30); ``spare_bytes`` caps the
+/// large blobs the client prepares ahead, off the caller's thread, for a
+/// length it puts or creates repeatedly (0: none; see ``spare_bytes``). Usable from several threads at once (the GIL is released
 /// while a call waits) and as a context manager (``close()`` on exit).
 /// After ``fork()`` the child must make its own client.
 #[pyclass(name = "Client", module = "cradle", frozen, subclass)]
@@ -32,6 +35,8 @@ pub(crate) struct Client {
     timeout: Duration,
     /// The provider `serve` runs, to stop it.
     serving: provide::Serving,
+    /// Large blobs prepared ahead for `put` and `create` (`spares.rs`).
+    spares: Spares,
 }
 
 impl Client {
@@ -43,11 +48,23 @@ impl Client {
     }
 }
 
+impl Drop for Client {
+    fn drop(&mut self) {
+        // The spares hold the session open: give them back with the client.
+        self.spares.close();
+    }
+}
+
 #[pymethods]
 impl Client {
     #[new]
-    #[pyo3(signature = (socket = None, timeout = None))]
-    fn new(py: Python<'_>, socket: Option<PathBuf>, timeout: Option<f64>) -> PyResult<Self> {
+    #[pyo3(signature = (socket = None, timeout = None, spare_bytes = spares::DEFAULT_CAP))]
+    fn new(
+        py: Python<'_>,
+        socket: Option<PathBuf>,
+        timeout: Option<f64>,
+        spare_bytes: usize,
+    ) -> PyResult<Self> {
         let socket = socket.unwrap_or_else(cradle_client::default_socket_path);
         let mut opts = ClientOptions::default();
         if let Some(t) = timeout {
@@ -64,6 +81,7 @@ impl Client {
             socket,
             timeout: opts.timeout,
             serving: Mutex::new(None),
+            spares: Spares::new(spare_bytes),
         })
     }
 
@@ -183,10 +201,12 @@ impl Client {
     fn put(&self, py: Python<'_>, key: &str, obj: &Bound<'_, PyAny>) -> PyResult<()> {
         let c = self.client()?;
         let (buf, ptr, len) = bytes_of(obj)?;
+        let spares = &self.spares;
         let r = py.detach(move || {
-            let blob = blob_from(&c, ptr, len)?;
+            let blob = blob_into(spares.writer(&c, len)?, ptr, len)?;
             let r = c.cache().put(key, &blob);
             blob.release_now();
+            spares.refill(&c, len);
             r.map_err(BlobError::Call)
         });
         drop(buf);
@@ -197,10 +217,12 @@ impl Client {
     fn put_if_absent(&self, py: Python<'_>, key: &str, obj: &Bound<'_, PyAny>) -> PyResult<bool> {
         let c = self.client()?;
         let (buf, ptr, len) = bytes_of(obj)?;
+        let spares = &self.spares;
         let r = py.detach(move || {
-            let blob = blob_from(&c, ptr, len)?;
+            let blob = blob_into(spares.writer(&c, len)?, ptr, len)?;
             let r = c.cache().put_if_absent(key, &blob);
             blob.release_now();
+            spares.refill(&c, len);
             r.map_err(BlobError::Call)
         });
         drop(buf);
@@ -213,8 +235,11 @@ impl Client {
     fn create(&self, py: Python<'_>, nbytes: usize) -> PyResult<Writer> {
         let c = self.client()?;
         let c2 = Arc::clone(&c);
-        let w = py.detach(move || c2.create(nbytes)).map_err(blob_err)?;
-        Ok(Writer::new(c, w))
+        let spares = &self.spares;
+        let w = py
+            .detach(move || spares.writer(&c2, nbytes))
+            .map_err(blob_err)?;
+        Ok(Writer::new(c, self.spares.clone(), w))
     }
 
     /// The blob under ``key`` as a read-only ``Buffer`` over the shared
@@ -350,6 +375,35 @@ impl Client {
         }
     }
 
+    /// The cap on this client's spare blobs, in bytes (``spare_bytes``):
+    /// large blobs created and faulted in ahead of time, off the caller's
+    /// thread, one per large length put or created twice within 10 s, so
+    /// that the next ``put``/``create`` of that length copies into pages
+    /// already faulted in. Each is given back after 10 s unused and at
+    /// ``close()``. 0: none.
+    #[getter]
+    fn spare_bytes(&self) -> usize {
+        self.spares.cap()
+    }
+
+    /// ``(ready, preparing)``: the lengths of the spare blobs ready now,
+    /// and the length being prepared (or None). For tests and benchmarks.
+    fn _spares(&self) -> (Vec<usize>, Option<usize>) {
+        self.spares.status()
+    }
+
+    /// Waits (GIL released) until a spare blob of ``nbytes`` bytes is
+    /// ready, for at most ``timeout`` seconds; whether one is. Returns at
+    /// once (False) when none of that length is being prepared. For tests
+    /// and benchmarks.
+    #[pyo3(signature = (nbytes, timeout = 10.0))]
+    fn _wait_spare(&self, py: Python<'_>, nbytes: usize, timeout: f64) -> PyResult<bool> {
+        let t = Duration::try_from_secs_f64(timeout)
+            .map_err(|_| PyValueError::new_err("timeout must be a positive number of seconds"))?;
+        let spares = &self.spares;
+        Ok(py.detach(move || spares.wait_ready(nbytes, t)))
+    }
+
     /// Sends the lease releases this client has queued and waits until the
     /// server has them. (Buffers give their lease back when collected
     /// already; this is for completeness and for tests.)
@@ -363,6 +417,7 @@ impl Client {
     /// server releases everything the session held. Closing twice is allowed.
     fn close(&self, py: Python<'_>) {
         let c = lock(&self.inner).take();
+        py.detach(|| self.spares.close());
         // Dropping the last reference joins the watcher thread: not under the GIL.
         py.detach(move || drop(c));
     }

@@ -5,14 +5,18 @@
 //! `get_array` (numpy, `.npy` format).
 //!
 //! Files, bottom to top: `errors` (the exceptions) -> `buffers` (Buffer,
-//! Writer, SealedBlob) -> `provide` (digests, get-or-compute, bytes calls and
-//! providers) -> `client` (Client). See docs/architecture.md,
+//! Writer, SealedBlob) -> `spares` (large blobs prepared ahead for `put`)
+//! -> `memo` (the memoize key of plain values, small results) -> `provide`
+//! (digests, get-or-compute, bytes calls and providers) -> `client`
+//! (Client). See docs/architecture.md,
 //! "The Python package".
 
 mod buffers;
 mod client;
 mod errors;
+mod memo;
 mod provide;
+mod spares;
 
 use pyo3::prelude::*;
 
@@ -32,6 +36,8 @@ fn _cradle(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     m.add_function(wrap_pyfunction!(default_socket_path, m)?)?;
     m.add_function(wrap_pyfunction!(provide::digest, m)?)?;
+    m.add_function(wrap_pyfunction!(memo::_memo_key, m)?)?;
+    m.add_function(wrap_pyfunction!(memo::_memo_result, m)?)?;
     m.add("SMALL_BLOB_MAX", cradle_client::SMALL_BLOB_MAX)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
