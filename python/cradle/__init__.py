@@ -221,7 +221,7 @@ class Client(_RustClient):
             return None
         return _array_of(buf)
 
-    def serve_bytes(self, name: str, handler, version: int = 1):
+    def serve_bytes(self, name: str, handler, version: int = 1, memoized: bool = False):
         """Adds the bytes method ``name`` (version ``version``) to the methods
         ``run()`` offers, served by ``handler(body: bytes, blobs:
         list[Buffer])``, called with the GIL; it returns the response body
@@ -231,24 +231,35 @@ class Client(_RustClient):
         ``Buffer``s over the caller's pages (no copy). An exception in the
         handler answers the call with ``HandlerError`` (``"Type: message"``).
         Returns ``handler``. Rust callers call it with
-        ``Client::call_bytes``, the command line with ``cradle call NAME``."""
+        ``Client::call_bytes``, the command line with ``cradle call NAME``.
+
+        With ``memoized=True`` the answer must depend only on ``body`` and
+        the *contents* of the blob arguments: the server then answers equal
+        calls from the shared cache (memory, then disk; also when this
+        process has gone, and after a server restart) without calling
+        ``handler``, and identical calls in flight call it once. Errors are
+        not cached."""
         if not callable(handler):
             raise TypeError("handler must be callable")
-        self._methods().append((str(name), int(version), handler))
+        self._methods().append((str(name), int(version), handler, bool(memoized)))
         return handler
 
-    def provides(self, name: str, version: int = 1):
+    def provides(self, name: str, version: int = 1, memoized: bool = False):
         """Decorator form of ``serve_bytes``::
 
             @client.provides("demo.upper")
             def upper(body, blobs):
                 return body.upper()
 
+            @client.provides("demo.slow-hash", memoized=True)
+            def slow_hash(body, blobs):
+                return hashlib.sha256(body).digest()
+
             client.run()
         """
 
         def deco(handler):
-            return self.serve_bytes(name, handler, version)
+            return self.serve_bytes(name, handler, version, memoized)
 
         return deco
 

@@ -161,10 +161,15 @@ class Client:
     ) -> tuple[bytes, list[Buffer]]:
         """Calls the bytes method ``name@version``: ``(body, [Buffer, ...])``."""
         ...
-    def serve_bytes(self, name: str, handler: _Handler, version: int = 1) -> _Handler:
-        """Adds a bytes method served by ``handler(body, blobs)`` to ``run()``."""
+    def serve_bytes(
+        self, name: str, handler: _Handler, version: int = 1, memoized: bool = False
+    ) -> _Handler:
+        """Adds a bytes method served by ``handler(body, blobs)`` to ``run()``;
+        ``memoized``: the server answers equal calls from its cache."""
         ...
-    def provides(self, name: str, version: int = 1) -> Callable[[_Handler], _Handler]:
+    def provides(
+        self, name: str, version: int = 1, memoized: bool = False
+    ) -> Callable[[_Handler], _Handler]:
         """Decorator form of ``serve_bytes``."""
         ...
     def run(self, concurrency: int = 1) -> tuple[int, int]:

@@ -341,7 +341,7 @@ impl Client {
 
     /// Serves bytes methods until ``stop()`` (from another thread or a
     /// handler), a signal's exception (Ctrl-C), or the end of the session:
-    /// ``methods`` is a list of ``(name, version, handler)``; each handler is
+    /// ``methods`` is a list of ``(name, version, handler, memoized)``; each handler is
     /// called as ``handler(body: bytes, blobs: list[Buffer])`` with the GIL
     /// and returns the response body (bytes-like or None) or a tuple
     /// ``(body, [blob, ...])`` whose blobs (``Writer``, ``SealedBlob``,
@@ -355,7 +355,7 @@ impl Client {
     fn _serve(
         &self,
         py: Python<'_>,
-        methods: Vec<(String, u32, Py<PyAny>)>,
+        methods: Vec<(String, u32, Py<PyAny>, bool)>,
         concurrency: u32,
     ) -> PyResult<(u64, u64)> {
         let c = self.client()?;

@@ -250,7 +250,7 @@ pub(crate) fn serve(
     py: Python<'_>,
     c: Arc<Client>,
     serving: &Serving,
-    methods: Vec<(String, u32, Py<PyAny>)>,
+    methods: Vec<(String, u32, Py<PyAny>, bool)>,
     concurrency: u32,
 ) -> PyResult<(u64, u64)> {
     let (stop_tx, stop_rx) = std::sync::mpsc::channel();
@@ -260,11 +260,14 @@ pub(crate) fn serve(
         .spawn(move || {
             let cc = Arc::clone(&c);
             let mut p = c.provider().concurrency(concurrency);
-            for (name, version, f) in methods {
+            for (name, version, f, memoized) in methods {
                 let cc = Arc::clone(&cc);
                 p = p.serve_bytes(&name, version, move |call, body| {
                     handle(&f, &cc, call, body)
                 });
+                if memoized {
+                    p = p.memoized();
+                }
             }
             let _ = stop_tx.send(p.stopper());
             let r = p.run();

@@ -167,3 +167,62 @@ def _unknown(c, name):
         return False
     except cradle.UnknownMethod:
         return True
+
+
+MEMO_PROVIDER = r"""
+import os
+import cradle
+
+c = cradle.Client()
+runs = 0
+
+@c.provides("py.memo.square", memoized=True)
+def square(body, blobs):
+    global runs
+    runs += 1
+    n = int(body.decode()) + sum(len(b) for b in blobs)
+    return f"{n * n} run {runs} pid {os.getpid()}".encode()
+
+print("ready", flush=True)
+c.run(concurrency=2)
+"""
+
+
+def test_a_memoized_python_provider_runs_once_and_outlives_its_process(server):
+    p = run_py(MEMO_PROVIDER, server)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        wait_offered(server, "py.memo.square")
+        with server.client() as c:
+            # wait_offered's empty call ran it once; ours are new keys.
+            first, _ = c.call_bytes("py.memo.square", b"12")
+            assert first.startswith(b"144 run ")
+            # Equal calls, from this process and from the command line:
+            # answered from the cache, the handler does not run again.
+            assert c.call_bytes("py.memo.square", b"12")[0] == first
+            out = server.cli("call", "py.memo.square", "--raw-hex", b"12".hex()).stdout
+            assert first.hex() in out.decode(), out
+            # Blob arguments count by content: two blobs, equal bytes.
+            a = c.call_bytes("py.memo.square", b"1", blobs=[b"abc"])[0]
+            b = c.call_bytes("py.memo.square", b"1", blobs=[bytearray(b"abc")])[0]
+            assert a == b and a.startswith(b"16 run ")
+            assert c.call_bytes("py.memo.square", b"1", blobs=[b"abd"])[0] != a
+            # The provider gone, its answers stay.
+            os.kill(p.pid, signal.SIGKILL)
+            p.wait(60)
+            eventually("the provider is withdrawn", lambda: _no_provider(c))
+            assert c.call_bytes("py.memo.square", b"12")[0] == first
+    finally:
+        reap(p)
+
+
+def _no_provider(c):
+    """Whether a miss of py.memo.square finds no provider (a new body:
+    nothing cached for it; errors are not cached)."""
+    try:
+        c.call_bytes("py.memo.square", b"999", timeout=5)
+        return False
+    except cradle.UnknownMethod:
+        return True
+    except cradle.ProviderGone:
+        return False
