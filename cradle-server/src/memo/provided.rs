@@ -189,6 +189,23 @@ fn envelope_form(flags: u16, payload: &[u8]) -> Result<(Vec<u8>, Vec<BlobHandle>
     Ok((v, Vec::new()))
 }
 
+/// The INVOKE payload of a call: an envelope (`deadline`, `schema_hash`,
+/// the blobs `env` lists, none without one), then `body`.
+fn invoke_payload(
+    env: Option<EnvelopeRef<'_>>,
+    body: &[u8],
+    deadline: u64,
+    schema_hash: u64,
+) -> Buf {
+    let blobs: Vec<BlobHandle> = env.map(|h| h.blobs().collect()).unwrap_or_default();
+    let mut buf = Buf::with_capacity(wire::body_offset(blobs.len()) + body.len());
+    buf.resize(wire::body_offset(blobs.len()), 0);
+    // Cannot fail: at most the envelope's blobs, in a buffer of its size.
+    let _ = wire::write_envelope(&mut buf, deadline, schema_hash, &blobs);
+    buf.extend_from_slice(body);
+    buf
+}
+
 fn aligned(bytes: &[u8]) -> AlignedVec<16> {
     let mut v = AlignedVec::<16>::with_capacity(bytes.len());
     v.extend_from_slice(bytes);
@@ -452,18 +469,7 @@ impl Memo {
                 started: Instant::now(),
             },
         );
-        let mut buf = Buf::with_capacity(wire::body_offset(0) + body.len());
-        match env {
-            Some(h) => {
-                let mut head = vec![0u8; wire::body_offset(h.blob_count())];
-                let blobs: Vec<BlobHandle> = h.blobs().collect();
-                // Cannot fail: the buffer is exactly the envelope's size.
-                let _ = wire::write_envelope(&mut head, deadline, m.schema_hash, &blobs);
-                buf.extend_from_slice(&head);
-            }
-            None => buf.extend_from_slice(&[0u8; wire::body_offset(0)]),
-        }
-        buf.extend_from_slice(body);
+        let buf = invoke_payload(env, body, deadline, m.schema_hash);
         let memo_caller = Caller {
             worker: caller.worker,
             session: MEMO_SESSION,
@@ -517,19 +523,8 @@ impl Memo {
             kind: wire::REQUEST,
             flags: wire::NO_FLAGS,
         };
-        let mut buf = Buf::with_capacity(wire::body_offset(0) + body.len());
         let schema = env.map_or(0, |h| h.schema_hash);
-        match env {
-            Some(h) => {
-                let mut head = vec![0u8; wire::body_offset(h.blob_count())];
-                let blobs: Vec<BlobHandle> = h.blobs().collect();
-                // Cannot fail: the buffer is exactly the envelope's size.
-                let _ = wire::write_envelope(&mut head, deadline, schema, &blobs);
-                buf.extend_from_slice(&head);
-            }
-            None => buf.extend_from_slice(&[0u8; wire::body_offset(0)]),
-        }
-        buf.extend_from_slice(body);
+        let buf = invoke_payload(env, body, deadline, schema);
         let mut actions = Vec::new();
         let mut t = routing.providers.lock();
         let routed = t.route(caller, method, schema, deadline, buf, &mut actions);
