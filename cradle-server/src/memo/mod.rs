@@ -224,6 +224,17 @@ struct Flight {
     ticket: u64,
 }
 
+/// Where a memoized call stands after [`Memo::step`].
+enum Step {
+    /// Answered now: a hit, or a refusal.
+    Done(Answer),
+    /// It waits for the run in flight for its key (a provided run's ticket
+    /// in the providers' table; 0 until routed, and for compiled-in runs).
+    Joined(u64),
+    /// A new flight: this call makes the run.
+    Run(MemoKey),
+}
+
 /// What a lookup found.
 enum Found {
     /// The answer, results leased to the caller.
@@ -699,6 +710,45 @@ impl Memo {
                 Err((code, msg)) => encode_error(meta, code, msg, arena, max),
             });
         }
+        let me = Waiter {
+            worker,
+            session: ctx.session,
+            meta,
+            max_payload: max,
+        };
+        match self.step(m, bytes, me, response_meta, false, arena) {
+            Step::Done(answer) => answer,
+            Step::Joined(_) => Answer::Later,
+            Step::Run(key) => self.run_flight(m, &key, bytes, me, arena),
+        }
+    }
+
+    /// The part of a memoized call common to every kind of run: keys the
+    /// request (`bytes`: what the method's keyer reads; digests computed
+    /// here), looks the key up in both tiers (unless the call refreshes),
+    /// then joins the run in flight for the key or starts a new flight
+    /// (with `me` as its first waiter if `first_waits`). `answer_meta`
+    /// makes a hit's frame header from the request's.
+    fn step(
+        &self,
+        m: &MemoMethod,
+        bytes: &[u8],
+        me: Waiter,
+        answer_meta: fn(FrameMeta) -> FrameMeta,
+        first_waits: bool,
+        arena: &mut Arena,
+    ) -> Step {
+        let meta = me.meta;
+        let fail = |(code, msg): (ErrorCode, String), arena: &mut Arena| {
+            Step::Done(Answer::Now(encode_error(
+                meta,
+                code,
+                msg,
+                arena,
+                me.max_payload,
+            )))
+        };
+        let hit = |resp| Step::Done(Answer::Now(Some((answer_meta(meta), resp))));
         let key = match self.key_of(m, bytes, true) {
             Ok(Some(k)) => k,
             // Digests are computed here, so a key is always made.
@@ -712,46 +762,40 @@ impl Memo {
         };
         let refresh = meta.flags & wire::MEMO_REFRESH != 0;
         if !refresh {
-            match self.lookup(m, &key, ctx.session, true) {
-                Found::Answer(resp) => return Answer::Now(Some((response_meta(meta), resp))),
+            match self.lookup(m, &key, me.session, true) {
+                Found::Answer(resp) => return hit(resp),
                 Found::Refused(code, msg) => return fail((code, msg), arena),
                 Found::Miss | Found::NotHere => {}
             }
         }
-        let me = Waiter {
-            worker,
-            session: ctx.session,
-            meta,
-            max_payload: max,
-        };
         // Single flight: join a run in flight, or become the run.
-        {
-            let waiting = self.waiting();
-            let mut flights = self.flights();
-            if let Some(f) = flights.get_mut(&key.digest) {
-                if waiting >= MAX_WAITERS {
-                    drop(flights);
-                    return fail(
-                        (
-                            ErrorCode::QuotaExceeded,
-                            format!("{MAX_WAITERS} calls already wait in the server"),
-                        ),
-                        arena,
-                    );
-                }
-                f.waiters.push(me);
+        let waiting = self.waiting();
+        let mut flights = self.flights();
+        if let Some(f) = flights.get_mut(&key.digest) {
+            if waiting >= MAX_WAITERS {
                 drop(flights);
-                m.stats().waits += 1;
-                return Answer::Later;
+                return fail(
+                    (
+                        ErrorCode::QuotaExceeded,
+                        format!("{MAX_WAITERS} calls already wait in the server"),
+                    ),
+                    arena,
+                );
             }
-            // A run that finished between our lookup and now left its
-            // entry in memory.
-            if !refresh && let Found::Answer(resp) = self.lookup(m, &key, ctx.session, false) {
-                return Answer::Now(Some((response_meta(meta), resp)));
-            }
-            flights.insert(key.digest, Flight::default());
+            f.waiters.push(me);
+            let ticket = f.ticket;
+            drop(flights);
+            m.stats().waits += 1;
+            return Step::Joined(ticket);
         }
-        self.run_flight(m, &key, bytes, me, arena)
+        // A run that finished between our lookup and now left its entry in
+        // memory.
+        if !refresh && let Found::Answer(resp) = self.lookup(m, &key, me.session, false) {
+            return hit(resp);
+        }
+        let waiters = if first_waits { vec![me] } else { Vec::new() };
+        flights.insert(key.digest, Flight { waiters, ticket: 0 });
+        Step::Run(key)
     }
 
     /// Runs `m` for `first` (and, if its run fails because its caller is

@@ -25,9 +25,7 @@
 //!   may digest large result blobs), every waiter gets the answer; a
 //!   failure is not stored, every waiter gets the error.
 
-use super::{
-    Flight, Found, KeyFn, MAX_WAITERS, MEMO_SESSION, Memo, MemoMethod, Waiter, blob_failure,
-};
+use super::{Found, KeyFn, MEMO_SESSION, Memo, MemoMethod, Step, Waiter, blob_failure};
 use crate::blobs::BlobCtx;
 use crate::link::Job;
 use crate::methods::{Answer, OffloadFn};
@@ -366,49 +364,16 @@ impl Memo {
             );
         }
         let canon = canonical_request(m.schema_hash, env, body);
-        let key = match self.key_of(&m, &canon, true) {
-            Ok(Some(k)) => k,
-            Ok(None) => {
-                return fail(
-                    (ErrorCode::Handler, "no memo key could be made".to_owned()),
-                    arena,
-                );
-            }
-            Err(e) => return fail(e, arena),
-        };
-        let refresh = meta.flags & wire::MEMO_REFRESH != 0;
-        if !refresh {
-            match self.lookup(&m, &key, ctx.session, true) {
-                Found::Answer(resp) => return Answer::Now(Some((answer_meta(meta), resp))),
-                Found::Refused(code, msg) => return fail((code, msg), arena),
-                Found::Miss | Found::NotHere => {}
-            }
-        }
         let me = Waiter {
             worker,
             session: ctx.session,
             meta,
             max_payload: max,
         };
-        {
-            let waiting = self.waiting();
-            let mut flights = self.flights();
-            if let Some(f) = flights.get_mut(&key.digest) {
-                if waiting >= MAX_WAITERS {
-                    drop(flights);
-                    return fail(
-                        (
-                            ErrorCode::QuotaExceeded,
-                            format!("{MAX_WAITERS} calls already wait in the server"),
-                        ),
-                        arena,
-                    );
-                }
-                f.waiters.push(me);
-                let ticket = f.ticket;
+        let key = match self.step(&m, &canon, me, answer_meta, true, arena) {
+            Step::Done(answer) => return answer,
+            Step::Joined(ticket) => {
                 tracing::trace!(method = %m.label, session = ctx.session, request_id = meta.request_id, "joined a memoized run");
-                drop(flights);
-                m.stats().waits += 1;
                 if ticket != 0 {
                     let mut t = routing.providers.lock();
                     t.extend_deadline(ticket, deadline);
@@ -416,17 +381,8 @@ impl Memo {
                 }
                 return Answer::Later;
             }
-            if !refresh && let Found::Answer(resp) = self.lookup(&m, &key, ctx.session, false) {
-                return Answer::Now(Some((answer_meta(meta), resp)));
-            }
-            flights.insert(
-                key.digest,
-                Flight {
-                    waiters: vec![me],
-                    ticket: 0,
-                },
-            );
-        }
+            Step::Run(key) => key,
+        };
         self.start_run(routing, m, key, env, body, caller, deadline, arena);
         Answer::Later
     }
