@@ -6,7 +6,7 @@
 
 mod support;
 
-use cradle_client::{Blob, CallError, Client};
+use cradle_client::{CallError, Client};
 use ipc_rpc::blob::BlobStats;
 use ipc_rpc::builtin::{Ping, Stats};
 use std::path::{Path, PathBuf};
@@ -23,12 +23,6 @@ fn bytes(seed: u64, len: usize) -> Vec<u8> {
     }
     v.truncate(len);
     v
-}
-
-fn blob(c: &Client, data: &[u8]) -> Blob {
-    let mut w = c.create(data.len()).expect("create");
-    w.write_at(0, data);
-    w.seal().expect("seal")
 }
 
 fn stats(c: &Client) -> BlobStats {

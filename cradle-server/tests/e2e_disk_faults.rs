@@ -11,7 +11,7 @@
 
 mod support;
 
-use cradle_client::{Blob, Client};
+use cradle_client::Client;
 use ipc_rpc::ErrorCode;
 use ipc_rpc::builtin::{Ping, Stats};
 use ipc_rpc::example::Invert;
@@ -19,12 +19,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 use support::*;
-
-fn blob(c: &Client, data: &[u8]) -> Blob {
-    let mut w = c.create(data.len()).expect("create");
-    w.write_at(0, data);
-    w.seal().expect("seal")
-}
 
 /// The bytes under `key`, `None` on a miss.
 fn value(c: &Client, key: &str) -> Option<Vec<u8>> {

@@ -6,27 +6,13 @@
 
 mod support;
 
-use cradle_client::{Blob, Client, MemoMode};
+use cradle_client::{Client, MemoMode};
 use ipc_rpc::Method;
 use ipc_rpc::example::{Work, WorkDone, WorkRequest, WorkRuns, work_byte};
 use ipc_rpc::memo::{MemoClear, MemoList, MemoMethodStats};
 use std::io::Write;
 use std::time::Duration;
 use support::*;
-
-fn blob(c: &Client, bytes: &[u8]) -> Blob {
-    let mut w = c.create(bytes.len()).expect("create");
-    w.write_at(0, bytes);
-    w.seal().expect("seal")
-}
-
-fn input_bytes(len: usize, tweak: Option<usize>) -> Vec<u8> {
-    let mut v: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
-    if let Some(i) = tweak {
-        v[i] ^= 1;
-    }
-    v
-}
 
 fn runs(c: &Client) -> u64 {
     c.call::<WorkRuns>(&()).expect("work_runs")

@@ -58,20 +58,6 @@ fn pwork(
     Ok((std::process::id(), run, value))
 }
 
-fn blob(c: &Client, bytes: &[u8]) -> Blob {
-    let mut w = c.create(bytes.len()).expect("create");
-    w.write_at(0, bytes);
-    w.seal().expect("seal")
-}
-
-fn input_bytes(len: usize, tweak: Option<usize>) -> Vec<u8> {
-    let mut v: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
-    if let Some(i) = tweak {
-        v[i] ^= 1;
-    }
-    v
-}
-
 /// One call with `input` as its argument blob; checks the result blob.
 fn call_with(c: &Client, req: (u64, u64, u64), input: Option<&Blob>) -> (u32, u64, u64) {
     let handles: Vec<_> = input.iter().map(|b| b.handle()).collect();
@@ -171,6 +157,15 @@ fn provider(dog: &Watchdog, socket: &std::path::Path) -> std::process::Child {
     });
     assert!(ready, "the provider never registered");
     child
+}
+
+/// Waits until the provider `prov` prints that its first run started.
+fn first_run_started(prov: &mut std::process::Child) {
+    use std::io::BufRead;
+    let out = prov.stdout.take().expect("the provider's stdout");
+    let mut lines = std::io::BufReader::new(out).lines();
+    let ran = lines.any(|l| l.is_ok_and(|l| l.contains("RESULT run 1")));
+    assert!(ran, "the provider started the run");
 }
 
 fn kill(mut child: std::process::Child) {
@@ -304,13 +299,7 @@ fn a_provider_killed_mid_run_fails_every_waiter_and_caches_nothing() {
         .map(|_| c.send::<PWork>(&(9, 5000, 0)).expect("send"))
         .collect();
     // Wait until the provider runs it, then kill it.
-    {
-        use std::io::BufRead;
-        let out = prov.stdout.take().unwrap();
-        let mut lines = std::io::BufReader::new(out).lines();
-        let ran = lines.any(|l| l.is_ok_and(|l| l.contains("RESULT run 1")));
-        assert!(ran, "the provider started the run");
-    }
+    first_run_started(&mut prov);
     // The other three wait for that run (not yet in the server, they would
     // find no provider after the kill: `UnknownMethod`).
     let joined = eventually(Duration::from_secs(30), || stats(&c).waits == 3);
@@ -340,13 +329,7 @@ fn a_caller_killed_mid_run_leaves_the_run_to_finish_and_be_cached() {
     let mut prov = provider(&dog, &socket);
     let slow = spawn_child("slow", &socket, &[]);
     dog.watch_child(slow.id());
-    {
-        use std::io::BufRead;
-        let out = prov.stdout.take().unwrap();
-        let mut lines = std::io::BufReader::new(out).lines();
-        let ran = lines.any(|l| l.is_ok_and(|l| l.contains("RESULT run 1")));
-        assert!(ran, "the provider started the run");
-    }
+    first_run_started(&mut prov);
     kill(slow);
     let c = Client::connect_with(&socket, sleeping()).unwrap();
     // Joins the run in flight (or finds its entry).

@@ -600,3 +600,19 @@ pub fn listed(socket: &Path, name: &str) -> Option<ipc_rpc::provide::MethodInfo>
         .into_iter()
         .find(|m| m.name == name)
 }
+
+/// A blob of `bytes`, written and sealed by `c`.
+pub fn blob(c: &Client, bytes: &[u8]) -> cradle_client::Blob {
+    let mut w = c.create(bytes.len()).expect("create");
+    w.write_at(0, bytes);
+    w.seal().expect("seal")
+}
+
+/// `len` bytes of a fixed pattern, with the byte at `tweak` flipped.
+pub fn input_bytes(len: usize, tweak: Option<usize>) -> Vec<u8> {
+    let mut v: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+    if let Some(i) = tweak {
+        v[i] ^= 1;
+    }
+    v
+}
