@@ -14,7 +14,7 @@ use crate::blob::{
     author_leftover, created_leftover, loaded_leftover, lookup_leftover, put_request,
     retry_after_flush, sealed_leftover, segment_leftover,
 };
-use crate::blob::{claim_leftover, claim_request, computed_but_gone};
+use crate::blob::{claim_request, claim_salvage, computed_but_gone};
 use crate::error::{BlobError, ComputeError};
 use crate::options::slow_call;
 use crate::session::{AuthorSpace, Leftover, Owner, SegMap, salvage};
@@ -407,7 +407,7 @@ impl AsyncCache<'_> {
         let mut compute = Some(compute);
         loop {
             let answer = c
-                .call_left::<CacheClaim>(&req, timeout, claim_leftover)
+                .call_salvaged::<CacheClaim>(&req, timeout, claim_salvage(key))
                 .await?;
             match answer {
                 Claim::Hit(hit) => return Ok(c.hit_to_ref(hit).await?),

@@ -227,6 +227,11 @@ impl Owner for Shared {
             self.release_backlog.store(true, Ordering::Relaxed);
         }
     }
+
+    fn send_unclaim(&self, key: &str) {
+        // Fire and forget; a full ring leaves the claim to its deadline.
+        let _ = self.publish_unanswered(ipc_rpc::memo::CacheUnclaim::ID, &key.to_owned());
+    }
 }
 
 /// Counts a sender in `Shared::slow` while it lives.

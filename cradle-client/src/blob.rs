@@ -599,11 +599,30 @@ pub(crate) fn computed_but_gone(key: &str) -> CallError {
     }
 }
 
-/// What an unclaimed claim answer leaves (a granted claim is not given
-/// back: it ends at its deadline or with the session).
-pub(crate) fn claim_leftover(c: &ipc_rpc::memo::Claim) -> Leftover {
-    match c {
-        ipc_rpc::memo::Claim::Hit(hit) => hit_leftover(hit),
-        _ => Leftover::default(),
-    }
+/// The [`Salvage`](crate::session::Salvage) of a claim on `key` whose
+/// answer nobody collects (the call timed out, its future was dropped): a
+/// hit's lease is given back, and a claim granted to nobody is given up
+/// at once, so that the next waiter gets it now rather than at the claim's
+/// deadline.
+pub(crate) fn claim_salvage(key: &str) -> crate::session::Salvage {
+    use ipc_rpc::Method;
+    use ipc_rpc::memo::{CacheClaim, Claim};
+    let key = key.to_owned();
+    Box::new(move |owner, meta, bytes| {
+        if meta.kind != ipc_rpc::wire::RESPONSE || meta.tag != CacheClaim::ID {
+            return;
+        }
+        match <Claim as ipc_rpc::Wire>::decode(bytes) {
+            Ok(Claim::Claimed) => owner.send_unclaim(&key),
+            Ok(Claim::Hit(hit)) => {
+                let left = hit_leftover(&hit);
+                if let Some(segment) = left.grant {
+                    // Closed here: nobody will map it for this call.
+                    let _ = owner.session().take_grant(segment);
+                }
+                crate::session::release(owner, left.lease, left.aborted, true);
+            }
+            Ok(Claim::OnDisk | Claim::TimedOut) | Err(_) => {}
+        }
+    })
 }

@@ -471,9 +471,28 @@ impl Owner for Inner {
             self.abandon(id);
         }
     }
+
+    fn send_unclaim(&self, key: &str) {
+        self.send_unclaim_now(key);
+    }
 }
 
 impl Inner {
+    fn send_unclaim_now(&self, key: &str) {
+        // Fire and forget, like `send_release`.
+        let opts = self.opts;
+        if let Ok(id) = self.submit::<ipc_rpc::memo::CacheUnclaim>(
+            &key.to_owned(),
+            &[],
+            &mut Deadline::new(opts.timeout),
+            opts.wait,
+            false,
+            wire::NO_FLAGS,
+        ) {
+            self.abandon(id);
+        }
+    }
+
     fn round_trip<M: Method, R>(
         &self,
         req: &M::Request,

@@ -4,7 +4,7 @@
 
 use crate::blob::{
     Blob, BlobRef, Draft, Lease, SMALL_BLOB_MAX, Sealing, Unsealed, acquired_leftover,
-    author_leftover, claim_leftover, claim_request, computed_but_gone, created_leftover,
+    author_leftover, claim_request, claim_salvage, computed_but_gone, created_leftover,
     loaded_leftover, lookup_leftover, put_request, retry_after_flush, sealed_leftover,
     segment_leftover,
 };
@@ -373,7 +373,9 @@ impl Cache<'_> {
         let req = claim_request(key, claim, timeout);
         let mut compute = Some(compute);
         loop {
-            let answer = c.call_left::<CacheClaim>(&req, c.default_opts(), claim_leftover)?;
+            let answer = c
+                .inner
+                .call_salvaged::<CacheClaim>(&req, c.default_opts(), || claim_salvage(key))?;
             match answer {
                 Claim::Hit(hit) => return Ok(c.hit_to_ref(hit)?),
                 Claim::OnDisk => {

@@ -76,6 +76,11 @@ pub(crate) trait Owner: Send + Sync {
     /// Sends `batch` to the server without waiting for the answer. If it
     /// cannot go now, it goes back into the session's queue.
     fn send_release(&self, batch: ReleaseBatch);
+    /// Gives up this session's compute-once claim on `key`
+    /// (`cradle.cache.unclaim`) without waiting for the answer; if the
+    /// request ring has no room now, the claim ends at its deadline or with
+    /// the session instead.
+    fn send_unclaim(&self, key: &str);
 }
 
 /// Gives a lease (`lease`: a blob id) or an unsealed large blob (`aborted`)

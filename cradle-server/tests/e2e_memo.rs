@@ -535,3 +535,76 @@ fn digests_and_the_memo_commands_of_the_cli() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("no memoized method"));
 }
+
+/// A claim the server grants to a waiter whose future was dropped is given
+/// up by that client's salvage as soon as the late answer arrives: the
+/// next waiter gets the claim then, not at the claim's deadline (a minute
+/// here, longer than the next waiter waits).
+#[test]
+fn a_claim_granted_to_a_dropped_get_or_compute_goes_to_the_next_waiter() {
+    use ipc_rpc::memo::{CacheClaim, CacheUnclaim, Claim, ClaimRequest};
+    let (_dog, dir, _server) = with_server("memo dropped claim", Duration::from_secs(120), &[]);
+    let key = "dropped/claim";
+    // A holds the claim.
+    let a = Client::connect(dir.socket()).unwrap();
+    let hold = ClaimRequest {
+        key: key.to_owned(),
+        claim_ms: 60_000,
+        wait_ms: 0,
+    };
+    assert!(matches!(
+        a.call::<CacheClaim>(&hold).unwrap(),
+        Claim::Claimed
+    ));
+    // B waits for it, then drops its future: its claim request stays
+    // queued in the server, nobody reads its answer.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let b = rt
+        .block_on(cradle_client::AsyncClient::connect(dir.socket()))
+        .unwrap();
+    let dropped = rt.block_on(async {
+        let never = || async {
+            Err::<cradle_client::Blob, _>(std::io::Error::other("B must never compute"))
+        };
+        let cache = b.cache();
+        let claim = cache.get_or_compute(key, Duration::from_secs(60), never);
+        tokio::time::timeout(Duration::from_millis(300), claim).await
+    });
+    assert!(dropped.is_err(), "B's get_or_compute was still waiting");
+    // C queues behind B, with 20 s to wait (the claim lasts 60 s).
+    let c = Client::connect_with(
+        dir.socket(),
+        cradle_client::ClientOptions {
+            timeout: Duration::from_secs(20),
+            wait: cradle_client::WaitMode::Sleep,
+        },
+    )
+    .unwrap();
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            c.cache().get_or_compute(key, Duration::from_secs(60), || {
+                Ok::<_, std::io::Error>(blob(&c, b"made by C"))
+            })
+        });
+        // Let C's claim request reach the server, behind B's.
+        std::thread::sleep(Duration::from_millis(300));
+        // A gives up: the server grants the claim to B's session; B's
+        // client gives it up when its driver reads the late answer (B's
+        // runtime runs only inside `block_on`: keep it busy meanwhile).
+        assert!(a.call::<CacheUnclaim>(&key.to_owned()).unwrap());
+        rt.block_on(async {
+            while !waiter.is_finished() {
+                let _ = b.call::<ipc_rpc::builtin::Ping>(&vec![1]).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let got = waiter
+            .join()
+            .unwrap()
+            .expect("C gets the claim and computes");
+        assert_eq!(&got[..], b"made by C");
+    });
+}
