@@ -304,7 +304,13 @@ impl Drop for Registration<'_> {
                     s(self.shared, meta, &bytes);
                 }
             }
-            None => {}
+            None => {
+                if !was_waiting && let Ok(Ok((meta, bytes))) = self.reply.try_recv() {
+                    // Delivered while we were being dropped: its result
+                    // leases go back.
+                    self.shared.session.give_back_unread(meta, &bytes);
+                }
+            }
         }
     }
 }
@@ -923,8 +929,12 @@ fn deliver(sh: &Shared, msg: ipc_rpc::Message<'_>) {
             drop(pending);
             s(sh, msg.meta, msg.bytes);
         }
-        // No entry: the call was dropped, or nobody waits (a release).
-        None => {}
+        // No entry: the call was dropped, or nobody waits (a release):
+        // result blobs its envelope lists go back.
+        None => {
+            drop(pending);
+            sh.session.give_back_unread(msg.meta, msg.bytes);
+        }
     }
 }
 

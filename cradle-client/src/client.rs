@@ -114,11 +114,14 @@ impl Deadline {
 }
 
 /// Files a response that is not the reader's own: an orphan's is kept for
-/// its clean-up, an abandoned one dropped, any other stashed for its caller;
+/// its clean-up, an abandoned one dropped (the result leases its envelope
+/// lists given back to `session`), any other stashed for its caller;
 /// an invocation goes to the provider. (The fields of `Rx` but its inbox,
 /// which the frame borrows.)
+#[allow(clippy::too_many_arguments)]
 fn file(
     invocations: &Invocations,
+    session: &Session,
     stash: &mut IdMap<(FrameMeta, AlignedVec<16>)>,
     abandoned: &mut IdSet,
     orphans: &mut IdMap<Salvage>,
@@ -142,17 +145,21 @@ fn file(
         salvaged.push((s, meta, copy()));
     } else if abandoned.is_empty() || !abandoned.remove(&id) {
         stash.insert(id, (meta, copy()));
+    } else {
+        // Abandoned: dropped, its result leases given back.
+        session.give_back_unread(meta, bytes);
     }
 }
 
 /// Files (see [`file`]) every message in `rx`'s inbox; whether there was
 /// one. A ring error stops it.
-fn file_all(invocations: &Invocations, rx: &mut Rx) -> Result<bool, RingError> {
+fn file_all(invocations: &Invocations, session: &Session, rx: &mut Rx) -> Result<bool, RingError> {
     let mut got = false;
     while let Some(msg) = rx.inbox.try_recv()? {
         got = true;
         file(
             invocations,
+            session,
             &mut rx.stash,
             &mut rx.abandoned,
             &mut rx.orphans,
@@ -669,7 +676,7 @@ impl Inner {
         };
         let rx = &mut *rx;
         // A ring error stops it: the reader that waits reports it.
-        let _ = file_all(&self.invocations, rx);
+        let _ = file_all(&self.invocations, &self.session, rx);
         rx.inbox.consumer().release_and_notify(&self.session.bell);
     }
 
@@ -730,6 +737,7 @@ impl Inner {
                 }
                 Ok(Some(msg)) => file(
                     &self.invocations,
+                    &self.session,
                     &mut rx.stash,
                     &mut rx.abandoned,
                     &mut rx.orphans,
@@ -879,7 +887,7 @@ impl Inner {
             if let Some(e) = &rx.broken {
                 return Err(CallError::Malformed(ProtocolError::Ring(e.clone())));
             }
-            let got = match file_all(&self.invocations, rx) {
+            let got = match file_all(&self.invocations, &self.session, rx) {
                 Ok(got) => got,
                 Err(e) => {
                     rx.broken = Some(e.clone());

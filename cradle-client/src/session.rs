@@ -661,6 +661,19 @@ impl Session {
         lock(&self.blobs.pending).leases.push(id);
     }
 
+    /// A response nobody reads (its call timed out or was dropped, with no
+    /// salvage of its own): the result blobs its envelope lists, leased to
+    /// this session by the server, are queued to be given back.
+    pub(crate) fn give_back_unread(&self, meta: FrameMeta, bytes: &[u8]) {
+        if meta.kind != wire::RESPONSE || meta.flags & wire::ENVELOPE == 0 {
+            return;
+        }
+        if let Ok((head, _)) = wire::split_envelope(bytes) {
+            let mut p = lock(&self.blobs.pending);
+            p.leases.extend(head.blobs().map(|h| h.id));
+        }
+    }
+
     /// [`queue_lease`](Self::queue_lease) of each of `hs`.
     pub(crate) fn queue_leases(&self, hs: &[ipc_rpc::blob::BlobHandle]) {
         for h in hs {

@@ -968,8 +968,12 @@ impl Server {
             inner: Arc::clone(&handle),
         };
         store.start_disk().map_err(ServerError::Spawn)?;
-        memo.start(Arc::clone(&handle.links), Arc::clone(&providers))
-            .map_err(ServerError::Spawn)?;
+        memo.start(
+            Arc::clone(&handle.links),
+            Arc::clone(&providers),
+            payload_limit(ring_capacity),
+        )
+        .map_err(ServerError::Spawn)?;
         let jobs = crate::offload::spawn_pool(
             offload_threads,
             Arc::clone(&handle.links),

@@ -10,7 +10,9 @@
 //! * the provider killed mid-run: every waiter gets `ProviderGone`, nothing
 //!   is cached, the next provider runs it;
 //! * a caller killed mid-run does not end the run: its result is cached;
-//! * a provider offering the method not memoized is refused.
+//! * a provider offering the method not memoized is refused;
+//! * a caller that timed out while waiting for a run gives back the result
+//!   lease its late answer carries.
 
 mod support;
 
@@ -362,5 +364,48 @@ fn a_provider_of_the_plain_kind_is_refused_beside_a_memoized_one() {
         }
         other => panic!("a plain offer beside a memoized one: {other:?}"),
     }
+    kill(prov);
+}
+
+#[test]
+fn a_late_answer_with_result_blobs_gives_its_leases_back() {
+    let (dog, dir, _server) = with_server("provided memo late", Duration::from_secs(120), &[]);
+    let socket = dir.socket();
+    let prov = provider(&dog, &socket);
+    let observer = Client::connect(&socket).unwrap();
+    let leases = |c: &Client| c.call::<ipc_rpc::builtin::Stats>(&()).unwrap().blobs.leases;
+    let base = leases(&observer);
+    let impatient = Client::connect_with(
+        &socket,
+        cradle_client::ClientOptions {
+            timeout: Duration::from_millis(300),
+            wait: cradle_client::WaitMode::Sleep,
+        },
+    )
+    .unwrap();
+    // A patient caller starts a 1.5 s run; the impatient one joins it and
+    // times out; its answer (a RESPONSE whose envelope leases the result
+    // blob to its session) comes when the run ends.
+    let c = Client::connect_with(&socket, sleeping()).unwrap();
+    std::thread::scope(|s| {
+        let patient = s.spawn(|| c.call_with_blobs::<PWork>(&(5, 1500, 4096), &[]));
+        // Let the patient call's run reach the provider first.
+        std::thread::sleep(Duration::from_millis(300));
+        match impatient.call_with_blobs::<PWork>(&(5, 1500, 4096), &[]) {
+            Err(cradle_client::BlobError::Call(CallError::Timeout(_))) => {}
+            other => panic!("expected a timeout: {other:?}"),
+        }
+        let (done, results) = patient.join().unwrap().unwrap();
+        check(&results, done.2, 4096);
+    });
+    c.flush().unwrap();
+    // The impatient client reads the late answer with its next call and
+    // gives the lease back.
+    let back = eventually(Duration::from_secs(30), || {
+        let _ = impatient.call::<ipc_rpc::builtin::Ping>(&vec![1]);
+        let _ = impatient.flush();
+        leases(&observer) == base
+    });
+    assert!(back, "leases {} after, {base} before", leases(&observer));
     kill(prov);
 }

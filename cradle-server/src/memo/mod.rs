@@ -219,9 +219,12 @@ const MAX_DECODED_RESPONSE: usize = 4096;
 #[derive(Debug, Default)]
 struct Flight {
     waiters: Vec<Waiter>,
-    /// A provided method's run: its ticket in the providers' table once
-    /// routed (0: not yet, or a compiled-in run).
+    /// A provided method's run: its run id (0: a compiled-in run) ...
+    run: u64,
+    /// ... its ticket in the providers' table once routed (0: not yet) ...
     ticket: u64,
+    /// ... and the latest deadline of its waiters (the run's, once routed).
+    deadline: u64,
 }
 
 /// Where a memoized call stands after [`Memo::step`].
@@ -315,9 +318,12 @@ impl Memo {
         self: &Arc<Self>,
         links: Arc<[WorkerLink]>,
         providers: Arc<crate::provided::Providers>,
+        max_payload: usize,
     ) -> std::io::Result<()> {
         let _ = self.links.set(links);
-        let _ = self.routing.set(provided::Routing::new(self, providers));
+        let _ = self
+            .routing
+            .set(provided::Routing::new(self, providers, max_payload));
         claims::spawn_timer(Arc::downgrade(self))
     }
 
@@ -439,13 +445,21 @@ impl Memo {
         let key = memo_key(&m.label, &canonical, &args).map_err(|e| (ErrorCode::Handler, e))?;
         if bytes.len() <= MAX_RAW_REQUEST {
             let mut raw = self.raw_keys();
-            let per = raw.entry(m.id).or_default();
-            if per.len() >= MAX_DECODED {
-                per.clear();
+            // At most `MAX_DECODED` remembered requests in all (methods of
+            // providers come and go: a per-method cap would not bound it).
+            if raw.values().map(HashMap::len).sum::<usize>() >= MAX_DECODED {
+                raw.clear();
             }
-            per.insert(bytes.to_vec(), (key.clone(), handles));
+            raw.entry(m.id)
+                .or_default()
+                .insert(bytes.to_vec(), (key.clone(), handles));
         }
         Ok(Some(key))
+    }
+
+    /// Forgets the remembered request keys of method `id`.
+    fn forget_raw_keys(&self, id: u64) {
+        self.raw_keys().remove(&id);
     }
 
     fn raw_keys(&self) -> MutexGuard<'_, RawKeys> {
@@ -569,25 +583,33 @@ impl Memo {
         Ok(was)
     }
 
-    /// The entry blob under `key`, leased to [`MEMO_SESSION`].
-    fn entry_blob(&self, key: &MemoKey, may_load: bool) -> Result<Option<BlobHandle>, String> {
-        if let Some(hit) = self
-            .store
-            .lease_key(MEMO_SESSION, &key.name)
-            .map_err(|e| e.message)?
-        {
-            return Ok(Some(hit.handle));
+    /// The entry blob under `key`, leased to [`MEMO_SESSION`]: `Ok(None)`
+    /// if there is none, `Err(Ok(found))` if it cannot be read now (on disk
+    /// and `!may_load`: `NotHere`; a lease or load refused, by a quota or
+    /// the disk: `Refused`, which is not the entry's fault), `Err(Err(why))`
+    /// if it is damaged.
+    fn entry_blob(
+        &self,
+        key: &MemoKey,
+        may_load: bool,
+    ) -> Result<Option<BlobHandle>, Result<Found, String>> {
+        match self.store.lease_key(MEMO_SESSION, &key.name) {
+            Ok(Some(hit)) => return Ok(Some(hit.handle)),
+            Ok(None) => {}
+            Err(e) => return Err(Ok(Found::Refused(e.code, e.message))),
         }
         if !self.store.on_disk(&key.name) {
             return Ok(None);
         }
         if !may_load {
-            return Err("on disk".into());
+            return Err(Ok(Found::NotHere));
         }
         match self.store.cache_load(MEMO_SESSION, &key.name) {
             Ok(Some(hit)) => Ok(Some(hit.handle)),
-            Ok(None) => Err("its disk entry did not verify (see the disk tier's report)".into()),
-            Err(e) => Err(e.message),
+            Ok(None) => Err(Err(
+                "its disk entry did not verify (see the disk tier's report)".into(),
+            )),
+            Err(e) => Err(Ok(Found::Refused(e.code, e.message))),
         }
     }
 
@@ -598,8 +620,11 @@ impl Memo {
         session: u64,
         may_load: bool,
     ) -> Result<Found, String> {
-        let Some(handle) = self.entry_blob(key, may_load)? else {
-            return Ok(Found::Miss);
+        let handle = match self.entry_blob(key, may_load) {
+            Ok(Some(h)) => h,
+            Ok(None) => return Ok(Found::Miss),
+            Err(Ok(found)) => return Ok(found),
+            Err(Err(damage)) => return Err(damage),
         };
         let ctx = BlobCtx {
             store: &self.store,
@@ -716,7 +741,7 @@ impl Memo {
             meta,
             max_payload: max,
         };
-        match self.step(m, bytes, me, response_meta, false, arena) {
+        match self.step(m, bytes, me, 0, response_meta, false, arena) {
             Step::Done(answer) => answer,
             Step::Joined(_) => Answer::Later,
             Step::Run(key) => self.run_flight(m, &key, bytes, me, arena),
@@ -727,13 +752,16 @@ impl Memo {
     /// request (`bytes`: what the method's keyer reads; digests computed
     /// here), looks the key up in both tiers (unless the call refreshes),
     /// then joins the run in flight for the key or starts a new flight
-    /// (with `me` as its first waiter if `first_waits`). `answer_meta`
-    /// makes a hit's frame header from the request's.
+    /// (with `me` as its first waiter if `first_waits`); `deadline` (0:
+    /// none) is `me`'s, kept in the flight as the latest of its waiters'.
+    /// `answer_meta` makes a hit's frame header from the request's.
+    #[allow(clippy::too_many_arguments)]
     fn step(
         &self,
         m: &MemoMethod,
         bytes: &[u8],
         me: Waiter,
+        deadline: u64,
         answer_meta: fn(FrameMeta) -> FrameMeta,
         first_waits: bool,
         arena: &mut Arena,
@@ -771,18 +799,20 @@ impl Memo {
         // Single flight: join a run in flight, or become the run.
         let waiting = self.waiting();
         let mut flights = self.flights();
+        let joins = flights.contains_key(&key.digest);
+        if (joins || first_waits) && waiting >= MAX_WAITERS {
+            drop(flights);
+            return fail(
+                (
+                    ErrorCode::QuotaExceeded,
+                    format!("{MAX_WAITERS} calls already wait in the server"),
+                ),
+                arena,
+            );
+        }
         if let Some(f) = flights.get_mut(&key.digest) {
-            if waiting >= MAX_WAITERS {
-                drop(flights);
-                return fail(
-                    (
-                        ErrorCode::QuotaExceeded,
-                        format!("{MAX_WAITERS} calls already wait in the server"),
-                    ),
-                    arena,
-                );
-            }
             f.waiters.push(me);
+            f.deadline = f.deadline.max(deadline);
             let ticket = f.ticket;
             drop(flights);
             m.stats().waits += 1;
@@ -794,7 +824,13 @@ impl Memo {
             return hit(resp);
         }
         let waiters = if first_waits { vec![me] } else { Vec::new() };
-        flights.insert(key.digest, Flight { waiters, ticket: 0 });
+        let flight = Flight {
+            waiters,
+            run: 0,
+            ticket: 0,
+            deadline,
+        };
+        flights.insert(key.digest, flight);
         Step::Run(key)
     }
 
@@ -1055,5 +1091,9 @@ impl KeyWatcher for Memo {
 
     fn session_closed(&self, session: u64) {
         self.claims.session_closed(self, session);
+        // Its waits end (nobody reads their answers); the runs go on.
+        for f in self.flights().values_mut() {
+            f.waiters.retain(|w| w.session != session);
+        }
     }
 }

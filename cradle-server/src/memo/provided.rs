@@ -53,6 +53,15 @@ const MAX_PROVIDED: usize = 4096;
 /// Bytes before the handles in a canonical request: schema hash, count.
 const CANON_HEAD: usize = 16;
 
+/// Runs of provided methods routed at once, at most (each holds leases on
+/// up to 64 argument blobs under [`MEMO_SESSION`] while it lasts); beyond,
+/// a call that would start one is answered `Busy`.
+const MAX_RUNS: usize = 256;
+
+/// The longest a run may last, whatever its waiters' deadlines (a run
+/// belongs to no caller whose departure would end it).
+const MAX_RUN_NS: u64 = 10 * 60 * 1_000_000_000;
+
 /// A provided run in flight.
 #[derive(Debug)]
 pub(crate) struct Run {
@@ -67,6 +76,8 @@ pub(crate) struct Run {
 /// What the memo needs to route runs: set when the server starts.
 pub(crate) struct Routing {
     providers: Arc<Providers>,
+    /// The largest frame payload a session's response ring takes.
+    max_payload: usize,
     /// The offload handler of provided memoized calls.
     handler: OffloadFn,
 }
@@ -78,7 +89,7 @@ impl std::fmt::Debug for Routing {
 }
 
 impl Routing {
-    pub(super) fn new(memo: &Arc<Memo>, providers: Arc<Providers>) -> Self {
+    pub(super) fn new(memo: &Arc<Memo>, providers: Arc<Providers>, max_payload: usize) -> Self {
         let weak: Weak<Memo> = Arc::downgrade(memo);
         let handler: OffloadFn =
             Arc::new(
@@ -93,7 +104,11 @@ impl Routing {
                     )),
                 },
             );
-        Self { providers, handler }
+        Self {
+            providers,
+            max_payload,
+            handler,
+        }
     }
 }
 
@@ -229,9 +244,27 @@ impl Memo {
     /// is left, the table refuses mixed offers).
     pub(crate) fn offer_accepted(&self, offer: &Offer) {
         let id = offer.id();
+        // Methods offered now (never forgotten to make room).
+        let live: Vec<u64> = match self.routing.get() {
+            Some(r) => {
+                let t = r.providers.lock();
+                let ids = self
+                    .provided_table()
+                    .keys()
+                    .copied()
+                    .filter(|&k| t.offers(k))
+                    .collect();
+                r.providers.unlock(t);
+                ids
+            }
+            None => Vec::new(),
+        };
         let mut p = self.provided_table();
         if !offer.memoized {
-            p.remove(&id);
+            if p.remove(&id).is_some() {
+                drop(p);
+                self.forget_raw_keys(id);
+            }
             return;
         }
         if p.get(&id)
@@ -242,8 +275,13 @@ impl Memo {
         if p.len() >= MAX_PROVIDED && !p.contains_key(&id) {
             // Forget one remembered method (its entries stay in the cache
             // and are reachable again when it is offered again).
-            if let Some(old) = p.keys().next().copied() {
+            // The table offers at most 1,024 methods, fewer than this
+            // holds: one that is not offered now exists.
+            if let Some(old) = p.keys().copied().find(|k| !live.contains(k)) {
                 p.remove(&old);
+                drop(p);
+                self.forget_raw_keys(old);
+                p = self.provided_table();
             }
         }
         p.insert(id, Arc::new(MemoMethod::provided(offer)));
@@ -347,10 +385,30 @@ impl Memo {
             session: ctx.session,
             request_id: meta.request_id,
         };
+        let invoke_len = wire::body_offset(env.map_or(0, |h| h.blob_count())) + body.len();
+        if invoke_len > routing.max_payload.min(max) {
+            return fail(
+                (
+                    ErrorCode::Malformed,
+                    format!(
+                        "the request with an envelope is {invoke_len} bytes, more than a frame \
+                         holds ({}): pass the data as a blob",
+                        routing.max_payload.min(max)
+                    ),
+                ),
+                arena,
+            );
+        }
+        if !self.store.session_alive(ctx.session) {
+            // Its caller left while the call waited for the pool.
+            return Answer::Now(None);
+        }
         let Some(m) = self.provided_method(meta.tag) else {
             // No longer memoized (a provider of the plain kind took over).
             return self.route_plain(routing, caller, meta.tag, env, body, deadline, arena, max);
         };
+        // A run belongs to no caller: its time is bounded here.
+        let deadline = deadline.min(now.saturating_add(MAX_RUN_NS));
         if deadline <= now {
             return fail(
                 (
@@ -370,7 +428,7 @@ impl Memo {
             meta,
             max_payload: max,
         };
-        let key = match self.step(&m, &canon, me, answer_meta, true, arena) {
+        let key = match self.step(&m, &canon, me, deadline, answer_meta, true, arena) {
             Step::Done(answer) => return answer,
             Step::Joined(ticket) => {
                 tracing::trace!(method = %m.label, session = ctx.session, request_id = meta.request_id, "joined a memoized run");
@@ -401,6 +459,15 @@ impl Memo {
         deadline: u64,
         arena: &mut Arena,
     ) {
+        if self.runs().len() >= MAX_RUNS {
+            return self.fail_flight(
+                &m,
+                &key,
+                ErrorCode::Busy,
+                format!("{MAX_RUNS} memoized runs of provided methods are in flight in the server"),
+                arena,
+            );
+        }
         let mut args = Vec::new();
         if let Some(h) = env {
             for b in h.blobs() {
@@ -415,6 +482,9 @@ impl Memo {
         }
         // Relaxed: a unique counter; nothing is published through it.
         let run_id = self.next_run.fetch_add(1, Ordering::Relaxed);
+        if let Some(f) = self.flights().get_mut(&key.digest) {
+            f.run = run_id;
+        }
         // Known before the call is routed: its end may be seen at once.
         self.runs().insert(
             run_id,
@@ -445,10 +515,22 @@ impl Memo {
         match routed {
             Ok(ticket) => {
                 tracing::trace!(method = %m.label, run = run_id, invocation = ticket, key = %key.name, "memoized run routed");
-                if let Some(f) = self.flights().get_mut(&key.digest) {
-                    f.ticket = ticket;
+                // Still this run's flight (the run may have ended already,
+                // and another begun for the key): waiters that joined
+                // before the ticket was known may have later deadlines.
+                let later = match self.flights().get_mut(&key.digest) {
+                    Some(f) if f.run == run_id => {
+                        f.ticket = ticket;
+                        f.deadline
+                    }
+                    _ => 0,
+                };
+                if later > deadline {
+                    let mut t = routing.providers.lock();
+                    t.extend_deadline(ticket, later);
+                    routing.providers.unlock(t);
                 }
-                self.post(routing, actions);
+                self.post(routing, caller.worker, actions);
             }
             Err(((code, msg), _)) => {
                 tracing::trace!(method = %m.label, run = run_id, error = %msg, "memoized run not routed");
@@ -488,21 +570,28 @@ impl Memo {
         match routed {
             // Answered through the caller's worker, like any routed call.
             Ok(_) => {
-                self.post(routing, actions);
+                self.post(routing, caller.worker, actions);
                 Answer::Later
             }
             Err(((code, msg), _)) => Answer::Now(encode_error(meta, code, msg, arena, max)),
         }
     }
 
-    /// Leaves `actions` in their workers' inboxes and wakes those workers.
-    fn post(&self, routing: &Routing, actions: Vec<Action>) {
+    /// Leaves `actions` in their workers' inboxes and wakes those workers,
+    /// and the caller's worker: a call routed here may have gone to a
+    /// queue (no action), and that worker's sleep must not outlast the
+    /// call's deadline (it reads the table's earliest deadline on waking).
+    fn post(&self, routing: &Routing, caller_worker: usize, actions: Vec<Action>) {
+        let links = self.links.get();
         for a in actions {
             let w = a.worker();
             routing.providers.post(a);
-            if let Some(link) = self.links.get().and_then(|l| l.get(w)) {
+            if let Some(link) = links.and_then(|l| l.get(w)) {
                 link.wake();
             }
+        }
+        if let Some(link) = links.and_then(|l| l.get(caller_worker)) {
+            link.wake();
         }
     }
 
@@ -580,6 +669,13 @@ impl Memo {
     /// Ends run `run_id`: stores a reply and answers every waiter.
     fn complete_run(&self, run_id: u64, outcome: Outcome, arena: &mut Arena) {
         let Some(run) = self.runs().remove(&run_id) else {
+            // Not a run (never happens): give back what the reply leased.
+            if let Outcome::Reply { flags, payload } = &outcome
+                && let Ok((_, results)) = envelope_form(*flags, payload)
+            {
+                let ids: Vec<u64> = results.iter().map(|h| h.id).collect();
+                self.store.release(MEMO_SESSION, &ids, &[]);
+            }
             return;
         };
         self.store.release(MEMO_SESSION, &run.args, &[]);
@@ -621,7 +717,11 @@ impl Memo {
                 );
             }
         };
-        if let Err(e) = self.store_entry(&run.key, &resp, &results, took) {
+        if resp.len() > self.routing.get().map_or(0, |r| r.max_payload) {
+            // With its envelope the answer outgrew a frame: every waiter
+            // gets `ResponseTooLarge` (below), and nothing is stored.
+            tracing::warn!(method = %m.label, bytes = resp.len(), "memoized answer larger than a frame: not stored");
+        } else if let Err(e) = self.store_entry(&run.key, &resp, &results, took) {
             tracing::warn!(method = %m.label, error = %e, "memo entry not stored; the answer is sent all the same");
         }
         for (i, w) in self.take_waiters(&run.key).iter().enumerate() {

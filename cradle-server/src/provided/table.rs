@@ -586,10 +586,20 @@ impl Table {
     }
 
     /// Moves call `ticket`'s deadline to `deadline` if that is later (a
-    /// memoized run that another caller now waits for, with more time).
+    /// memoized run that another caller now waits for, with more time),
+    /// while its INVOKE is not written yet: a provider keeps the deadline
+    /// it was sent with (and may drop the call then), so a later one would
+    /// only hold its slot and the waiters longer.
     pub(crate) fn extend_deadline(&mut self, ticket: u64, deadline: u64) {
         if let Some(l) = self.live.get_mut(&ticket)
             && deadline > l.deadline
+            && !matches!(
+                l.state,
+                State::Routed {
+                    delivered: true,
+                    ..
+                }
+            )
         {
             l.deadline = deadline;
             if l.payload.len() >= 16 {
@@ -598,6 +608,11 @@ impl Table {
                 l.payload[0..8].copy_from_slice(&deadline.to_le_bytes());
             }
         }
+    }
+
+    /// Whether some provider offers method `method` now.
+    pub(crate) fn offers(&self, method: u64) -> bool {
+        self.methods.contains_key(&method)
     }
 
     /// Writes call `ticket`'s INVOKE to provider `session` with `write`
