@@ -34,7 +34,7 @@ struct Cli {
 
     /// Talk to a server on another machine through its `cradle-gateway`:
     /// `cradle+https://HOST:PORT` (or `cradle+http://127.0.0.1:PORT` on
-    /// loopback). Ping, stats, put, get, ls and rm work remotely.
+    /// loopback). Every command that talks to a server works remotely.
     #[arg(long, env = "CRADLE_REMOTE", global = true, value_name = "URL")]
     remote: Option<String>,
 
@@ -1001,10 +1001,28 @@ struct MemoReport {
     methods: Vec<MemoMethodPart>,
 }
 
-fn memo_ls(client: &Client, method: &str) -> Result<MemoReport, String> {
-    let list = client
-        .call::<MemoList>(&method.to_owned())
-        .map_err(|e| e.to_string())?;
+/// The calls of `cradle memo`, to a local server or through the gateway.
+trait MemoCalls {
+    /// `cradle.memo.list`.
+    fn memo_list(&self, method: &str) -> Result<Vec<ipc_rpc::memo::MemoMethodStats>, String>;
+    /// `cradle.memo.clear`.
+    fn memo_clear(&self, method: &str) -> Result<u64, String>;
+}
+
+impl MemoCalls for Client {
+    fn memo_list(&self, method: &str) -> Result<Vec<ipc_rpc::memo::MemoMethodStats>, String> {
+        self.call::<MemoList>(&method.to_owned())
+            .map_err(|e| e.to_string())
+    }
+
+    fn memo_clear(&self, method: &str) -> Result<u64, String> {
+        self.call::<MemoClear>(&method.to_owned())
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn memo_ls(client: &impl MemoCalls, method: &str) -> Result<MemoReport, String> {
+    let list = client.memo_list(method)?;
     if list.is_empty() && !method.is_empty() {
         return Err(format!("the server has no memoized method {method:?}"));
     }
@@ -1067,13 +1085,11 @@ struct MemoClearReport {
     removed: u64,
 }
 
-fn memo_clear(client: &Client, method: &str) -> Result<MemoClearReport, String> {
+fn memo_clear(client: &impl MemoCalls, method: &str) -> Result<MemoClearReport, String> {
     if !method.is_empty() {
         memo_ls(client, method)?;
     }
-    let removed = client
-        .call::<MemoClear>(&method.to_owned())
-        .map_err(|e| e.to_string())?;
+    let removed = client.memo_clear(method)?;
     Ok(MemoClearReport {
         method: (!method.is_empty()).then(|| method.to_owned()),
         removed,
