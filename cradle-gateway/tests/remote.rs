@@ -533,7 +533,11 @@ fn methods_call_and_memo_work_through_the_gateway_in_the_cli() {
     // `call` of a bytes body: work_runs takes () (no bytes), answers a u64.
     let (ok, out, err) = cradle(&["call", "cradle.example.work_runs", "--raw-hex", ""]);
     assert!(ok, "{out}{err}");
-    assert_eq!(out.trim(), "0100000000000000", "one run, as a little-endian u64");
+    assert_eq!(
+        out.trim(),
+        "0100000000000000",
+        "one run, as a little-endian u64"
+    );
     let (ok, out, err) = cradle(&["--json", "memo", "ls", Work::NAME]);
     assert!(
         ok && out.contains("\"entries\":1") && out.contains("\"misses\":1"),
@@ -547,7 +551,10 @@ fn methods_call_and_memo_work_through_the_gateway_in_the_cli() {
     assert!(!ok && err.contains("no memoized method"), "{err}");
     // A method the gateway refuses: the error says so.
     let (ok, _, err) = cradle(&["call", "cradle.blob.create", "--raw-hex", "00"]);
-    assert!(!ok && err.contains("not callable through the gateway"), "{err}");
+    assert!(
+        !ok && err.contains("not callable through the gateway"),
+        "{err}"
+    );
     // Commands that need no server say so instead of connecting.
     let (ok, out, err) = cradle(&["completions", "bash"]);
     assert!(ok && out.contains("cradle"), "{err}");
