@@ -490,6 +490,27 @@ fn the_cli_works_through_the_gateway() {
     assert!(!ok && err.contains("no entry"), "{err}");
     let (ok, out, err) = cradle(&["--json", "stats"]);
     assert!(ok && out.contains("\"sessions\""), "{out}{err}");
+    // A transfer bar on request, though stderr is a pipe here: drawn while
+    // the bytes cross (put and get), nothing on stdout but the report.
+    let big = dir.path().join("big.bin");
+    std::fs::write(&big, bytes(48 << 20, 10)).unwrap();
+    let (ok, out, err) = cradle(&["--progress", "--json", "put", "big", big.to_str().unwrap()]);
+    assert!(ok && out.starts_with('{'), "{out}{err}");
+    assert!(
+        err.contains("put [") && err.contains("MiB"),
+        "no bar: {err:?}"
+    );
+    let back = dir.path().join("big.out");
+    let (ok, out, err) = cradle(&["--progress", "get", "big", "-o", back.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        err.contains("get [") && err.contains("MiB"),
+        "no bar: {err:?}"
+    );
+    assert!(std::fs::read(&back).unwrap() == std::fs::read(&big).unwrap());
+    // Without --progress and without a terminal: no bar.
+    let (ok, _, err) = cradle(&["put", "big2", big.to_str().unwrap()]);
+    assert!(ok && !err.contains("put ["), "{err:?}");
 }
 
 #[test]

@@ -4,8 +4,8 @@
 
 use super::{
     Command, GetReport, LsEntry, LsReport, MemoCalls, MemoCommand, PingReport, Report, RmReport,
-    TRANSFER, emit, fmt_bytes, memo_clear, memo_ls, memo_totals, ping_loop, progress_bar, provided,
-    stats_report, write_file,
+    TRANSFER, emit, fmt_bytes, memo_clear, memo_ls, memo_totals, ping_loop, progress_bar,
+    progress_forced, provided, stats_report, write_file,
 };
 use cradle_client::{RemoteClient, RemoteOptions};
 use ipc_rpc::builtin::{Ping, Stats};
@@ -189,7 +189,7 @@ pub(super) fn run(t: &Target, command: Command, json: bool) -> Result<(), String
             no_progress,
         } => {
             // The size, for the bar: asked only when a bar may be drawn.
-            let total = if !no_progress && std::io::stderr().is_terminal() {
+            let total = if !no_progress && (std::io::stderr().is_terminal() || progress_forced()) {
                 remote
                     .cache()
                     .list(&key)
