@@ -127,6 +127,15 @@ pub(crate) struct Shared {
     /// Where `INVOKE`/`CANCEL` frames go while an async provider runs
     /// (else they are dropped).
     pub(crate) invocations: Mutex<Option<InvokeTx>>,
+    /// The wake descriptor the server writes while `data_waiting` is set.
+    /// The driver sleeps on it; so does one waiting call (`listener`).
+    wake: AsyncFd<Fd>,
+    /// A call listens on `wake` (at most one); the driver then leaves the
+    /// descriptor to it, so that a wake reaches one task, not two.
+    listener: AtomicBool,
+    /// Signalled when the listening call stops listening: the driver takes
+    /// the descriptor back.
+    listener_left: Notify,
 }
 
 struct Tx {
@@ -396,8 +405,11 @@ impl AsyncClient {
             release_backlog: AtomicBool::new(false),
             inbox: Mutex::new(Inbox::new(consumer)),
             invocations: Mutex::new(None),
+            wake,
+            listener: AtomicBool::new(false),
+            listener_left: Notify::new(),
         });
-        let driver = tokio::spawn(drive(Arc::clone(&shared), wake, sock));
+        let driver = tokio::spawn(drive(Arc::clone(&shared), sock));
         Ok(Self {
             shared,
             _driver: Arc::new(AbortOnDrop(driver.abort_handle())),
@@ -640,14 +652,74 @@ impl AsyncClient {
                 Spun::Nothing => {}
             }
         }
-        let reply = match tokio::time::timeout_at(deadline.into(), &mut reg.reply).await {
-            Ok(r) => r.map_err(|_| sh.state_error().unwrap_or(CallError::PeerDead)),
-            Err(_) => return Err(CallError::Timeout(start.elapsed())),
+        match tokio::time::timeout_at(deadline.into(), self.await_reply(&mut reg, &mut f)).await {
+            Ok(r) => r,
+            Err(_) => Err(CallError::Timeout(start.elapsed())),
+        }
+    }
+
+    /// Waits for the response to `reg`: handed over by the driver (the
+    /// oneshot), or, for the one call that listens on the wake descriptor
+    /// (a `block_on` caller), read in place as soon as the reactor wakes
+    /// it.
+    ///
+    /// Why: left to the driver, a sleeping call's answer took two task
+    /// hops after the server's wake (reactor -> driver task -> oneshot ->
+    /// this task), and on a multi-thread runtime, or a `block_on` caller,
+    /// the second hop is a wake-up of another thread. The listener takes
+    /// one hop. While a call listens, the driver does not sleep on the
+    /// descriptor (one task per wake, not two); the listener does the
+    /// driver's work on every wake (every frame in the ring to its call,
+    /// the release, senders waiting for room) and hands the descriptor
+    /// back when it stops (`listener_left`). The wait protocol stays the
+    /// driver's: it sets `data_waiting` before it sleeps, whatever it
+    /// sleeps on, and a frame it finds when it takes the descriptor back is
+    /// read then; tokio keeps a readiness that nobody awaited, so a wake
+    /// that lands between the two is not lost.
+    async fn await_reply<R>(
+        &self,
+        reg: &mut Registration<'_>,
+        f: &mut Option<impl FnOnce(FrameMeta, &[u8]) -> Result<R, CallError>>,
+    ) -> Result<R, CallError> {
+        let sh = &*self.shared;
+        // Only a call polled outside any task (a `block_on` caller): the
+        // driver's hand-over is a wake-up of another thread, or a second
+        // task poll, for it alone. A task on a runtime worker is woken on
+        // the driver's own thread; there the hand-back to the driver after
+        // every call measured slower than the hop it saves.
+        let listening = if tokio::task::try_id().is_none() {
+            Listening::claim(&sh.listener, &sh.listener_left)
+        } else {
+            None
         };
-        reg.armed = false;
-        let (meta, bytes) = reply??;
-        let f = f.take().expect("f is used once");
-        f(meta, &bytes)
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut reg.reply => {
+                    reg.armed = false;
+                    let (meta, bytes) =
+                        r.map_err(|_| sh.state_error().unwrap_or(CallError::PeerDead))??;
+                    let f = f.take().expect("f is used once");
+                    return f(meta, &bytes);
+                }
+                r = sh.wake.readable(), if listening.is_some() => {
+                    if let Ok(mut g) = r {
+                        g.clear_ready();
+                    }
+                    drain_eventfd(sh.wake.get_ref());
+                    // We took a wake meant for the driver: do its work. The
+                    // lock, not `try_lock`: a holder may have read the ring
+                    // before the frame this wake announces landed.
+                    let mine = take_frames(sh, reg.id, f);
+                    // The wake may have been for request-ring room.
+                    sh.space.notify_waiters();
+                    if let Some(r) = mine {
+                        reg.armed = false;
+                        return r;
+                    }
+                }
+            }
+        }
     }
 
     /// Registers the call and publishes its request, waiting (fairly, in FIFO
@@ -903,6 +975,85 @@ fn spin_for_reply<R, F: FnOnce(FrameMeta, &[u8]) -> Result<R, CallError>>(
     }
 }
 
+/// The listener role of one waiting call (see `AsyncClient::await_reply`):
+/// given back when the call ends or its future is dropped, and the driver
+/// told to take the wake descriptor back.
+struct Listening<'a> {
+    flag: &'a AtomicBool,
+    left: &'a Notify,
+}
+
+impl<'a> Listening<'a> {
+    /// The role if no other call holds it.
+    fn claim(flag: &'a AtomicBool, left: &'a Notify) -> Option<Self> {
+        // Relaxed: the flag only says who sleeps on the wake descriptor; no
+        // data is published through it. The driver reads it before it
+        // sleeps; the hand-back is ordered by `left` (see `drop`).
+        flag.compare_exchange(false, true, Ordering::Relaxed, Ordering::Relaxed)
+            .ok()
+            .map(|_| Self { flag, left })
+    }
+}
+
+impl Drop for Listening<'_> {
+    fn drop(&mut self) {
+        // Relaxed: published by the `notify_one` that follows (the Notify
+        // orders it before the driver's next read of the flag, which comes
+        // after its `notified()` completes).
+        self.flag.store(false, Ordering::Relaxed);
+        // A permit if the driver is not waiting yet: it cannot miss this.
+        self.left.notify_one();
+    }
+}
+
+/// Reads every frame in the response ring, under the inbox lock, as the
+/// driver does after a wake: the response to `id` is decoded in place (by
+/// `f`) and returned; the others go to their calls. Releases what it read
+/// and sends releases held back for want of request-ring room.
+fn take_frames<R, F: FnOnce(FrameMeta, &[u8]) -> Result<R, CallError>>(
+    sh: &Shared,
+    id: u64,
+    f: &mut Option<F>,
+) -> Option<Result<R, CallError>> {
+    let mut mine = None;
+    let mut got = false;
+    {
+        let mut inbox = lock(&sh.inbox);
+        loop {
+            match inbox.try_recv() {
+                Ok(Some(msg))
+                    if msg.meta.request_id == id && mine.is_none() && !for_provider(&msg.meta) =>
+                {
+                    got = true;
+                    lock(&sh.pending).remove(&id);
+                    let f = f.take().expect("f is used once");
+                    mine = Some(f(msg.meta, msg.bytes));
+                }
+                Ok(Some(msg)) => {
+                    got = true;
+                    deliver(sh, msg);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    sh.fail_corrupt(&e);
+                    return None;
+                }
+            }
+        }
+        if got {
+            inbox.consumer().release_and_notify(&sh.session.bell);
+        }
+    }
+    // Relaxed: see `send_release`.
+    if got && sh.release_backlog.swap(false, Ordering::Relaxed) {
+        let batch = sh.session.take_releases();
+        if !batch.leases.is_empty() || !batch.aborted.is_empty() {
+            sh.send_release(batch);
+        }
+    }
+    mine
+}
+
 /// Hands a response to its call (copying it out of the ring), cleans up
 /// after it if its call was dropped, or drops it if nobody waits for it.
 fn deliver(sh: &Shared, msg: ipc_rpc::Message<'_>) {
@@ -940,7 +1091,8 @@ fn deliver(sh: &Shared, msg: ipc_rpc::Message<'_>) {
 
 /// The driver task: completes calls from the response ring, sleeps on the
 /// wake eventfd, and watches the control socket.
-async fn drive(shared: Arc<Shared>, wake: AsyncFd<Fd>, sock: AsyncFd<Fd>) {
+async fn drive(shared: Arc<Shared>, sock: AsyncFd<Fd>) {
+    let wake = &shared.wake;
     let mut last_frame = Instant::now();
     let driver_spin = if shared.opts.wait == WaitMode::Sleep {
         Duration::ZERO
@@ -997,9 +1149,16 @@ async fn drive(shared: Arc<Shared>, wake: AsyncFd<Fd>, sock: AsyncFd<Fd>) {
         waiting.store(1, Ordering::Relaxed);
         StdAtomics::fence(Ordering::SeqCst);
         let mut gone = false;
+        // Relaxed: a hint; a stale value costs one extra wake (both listen)
+        // or one spurious loop (the `listener_left` permit).
+        let listened = shared.listener.load(Ordering::Relaxed);
+        let mut handed_back = false;
         if !lock(&shared.inbox).consumer().has_frame() {
             tokio::select! {
-                r = wake.readable() => {
+                () = shared.listener_left.notified(), if listened => {
+                    handed_back = true;
+                }
+                r = wake.readable(), if !listened => {
                     if let Ok(mut g) = r {
                         g.clear_ready();
                     }
@@ -1026,6 +1185,11 @@ async fn drive(shared: Arc<Shared>, wake: AsyncFd<Fd>, sock: AsyncFd<Fd>) {
             }
             shared.fail_all();
             return;
+        }
+        if handed_back {
+            // Not a wake from the server: no reason to stay awake (the
+            // listener read what came).
+            continue;
         }
         last_frame = Instant::now();
         // Ring room may have appeared (the server rings our eventfd for both).

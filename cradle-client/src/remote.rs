@@ -509,31 +509,7 @@ impl RemoteClient {
 
     async fn send_blob(&self, digest: ContentDigest, bytes: &[u8]) -> Result<u64, GatewayError> {
         let (tx, rx) = tokio::sync::mpsc::channel::<UploadChunk>(2);
-        let feed = async move {
-            let mut chunks = bytes.chunks(CHUNK_BYTES);
-            let first = chunks.next().unwrap_or(&[]);
-            let mut msg = UploadChunk {
-                digest: Some(digest.to_proto()),
-                data: tonic::codegen::Bytes::copy_from_slice(first),
-            };
-            loop {
-                let n = msg.data.len() as u64;
-                if tx.send(msg).await.is_err() {
-                    return; // the call ended early; its status says why
-                }
-                // Relaxed: a tally for reporting; no partner.
-                self.sent.fetch_add(n, Ordering::Relaxed);
-                match chunks.next() {
-                    Some(c) => {
-                        msg = UploadChunk {
-                            digest: None,
-                            data: tonic::codegen::Bytes::copy_from_slice(c),
-                        }
-                    }
-                    None => return,
-                }
-            }
-        };
+        let feed = async move { self.feed(&tx, digest, bytes, |c| c).await };
         let mut req = Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
         req.set_timeout(self.timeout.max(Duration::from_secs(3600)));
         let mut grpc = self.grpc();
@@ -574,42 +550,49 @@ impl RemoteClient {
     /// Reads a chunk stream to its end: the bytes, checked against the
     /// digest of the last message.
     async fn receive(&self, mut s: Streaming<DownloadChunk>) -> Result<Vec<u8>, GatewayError> {
-        let mut out: Vec<u8> = Vec::new();
-        let mut hasher = blake3::Hasher::new();
-        let mut first = true;
+        let mut a = Assembly::default();
         while let Some(c) = s.message().await? {
-            if first {
-                let size = usize::try_from(c.size)
-                    .map_err(|_| GatewayError::Protocol("a blob larger than memory".into()))?;
-                out.reserve_exact(size);
-                first = false;
-            }
-            if !c.data.is_empty() {
-                hasher.update(&c.data);
-                out.extend_from_slice(&c.data);
-                // Relaxed: a tally for reporting; no partner.
-                self.received
-                    .fetch_add(c.data.len() as u64, Ordering::Relaxed);
-            }
-            if !c.blake3.is_empty() {
-                let got = hasher.finalize();
-                if got.as_bytes()[..] != c.blake3[..] {
-                    let expected = c
-                        .blake3
-                        .iter()
-                        .map(|b| format!("{b:02x}"))
-                        .collect::<String>();
-                    return Err(GatewayError::DigestMismatch {
-                        expected,
-                        got: got.to_hex().to_string(),
-                    });
-                }
-                return Ok(out);
+            if let Some(done) = a.take(self, c)? {
+                return Ok(done);
             }
         }
         Err(GatewayError::Protocol(
             "the transfer ended without its digest".into(),
         ))
+    }
+
+    /// Sends `bytes` as `UploadChunk`s (the first with `digest`) to `tx`,
+    /// wrapped by `wrap`; stops early if the receiver is gone.
+    async fn feed<T>(
+        &self,
+        tx: &tokio::sync::mpsc::Sender<T>,
+        digest: ContentDigest,
+        bytes: &[u8],
+        wrap: impl Fn(UploadChunk) -> T,
+    ) {
+        let mut chunks = bytes.chunks(CHUNK_BYTES);
+        let first = chunks.next().unwrap_or(&[]);
+        let mut msg = UploadChunk {
+            digest: Some(digest.to_proto()),
+            data: tonic::codegen::Bytes::copy_from_slice(first),
+        };
+        loop {
+            let n = msg.data.len() as u64;
+            if tx.send(wrap(msg)).await.is_err() {
+                return; // the call ended early; its status says why
+            }
+            // Relaxed: a tally for reporting; no partner.
+            self.sent.fetch_add(n, Ordering::Relaxed);
+            match chunks.next() {
+                Some(c) => {
+                    msg = UploadChunk {
+                        digest: None,
+                        data: tonic::codegen::Bytes::copy_from_slice(c),
+                    }
+                }
+                None => return,
+            }
+        }
     }
 
     /// The cache of the server behind the gateway.
@@ -663,6 +646,56 @@ impl RemoteClient {
     }
 }
 
+/// A blob arriving in `DownloadChunk`s: its length in the first, its
+/// BLAKE3 in the last.
+#[derive(Default)]
+struct Assembly {
+    out: Vec<u8>,
+    hasher: blake3::Hasher,
+    started: bool,
+}
+
+impl Assembly {
+    /// Adds `c`; the whole blob once `c` was the last chunk and the bytes
+    /// match its digest.
+    fn take(
+        &mut self,
+        client: &RemoteClient,
+        c: DownloadChunk,
+    ) -> Result<Option<Vec<u8>>, GatewayError> {
+        if !self.started {
+            let size = usize::try_from(c.size)
+                .map_err(|_| GatewayError::Protocol("a blob larger than memory".into()))?;
+            self.out.reserve_exact(size);
+            self.started = true;
+        }
+        if !c.data.is_empty() {
+            self.hasher.update(&c.data);
+            self.out.extend_from_slice(&c.data);
+            // Relaxed: a tally for reporting; no partner.
+            client
+                .received
+                .fetch_add(c.data.len() as u64, Ordering::Relaxed);
+        }
+        if c.blake3.is_empty() {
+            return Ok(None);
+        }
+        let got = self.hasher.finalize();
+        if got.as_bytes()[..] != c.blake3[..] {
+            let expected = c
+                .blake3
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>();
+            return Err(GatewayError::DigestMismatch {
+                expected,
+                got: got.to_hex().to_string(),
+            });
+        }
+        Ok(Some(std::mem::take(&mut self.out)))
+    }
+}
+
 /// The remote cache, as [`RemoteClient::cache`] gives it: values are owned
 /// byte buffers.
 ///
@@ -680,6 +713,14 @@ pub struct RemoteCache<'c> {
 }
 
 impl RemoteCache<'_> {
+    /// The longest a remote claim of [`get_or_compute`](Self::get_or_compute)
+    /// lasts while its caller stays connected: 1 hour.
+    ///
+    /// ```
+    /// assert_eq!(cradle_client::RemoteCache::CLAIM.as_secs(), 3600);
+    /// ```
+    pub const CLAIM: Duration = Duration::from_secs(3600);
+
     /// The value under `key`, digest-checked; `None` on a miss.
     ///
     /// ```no_run
@@ -761,11 +802,14 @@ impl RemoteCache<'_> {
         self.store(key, bytes, true, false)
     }
 
-    /// The value under `key`, or `compute`'s, stored with put-if-absent:
-    /// the first value stored wins and every caller gets that one. Unlike
-    /// the local [`Cache::get_or_compute`](crate::Cache) of servers with
-    /// compute-once claims, two remote callers that miss together may
-    /// both run `compute` (the gateway does not hold claims yet).
+    /// The value under `key`, computed once across every caller of the
+    /// server, local and remote, as the local
+    /// [`Cache::get_or_compute`](crate::Cache::get_or_compute) does: if
+    /// the key is absent, one caller at a time holds its claim and runs
+    /// `compute`; the others wait until it stores the value (then all get
+    /// it), fails, disconnects or dies (then the next one computes). A
+    /// remote claim lives as long as this call's stream to the gateway, at
+    /// most [`CLAIM`](Self::CLAIM) (else the next waiter computes too).
     ///
     /// ```no_run
     /// # fn demo(remote: &cradle_client::RemoteClient) -> Result<(), Box<dyn std::error::Error>> {
@@ -777,20 +821,81 @@ impl RemoteCache<'_> {
         key: &str,
         compute: impl FnOnce() -> Result<Vec<u8>, E>,
     ) -> Result<Vec<u8>, ComputeOrGatewayError<E>> {
-        if let Some(v) = self.get(key).map_err(ComputeOrGatewayError::Gateway)? {
-            return Ok(v);
+        use cradle_proto::v1::{ClaimStart, ClaimUp, claim_down, claim_up};
+        let c = self.client;
+        let gw = ComputeOrGatewayError::Gateway;
+        let (tx, rx) = tokio::sync::mpsc::channel::<ClaimUp>(2);
+        let start = ClaimUp {
+            msg: Some(claim_up::Msg::Start(ClaimStart {
+                key: key.to_owned(),
+                claim_ms: u32::try_from(Self::CLAIM.as_millis()).unwrap_or(u32::MAX),
+            })),
+        };
+        let (mut down, first) =
+            c.rt.block_on(async {
+                tx.send(start)
+                    .await
+                    .map_err(|_| GatewayError::Protocol("the claim stream closed".into()))?;
+                let mut r = Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+                // The wait for another caller's value, the computation and
+                // the transfers all happen within this one call.
+                r.set_timeout(c.timeout.max(Duration::from_secs(3600)) + Self::CLAIM);
+                let mut down = c.grpc().cache_get_or_claim(r).await?.into_inner();
+                let first = down.message().await?;
+                Ok::<_, GatewayError>((down, first))
+            })
+            .map_err(gw)?;
+        let mut a = Assembly::default();
+        match first.and_then(|m| m.msg) {
+            Some(claim_down::Msg::Claimed(_)) => {}
+            Some(claim_down::Msg::Chunk(ch)) => {
+                if let Some(v) = a.take(c, ch).map_err(gw)? {
+                    return Ok(v);
+                }
+                return c
+                    .rt
+                    .block_on(async {
+                        while let Some(m) = down.message().await? {
+                            let Some(claim_down::Msg::Chunk(ch)) = m.msg else {
+                                return Err(GatewayError::Protocol(
+                                    "a value's transfer holds chunks only".into(),
+                                ));
+                            };
+                            if let Some(v) = a.take(c, ch)? {
+                                return Ok(v);
+                            }
+                        }
+                        Err(GatewayError::Protocol(
+                            "the transfer ended without its digest".into(),
+                        ))
+                    })
+                    .map_err(gw);
+            }
+            Some(claim_down::Msg::Stored(_)) | None => {
+                return Err(gw(GatewayError::Protocol(
+                    "the gateway answered a claim with neither a value nor the claim".into(),
+                )));
+            }
         }
+        // Ours: compute while the stream holds the claim. On failure the
+        // stream is dropped, which gives the claim back.
         let v = compute().map_err(ComputeOrGatewayError::Compute)?;
-        if self
-            .put_if_absent(key, &v)
-            .map_err(ComputeOrGatewayError::Gateway)?
-        {
-            return Ok(v);
-        }
-        match self.get(key).map_err(ComputeOrGatewayError::Gateway)? {
-            Some(winner) => Ok(winner),
-            None => Ok(v),
-        }
+        let digest = ContentDigest::of(&v);
+        c.rt.block_on(async {
+            let wrap = |u| ClaimUp {
+                msg: Some(claim_up::Msg::Value(u)),
+            };
+            c.feed(&tx, digest, &v, wrap).await;
+            drop(tx);
+            match down.message().await? {
+                Some(m) if matches!(m.msg, Some(claim_down::Msg::Stored(_))) => Ok(()),
+                _ => Err(GatewayError::Protocol(
+                    "the gateway did not confirm the stored value".into(),
+                )),
+            }
+        })
+        .map_err(gw)?;
+        Ok(v)
     }
 
     /// Removes `key` from memory and disk; whether either held it.

@@ -8,6 +8,9 @@
 //! * Blobs move as streams of 1 MiB chunks, checked against their digest at
 //!   the end; a client asks `FindMissingBlobs` first and uploads only what
 //!   the gateway cannot name already.
+//! * Compute-once keys (`CacheGetOrClaim`): a remote caller holds the
+//!   server's claim on a key for the life of its stream, so local and
+//!   remote callers compute a value once, and a claimant that dies frees it.
 //! * Every request carries a bearer token (`--token-file`), checked before
 //!   any work; without TLS the gateway binds a loopback address only.
 //!

@@ -3,20 +3,22 @@
 
 use crate::local::{Conn, Digest, Local, StageLimits};
 use crate::stats::Counters;
-use cradle_client::BlobRef;
+use cradle_client::{Blob, BlobRef, ComputeError};
 use cradle_proto::CHUNK_BYTES;
 use cradle_proto::v1::gateway_server::Gateway;
 use cradle_proto::v1::{
     CacheGetRequest, CacheListRequest, CacheListResponse, CachePutRequest, CachePutResponse,
-    CacheRemoveRequest, CacheRemoveResponse, CallRequest, CallResponse, DownloadChunk,
-    DownloadRequest, FindMissingBlobsRequest, FindMissingBlobsResponse, GatewayStatsRequest,
-    GatewayStatsResponse, ListedKey, UploadChunk, UploadResponse,
+    CacheRemoveRequest, CacheRemoveResponse, CallRequest, CallResponse, ClaimDown, ClaimStart,
+    ClaimUp, DownloadChunk, DownloadRequest, FindMissingBlobsRequest, FindMissingBlobsResponse,
+    GatewayStatsRequest, GatewayStatsResponse, ListedKey, UploadChunk, UploadResponse, claim_down,
+    claim_up,
 };
 use ipc_rpc::blob::{CacheList, CachePut, CachePutDurable, ListRequest, PutRequest};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
@@ -37,9 +39,11 @@ pub(crate) struct Limits {
 
 /// `cradle.*` methods a remote caller may name in `Call`. The others move
 /// leases or descriptors (blob and cache methods: the gateway's own RPCs
-/// do that), make the gateway's session a provider, or take a blob handle
-/// in their request body (`cradle.example.invert`: a remote caller could
-/// name any blob by a guessed handle).
+/// do that; compute-once claims: `CacheGetOrClaim`), make the gateway's
+/// session a provider, or take a blob handle in their request body
+/// (`cradle.example.invert`: a remote caller could name any blob by a
+/// guessed handle). `cradle.example.work` may carry one too: it passes only
+/// without (see [`check_body`]).
 const ALLOWED_SERVER_METHODS: &[&str] = &[
     "cradle.ping",
     "cradle.stats",
@@ -47,13 +51,120 @@ const ALLOWED_SERVER_METHODS: &[&str] = &[
     "cradle.cache.remove",
     "cradle.methods",
     "cradle.memo.list",
+    "cradle.memo.clear",
+    "cradle.example.work",
+    "cradle.example.work_runs",
 ];
 
+/// Refuses a request body of an allowed `cradle.*` method that names a
+/// blob by handle (only `cradle.example.work` can).
+fn check_body(method: &str, body: &[u8]) -> Result<(), Status> {
+    use ipc_rpc::example::{Work, WorkRequest};
+    use ipc_rpc::{Method, Wire};
+    if method != Work::NAME {
+        return Ok(());
+    }
+    let mut aligned = ipc_rpc::rkyv::util::AlignedVec::<16>::with_capacity(body.len());
+    aligned.extend_from_slice(body);
+    let req = WorkRequest::decode(&aligned)
+        .map_err(|e| Status::invalid_argument(format!("{method}: a malformed request: {e}")))?;
+    if req.input.is_some() {
+        return Err(Status::permission_denied(format!(
+            "{method}: an input blob named by handle is not accepted through the gateway"
+        )));
+    }
+    Ok(())
+}
+
+/// Cheap to clone: a claim's task holds a clone while it runs.
+#[derive(Clone)]
 pub(crate) struct Service {
     pub(crate) local: Arc<Local>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) limits: Limits,
     uploads: Arc<Mutex<HashMap<Option<SocketAddr>, u64>>>,
+    /// One turn per key for remote claimants (see [`ClaimTurn`]).
+    claim_turns: Arc<Mutex<TurnMap>>,
+}
+
+type TurnMap = HashMap<String, Arc<tokio::sync::Mutex<()>>>;
+
+/// A remote claimant's place in its key's turn. The local server grants
+/// claims per session and answers `Claimed` again to the session that
+/// holds one; every remote caller shares the gateway's session, so remote
+/// claimants of one key take turns here first: one at a time asks the
+/// server, the others wait for it to finish (then find the key stored, or
+/// get the claim if it gave up). The entry goes with its last user.
+struct ClaimTurn {
+    map: Arc<Mutex<TurnMap>>,
+    key: String,
+    lock: Option<Arc<tokio::sync::Mutex<()>>>,
+}
+
+impl ClaimTurn {
+    fn new(map: &Arc<Mutex<TurnMap>>, key: &str) -> Self {
+        let lock = map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.to_owned())
+            .or_default()
+            .clone();
+        Self {
+            map: map.clone(),
+            key: key.to_owned(),
+            lock: Some(lock),
+        }
+    }
+
+    fn lock(&self) -> Arc<tokio::sync::Mutex<()>> {
+        self.lock.clone().expect("present until drop")
+    }
+}
+
+impl Drop for ClaimTurn {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        // Ours goes first, under the map's lock (the only place clones are
+        // made or dropped): one left means only the map holds it.
+        drop(self.lock.take());
+        if map
+            .get(&self.key)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
+            map.remove(&self.key);
+        }
+    }
+}
+
+/// Where an upload's chunks come from: an `UploadBlob` call, or the value
+/// a claimant sends on its `CacheGetOrClaim` stream.
+enum Source<'a> {
+    Upload(&'a mut Streaming<UploadChunk>),
+    Claim(&'a mut Streaming<ClaimUp>),
+}
+
+impl Source<'_> {
+    /// The next chunk's bytes; `None` at the end of the stream.
+    async fn next(&mut self) -> Result<Option<prost::bytes::Bytes>, Status> {
+        match self {
+            Self::Upload(s) => Ok(s.message().await?.map(|c| c.data)),
+            Self::Claim(s) => match s.message().await? {
+                None => Ok(None),
+                Some(ClaimUp {
+                    msg: Some(claim_up::Msg::Value(c)),
+                }) => Ok(Some(c.data)),
+                Some(_) => Err(Status::invalid_argument(
+                    "a claimant's value is sent as value chunks only",
+                )),
+            },
+        }
+    }
+}
+
+type ClaimStream = ReceiverStream<Result<ClaimDown, Status>>;
+
+fn down(msg: claim_down::Msg) -> ClaimDown {
+    ClaimDown { msg: Some(msg) }
 }
 
 /// Bytes reserved for an upload on its connection, given back on drop.
@@ -95,6 +206,7 @@ impl Service {
             counters,
             limits,
             uploads: Arc::default(),
+            claim_turns: Arc::default(),
         }
     }
 
@@ -125,6 +237,7 @@ impl Service {
                 req.method
             )));
         }
+        check_body(&req.method, &req.body)?;
         let conn = self.local.conn().await?;
         let mut held = Vec::with_capacity(req.blobs.len());
         for d in &req.blobs {
@@ -194,6 +307,34 @@ impl Service {
         let d = Digest::from_proto(first.digest.as_ref())?;
         tracing::Span::current().record("digest", d.hex());
         tracing::Span::current().record("bytes", d.size);
+        let conn = self.local.conn().await?;
+        let blob = self
+            .receive(&conn, peer, d, first.data, Source::Upload(&mut chunks))
+            .await?;
+        let r = match conn.client.get(blob.handle()).await {
+            Ok(r) => r,
+            Err(e) => return Err(self.local.blob_failed(&conn, &e).await),
+        };
+        drop(blob);
+        conn.stage(d, Arc::new(r), self.limits.staging);
+        self.counters.bump(&self.counters.uploads, 1);
+        Ok(UploadResponse {
+            digest: Some(d.to_proto()),
+            bytes_received: d.size,
+        })
+    }
+
+    /// Receives the blob of `d` from `peer` into a new local blob: `data`
+    /// first, then what `src` sends; checked against the length and the
+    /// hash, sealed only if both match (else nothing is stored).
+    async fn receive(
+        &self,
+        conn: &Arc<Conn>,
+        peer: Option<SocketAddr>,
+        d: Digest,
+        mut data: prost::bytes::Bytes,
+        mut src: Source<'_>,
+    ) -> Result<Blob, Status> {
         if d.size > self.limits.max_blob_bytes {
             return Err(Status::resource_exhausted(format!(
                 "a blob of {} bytes exceeds the gateway's limit of {} (--max-blob-bytes)",
@@ -201,16 +342,14 @@ impl Service {
             )));
         }
         let _reserved = self.reserve(peer, d.size)?;
-        let conn = self.local.conn().await?;
         let size = usize::try_from(d.size)
             .map_err(|_| Status::invalid_argument("blob size does not fit this machine"))?;
         let mut w = match conn.client.create(size).await {
             Ok(w) => w,
-            Err(e) => return Err(self.local.blob_failed(&conn, &e).await),
+            Err(e) => return Err(self.local.blob_failed(conn, &e).await),
         };
         let mut hasher = blake3::Hasher::new();
         let mut at = 0usize;
-        let mut data = first.data;
         loop {
             if at + data.len() > size {
                 self.counters.bump(&self.counters.uploads_refused, 1);
@@ -225,8 +364,8 @@ impl Service {
                 self.counters
                     .bump(&self.counters.upload_bytes, data.len() as u64);
             }
-            match chunks.message().await {
-                Ok(Some(c)) => data = c.data,
+            match src.next().await {
+                Ok(Some(c)) => data = c,
                 Ok(None) => break,
                 Err(e) => {
                     // Cut off: the unsealed blob is dropped, nothing stored.
@@ -248,21 +387,10 @@ impl Service {
                 d.hex()
             )));
         }
-        let blob = match w.seal().await {
-            Ok(b) => b,
-            Err(e) => return Err(self.local.blob_failed(&conn, &e).await),
-        };
-        let r = match conn.client.get(blob.handle()).await {
-            Ok(r) => r,
-            Err(e) => return Err(self.local.blob_failed(&conn, &e).await),
-        };
-        drop(blob);
-        conn.stage(d, Arc::new(r), self.limits.staging);
-        self.counters.bump(&self.counters.uploads, 1);
-        Ok(UploadResponse {
-            digest: Some(d.to_proto()),
-            bytes_received: d.size,
-        })
+        match w.seal().await {
+            Ok(b) => Ok(b),
+            Err(e) => Err(self.local.blob_failed(conn, &e).await),
+        }
     }
 
     /// Streams `blob` in chunks, the digest of what was sent last (hashed
@@ -350,6 +478,135 @@ impl Service {
         let key = req.key;
         let c2: Arc<Conn> = conn.clone();
         Ok(self.stream(Arc::new(b), known, move |d| c2.index(d, &key, id)))
+    }
+
+    /// `CacheGetOrClaim`: reads the first message, then leaves the rest to
+    /// a task of its own ([`run_claim`](Self::run_claim)), which outlives
+    /// the caller if it must: a claim the server grants after the caller
+    /// went away is given back at once, not left to expire.
+    async fn do_get_or_claim(
+        &self,
+        peer: Option<SocketAddr>,
+        mut up: Streaming<ClaimUp>,
+    ) -> Result<ClaimStream, Status> {
+        let start = match up.message().await? {
+            Some(ClaimUp {
+                msg: Some(claim_up::Msg::Start(s)),
+            }) => s,
+            Some(_) => {
+                return Err(Status::invalid_argument(
+                    "the first message of CacheGetOrClaim must be `start`",
+                ));
+            }
+            None => return Err(Status::invalid_argument("a claim without a first message")),
+        };
+        let conn = self.local.conn().await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let svc = self.clone();
+        tokio::spawn(
+            async move { svc.run_claim(conn, peer, start, up, tx).await }.in_current_span(),
+        );
+        Ok(ReceiverStream::new(rx))
+    }
+
+    /// A remote `get_or_compute`, through the gateway session's own
+    /// (`AsyncCache::get_or_compute`): a hit or a value another caller
+    /// puts is streamed back; a granted claim is announced (`claimed`),
+    /// the caller's value received and put (`stored`). A caller that gives
+    /// up, disconnects or stays silent longer than its claim makes the
+    /// computation fail here, which gives the claim back to the server at
+    /// once (its next waiter, local or remote, gets it).
+    async fn run_claim(
+        self,
+        conn: Arc<Conn>,
+        peer: Option<SocketAddr>,
+        start: ClaimStart,
+        mut up: Streaming<ClaimUp>,
+        tx: tokio::sync::mpsc::Sender<Result<ClaimDown, Status>>,
+    ) {
+        let key = start.key;
+        let claim = match start.claim_ms {
+            0 => self.limits.call_timeout,
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        let turn = ClaimTurn::new(&self.claim_turns, &key);
+        let _my_turn = tokio::select! {
+            g = turn.lock().lock_owned() => g,
+            _ = tx.closed() => return, // gone before its turn: nothing held
+        };
+        let mut computed = false;
+        let (flag, tx_c, up_c, conn_c, svc) = (&mut computed, &tx, &mut up, &conn, &self);
+        let compute = move || {
+            *flag = true;
+            async move {
+                if tx_c
+                    .send(Ok(down(claim_down::Msg::Claimed(true))))
+                    .await
+                    .is_err()
+                {
+                    return Err(Status::cancelled("the claimant went away"));
+                }
+                let value = async move {
+                    let first = match up_c.message().await? {
+                        Some(ClaimUp {
+                            msg: Some(claim_up::Msg::Value(c)),
+                        }) => c,
+                        Some(_) => {
+                            return Err(Status::invalid_argument(
+                                "after `claimed`, a claimant sends its value",
+                            ));
+                        }
+                        None => return Err(Status::cancelled("the claimant gave the claim up")),
+                    };
+                    let d = Digest::from_proto(first.digest.as_ref())?;
+                    svc.receive(conn_c, peer, d, first.data, Source::Claim(up_c))
+                        .await
+                };
+                match tokio::time::timeout(claim, value).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Status::deadline_exceeded(format!(
+                        "the claimant sent no value within its claim ({} ms)",
+                        claim.as_millis()
+                    ))),
+                }
+            }
+        };
+        let r = conn
+            .client
+            .cache()
+            .get_or_compute(&key, claim, compute)
+            .await;
+        let blob = match r {
+            Ok(b) => b,
+            Err(ComputeError::Compute(status)) => {
+                let _ = tx.send(Err(status)).await;
+                return;
+            }
+            Err(ComputeError::Cache(e)) => {
+                let _ = tx.send(Err(self.local.blob_failed(&conn, &e).await)).await;
+                return;
+            }
+        };
+        drop(_my_turn);
+        drop(turn);
+        if computed {
+            // The claimant has the bytes it sent.
+            let _ = tx.send(Ok(down(claim_down::Msg::Stored(true)))).await;
+            return;
+        }
+        let id = blob.handle().id;
+        let known = conn.known_digest(&key, id);
+        let c2 = conn.clone();
+        let mut chunks = self.stream(Arc::new(blob), known, move |d| c2.index(d, &key, id));
+        while let Some(c) = chunks.next().await {
+            if tx
+                .send(c.map(|c| down(claim_down::Msg::Chunk(c))))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
     }
 
     async fn do_cache_put(&self, req: CachePutRequest) -> Result<CachePutResponse, Status> {
@@ -550,6 +807,20 @@ impl Gateway for Service {
         let req = request.into_inner();
         let span = tracing::info_span!("cache_list", prefix = %req.prefix);
         self.do_cache_list(req)
+            .instrument(span)
+            .await
+            .map(Response::new)
+    }
+
+    type CacheGetOrClaimStream = ClaimStream;
+
+    async fn cache_get_or_claim(
+        &self,
+        request: Request<Streaming<ClaimUp>>,
+    ) -> Result<Response<ClaimStream>, Status> {
+        let peer = peer_of(&request);
+        let span = tracing::info_span!("cache_get_or_claim", ?peer);
+        self.do_get_or_claim(peer, request.into_inner())
             .instrument(span)
             .await
             .map(Response::new)

@@ -490,6 +490,95 @@ fn the_cli_works_through_the_gateway() {
     assert!(!ok && err.contains("no entry"), "{err}");
     let (ok, out, err) = cradle(&["--json", "stats"]);
     assert!(ok && out.contains("\"sessions\""), "{out}{err}");
+    // A transfer bar on request, though stderr is a pipe here: drawn while
+    // the bytes cross (put and get), nothing on stdout but the report.
+    let big = dir.path().join("big.bin");
+    std::fs::write(&big, bytes(48 << 20, 10)).unwrap();
+    let (ok, out, err) = cradle(&["--progress", "--json", "put", "big", big.to_str().unwrap()]);
+    assert!(ok && out.starts_with('{'), "{out}{err}");
+    assert!(
+        err.contains("put [") && err.contains("MiB"),
+        "no bar: {err:?}"
+    );
+    let back = dir.path().join("big.out");
+    let (ok, out, err) = cradle(&["--progress", "get", "big", "-o", back.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        err.contains("get [") && err.contains("MiB"),
+        "no bar: {err:?}"
+    );
+    assert!(std::fs::read(&back).unwrap() == std::fs::read(&big).unwrap());
+    // Without --progress and without a terminal: no bar.
+    let (ok, _, err) = cradle(&["put", "big2", big.to_str().unwrap()]);
+    assert!(ok && !err.contains("put ["), "{err:?}");
+}
+
+#[test]
+fn methods_call_and_memo_work_through_the_gateway_in_the_cli() {
+    use ipc_rpc::Method;
+    use ipc_rpc::example::{Work, WorkRequest};
+    let _w = Watchdog::new(240, "cli methods/call/memo");
+    let dir = TempDir::new("climore");
+    let _server = start_server(dir.path(), "256M");
+    let pki = make_pki(dir.path());
+    let gw = start_gateway(dir.path(), Some(&pki), &[]);
+    let cradle = |args: &[&str]| {
+        let out = std::process::Command::new(cli_bin())
+            .arg("--remote")
+            .arg(&gw.url)
+            .arg("--token-file")
+            .arg(&gw.token_file)
+            .arg("--ca-file")
+            .arg(&pki.ca)
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.success(), stdout, stderr)
+    };
+    let (ok, out, err) = cradle(&["--json", "methods"]);
+    assert!(
+        ok && out.contains("\"cradle.ping\"") && out.contains("\"cradle.example.work\""),
+        "{out}{err}"
+    );
+    // One memoized run, made remotely.
+    let remote = remote(&gw, Some(&pki));
+    let req = WorkRequest {
+        seed: 5,
+        sleep_ms: 0,
+        input: None,
+        out_len: 0,
+    };
+    remote.call::<Work>(&req).unwrap();
+    // `call` of a bytes body: work_runs takes () (no bytes), answers a u64.
+    let (ok, out, err) = cradle(&["call", "cradle.example.work_runs", "--raw-hex", ""]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(
+        out.trim(),
+        "0100000000000000",
+        "one run, as a little-endian u64"
+    );
+    let (ok, out, err) = cradle(&["--json", "memo", "ls", Work::NAME]);
+    assert!(
+        ok && out.contains("\"entries\":1") && out.contains("\"misses\":1"),
+        "{out}{err}"
+    );
+    let (ok, out, err) = cradle(&["--json", "memo", "clear"]);
+    assert!(ok && out.contains("\"removed\":1"), "{out}{err}");
+    let (ok, out, err) = cradle(&["--json", "memo", "ls", Work::NAME]);
+    assert!(ok && out.contains("\"entries\":0"), "{out}{err}");
+    let (ok, _, err) = cradle(&["memo", "ls", "no.such.method"]);
+    assert!(!ok && err.contains("no memoized method"), "{err}");
+    // A method the gateway refuses: the error says so.
+    let (ok, _, err) = cradle(&["call", "cradle.blob.create", "--raw-hex", "00"]);
+    assert!(
+        !ok && err.contains("not callable through the gateway"),
+        "{err}"
+    );
+    // Commands that need no server say so instead of connecting.
+    let (ok, out, err) = cradle(&["completions", "bash"]);
+    assert!(ok && out.contains("cradle"), "{err}");
 }
 
 fn rss_anon_kib(pid: u32) -> u64 {

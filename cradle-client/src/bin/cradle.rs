@@ -27,6 +27,11 @@ struct Cli {
     #[arg(long, env = "CRADLE_SOCKET", global = true)]
     socket: Option<PathBuf>,
 
+    /// Draw progress bars on stderr even when it is not a terminal and the
+    /// work is small (put, get, ping; `--no-progress` still wins).
+    #[arg(long, global = true)]
+    progress: bool,
+
     /// Print the result as one JSON object on stdout instead of text (the
     /// fields are listed in docs/operations.md, "Scripting the CLI").
     #[arg(long, global = true)]
@@ -34,7 +39,7 @@ struct Cli {
 
     /// Talk to a server on another machine through its `cradle-gateway`:
     /// `cradle+https://HOST:PORT` (or `cradle+http://127.0.0.1:PORT` on
-    /// loopback). Ping, stats, put, get, ls and rm work remotely.
+    /// loopback). Every command that talks to a server works remotely.
     #[arg(long, env = "CRADLE_REMOTE", global = true, value_name = "URL")]
     remote: Option<String>,
 
@@ -260,6 +265,7 @@ fn emit(report: &impl Report, json: bool) -> Result<(), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = cli.json;
+    let _ = FORCE_PROGRESS.set(cli.progress);
     // Commands that need no server.
     match cli.command {
         Command::Completions { shell } => {
@@ -528,9 +534,17 @@ fn fmt_bytes(n: u64) -> String {
     bytesize::ByteSize(n).display().iec().to_string()
 }
 
+/// `--progress`: bars are drawn whatever stderr is (set once in `main`).
+static FORCE_PROGRESS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+fn progress_forced() -> bool {
+    FORCE_PROGRESS.get().copied().unwrap_or(false)
+}
+
 /// A progress bar on stderr (indicatif), or a hidden one: shown only when
 /// `wanted`, stderr is a terminal and the work is big enough to watch
-/// (16 MiB for transfers; a ping run of 100,000 calls or more).
+/// (16 MiB for transfers; a ping run of 100,000 calls or more), or, with
+/// `--progress`, whenever `wanted`.
 fn progress_bar(what: &'static str, total: u64, wanted: bool, template: &str) -> ProgressBar {
     use std::io::IsTerminal;
     let big = if what == "ping" {
@@ -538,13 +552,80 @@ fn progress_bar(what: &'static str, total: u64, wanted: bool, template: &str) ->
     } else {
         total >= 16 << 20
     };
-    if !(wanted && big && std::io::stderr().is_terminal()) {
+    let forced = wanted && progress_forced();
+    let shown = forced || (wanted && big && std::io::stderr().is_terminal());
+    if !shown {
         return ProgressBar::hidden();
     }
     let style = ProgressStyle::with_template(template)
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("#>-");
-    ProgressBar::new(total).with_style(style).with_prefix(what)
+    let bar = ProgressBar::new(total).with_style(style).with_prefix(what);
+    if forced && !std::io::stderr().is_terminal() {
+        // indicatif hides a bar whose stderr is no terminal; draw anyway.
+        bar.set_draw_target(indicatif::ProgressDrawTarget::term_like(Box::new(
+            PlainStderr,
+        )));
+    }
+    bar
+}
+
+/// Stderr as a terminal of 80 columns for `--progress` when it is not one
+/// (a pipe, a file): the bar's lines and escape sequences are written as
+/// they are.
+#[derive(Debug)]
+struct PlainStderr;
+
+impl PlainStderr {
+    fn put(s: &str) -> std::io::Result<()> {
+        std::io::stderr().lock().write_all(s.as_bytes())
+    }
+}
+
+impl indicatif::TermLike for PlainStderr {
+    fn width(&self) -> u16 {
+        80
+    }
+    fn move_cursor_up(&self, n: usize) -> std::io::Result<()> {
+        if n == 0 {
+            Ok(())
+        } else {
+            Self::put(&format!("\x1b[{n}A"))
+        }
+    }
+    fn move_cursor_down(&self, n: usize) -> std::io::Result<()> {
+        if n == 0 {
+            Ok(())
+        } else {
+            Self::put(&format!("\x1b[{n}B"))
+        }
+    }
+    fn move_cursor_right(&self, n: usize) -> std::io::Result<()> {
+        if n == 0 {
+            Ok(())
+        } else {
+            Self::put(&format!("\x1b[{n}C"))
+        }
+    }
+    fn move_cursor_left(&self, n: usize) -> std::io::Result<()> {
+        if n == 0 {
+            Ok(())
+        } else {
+            Self::put(&format!("\x1b[{n}D"))
+        }
+    }
+    fn write_line(&self, s: &str) -> std::io::Result<()> {
+        Self::put(&format!("{s}\n"))
+    }
+    fn write_str(&self, s: &str) -> std::io::Result<()> {
+        Self::put(s)
+    }
+    fn clear_line(&self) -> std::io::Result<()> {
+        Self::put("\r\x1b[2K")
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        std::io::stderr().lock().flush()
+    }
 }
 
 /// The template of a transfer's bar.
@@ -1001,10 +1082,28 @@ struct MemoReport {
     methods: Vec<MemoMethodPart>,
 }
 
-fn memo_ls(client: &Client, method: &str) -> Result<MemoReport, String> {
-    let list = client
-        .call::<MemoList>(&method.to_owned())
-        .map_err(|e| e.to_string())?;
+/// The calls of `cradle memo`, to a local server or through the gateway.
+trait MemoCalls {
+    /// `cradle.memo.list`.
+    fn memo_list(&self, method: &str) -> Result<Vec<ipc_rpc::memo::MemoMethodStats>, String>;
+    /// `cradle.memo.clear`.
+    fn memo_clear(&self, method: &str) -> Result<u64, String>;
+}
+
+impl MemoCalls for Client {
+    fn memo_list(&self, method: &str) -> Result<Vec<ipc_rpc::memo::MemoMethodStats>, String> {
+        self.call::<MemoList>(&method.to_owned())
+            .map_err(|e| e.to_string())
+    }
+
+    fn memo_clear(&self, method: &str) -> Result<u64, String> {
+        self.call::<MemoClear>(&method.to_owned())
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn memo_ls(client: &impl MemoCalls, method: &str) -> Result<MemoReport, String> {
+    let list = client.memo_list(method)?;
     if list.is_empty() && !method.is_empty() {
         return Err(format!("the server has no memoized method {method:?}"));
     }
@@ -1067,13 +1166,11 @@ struct MemoClearReport {
     removed: u64,
 }
 
-fn memo_clear(client: &Client, method: &str) -> Result<MemoClearReport, String> {
+fn memo_clear(client: &impl MemoCalls, method: &str) -> Result<MemoClearReport, String> {
     if !method.is_empty() {
         memo_ls(client, method)?;
     }
-    let removed = client
-        .call::<MemoClear>(&method.to_owned())
-        .map_err(|e| e.to_string())?;
+    let removed = client.memo_clear(method)?;
     Ok(MemoClearReport {
         method: (!method.is_empty()).then(|| method.to_owned()),
         removed,

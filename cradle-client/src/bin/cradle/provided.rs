@@ -115,6 +115,11 @@ pub(crate) fn methods(client: &Client) -> Result<MethodsReport, String> {
     let list = client
         .methods()
         .map_err(|e| format!("cannot list the methods: {e}"))?;
+    Ok(methods_report(list))
+}
+
+/// The report of the methods `list` (from a local or a remote server).
+pub(crate) fn methods_report(list: Vec<cradle_client::MethodInfo>) -> MethodsReport {
     let mut methods: Vec<MethodRow> = list
         .into_iter()
         .map(|m| MethodRow {
@@ -143,7 +148,7 @@ pub(crate) fn methods(client: &Client) -> Result<MethodsReport, String> {
         })
         .collect();
     methods.sort_by(|a, b| (a.origin, &a.name, a.version).cmp(&(b.origin, &b.name, b.version)));
-    Ok(MethodsReport { methods })
+    MethodsReport { methods }
 }
 
 /// `cradle call`'s result.
@@ -165,6 +170,8 @@ pub(crate) struct CallReport {
 
 #[derive(Debug, Serialize)]
 struct BlobRow {
+    /// A local blob's handle; through the gateway, `blake3:` and the
+    /// digest of its bytes.
     handle: String,
     bytes: u64,
 }
@@ -232,11 +239,11 @@ pub(crate) struct CallArgs {
     pub(crate) raw: bool,
 }
 
-/// Calls a bytes method by name.
-pub(crate) fn call(client: &Client, a: CallArgs) -> Result<CallReport, String> {
-    let (name, version) = parse_target(&a.target)?;
-    let body = match (a.raw_hex, a.stdin) {
-        (Some(h), false) => parse_hex(&h)?,
+/// The request body `a` names: `--raw-hex`, `--stdin`, or empty; and the
+/// deadline, checked.
+pub(crate) fn call_body(a: &CallArgs) -> Result<(Vec<u8>, Duration), String> {
+    let body = match (&a.raw_hex, a.stdin) {
+        (Some(h), false) => parse_hex(h)?,
         (None, true) => {
             let mut b = Vec::new();
             std::io::stdin()
@@ -250,30 +257,71 @@ pub(crate) fn call(client: &Client, a: CallArgs) -> Result<CallReport, String> {
     if !(a.timeout > 0.0 && a.timeout.is_finite()) {
         return Err("--timeout must be a positive number of seconds".into());
     }
+    Ok((body, Duration::from_secs_f64(a.timeout)))
+}
+
+/// Calls a bytes method by name.
+pub(crate) fn call(client: &Client, a: CallArgs) -> Result<CallReport, String> {
+    let (name, version) = parse_target(&a.target)?;
+    let (body, timeout) = call_body(&a)?;
     let opts = CallOptions {
-        timeout: Duration::from_secs_f64(a.timeout),
+        timeout,
         wait: WaitMode::default(),
     };
     let start = std::time::Instant::now();
     let (resp, blobs) = client
         .call_bytes_opts(&name, version, &body, &[], opts)
         .map_err(|e| format!("{name}@{version}: {e}"))?;
-    Ok(CallReport {
+    let blobs = blobs
+        .iter()
+        .map(|b| BlobRow {
+            handle: b.handle().to_string(),
+            bytes: b.len() as u64,
+        })
+        .collect();
+    Ok(call_report(name, version, resp, blobs, start, a.raw))
+}
+
+/// Calls a bytes method by name through the gateway (`--remote`): result
+/// blobs come back as bytes and are named by their BLAKE3 digest.
+pub(crate) fn call_remote(
+    remote: &cradle_client::RemoteClient,
+    a: CallArgs,
+) -> Result<CallReport, String> {
+    let (name, version) = parse_target(&a.target)?;
+    let (body, _) = call_body(&a)?;
+    let start = std::time::Instant::now();
+    let (resp, blobs) = remote
+        .call_bytes(&name, version, &body, &[])
+        .map_err(|e| format!("{name}@{version}: {e}"))?;
+    let blobs = blobs
+        .iter()
+        .map(|b| BlobRow {
+            handle: format!("blake3:{}", cradle_client::ContentDigest::of(b).hex()),
+            bytes: b.len() as u64,
+        })
+        .collect();
+    Ok(call_report(name, version, resp, blobs, start, a.raw))
+}
+
+fn call_report(
+    name: String,
+    version: u32,
+    resp: Vec<u8>,
+    blobs: Vec<BlobRow>,
+    start: std::time::Instant,
+    raw: bool,
+) -> CallReport {
+    CallReport {
         name,
         version,
         response_hex: hex(&resp),
         response_bytes: resp.len(),
-        blobs: blobs
-            .iter()
-            .map(|b| BlobRow {
-                handle: b.handle().to_string(),
-                bytes: b.len() as u64,
-            })
-            .collect(),
+        blobs,
         seconds: start.elapsed().as_secs_f64(),
-        raw: a.raw,
+        raw,
         body: resp,
-    })
+    }
 }
 
 #[cfg(test)]
