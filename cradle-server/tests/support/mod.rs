@@ -387,9 +387,23 @@ pub fn identity(fd: std::os::fd::BorrowedFd<'_>) -> String {
 }
 
 /// Descriptors the process `pid` has open now.
+///
+/// Files under `/proc` are not counted: the contention gauge of adaptive
+/// waiting (`ipc_core::doorbell::adaptive`) opens `/proc/loadavg` and a
+/// thread's `schedstat` the first time the machine looks busy and keeps
+/// them open, so their number depends on the load, not on leaks (the
+/// directory listing itself is one of them).
 pub fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .map(|t| !t.starts_with("/proc/"))
+                        .unwrap_or(false)
+                })
+                .count()
+        })
         .unwrap_or(0)
 }
 
