@@ -108,6 +108,36 @@ pub(crate) fn try_send_enveloped<T: Wire, R: RingMemory>(
     Err(SendError::TooLarge { len: max + 1, max })
 }
 
+/// Writes `body` straight into the request ring behind its envelope and
+/// publishes the frame: no allocation, one copy (the body into the ring).
+pub(crate) fn try_send_enveloped_bytes<R: RingMemory>(
+    producer: &mut Producer<R>,
+    meta: FrameMeta,
+    deadline_ns: u64,
+    schema_hash: u64,
+    blobs: &[BlobHandle],
+    body: &[u8],
+) -> Result<(), SendError> {
+    let at = wire::body_offset(blobs.len());
+    let mut head = [0u8; wire::body_offset(wire::MAX_ENVELOPE_BLOBS)];
+    let head = head.get_mut(..at).ok_or(SendError::TooLarge {
+        len: at,
+        max: wire::body_offset(wire::MAX_ENVELOPE_BLOBS),
+    })?;
+    wire::write_envelope(head, deadline_ns, schema_hash, blobs)
+        .map_err(|e| SendError::Encode(ipc_rpc::codec::CodecError::new(e)))?;
+    let len = at + body.len();
+    let mut w = match producer.reserve(len) {
+        Ok(w) => w,
+        Err(RingError::Full) => return Err(SendError::Full { need: len }),
+        Err(RingError::TooLarge { len, max }) => return Err(SendError::TooLarge { len, max }),
+        Err(e) => return Err(SendError::Ring(e)),
+    };
+    w.write_at(0, head).map_err(SendError::Ring)?;
+    w.write_at(at, body).map_err(SendError::Ring)?;
+    w.commit(len, meta).map_err(SendError::Ring)
+}
+
 /// A send error as the call's error.
 pub(crate) fn send_error(e: SendError) -> CallError {
     match e {
@@ -141,6 +171,8 @@ pub(crate) fn envelope_error(e: EnvelopeError) -> CallError {
 
 /// The id and the enveloped payload of a call of the bytes method `name`
 /// (version `version`) with `body`, passing `blobs`, due within `timeout`.
+/// (The sync client writes the envelope and body straight into the ring
+/// instead: [`try_send_enveloped_bytes`].)
 pub(crate) fn bytes_request(
     name: &str,
     version: u32,

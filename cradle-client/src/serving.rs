@@ -178,6 +178,11 @@ impl Invocation {
         })
     }
 
+    /// The frame's buffer, for [`Invocations::recycle`].
+    pub(crate) fn into_payload(self) -> AlignedVec<16> {
+        self.payload
+    }
+
     /// The caller's request body (16-aligned).
     pub(crate) fn body(&self) -> &[u8] {
         &self.payload[self.body_at..]
@@ -357,11 +362,21 @@ pub(crate) fn not_served(method: u64) -> HandlerError {
 /// cannot make us hold more).
 const MAX_CANCELLED: usize = 4096;
 
+/// Most spare invocation buffers kept for reuse.
+const MAX_SPARE: usize = 64;
+
+/// Largest invocation buffer kept for reuse: a larger one (a rare big
+/// request) is freed rather than held.
+const MAX_SPARE_BYTES: usize = 64 << 10;
+
 #[derive(Default)]
 struct Queue {
     frames: VecDeque<(FrameMeta, AlignedVec<16>)>,
     /// Invocations cancelled while they ran (advisory).
     cancelled: HashSet<u64>,
+    /// Buffers of answered invocations, reused for the next ones: after
+    /// warm-up, filing an invocation allocates nothing.
+    spare: Vec<AlignedVec<16>>,
 }
 
 /// The sync client's invocation queue: response-ring readers push `INVOKE`
@@ -413,7 +428,8 @@ impl Invocations {
             }
             return;
         }
-        let mut copy = AlignedVec::<16>::with_capacity(bytes.len());
+        let mut copy = q.spare.pop().unwrap_or_default();
+        copy.clear();
         copy.extend_from_slice(bytes);
         q.frames.push_back((meta, copy));
         drop(q);
@@ -423,6 +439,17 @@ impl Invocations {
     /// The next queued invocation.
     pub(crate) fn pop(&self) -> Option<(FrameMeta, AlignedVec<16>)> {
         lock(&self.q).frames.pop_front()
+    }
+
+    /// Gives back the buffer of an answered invocation, for the next one.
+    pub(crate) fn recycle(&self, buf: AlignedVec<16>) {
+        if buf.capacity() > MAX_SPARE_BYTES {
+            return;
+        }
+        let mut q = lock(&self.q);
+        if q.spare.len() < MAX_SPARE {
+            q.spare.push(buf);
+        }
     }
 
     /// Waits up to `d` for an invocation to be queued.

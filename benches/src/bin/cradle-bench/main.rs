@@ -324,8 +324,8 @@ fn run(cli: &Cli) -> Result<(), String> {
 
     // Declared first: dropped last, after the servers and clients.
     let dir = cradle::TempDir::new()?;
-    let (latency, throughput) = if plan.blobs == BlobMode::Only {
-        (Vec::new(), Vec::new())
+    let (latency, throughput, notes) = if plan.blobs == BlobMode::Only {
+        (Vec::new(), Vec::new(), Vec::new())
     } else {
         calls(
             &plan,
@@ -379,6 +379,12 @@ fn run(cli: &Cli) -> Result<(), String> {
         seconds: started.elapsed().as_secs_f64(),
     };
     print!("{}", report.table());
+    if !notes.is_empty() {
+        println!("\nContention gauge of the idle slots (docs/benchmarks.md §3, \"Under load\"):");
+        for n in &notes {
+            println!("  {n}");
+        }
+    }
     if let Some(path) = &cli.json {
         std::fs::write(path, report.json())
             .map_err(|e| format!("write {}: {e}", path.display()))?;
@@ -400,7 +406,7 @@ fn calls(
     (here, there): (Option<usize>, Option<usize>),
     progress: &mut Progress,
     started: Instant,
-) -> Result<(Vec<Latency>, Vec<Throughput>), String> {
+) -> Result<(Vec<Latency>, Vec<Throughput>, Vec<String>), String> {
     progress.show("starting servers and peers ...");
     let spin_server = cradle::Server::start(server_bin, dir.path(), "spin", Some(20_000), there)?;
     let sleep_server = cradle::Server::start(server_bin, dir.path(), "sleep", None, there)?;
@@ -711,6 +717,13 @@ fn calls(
     scrape::once(&metrics_sock)?;
     std::thread::sleep(Duration::from_millis(25));
 
+    // Per idle slot (name, payload): in how many blocks this thread's
+    // contention gauge was busy (backing off, or the machine crowded in most
+    // recent samples) when the slot started, of how many.
+    let mut gauge_log: std::collections::BTreeMap<(&str, usize), (u32, u32)> =
+        std::collections::BTreeMap::new();
+    // What the settling after each block's loaded slots found.
+    let mut settles: Vec<load::Settled> = Vec::new();
     let mut latency_pass = |loaded: bool,
                             b: usize,
                             slots: &mut [Slot],
@@ -734,6 +747,16 @@ fn calls(
                     if loaded { " loaded" } else { "" },
                     started.elapsed().as_secs_f64()
                 ));
+                if !loaded {
+                    // This thread's contention gauge as the idle slot starts
+                    // (a back-off left over from the loaded slots would make
+                    // it sleep where it spins on an idle machine).
+                    let g = ipc_core::doorbell::gauge_state(Instant::now());
+                    let busy = !g.backing_off.is_zero() || g.crowded_samples >= 4;
+                    let e = gauge_log.entry((s.name, payload)).or_insert((0, 0));
+                    e.0 += u32::from(busy);
+                    e.1 += 1;
+                }
                 s.echo.begin()?;
                 let sw0 = s.echo.server_wakes();
                 let c0 = Snapshot::now();
@@ -905,6 +928,39 @@ fn calls(
                 .and_then(|()| sock_run(&mut sock_loaded, &mut tag));
             h.pause()?;
             r?;
+            // The next block's idle slots start once the gauges have seen
+            // the idle machine again (load.rs, `settle`).
+            if b + 1 < plan.blocks {
+                let mut warm = || {
+                    pipe_default
+                        .call::<ipc_rpc::builtin::Ping>(&vec![0u8; 8])
+                        .map(|_| ())
+                        .map_err(|e| format!("settle: {e}"))
+                };
+                settles.push(load::settle(Duration::from_secs(2), &mut warm)?);
+            }
+        }
+    }
+    let mut notes = Vec::new();
+    if !settles.is_empty() {
+        let n = settles.len();
+        let idle = settles.iter().filter(|s| s.machine_idle).count();
+        let waited: Duration = settles.iter().map(|s| s.waited).sum();
+        let busy = settles
+            .iter()
+            .filter(|s| !s.gauge.backing_off.is_zero() || s.gauge.crowded_samples >= 4)
+            .count();
+        notes.push(format!(
+            "settling after the loaded slots: {n} times, {:.0} ms on average; machine idle at              the end {idle}/{n} (else other work ran: not the hogs, which are stopped); this              thread's gauge still busy at the end {busy}/{n}",
+            waited.as_secs_f64() * 1e3 / n as f64
+        ));
+    }
+    for ((name, payload), (busy, of)) in &gauge_log {
+        if *busy > 0 || name.starts_with("cradle-default") {
+            notes.push(format!(
+                "idle slot {name} {}: this thread's gauge busy at its start in {busy} of {of}                  blocks",
+                report::size(*payload)
+            ));
         }
     }
     progress.show("stopping servers and peers ...");
@@ -931,7 +987,7 @@ fn calls(
     if load > 0 {
         throughput.extend([one_loaded, sock_loaded]);
     }
-    Ok((latency, throughput))
+    Ok((latency, throughput, notes))
 }
 
 /// Writes the call's sequence number into the first bytes of the payload.

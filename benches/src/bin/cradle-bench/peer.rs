@@ -50,7 +50,15 @@ pub(crate) fn run(kind: &str, args: &[String]) -> Result<(), String> {
             pipelined_client(socket, calls, window)
         }
         "blob-reader" => crate::blobs::reader(arg(0)?, fd(1)?),
-        "provider" => crate::provided::provider(arg(0)?, arg(1)?),
+        "provider" => {
+            let report = args.get(2).is_some_and(|a| a == "report");
+            crate::provided::provider(arg(0)?, arg(1)?, report)
+        }
+        "provided-pipelined" => {
+            let calls: u64 = arg(1)?.parse().map_err(|e| format!("calls: {e}"))?;
+            let window: usize = arg(2)?.parse().map_err(|e| format!("window: {e}"))?;
+            crate::provided::pipelined_peer(arg(0)?, calls, window)
+        }
         "hog" => hog(),
         other => Err(format!("unknown peer kind {other:?}")),
     }

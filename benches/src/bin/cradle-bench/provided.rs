@@ -63,8 +63,10 @@ impl ProviderPeer {
     }
 }
 
-/// The provider process: serves until its stdin closes.
-pub(crate) fn provider(socket: &str, wait: &str) -> Result<(), String> {
+/// The provider process: serves until its stdin closes; with `report`,
+/// then prints the calls it served and the allocations this process made
+/// (for profiling by hand: docs/benchmarks.md §6).
+pub(crate) fn provider(socket: &str, wait: &str, report: bool) -> Result<(), String> {
     let wait = match wait {
         "spin" => WaitMode::SpinThenSleep(Duration::from_millis(20)),
         "sleep" => WaitMode::Sleep,
@@ -93,7 +95,15 @@ pub(crate) fn provider(socket: &str, wait: &str) -> Result<(), String> {
         for _ in std::io::stdin().lock().lines() {}
         stopper.stop();
     });
-    p.run().map(|_| ()).map_err(|e| format!("provider: {e}"))
+    let served = p.run().map_err(|e| format!("provider: {e}"))?;
+    if report {
+        println!(
+            "provider: {} calls served, {} allocations in this process",
+            served.served,
+            crate::counters::allocations()
+        );
+    }
+    Ok(())
 }
 
 /// Echo calls of the provided `bench.echo`, checked in place.
@@ -150,6 +160,30 @@ pub(crate) fn pipelined(
             .send::<BenchEcho>(&tag.to_le_bytes().to_vec())
             .map_err(|e| format!("pipelined send: {e}"))
     })
+}
+
+/// For profiling by hand (`cradle-bench peer provided-pipelined SOCKET
+/// CALLS WINDOW`, docs/benchmarks.md §6): `calls` pipelined `bench.echo`
+/// calls through the provider serving on the server at `socket`; prints the
+/// calls per second and this process's allocations per call.
+pub(crate) fn pipelined_peer(socket: &str, calls: u64, window: usize) -> Result<(), String> {
+    let client = Client::connect_with(
+        socket,
+        cradle_client::ClientOptions {
+            timeout: Duration::from_secs(30),
+            wait: WaitMode::Spin,
+        },
+    )
+    .map_err(|e| format!("connect {socket}: {e}"))?;
+    let a0 = crate::counters::allocations();
+    let ns = pipelined(&client, calls, window, 0)?;
+    let allocs = crate::counters::allocations() - a0;
+    println!(
+        "{calls} calls, window {window}: {:.3} M calls/s, {:.2} allocations per call",
+        calls as f64 * 1e3 / ns.max(1) as f64,
+        allocs as f64 / calls as f64
+    );
+    Ok(())
 }
 
 /// A blob of `len` bytes for the blob scenario, and a reference to it that
