@@ -383,6 +383,8 @@ impl Stopper {
 pub struct Provider<'p> {
     client: &'p Client,
     concurrency: u32,
+    /// Invocations queued in this process beyond those its threads run.
+    depth: u32,
     methods: Vec<Entry<'p>>,
     stop: Arc<AtomicBool>,
 }
@@ -391,6 +393,7 @@ impl fmt::Debug for Provider<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Provider")
             .field("concurrency", &self.concurrency)
+            .field("depth", &self.depth)
             .field(
                 "methods",
                 &self
@@ -419,6 +422,7 @@ impl Client {
         Provider {
             client: self,
             concurrency: 1,
+            depth: 0,
             methods: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
         }
@@ -436,10 +440,40 @@ impl<'p> Provider<'p> {
     /// ```
     pub fn concurrency(mut self, n: u32) -> Self {
         self.concurrency = n.clamp(1, MAX_CONCURRENCY);
-        for m in &mut self.methods {
-            m.offer.concurrency = self.concurrency;
-        }
+        self.declare();
         self
+    }
+
+    /// How many invocations the server may send beyond those the threads
+    /// run (default 0): they wait in this process, in order, instead of in
+    /// the server's queue. A provider of short calls then takes them in
+    /// batches (one wake for many, no server round trip between two calls)
+    /// at the cost of a call queued here not going to another, idle
+    /// provider of the method (docs/architecture.md §9b). Declared to the
+    /// server with the concurrency (their sum, capped at 1024).
+    ///
+    /// ```no_run
+    /// # let client = cradle_client::Client::connect_default()?;
+    /// let p = client.provider().queue_depth(64);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn queue_depth(mut self, n: u32) -> Self {
+        self.depth = n.min(MAX_CONCURRENCY);
+        self.declare();
+        self
+    }
+
+    /// The concurrency declared to the server: threads plus queue depth.
+    fn declared(&self) -> u32 {
+        (self.concurrency + self.depth).min(MAX_CONCURRENCY)
+    }
+
+    /// Declares [`declared`](Self::declared) for every method.
+    fn declare(&mut self) {
+        let n = self.declared();
+        for m in &mut self.methods {
+            m.offer.concurrency = n;
+        }
     }
 
     /// Serves method `M` with `handler`.
@@ -463,7 +497,7 @@ impl<'p> Provider<'p> {
         + 'p,
     ) -> Self {
         self.methods.push(Entry {
-            offer: offer_of::<M>(self.concurrency, false),
+            offer: offer_of::<M>(self.declared(), false),
             handler: Box::new(move |call, body| {
                 let req = decode_request::<M>(body)?;
                 let resp = handler(call, req)?;
@@ -490,7 +524,7 @@ impl<'p> Provider<'p> {
         handler: impl Fn(&mut Call<'_>, &[u8]) -> Result<Vec<u8>, HandlerError> + Send + Sync + 'p,
     ) -> Self {
         self.methods.push(Entry {
-            offer: bytes_offer(name, version, self.concurrency, false),
+            offer: bytes_offer(name, version, self.declared(), false),
             handler: Box::new(move |call, body| handler(call, body).map(Done::Body)),
         });
         self

@@ -41,6 +41,9 @@ const FULL_PAYLOADS: [usize; 6] = [8, 64, 512, 4096, 16384, 65536];
 const QUICK_PAYLOADS: [usize; 3] = [8, 64, 4096];
 /// In-flight calls of the pipelined scenarios.
 const WINDOW: usize = 256;
+/// Invocations the pipelined scenario's provider takes beyond the one its
+/// thread runs (`Provider::queue_depth`): the whole window.
+const PROVIDER_DEPTH: u32 = WINDOW as u32 - 1;
 
 /// Latency harness of CRADLE: measures round trips between two processes for
 /// raw baselines (shared-memory spin and futex ping-pongs, a Unix socket, a
@@ -412,8 +415,8 @@ fn calls(
     let sleep_server = cradle::Server::start(server_bin, dir.path(), "sleep", None, there)?;
     let idle_server = cradle::Server::start(server_bin, dir.path(), "idle", Some(0), there)?;
     // Provider processes (provided.rs) on the spinning and the idle server.
-    let spin_provider = provided::ProviderPeer::start(spin_server.socket(), "spin", there)?;
-    let idle_provider = provided::ProviderPeer::start(idle_server.socket(), "sleep", there)?;
+    let spin_provider = provided::ProviderPeer::start(spin_server.socket(), "spin", 0, there)?;
+    let idle_provider = provided::ProviderPeer::start(idle_server.socket(), "sleep", 0, there)?;
     // The spinning server again, with its metrics endpoint on a Unix socket:
     // the call path's cost of the metrics, and of a scrape.
     let metrics_sock = dir.path().join("metrics-endpoint.sock");
@@ -561,7 +564,8 @@ fn calls(
     // provider of `provided-spin` (which also serves `bench.blob`).
     let prov_server =
         cradle::Server::start(server_bin, dir.path(), "provided", Some(20_000), there)?;
-    let prov_provider = provided::ProviderPeer::start(prov_server.socket(), "sleep", there)?;
+    let prov_provider =
+        provided::ProviderPeer::start(prov_server.socket(), "sleep", PROVIDER_DEPTH, there)?;
     let prov_client = prov_server.connect(WaitMode::Spin)?;
     let prov_calls = (plan.pipelined_calls / 10).max(1_000);
     let blob_sizes = [4usize << 10, 64 << 20];

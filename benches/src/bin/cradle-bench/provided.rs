@@ -27,14 +27,21 @@ pub(crate) struct ProviderPeer {
 
 impl ProviderPeer {
     /// Starts the provider (waiting in `wait`: `spin` is spin-then-sleep
-    /// 20 ms, like the spinning server; `sleep`) and waits until the server
-    /// lists it.
-    pub(crate) fn start(socket: &Path, wait: &str, core: Option<usize>) -> Result<Self, String> {
+    /// 20 ms, like the spinning server; `sleep`; taking up to `depth`
+    /// invocations beyond the one its thread runs: `Provider::queue_depth`)
+    /// and waits until the server lists it.
+    pub(crate) fn start(
+        socket: &Path,
+        wait: &str,
+        depth: u32,
+        core: Option<usize>,
+    ) -> Result<Self, String> {
         let peer = spawn_peer(
             &[
                 "provider".into(),
                 socket.display().to_string(),
                 wait.to_owned(),
+                format!("depth={depth}"),
             ],
             &SpawnOpts {
                 core,
@@ -63,10 +70,11 @@ impl ProviderPeer {
     }
 }
 
-/// The provider process: serves until its stdin closes; with `report`,
-/// then prints the calls it served and the allocations this process made
-/// (for profiling by hand: docs/benchmarks.md §6).
-pub(crate) fn provider(socket: &str, wait: &str, report: bool) -> Result<(), String> {
+/// The provider process (one thread, `depth` invocations queued beyond
+/// it): serves until its stdin closes; with `report`, then prints the calls
+/// it served and the allocations this process made (for profiling by hand:
+/// docs/benchmarks.md §6).
+pub(crate) fn provider(socket: &str, wait: &str, depth: u32, report: bool) -> Result<(), String> {
     let wait = match wait {
         "spin" => WaitMode::SpinThenSleep(Duration::from_millis(20)),
         "sleep" => WaitMode::Sleep,
@@ -82,6 +90,7 @@ pub(crate) fn provider(socket: &str, wait: &str, report: bool) -> Result<(), Str
     .map_err(|e| format!("connect {socket}: {e}"))?;
     let p = client
         .provider()
+        .queue_depth(depth)
         .serve::<BenchEcho>(|_call, msg| Ok::<_, HandlerError>(msg))
         .serve::<BenchBlob>(|call, ()| {
             let blob = call.take_blobs().pop().ok_or("pass a blob")?;
@@ -163,15 +172,26 @@ pub(crate) fn pipelined(
 }
 
 /// For profiling by hand (`cradle-bench peer provided-pipelined SOCKET
-/// CALLS WINDOW`, docs/benchmarks.md §6): `calls` pipelined `bench.echo`
-/// calls through the provider serving on the server at `socket`; prints the
-/// calls per second and this process's allocations per call.
-pub(crate) fn pipelined_peer(socket: &str, calls: u64, window: usize) -> Result<(), String> {
+/// CALLS WINDOW [spin|sleep]`, docs/benchmarks.md §6): `calls` pipelined
+/// `bench.echo` calls through the provider serving on the server at
+/// `socket`, waiting in `wait`; prints the calls per second and this
+/// process's allocations per call.
+pub(crate) fn pipelined_peer(
+    socket: &str,
+    calls: u64,
+    window: usize,
+    wait: &str,
+) -> Result<(), String> {
+    let wait = match wait {
+        "spin" => WaitMode::Spin,
+        "sleep" => WaitMode::Sleep,
+        w => return Err(format!("wait mode {w:?}")),
+    };
     let client = Client::connect_with(
         socket,
         cradle_client::ClientOptions {
             timeout: Duration::from_secs(30),
-            wait: WaitMode::Spin,
+            wait,
         },
     )
     .map_err(|e| format!("connect {socket}: {e}"))?;
