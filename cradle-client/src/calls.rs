@@ -164,6 +164,17 @@ pub(crate) fn enveloped(
     Ok(out)
 }
 
+/// An answer that would list `count` result blobs, more than an envelope
+/// holds, as an encoding error.
+pub(crate) fn too_many_blobs(count: usize) -> CallError {
+    CallError::Encode(ipc_rpc::codec::CodecError::new(
+        crate::error::BlobError::TooManyBlobs {
+            count,
+            max: wire::MAX_ENVELOPE_BLOBS,
+        },
+    ))
+}
+
 /// An envelope that cannot be written (too many blobs) as the call's error.
 pub(crate) fn envelope_error(e: EnvelopeError) -> CallError {
     CallError::Encode(ipc_rpc::codec::CodecError::new(e))

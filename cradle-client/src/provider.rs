@@ -35,9 +35,9 @@ use bytemuck::Zeroable;
 use ipc_core::ring::FrameMeta;
 use ipc_core::sync::{AtomicBool, AtomicU64, Ordering};
 use ipc_rpc::blob::BlobHandle;
+use ipc_rpc::idmap::IdMap;
 use ipc_rpc::provide::{Offer, Register, Unregister};
 use ipc_rpc::{CallError, ErrorCode, Method, Wire, wire};
-use std::collections::HashMap;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -229,37 +229,15 @@ impl<'a> Call<'a> {
     /// straight into the ring behind an envelope listing the attached
     /// blobs (if any): no allocation, no copy.
     fn respond<T: Wire>(&self, value: &T, name: &str) -> Result<Done, HandlerError> {
-        let mut hs = [BlobHandle::zeroed(); wire::MAX_ENVELOPE_BLOBS];
-        let n = self.results.len();
-        if n > hs.len() {
-            return Err(HandlerError::new(
-                ErrorCode::Handler,
-                format!(
-                    "{n} result blobs attached: an answer lists at most {}",
-                    hs.len()
-                ),
-            ));
-        }
-        for (h, r) in hs.iter_mut().zip(&self.results) {
-            *h = *r.handle();
-        }
-        let hs = &hs[..n];
-        let meta = FrameMeta {
-            request_id: self.id,
-            tag: self.method,
-            kind: wire::REPLY,
-            flags: if n == 0 {
-                wire::NO_FLAGS
-            } else {
-                wire::ENVELOPE
-            },
-        };
-        let r = self.client.inner.send_answer_with(meta, |out, m| {
-            if hs.is_empty() {
-                out.try_send(m, value)
-            } else {
-                calls::try_send_enveloped(out.producer(), m, 0, 0, hs, value)
-            }
+        let r = with_handles(&self.results, |hs| {
+            let meta = reply_meta(self.id, self.method, hs);
+            self.client.inner.send_answer_with(meta, |out, m| {
+                if hs.is_empty() {
+                    out.try_send(m, value)
+                } else {
+                    calls::try_send_enveloped(out.producer(), m, 0, 0, hs, value)
+                }
+            })
         });
         match r {
             Err(e @ (CallError::MessageTooLarge { .. } | CallError::Encode(_))) => {
@@ -275,6 +253,42 @@ impl<'a> Call<'a> {
             r => Ok(Done::Sent(r)),
         }
     }
+}
+
+/// The `REPLY` frame's meta for invocation `id` of `method`, with an
+/// envelope only if it lists result blobs (`hs`).
+fn reply_meta(id: u64, method: u64, hs: &[BlobHandle]) -> FrameMeta {
+    FrameMeta {
+        request_id: id,
+        tag: method,
+        kind: wire::REPLY,
+        flags: if hs.is_empty() {
+            wire::NO_FLAGS
+        } else {
+            wire::ENVELOPE
+        },
+    }
+}
+
+/// Runs `f` with the handles of the result blobs `held`, from an array on
+/// the stack (no allocation); with none, from an empty slice (the usual
+/// case: clearing the 2.5 KiB array was half of a provided call's
+/// instructions). More than an envelope lists is an encoding error.
+fn with_handles(
+    held: &[Held],
+    f: impl FnOnce(&[BlobHandle]) -> Result<(), CallError>,
+) -> Result<(), CallError> {
+    if held.is_empty() {
+        return f(&[]);
+    }
+    let mut hs = [BlobHandle::zeroed(); wire::MAX_ENVELOPE_BLOBS];
+    let Some(slots) = hs.get_mut(..held.len()) else {
+        return Err(calls::too_many_blobs(held.len()));
+    };
+    for (h, r) in slots.iter_mut().zip(held) {
+        *h = *r.handle();
+    }
+    f(slots)
 }
 
 /// Counts of what a provider served.
@@ -586,8 +600,7 @@ impl<'p> Provider<'p> {
             }
             registered.push(m.offer.id());
         }
-        let table: HashMap<u64, &Entry<'p>> =
-            self.methods.iter().map(|m| (m.offer.id(), m)).collect();
+        let table: IdMap<&Entry<'p>> = self.methods.iter().map(|m| (m.offer.id(), m)).collect();
         let served = AtomicU64::new(0);
         let errors = AtomicU64::new(0);
         let worker = || {
@@ -640,7 +653,7 @@ impl<'p> Provider<'p> {
     /// stopped.
     fn work(
         &self,
-        table: &HashMap<u64, &Entry<'p>>,
+        table: &IdMap<&Entry<'p>>,
         served: &AtomicU64,
         errors: &AtomicU64,
     ) -> Result<(), CallError> {
@@ -698,43 +711,24 @@ impl<'p> Provider<'p> {
         held: &[Held],
         body: &[u8],
     ) -> Result<bool, CallError> {
-        let mut hs = [BlobHandle::zeroed(); wire::MAX_ENVELOPE_BLOBS];
-        let Some(slots) = hs.get_mut(..held.len()) else {
-            let e = HandlerError::new(
-                ErrorCode::Handler,
-                format!(
-                    "{} result blobs attached: an answer lists at most {}",
-                    held.len(),
-                    wire::MAX_ENVELOPE_BLOBS
-                ),
-            );
-            return self.send(id, method, &Answer::error(&e));
-        };
-        for (h, r) in slots.iter_mut().zip(held) {
-            *h = *r.handle();
-        }
-        let hs = &*slots;
-        let meta = FrameMeta {
-            request_id: id,
-            tag: method,
-            kind: wire::REPLY,
-            flags: if hs.is_empty() {
-                wire::NO_FLAGS
-            } else {
-                wire::ENVELOPE
-            },
-        };
-        let r = self.client.inner.send_answer_with(meta, |out, m| {
-            if hs.is_empty() {
-                out.try_send_encoded(m, body)
-            } else {
-                calls::try_send_enveloped_bytes(out.producer(), m, 0, 0, hs, body)
-            }
+        let r = with_handles(held, |hs| {
+            let meta = reply_meta(id, method, hs);
+            self.client.inner.send_answer_with(meta, |out, m| {
+                if hs.is_empty() {
+                    out.try_send_encoded(m, body)
+                } else {
+                    calls::try_send_enveloped_bytes(out.producer(), m, 0, 0, hs, body)
+                }
+            })
         });
         match r {
             Err(CallError::MessageTooLarge { len, max }) => self
                 .send(id, method, &Answer::too_large(len, max))
                 .map(|_| false),
+            Err(CallError::Encode(e)) => {
+                let e = HandlerError::new(ErrorCode::Handler, e.to_string());
+                self.send(id, method, &Answer::error(&e)).map(|_| false)
+            }
             r => r.map(|()| true),
         }
     }
@@ -746,7 +740,7 @@ impl<'p> Provider<'p> {
     fn serve_one(
         &self,
         inv: Invocation,
-        table: &HashMap<u64, &Entry<'p>>,
+        table: &IdMap<&Entry<'p>>,
     ) -> Option<(Result<bool, CallError>, Vec<Held>)> {
         let session = &self.client.inner.session;
         let invocations = &self.client.inner.invocations;

@@ -15,10 +15,11 @@ use crate::session::{Owner, lock};
 use ipc_core::ring::FrameMeta;
 use ipc_core::sync::{AtomicBool, AtomicUsize, Ordering};
 use ipc_rpc::blob::BlobHandle;
+use ipc_rpc::idmap::IdSet;
 use ipc_rpc::provide::{BYTES_SCHEMA, Offer};
 use ipc_rpc::{CallError, ErrorCode, Method, RemoteError, wire};
 use rkyv::util::AlignedVec;
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
@@ -372,8 +373,9 @@ const MAX_SPARE_BYTES: usize = 64 << 10;
 #[derive(Default)]
 struct Queue {
     frames: VecDeque<(FrameMeta, AlignedVec<16>)>,
-    /// Invocations cancelled while they ran (advisory).
-    cancelled: HashSet<u64>,
+    /// Invocations cancelled while they ran (advisory). Hashed with the
+    /// id hasher: SipHash here was ~290 instructions of a provided call.
+    cancelled: IdSet,
     /// Buffers of answered invocations, reused for the next ones: after
     /// warm-up, filing an invocation allocates nothing.
     spare: Vec<AlignedVec<16>>,
@@ -474,6 +476,9 @@ impl Invocations {
     /// Whether invocation `id` was cancelled; forgets it when `forget`.
     pub(crate) fn cancelled(&self, id: u64, forget: bool) -> bool {
         let mut q = lock(&self.q);
+        if q.cancelled.is_empty() {
+            return false;
+        }
         if forget {
             q.cancelled.remove(&id)
         } else {
