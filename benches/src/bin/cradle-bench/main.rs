@@ -39,6 +39,10 @@ static ALLOC: counters::Counting = counters::Counting;
 const FULL_PAYLOADS: [usize; 6] = [8, 64, 512, 4096, 16384, 65536];
 /// Payloads of `--quick`.
 const QUICK_PAYLOADS: [usize; 3] = [8, 64, 4096];
+/// What the call scenarios measured: latencies, throughputs, and notes on
+/// the contention gauge of the idle slots.
+type CallResults = (Vec<Latency>, Vec<Throughput>, Vec<String>);
+
 /// In-flight calls of the pipelined scenarios.
 const WINDOW: usize = 256;
 /// Invocations the pipelined scenario's provider takes beyond the one its
@@ -409,7 +413,7 @@ fn calls(
     (here, there): (Option<usize>, Option<usize>),
     progress: &mut Progress,
     started: Instant,
-) -> Result<(Vec<Latency>, Vec<Throughput>, Vec<String>), String> {
+) -> Result<CallResults, String> {
     progress.show("starting servers and peers ...");
     let spin_server = cradle::Server::start(server_bin, dir.path(), "spin", Some(20_000), there)?;
     let sleep_server = cradle::Server::start(server_bin, dir.path(), "sleep", None, there)?;
@@ -955,14 +959,20 @@ fn calls(
             .filter(|s| !s.gauge.backing_off.is_zero() || s.gauge.crowded_samples >= 4)
             .count();
         notes.push(format!(
-            "settling after the loaded slots: {n} times, {:.0} ms on average; machine idle at              the end {idle}/{n} (else other work ran: not the hogs, which are stopped); this              thread's gauge still busy at the end {busy}/{n}",
+            "settling after the loaded slots: {n} times, {:.0} ms on average; machine idle at \
+             the end {idle}/{n} (else other work ran: not the hogs, which are stopped); this \
+             thread's gauge still busy at the end {busy}/{n}",
             waited.as_secs_f64() * 1e3 / n as f64
         ));
     }
     for ((name, payload), (busy, of)) in &gauge_log {
-        if *busy > 0 || name.starts_with("cradle-default") {
+        // The default mode's slot is the one whose waits run on this
+        // thread and adapt to its gauge (the async slots wait on the
+        // runtime's threads; the spin and sleep slots do not adapt).
+        if *name == report::DEFAULT {
             notes.push(format!(
-                "idle slot {name} {}: this thread's gauge busy at its start in {busy} of {of}                  blocks",
+                "idle slot {name} {}: this thread's gauge busy at its start in {busy} of {of} \
+                 blocks",
                 report::size(*payload)
             ));
         }
