@@ -10,7 +10,8 @@
 //! answers a count), so what is counted is the library's hot path: the
 //! caller's request written into the ring and the response read in place;
 //! the provider's copy of the `INVOKE` frame (into a reused buffer), the
-//! decode, and the `REPLY` serialized straight into the ring.
+//! decode, and the `REPLY` serialized straight into the ring; with a
+//! `queue_depth` too (invocations queued in the provider).
 
 mod support;
 
@@ -111,7 +112,9 @@ fn calls<'c>(c: &'c Client, opts: CallOptions, n: u64, pending: &mut InFlight<'c
     }
 }
 
-fn measure(wait: WaitMode) {
+/// `depth`: the provider's `queue_depth` (0 in one run, some in the other:
+/// invocations then wait in the provider's own queue, in reused buffers).
+fn measure(wait: WaitMode, depth: u32) {
     let _dog = Watchdog::arm("provided allocations (clients)", Duration::from_secs(300));
     let dir = TempDir::new("provided-alloc-clients");
     let _server = ServerProc::start(&dir.socket(), &[]);
@@ -122,6 +125,7 @@ fn measure(wait: WaitMode) {
     let provider = Client::connect_with(dir.socket(), opts).unwrap();
     let p = provider
         .provider()
+        .queue_depth(depth)
         .serve::<Echo>(|_, x| Ok::<_, HandlerError>(x))
         .serve::<Probe>(|_, ()| Ok::<_, HandlerError>(here()))
         .serve_bytes(LEN, 1, |_, body| {
@@ -143,6 +147,10 @@ fn measure(wait: WaitMode) {
                 .any(|m| m.name == Probe::NAME && !m.providers.is_empty())),
             "the provider registered"
         );
+        // The server sees the thread and the queue depth as its concurrency.
+        let listed = c.methods().unwrap();
+        let echo = listed.iter().find(|m| m.name == Echo::NAME).unwrap();
+        assert_eq!(echo.providers[0].concurrency, 1 + depth);
         let mut pending = InFlight::with_capacity(64);
         calls(&c, opts, 2000, &mut pending);
         let n = 5000;
@@ -156,7 +164,7 @@ fn measure(wait: WaitMode) {
         // library's; the probe's answer is counted after its count is read.
         let provider = provider1 - provider0 - n;
         eprintln!(
-            "{wait:?}: over {} provided calls, caller {caller} allocations, provider {provider} \
+            "{wait:?}, queue depth {depth}: over {} provided calls, caller {caller} allocations, provider {provider} \
              (besides its bytes handler's {n} answers); {} served",
             3 * n,
             report.served
@@ -179,6 +187,6 @@ fn measure(wait: WaitMode) {
 
 #[test]
 fn no_caller_or_provider_allocation_per_provided_call() {
-    measure(WaitMode::Sleep);
-    measure(WaitMode::SpinThenSleep(Duration::from_micros(50)));
+    measure(WaitMode::Sleep, 0);
+    measure(WaitMode::SpinThenSleep(Duration::from_micros(50)), 32);
 }
