@@ -527,12 +527,14 @@ impl Inner {
             .map_err(session::name_unknown::<M>)
     }
 
-    /// A call of the bytes method `method`: `payload` is the request frame's
-    /// payload, envelope included; `f` reads the answer frame.
+    /// A call of the bytes method `method` with `body`, passing `blobs`:
+    /// the envelope and the body are written straight into the ring (no
+    /// allocation, one copy); `f` reads the answer frame.
     pub(crate) fn round_trip_raw<R>(
         &self,
         method: u64,
-        payload: &[u8],
+        blobs: &[BlobHandle],
+        body: &[u8],
         opts: CallOptions,
         f: impl FnOnce(FrameMeta, &[u8]) -> Result<R, CallError>,
     ) -> Result<R, CallError> {
@@ -543,8 +545,11 @@ impl Inner {
             kind: wire::REQUEST,
             flags: wire::ENVELOPE,
         };
+        let deadline_ns = calls::envelope_deadline(deadline.at());
+        let schema = ipc_rpc::provide::BYTES_SCHEMA;
         let id = self.submit_frame(meta, None, &mut deadline, opts.wait, true, |out, meta| {
-            out.try_send_encoded(meta, payload)
+            let p = out.producer();
+            calls::try_send_enveloped_bytes(p, meta, deadline_ns, schema, blobs, body)
         })?;
         self.receive(id, &mut deadline, opts.wait, NO_SALVAGE, f)
     }
@@ -942,16 +947,20 @@ impl Inner {
             kind,
             flags,
         };
+        self.send_answer_with(meta, |out, m| out.try_send_encoded(m, payload))
+    }
+
+    /// Sends a provider's answer with `meta`: `send` writes it straight
+    /// into the ring (waiting for room as any request does).
+    pub(crate) fn send_answer_with(
+        &self,
+        meta: FrameMeta,
+        send: impl FnMut(&mut Outbox<RingRegion>, FrameMeta) -> Result<(), SendError>,
+    ) -> Result<(), CallError> {
         let mut deadline = Deadline::new(self.opts.timeout);
-        self.submit_frame(
-            meta,
-            Some(id),
-            &mut deadline,
-            self.opts.wait,
-            true,
-            |out, m| out.try_send_encoded(m, payload),
-        )
-        .map(|_| ())
+        let id = Some(meta.request_id);
+        self.submit_frame(meta, id, &mut deadline, self.opts.wait, true, send)
+            .map(|_| ())
     }
 }
 

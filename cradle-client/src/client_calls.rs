@@ -111,12 +111,37 @@ impl Client {
         blobs: &[&BlobHandle],
         opts: CallOptions,
     ) -> Result<(Vec<u8>, Vec<BlobRef>), BlobError> {
-        let (id, payload) = calls::bytes_request(name, version, body, blobs, opts.timeout)?;
+        self.call_bytes_with(name, version, body, blobs, opts, <[u8]>::to_vec)
+    }
+
+    /// [`call_bytes_opts`](Self::call_bytes_opts) that reads the response
+    /// body in place with `f` (in the ring, no copy): with no blob passed or
+    /// returned, a call allocates nothing.
+    ///
+    /// ```no_run
+    /// use cradle_client::{CallOptions, WaitMode};
+    /// use std::time::Duration;
+    /// # let client = cradle_client::Client::connect_default()?;
+    /// let opts = CallOptions { timeout: Duration::from_secs(1), wait: WaitMode::Sleep };
+    /// let (n, _) = client.call_bytes_with("demo.checksum", 1, b"x", &[], opts, |b| b.len())?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn call_bytes_with<R>(
+        &self,
+        name: &str,
+        version: u32,
+        body: &[u8],
+        blobs: &[&BlobHandle],
+        opts: CallOptions,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<(R, Vec<BlobRef>), BlobError> {
+        let hs = calls::handles(blobs)?;
+        let id = ipc_rpc::method_id(name, version);
         let s = &*self.inner.session;
-        let f = calls::with_blobs(s, id, calls::raw_body);
+        let f = calls::with_blobs(s, id, |b| Ok(f(b)));
         let (r, results) = self
             .inner
-            .round_trip_raw(id, &payload, opts, f)
+            .round_trip_raw(id, &hs, body, opts, f)
             .map_err(|e| calls::name_unknown(e, name, version, id))?;
         Ok((r, self.adopt_all(&results)?))
     }

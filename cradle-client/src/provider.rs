@@ -31,10 +31,13 @@ use crate::serving::{
     Answer, HandlerError, Held, Invocation, Invocations, Out, bytes_offer, no_method, not_served,
     offer_of, release_answered,
 };
+use bytemuck::Zeroable;
+use ipc_core::ring::FrameMeta;
 use ipc_core::sync::{AtomicBool, AtomicU64, Ordering};
+use ipc_rpc::blob::BlobHandle;
+use ipc_rpc::idmap::IdMap;
 use ipc_rpc::provide::{Offer, Register, Unregister};
 use ipc_rpc::{CallError, ErrorCode, Method, Wire, wire};
-use std::collections::HashMap;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -44,7 +47,16 @@ use std::time::{Duration, Instant};
 const MAX_CONCURRENCY: u32 = 1024;
 
 type Handler<'p> =
-    Box<dyn Fn(&mut Call<'_>, &[u8]) -> Result<Out, HandlerError> + Send + Sync + 'p>;
+    Box<dyn Fn(&mut Call<'_>, &[u8]) -> Result<Done, HandlerError> + Send + Sync + 'p>;
+
+/// What a sync handler did with its answer.
+enum Done {
+    /// The typed response went straight into the ring (no allocation, no
+    /// copy), or could not go (the session's error stops the provider).
+    Sent(Result<(), CallError>),
+    /// A bytes method's body, to write into the ring (one copy).
+    Body(Vec<u8>),
+}
 
 struct Entry<'p> {
     offer: Offer,
@@ -212,6 +224,71 @@ impl<'a> Call<'a> {
         let past = self.deadline_ns != 0 && wire::monotonic_ns() >= self.deadline_ns;
         past || self.invocations.cancelled(self.id, false)
     }
+
+    /// Sends `value` (`name`'s response) as the `REPLY`, serialized
+    /// straight into the ring behind an envelope listing the attached
+    /// blobs (if any): no allocation, no copy.
+    fn respond<T: Wire>(&self, value: &T, name: &str) -> Result<Done, HandlerError> {
+        let r = with_handles(&self.results, |hs| {
+            let meta = reply_meta(self.id, self.method, hs);
+            self.client.inner.send_answer_with(meta, |out, m| {
+                if hs.is_empty() {
+                    out.try_send(m, value)
+                } else {
+                    calls::try_send_enveloped(out.producer(), m, 0, 0, hs, value)
+                }
+            })
+        });
+        match r {
+            Err(e @ (CallError::MessageTooLarge { .. } | CallError::Encode(_))) => {
+                let code = match e {
+                    CallError::MessageTooLarge { .. } => ErrorCode::ResponseTooLarge,
+                    _ => ErrorCode::Handler,
+                };
+                Err(HandlerError::new(
+                    code,
+                    format!("the response of {name} cannot go: {e}"),
+                ))
+            }
+            r => Ok(Done::Sent(r)),
+        }
+    }
+}
+
+/// The `REPLY` frame's meta for invocation `id` of `method`, with an
+/// envelope only if it lists result blobs (`hs`).
+fn reply_meta(id: u64, method: u64, hs: &[BlobHandle]) -> FrameMeta {
+    FrameMeta {
+        request_id: id,
+        tag: method,
+        kind: wire::REPLY,
+        flags: if hs.is_empty() {
+            wire::NO_FLAGS
+        } else {
+            wire::ENVELOPE
+        },
+    }
+}
+
+/// Runs `f` with the handles of the result blobs `held`, from an array on
+/// the stack (no allocation); with none, from an empty slice (the usual
+/// case: clearing the 2.5 KiB array was half of a provided call's
+/// instructions). More than an envelope lists is an encoding error.
+fn with_handles(
+    held: &[Held],
+    f: impl FnOnce(&[BlobHandle]) -> Result<(), CallError>,
+) -> Result<(), CallError> {
+    if held.is_empty() {
+        return f(&[]);
+    }
+    let mut hs = [BlobHandle::zeroed(); wire::MAX_ENVELOPE_BLOBS];
+    let Some(slots) = hs.get_mut(..held.len()) else {
+        return Err(calls::too_many_blobs(held.len()));
+    };
+    for (h, r) in slots.iter_mut().zip(held) {
+        *h = *r.handle();
+    }
+    f(slots)
 }
 
 /// Counts of what a provider served.
@@ -320,6 +397,8 @@ impl Stopper {
 pub struct Provider<'p> {
     client: &'p Client,
     concurrency: u32,
+    /// Invocations queued in this process beyond those its threads run.
+    depth: u32,
     methods: Vec<Entry<'p>>,
     stop: Arc<AtomicBool>,
 }
@@ -328,6 +407,7 @@ impl fmt::Debug for Provider<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Provider")
             .field("concurrency", &self.concurrency)
+            .field("depth", &self.depth)
             .field(
                 "methods",
                 &self
@@ -356,6 +436,7 @@ impl Client {
         Provider {
             client: self,
             concurrency: 1,
+            depth: 0,
             methods: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
         }
@@ -373,10 +454,40 @@ impl<'p> Provider<'p> {
     /// ```
     pub fn concurrency(mut self, n: u32) -> Self {
         self.concurrency = n.clamp(1, MAX_CONCURRENCY);
-        for m in &mut self.methods {
-            m.offer.concurrency = self.concurrency;
-        }
+        self.declare();
         self
+    }
+
+    /// How many invocations the server may send beyond those the threads
+    /// run (default 0): they wait in this process, in order, instead of in
+    /// the server's queue. A provider of short calls then takes them in
+    /// batches (one wake for many, no server round trip between two calls)
+    /// at the cost of a call queued here not going to another, idle
+    /// provider of the method (docs/architecture.md §9b). Declared to the
+    /// server with the concurrency (their sum, capped at 1024).
+    ///
+    /// ```no_run
+    /// # let client = cradle_client::Client::connect_default()?;
+    /// let p = client.provider().queue_depth(64);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn queue_depth(mut self, n: u32) -> Self {
+        self.depth = n.min(MAX_CONCURRENCY);
+        self.declare();
+        self
+    }
+
+    /// The concurrency declared to the server: threads plus queue depth.
+    fn declared(&self) -> u32 {
+        (self.concurrency + self.depth).min(MAX_CONCURRENCY)
+    }
+
+    /// Declares [`declared`](Self::declared) for every method.
+    fn declare(&mut self) {
+        let n = self.declared();
+        for m in &mut self.methods {
+            m.offer.concurrency = n;
+        }
     }
 
     /// Serves method `M` with `handler`.
@@ -399,13 +510,12 @@ impl<'p> Provider<'p> {
         + Sync
         + 'p,
     ) -> Self {
-        let max = self.client.max_message();
         self.methods.push(Entry {
-            offer: offer_of::<M>(self.concurrency, false),
+            offer: offer_of::<M>(self.declared(), false),
             handler: Box::new(move |call, body| {
                 let req = decode_request::<M>(body)?;
                 let resp = handler(call, req)?;
-                encode_response::<M>(&resp, max)
+                call.respond(&resp, M::NAME)
             }),
         });
         self
@@ -428,8 +538,8 @@ impl<'p> Provider<'p> {
         handler: impl Fn(&mut Call<'_>, &[u8]) -> Result<Vec<u8>, HandlerError> + Send + Sync + 'p,
     ) -> Self {
         self.methods.push(Entry {
-            offer: bytes_offer(name, version, self.concurrency, false),
-            handler: Box::new(move |call, body| handler(call, body).map(Out::Plain)),
+            offer: bytes_offer(name, version, self.declared(), false),
+            handler: Box::new(move |call, body| handler(call, body).map(Done::Body)),
         });
         self
     }
@@ -514,8 +624,7 @@ impl<'p> Provider<'p> {
             }
             registered.push(m.offer.id());
         }
-        let table: HashMap<u64, &Entry<'p>> =
-            self.methods.iter().map(|m| (m.offer.id(), m)).collect();
+        let table: IdMap<&Entry<'p>> = self.methods.iter().map(|m| (m.offer.id(), m)).collect();
         let served = AtomicU64::new(0);
         let errors = AtomicU64::new(0);
         let worker = || {
@@ -568,7 +677,7 @@ impl<'p> Provider<'p> {
     /// stopped.
     fn work(
         &self,
-        table: &HashMap<u64, &Entry<'p>>,
+        table: &IdMap<&Entry<'p>>,
         served: &AtomicU64,
         errors: &AtomicU64,
     ) -> Result<(), CallError> {
@@ -577,26 +686,15 @@ impl<'p> Provider<'p> {
         let forever = Instant::now() + Duration::from_secs(365 * 24 * 3600);
         while let Some((meta, payload)) = inner.next_invocation(forever, &stop)? {
             if meta.kind != wire::INVOKE {
+                inner.invocations.recycle(payload);
                 continue;
             }
-            let answer = match Invocation::read(meta, payload) {
+            let (sent, held) = match Invocation::read(meta, payload) {
                 Ok(inv) => match self.serve_one(inv, table) {
                     Some(a) => a,
                     None => continue,
                 },
-                Err((_, method)) => (Answer::malformed(), method, Vec::new()),
-            };
-            let (answer, method, held) = answer;
-            let (kind, flags, body) = answer.frame();
-            let sent = match inner.send_answer(meta.request_id, method, kind, flags, body) {
-                Err(CallError::MessageTooLarge { len, max }) => {
-                    let a = Answer::too_large(len, max);
-                    let (kind, flags, body) = a.frame();
-                    inner
-                        .send_answer(meta.request_id, method, kind, flags, body)
-                        .map(|()| false)
-                }
-                r => r.map(|()| kind == wire::REPLY),
+                Err((id, method)) => (self.send(id, method, &Answer::malformed()), Vec::new()),
             };
             // A caller's large blob must not stay pinned by a provider.
             release_answered(&**inner, held);
@@ -610,32 +708,85 @@ impl<'p> Provider<'p> {
         Ok(())
     }
 
-    /// Runs one invocation's handler; `None` if nobody waits for it (its
+    /// Sends `answer` to invocation `id` of `method` (an answer the ring
+    /// refuses as too large goes as that error); whether it was a `REPLY`.
+    fn send(&self, id: u64, method: u64, answer: &Answer) -> Result<bool, CallError> {
+        let inner = &self.client.inner;
+        let (kind, flags, body) = answer.frame();
+        match inner.send_answer(id, method, kind, flags, body) {
+            Err(CallError::MessageTooLarge { len, max }) => {
+                let a = Answer::too_large(len, max);
+                let (kind, flags, body) = a.frame();
+                inner
+                    .send_answer(id, method, kind, flags, body)
+                    .map(|()| false)
+            }
+            r => r.map(|()| kind == wire::REPLY),
+        }
+    }
+
+    /// Sends a bytes method's `body` as the `REPLY` to invocation `id` of
+    /// `method`, listing the result blobs `held`: written straight into the
+    /// ring; whether it went as a `REPLY`.
+    fn send_body(
+        &self,
+        id: u64,
+        method: u64,
+        held: &[Held],
+        body: &[u8],
+    ) -> Result<bool, CallError> {
+        let r = with_handles(held, |hs| {
+            let meta = reply_meta(id, method, hs);
+            self.client.inner.send_answer_with(meta, |out, m| {
+                if hs.is_empty() {
+                    out.try_send_encoded(m, body)
+                } else {
+                    calls::try_send_enveloped_bytes(out.producer(), m, 0, 0, hs, body)
+                }
+            })
+        });
+        match r {
+            Err(CallError::MessageTooLarge { len, max }) => self
+                .send(id, method, &Answer::too_large(len, max))
+                .map(|_| false),
+            Err(CallError::Encode(e)) => {
+                let e = HandlerError::new(ErrorCode::Handler, e.to_string());
+                self.send(id, method, &Answer::error(&e)).map(|_| false)
+            }
+            r => r.map(|()| true),
+        }
+    }
+
+    /// Runs one invocation's handler and sends its answer: whether it went
+    /// as a `REPLY` (or the session's error), and the result blobs to let go
+    /// of once it is in the ring. `None` if nobody waits for it (its
     /// deadline passed, or it was cancelled before it started).
     fn serve_one(
         &self,
         inv: Invocation,
-        table: &HashMap<u64, &Entry<'p>>,
-    ) -> Option<(Answer, u64, Vec<Held>)> {
+        table: &IdMap<&Entry<'p>>,
+    ) -> Option<(Result<bool, CallError>, Vec<Held>)> {
         let session = &self.client.inner.session;
         let invocations = &self.client.inner.invocations;
         if inv.expired() || invocations.cancelled(inv.id, true) {
             session.queue_leases(&inv.blobs);
+            invocations.recycle(inv.into_payload());
             return None;
         }
         let Some(entry) = table.get(&inv.method) else {
             session.queue_leases(&inv.blobs);
-            return Some((
-                Answer::error(&not_served(inv.method)),
-                inv.method,
-                Vec::new(),
-            ));
+            let e = not_served(inv.method);
+            let sent = self.send(inv.id, inv.method, &Answer::error(&e));
+            invocations.recycle(inv.into_payload());
+            return Some((sent, Vec::new()));
         };
         let blobs = match self.client.adopt_all(&inv.blobs) {
             Ok(b) => b,
             Err(e) => {
                 let e = HandlerError::from(e);
-                return Some((Answer::error(&e), inv.method, Vec::new()));
+                let sent = self.send(inv.id, inv.method, &Answer::error(&e));
+                invocations.recycle(inv.into_payload());
+                return Some((sent, Vec::new()));
             }
         };
         let mut call = Call {
@@ -650,9 +801,20 @@ impl<'p> Provider<'p> {
         let r =
             std::panic::catch_unwind(AssertUnwindSafe(|| (entry.handler)(&mut call, inv.body())));
         let held = std::mem::take(&mut call.results);
-        let answer = Answer::of_outcome(r, &held, || {
-            format!("the handler of {} panicked", entry.offer.name)
-        });
-        Some((answer, inv.method, held))
+        let (id, method) = (inv.id, inv.method);
+        invocations.recycle(inv.into_payload());
+        let sent = match r {
+            Ok(Ok(Done::Sent(r))) => r.map(|()| true),
+            Ok(Ok(Done::Body(body))) => self.send_body(id, method, &held, &body),
+            Ok(Err(e)) => self.send(id, method, &Answer::error(&e)),
+            Err(_) => {
+                let e = HandlerError::new(
+                    ErrorCode::HandlerPanicked,
+                    format!("the handler of {} panicked", entry.offer.name),
+                );
+                self.send(id, method, &Answer::error(&e))
+            }
+        };
+        Some((sent, held))
     }
 }

@@ -356,7 +356,17 @@ pub fn split_envelope(payload: &[u8]) -> Result<(EnvelopeRef<'_>, &[u8]), Envelo
 /// assert!(ipc_rpc::wire::monotonic_ns() >= a);
 /// ```
 pub fn monotonic_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    // Through libc (its vDSO call, as fast as rustix's), not rustix: rustix's
+    // own vDSO lookup faults under valgrind, and the processes of a provided
+    // call are profiled with callgrind (docs/benchmarks.md §6).
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid, writable `timespec` for the duration of the
+    // call; CLOCK_MONOTONIC always exists on Linux, so the call cannot fail
+    // (and `t` stays zero if it somehow did).
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
     (t.tv_sec as u64)
         .saturating_mul(1_000_000_000)
         .saturating_add(t.tv_nsec as u64)

@@ -281,6 +281,65 @@ pub fn cpu_contended(now: Instant) -> bool {
     GAUGE.with(|g| g.try_borrow_mut().is_ok_and(|mut g| g.contended(now)))
 }
 
+/// What the calling thread's contention gauge (see [`cpu_contended`]) holds,
+/// read without measuring anything: for a harness that must know whether a
+/// slot it times starts with the gauge still backing off after an earlier
+/// contended period (that slot would then sleep where it would spin).
+///
+/// ```
+/// use std::time::Instant;
+/// let g = ipc_core::doorbell::gauge_state(Instant::now());
+/// // A thread that never waited adaptively has no back-off.
+/// assert!(g.backing_off.is_zero());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GaugeState {
+    /// Time left in the current back-off (no spinning until it ends); zero
+    /// when the gauge is not backing off.
+    pub backing_off: Duration,
+    /// The back-off the next contention verdict would start (20 ms after an
+    /// uncontended window, doubling while contention lasts, at most 640 ms).
+    pub next_backoff: Duration,
+    /// Of the last 8 samples of the machine (`/proc/loadavg`), how many saw
+    /// more runnable threads than CPUs.
+    pub crowded_samples: u32,
+}
+
+/// The longest back-off of the contention gauge: a thread that saw
+/// contention spins again at most this long after the contention ended
+/// (then a probe window decides).
+///
+/// ```
+/// assert_eq!(ipc_core::doorbell::MAX_GAUGE_BACKOFF.as_millis(), 640);
+/// ```
+pub const MAX_GAUGE_BACKOFF: Duration = MAX_BACKOFF;
+
+/// The calling thread's [`GaugeState`] at `now`.
+///
+/// ```
+/// use std::time::Instant;
+/// let g = ipc_core::doorbell::gauge_state(Instant::now());
+/// assert!(g.crowded_samples <= 8);
+/// ```
+pub fn gauge_state(now: Instant) -> GaugeState {
+    GAUGE.with(|g| {
+        g.try_borrow().map_or(
+            GaugeState {
+                backing_off: Duration::ZERO,
+                next_backoff: MIN_BACKOFF,
+                crowded_samples: 0,
+            },
+            |g| GaugeState {
+                backing_off: g
+                    .quiet_until
+                    .map_or(Duration::ZERO, |t| t.saturating_duration_since(now)),
+                next_backoff: g.backoff,
+                crowded_samples: g.crowded.count_ones(),
+            },
+        )
+    })
+}
+
 /// The smallest growth step of a [`SpinBudget`] after a successful spin.
 const GROW_STEP_NS: u64 = 1_000;
 

@@ -83,7 +83,9 @@ use crossbeam_utils::Backoff;
 
 use crate::sync::{Atomics, Ordering, Word32};
 
-pub use self::adaptive::{CONTENDED_PERCENT, SpinBudget, cpu_contended};
+pub use self::adaptive::{
+    CONTENDED_PERCENT, GaugeState, MAX_GAUGE_BACKOFF, SpinBudget, cpu_contended, gauge_state,
+};
 pub use self::eventfd::EventFd;
 pub use self::futex::Futex;
 pub use self::socket::WakeSocket;

@@ -77,6 +77,79 @@ impl Drop for Hogs {
     }
 }
 
+/// What the idle slots of a block started with, once the hogs stopped: see
+/// [`settle`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settled {
+    /// How long the settling took.
+    pub(crate) waited: Duration,
+    /// Whether the machine was idle at the end (at most as many runnable
+    /// threads as CPUs in the last 4 samples); `false`: the limit ran out
+    /// with other work on the machine (not the hogs: they are stopped).
+    pub(crate) machine_idle: bool,
+    /// This thread's contention gauge at the end.
+    pub(crate) gauge: ipc_core::doorbell::GaugeState,
+}
+
+/// Runnable threads of the machine now (`/proc/loadavg`'s 4th field) and its
+/// online CPUs.
+fn runnable() -> Option<(u32, u32)> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let field = text.split_ascii_whitespace().nth(3)?;
+    let running: u32 = field.split('/').next()?.parse().ok()?;
+    let cpus = std::thread::available_parallelism().ok()?.get();
+    Some((running, u32::try_from(cpus).ok()?))
+}
+
+/// After the loaded slots (the hogs stopped): lets the contention gauges
+/// (docs/architecture.md §13) that the loaded slots tripped see an idle
+/// machine again before the next idle slot is timed, so that an idle slot
+/// measures the idle machine and not a back-off left over from the load.
+///
+/// A gauge backs off for up to `MAX_GAUGE_BACKOFF` after contention, and
+/// judges the machine from its last 8 samples, which it takes only while
+/// its thread waits; so this waits at least that long, meanwhile sampling
+/// this thread's gauge (`cpu_contended`, as a waiting thread would) and,
+/// in the last part, making untimed calls through `warm` (whose server
+/// worker's gauge then samples the idle machine too). It returns once the
+/// wait is over, this thread's gauge is not backing off and reports fewer
+/// than 4 crowded samples, and the machine showed no more runnable threads
+/// than CPUs in 4 samples in a row; or after `limit`, saying what held.
+pub(crate) fn settle(
+    limit: Duration,
+    warm: &mut dyn FnMut() -> Result<(), String>,
+) -> Result<Settled, String> {
+    use ipc_core::doorbell::{MAX_GAUGE_BACKOFF, cpu_contended, gauge_state};
+    let start = Instant::now();
+    let min = MAX_GAUGE_BACKOFF + Duration::from_millis(40);
+    let mut quiet = 0u32;
+    loop {
+        let now = Instant::now();
+        let _ = cpu_contended(now);
+        let gauge = gauge_state(now);
+        quiet = match runnable() {
+            // This thread is one of the runnable ones.
+            Some((r, cpus)) if r <= cpus => quiet + 1,
+            Some(_) => 0,
+            None => quiet + 1,
+        };
+        let waited = now.saturating_duration_since(start);
+        let settled = gauge.backing_off.is_zero() && gauge.crowded_samples < 4;
+        if waited >= min && (settled && quiet >= 4 || waited >= limit) {
+            return Ok(Settled {
+                waited,
+                machine_idle: quiet >= 4,
+                gauge,
+            });
+        }
+        if waited + Duration::from_millis(150) >= min {
+            warm()?;
+        } else {
+            std::thread::sleep(Duration::from_millis(4));
+        }
+    }
+}
+
 /// Pipelined 8-byte pings over a Unix stream socket, as an RPC client over a
 /// socket pipelines: up to `window` calls in flight, each request written
 /// with its own `write`, answers read through a buffer (one `read` takes

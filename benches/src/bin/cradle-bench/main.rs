@@ -39,8 +39,15 @@ static ALLOC: counters::Counting = counters::Counting;
 const FULL_PAYLOADS: [usize; 6] = [8, 64, 512, 4096, 16384, 65536];
 /// Payloads of `--quick`.
 const QUICK_PAYLOADS: [usize; 3] = [8, 64, 4096];
+/// What the call scenarios measured: latencies, throughputs, and notes on
+/// the contention gauge of the idle slots.
+type CallResults = (Vec<Latency>, Vec<Throughput>, Vec<String>);
+
 /// In-flight calls of the pipelined scenarios.
 const WINDOW: usize = 256;
+/// Invocations the pipelined scenario's provider takes beyond the one its
+/// thread runs (`Provider::queue_depth`): the whole window.
+const PROVIDER_DEPTH: u32 = WINDOW as u32 - 1;
 
 /// Latency harness of CRADLE: measures round trips between two processes for
 /// raw baselines (shared-memory spin and futex ping-pongs, a Unix socket, a
@@ -324,8 +331,8 @@ fn run(cli: &Cli) -> Result<(), String> {
 
     // Declared first: dropped last, after the servers and clients.
     let dir = cradle::TempDir::new()?;
-    let (latency, throughput) = if plan.blobs == BlobMode::Only {
-        (Vec::new(), Vec::new())
+    let (latency, throughput, notes) = if plan.blobs == BlobMode::Only {
+        (Vec::new(), Vec::new(), Vec::new())
     } else {
         calls(
             &plan,
@@ -379,6 +386,12 @@ fn run(cli: &Cli) -> Result<(), String> {
         seconds: started.elapsed().as_secs_f64(),
     };
     print!("{}", report.table());
+    if !notes.is_empty() {
+        println!("\nContention gauge of the idle slots (docs/benchmarks.md §3, \"Under load\"):");
+        for n in &notes {
+            println!("  {n}");
+        }
+    }
     if let Some(path) = &cli.json {
         std::fs::write(path, report.json())
             .map_err(|e| format!("write {}: {e}", path.display()))?;
@@ -400,14 +413,14 @@ fn calls(
     (here, there): (Option<usize>, Option<usize>),
     progress: &mut Progress,
     started: Instant,
-) -> Result<(Vec<Latency>, Vec<Throughput>), String> {
+) -> Result<CallResults, String> {
     progress.show("starting servers and peers ...");
     let spin_server = cradle::Server::start(server_bin, dir.path(), "spin", Some(20_000), there)?;
     let sleep_server = cradle::Server::start(server_bin, dir.path(), "sleep", None, there)?;
     let idle_server = cradle::Server::start(server_bin, dir.path(), "idle", Some(0), there)?;
     // Provider processes (provided.rs) on the spinning and the idle server.
-    let spin_provider = provided::ProviderPeer::start(spin_server.socket(), "spin", there)?;
-    let idle_provider = provided::ProviderPeer::start(idle_server.socket(), "sleep", there)?;
+    let spin_provider = provided::ProviderPeer::start(spin_server.socket(), "spin", 0, there)?;
+    let idle_provider = provided::ProviderPeer::start(idle_server.socket(), "sleep", 0, there)?;
     // The spinning server again, with its metrics endpoint on a Unix socket:
     // the call path's cost of the metrics, and of a scrape.
     let metrics_sock = dir.path().join("metrics-endpoint.sock");
@@ -555,7 +568,8 @@ fn calls(
     // provider of `provided-spin` (which also serves `bench.blob`).
     let prov_server =
         cradle::Server::start(server_bin, dir.path(), "provided", Some(20_000), there)?;
-    let prov_provider = provided::ProviderPeer::start(prov_server.socket(), "sleep", there)?;
+    let prov_provider =
+        provided::ProviderPeer::start(prov_server.socket(), "sleep", PROVIDER_DEPTH, there)?;
     let prov_client = prov_server.connect(WaitMode::Spin)?;
     let prov_calls = (plan.pipelined_calls / 10).max(1_000);
     let blob_sizes = [4usize << 10, 64 << 20];
@@ -711,6 +725,13 @@ fn calls(
     scrape::once(&metrics_sock)?;
     std::thread::sleep(Duration::from_millis(25));
 
+    // Per idle slot (name, payload): in how many blocks this thread's
+    // contention gauge was busy (backing off, or the machine crowded in most
+    // recent samples) when the slot started, of how many.
+    let mut gauge_log: std::collections::BTreeMap<(&str, usize), (u32, u32)> =
+        std::collections::BTreeMap::new();
+    // What the settling after each block's loaded slots found.
+    let mut settles: Vec<load::Settled> = Vec::new();
     let mut latency_pass = |loaded: bool,
                             b: usize,
                             slots: &mut [Slot],
@@ -734,6 +755,16 @@ fn calls(
                     if loaded { " loaded" } else { "" },
                     started.elapsed().as_secs_f64()
                 ));
+                if !loaded {
+                    // This thread's contention gauge as the idle slot starts
+                    // (a back-off left over from the loaded slots would make
+                    // it sleep where it spins on an idle machine).
+                    let g = ipc_core::doorbell::gauge_state(Instant::now());
+                    let busy = !g.backing_off.is_zero() || g.crowded_samples >= 4;
+                    let e = gauge_log.entry((s.name, payload)).or_insert((0, 0));
+                    e.0 += u32::from(busy);
+                    e.1 += 1;
+                }
                 s.echo.begin()?;
                 let sw0 = s.echo.server_wakes();
                 let c0 = Snapshot::now();
@@ -905,6 +936,45 @@ fn calls(
                 .and_then(|()| sock_run(&mut sock_loaded, &mut tag));
             h.pause()?;
             r?;
+            // The next block's idle slots start once the gauges have seen
+            // the idle machine again (load.rs, `settle`).
+            if b + 1 < plan.blocks {
+                let mut warm = || {
+                    pipe_default
+                        .call::<ipc_rpc::builtin::Ping>(&vec![0u8; 8])
+                        .map(|_| ())
+                        .map_err(|e| format!("settle: {e}"))
+                };
+                settles.push(load::settle(Duration::from_secs(2), &mut warm)?);
+            }
+        }
+    }
+    let mut notes = Vec::new();
+    if !settles.is_empty() {
+        let n = settles.len();
+        let idle = settles.iter().filter(|s| s.machine_idle).count();
+        let waited: Duration = settles.iter().map(|s| s.waited).sum();
+        let busy = settles
+            .iter()
+            .filter(|s| !s.gauge.backing_off.is_zero() || s.gauge.crowded_samples >= 4)
+            .count();
+        notes.push(format!(
+            "settling after the loaded slots: {n} times, {:.0} ms on average; machine idle at \
+             the end {idle}/{n} (else other work ran: not the hogs, which are stopped); this \
+             thread's gauge still busy at the end {busy}/{n}",
+            waited.as_secs_f64() * 1e3 / n as f64
+        ));
+    }
+    for ((name, payload), (busy, of)) in &gauge_log {
+        // The default mode's slot is the one whose waits run on this
+        // thread and adapt to its gauge (the async slots wait on the
+        // runtime's threads; the spin and sleep slots do not adapt).
+        if *name == report::DEFAULT {
+            notes.push(format!(
+                "idle slot {name} {}: this thread's gauge busy at its start in {busy} of {of} \
+                 blocks",
+                report::size(*payload)
+            ));
         }
     }
     progress.show("stopping servers and peers ...");
@@ -931,7 +1001,7 @@ fn calls(
     if load > 0 {
         throughput.extend([one_loaded, sock_loaded]);
     }
-    Ok((latency, throughput))
+    Ok((latency, throughput, notes))
 }
 
 /// Writes the call's sequence number into the first bytes of the payload.

@@ -50,7 +50,20 @@ pub(crate) fn run(kind: &str, args: &[String]) -> Result<(), String> {
             pipelined_client(socket, calls, window)
         }
         "blob-reader" => crate::blobs::reader(arg(0)?, fd(1)?),
-        "provider" => crate::provided::provider(arg(0)?, arg(1)?),
+        "provider" => {
+            let report = args.iter().skip(2).any(|a| a == "report");
+            let depth = match args.iter().skip(2).find_map(|a| a.strip_prefix("depth=")) {
+                Some(d) => d.parse().map_err(|e| format!("depth: {e}"))?,
+                None => 0,
+            };
+            crate::provided::provider(arg(0)?, arg(1)?, depth, report)
+        }
+        "provided-pipelined" => {
+            let calls: u64 = arg(1)?.parse().map_err(|e| format!("calls: {e}"))?;
+            let window: usize = arg(2)?.parse().map_err(|e| format!("window: {e}"))?;
+            let wait = args.get(3).map_or("spin", String::as_str);
+            crate::provided::pipelined_peer(arg(0)?, calls, window, wait)
+        }
         "hog" => hog(),
         other => Err(format!("unknown peer kind {other:?}")),
     }

@@ -27,14 +27,21 @@ pub(crate) struct ProviderPeer {
 
 impl ProviderPeer {
     /// Starts the provider (waiting in `wait`: `spin` is spin-then-sleep
-    /// 20 ms, like the spinning server; `sleep`) and waits until the server
-    /// lists it.
-    pub(crate) fn start(socket: &Path, wait: &str, core: Option<usize>) -> Result<Self, String> {
+    /// 20 ms, like the spinning server; `sleep`; taking up to `depth`
+    /// invocations beyond the one its thread runs: `Provider::queue_depth`)
+    /// and waits until the server lists it.
+    pub(crate) fn start(
+        socket: &Path,
+        wait: &str,
+        depth: u32,
+        core: Option<usize>,
+    ) -> Result<Self, String> {
         let peer = spawn_peer(
             &[
                 "provider".into(),
                 socket.display().to_string(),
                 wait.to_owned(),
+                format!("depth={depth}"),
             ],
             &SpawnOpts {
                 core,
@@ -63,8 +70,11 @@ impl ProviderPeer {
     }
 }
 
-/// The provider process: serves until its stdin closes.
-pub(crate) fn provider(socket: &str, wait: &str) -> Result<(), String> {
+/// The provider process (one thread, `depth` invocations queued beyond
+/// it): serves until its stdin closes; with `report`, then prints the calls
+/// it served and the allocations this process made (for profiling by hand:
+/// docs/benchmarks.md §6).
+pub(crate) fn provider(socket: &str, wait: &str, depth: u32, report: bool) -> Result<(), String> {
     let wait = match wait {
         "spin" => WaitMode::SpinThenSleep(Duration::from_millis(20)),
         "sleep" => WaitMode::Sleep,
@@ -80,6 +90,7 @@ pub(crate) fn provider(socket: &str, wait: &str) -> Result<(), String> {
     .map_err(|e| format!("connect {socket}: {e}"))?;
     let p = client
         .provider()
+        .queue_depth(depth)
         .serve::<BenchEcho>(|_call, msg| Ok::<_, HandlerError>(msg))
         .serve::<BenchBlob>(|call, ()| {
             let blob = call.take_blobs().pop().ok_or("pass a blob")?;
@@ -93,7 +104,15 @@ pub(crate) fn provider(socket: &str, wait: &str) -> Result<(), String> {
         for _ in std::io::stdin().lock().lines() {}
         stopper.stop();
     });
-    p.run().map(|_| ()).map_err(|e| format!("provider: {e}"))
+    let served = p.run().map_err(|e| format!("provider: {e}"))?;
+    if report {
+        println!(
+            "provider: {} calls served, {} allocations in this process",
+            served.served,
+            crate::counters::allocations()
+        );
+    }
+    Ok(())
 }
 
 /// Echo calls of the provided `bench.echo`, checked in place.
@@ -150,6 +169,41 @@ pub(crate) fn pipelined(
             .send::<BenchEcho>(&tag.to_le_bytes().to_vec())
             .map_err(|e| format!("pipelined send: {e}"))
     })
+}
+
+/// For profiling by hand (`cradle-bench peer provided-pipelined SOCKET
+/// CALLS WINDOW [spin|sleep]`, docs/benchmarks.md §6): `calls` pipelined
+/// `bench.echo` calls through the provider serving on the server at
+/// `socket`, waiting in `wait`; prints the calls per second and this
+/// process's allocations per call.
+pub(crate) fn pipelined_peer(
+    socket: &str,
+    calls: u64,
+    window: usize,
+    wait: &str,
+) -> Result<(), String> {
+    let wait = match wait {
+        "spin" => WaitMode::Spin,
+        "sleep" => WaitMode::Sleep,
+        w => return Err(format!("wait mode {w:?}")),
+    };
+    let client = Client::connect_with(
+        socket,
+        cradle_client::ClientOptions {
+            timeout: Duration::from_secs(30),
+            wait,
+        },
+    )
+    .map_err(|e| format!("connect {socket}: {e}"))?;
+    let a0 = crate::counters::allocations();
+    let ns = pipelined(&client, calls, window, 0)?;
+    let allocs = crate::counters::allocations() - a0;
+    println!(
+        "{calls} calls, window {window}: {:.3} M calls/s, {:.2} allocations per call",
+        calls as f64 * 1e3 / ns.max(1) as f64,
+        allocs as f64 / calls as f64
+    );
+    Ok(())
 }
 
 /// A blob of `len` bytes for the blob scenario, and a reference to it that
