@@ -183,6 +183,7 @@ pub(crate) fn send_error(e: SendError) -> CallError {
 
 /// The payload of a frame with an envelope: the envelope, then `body` at
 /// its aligned offset.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))] // the async provider's
 pub(crate) fn enveloped(
     deadline_ns: u64,
     schema_hash: u64,
@@ -208,11 +209,15 @@ pub(crate) fn too_many_blobs(count: usize) -> CallError {
     ))
 }
 
+// The async client's (the sync one writes envelopes into the ring).
+#[cfg(feature = "tokio")]
 /// An envelope that cannot be written (too many blobs) as the call's error.
 pub(crate) fn envelope_error(e: EnvelopeError) -> CallError {
     CallError::Encode(ipc_rpc::codec::CodecError::new(e))
 }
 
+// The async client's (the sync one writes envelopes into the ring).
+#[cfg(feature = "tokio")]
 /// The id and the enveloped payload of a call of the bytes method `name`
 /// (version `version`) with `body`, passing `blobs`, due within `timeout`.
 /// (The sync client writes the envelope and body straight into the ring
@@ -320,6 +325,7 @@ pub(crate) fn name_unknown(e: CallError, name: &str, version: u32, id: u64) -> C
 }
 
 /// The body of a bytes method's answer, as is.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))] // the async provider's
 pub(crate) fn raw_body(b: &[u8]) -> Result<Vec<u8>, CallError> {
     Ok(b.to_vec())
 }

@@ -74,6 +74,7 @@ pub(crate) fn decode_request<M: Method>(body: &[u8]) -> Result<M::Request, Handl
 }
 
 /// Encodes `M`'s response, at most `max` bytes.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))] // the async provider's
 pub(crate) fn encode_response<M: Method>(
     resp: &M::Response,
     max: usize,

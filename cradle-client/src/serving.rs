@@ -220,6 +220,7 @@ pub(crate) fn bytes_offer(name: &str, version: u32, concurrency: u32, idempotent
 }
 
 /// A handler's answer body.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))] // the async provider's
 pub(crate) enum Out {
     /// An rkyv archive.
     Aligned(AlignedVec<16>),
@@ -227,6 +228,7 @@ pub(crate) enum Out {
     Plain(Vec<u8>),
 }
 
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))] // the async provider's
 impl Out {
     pub(crate) fn bytes(&self) -> &[u8] {
         match self {
@@ -252,6 +254,7 @@ impl Held {
 }
 
 /// The answer to an invocation: its frame's flags and payload.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))] // the async provider's
 pub(crate) enum Answer {
     /// `REPLY`: the response body and the result blobs it lists.
     Reply { flags: u16, payload: AlignedVec<16> },
@@ -261,6 +264,7 @@ pub(crate) enum Answer {
 
 impl Answer {
     /// A `REPLY` with `body`, listing `results`.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // the async provider's
     pub(crate) fn reply(results: &[BlobHandle], body: &[u8]) -> Self {
         if results.is_empty() {
             let mut payload = AlignedVec::<16>::with_capacity(body.len());
@@ -292,6 +296,7 @@ impl Answer {
     /// The answer to a handler's outcome `r`: its body, listing the result
     /// blobs it attached (`held`); its error; or, when it panicked (`Err`),
     /// a `HandlerPanicked` error saying `panicked()`.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // the async provider's
     pub(crate) fn of_outcome<P>(
         r: Result<Result<Out, HandlerError>, P>,
         held: &[Held],

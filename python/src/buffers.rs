@@ -18,13 +18,10 @@ use pyo3::exceptions::{PyBufferError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use std::ffi::c_int;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
-/// Locks `m`, whatever a panicking holder left (the state stays consistent:
-/// every critical section is a few assignments).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+// `lock` lives in `spares.rs`, which this file uses (one way).
+pub(crate) use crate::spares::lock;
 
 /// Fills `view` for `len` bytes at `ptr`, owned by `owner`.
 ///

@@ -32,11 +32,16 @@
 //! [`IDLE`] with nothing to do; it holds only a weak reference to the
 //! client between jobs.
 
-use crate::buffers::lock;
 use cradle_client::{BlobError, BlobWriter, Client, SMALL_BLOB_MAX};
 use ipc_rpc::CallError;
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
+
+/// Locks `m`, whatever a panicking holder left (the state stays consistent:
+/// every critical section is a few assignments).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// How long an unused spare is kept before it is given back.
 pub(crate) const KEEP: Duration = Duration::from_secs(10);
