@@ -190,7 +190,7 @@ crate::method! {
     /// Registers the calling session as a provider of one method. Errors:
     /// `Refused` (a reserved or invalid name, concurrency 0, a server
     /// limit), `SchemaMismatch` (the method is offered with another schema
-    /// hash, or compiled in).
+    /// hash or another idempotent or memoized flag, or compiled in).
     ///
     /// ```
     /// use ipc_rpc::Method;
@@ -198,6 +198,7 @@ crate::method! {
     ///
     /// let _request: <Register as Method>::Request = Offer {
     ///     name: "demo.echo".into(), version: 1, schema_hash: BYTES_SCHEMA, concurrency: 8, idempotent: true,
+    ///     memoized: false,
     /// };
     /// assert_eq!(Register::NAME, "cradle.provider.register");
     /// ```
