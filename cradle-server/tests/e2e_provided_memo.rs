@@ -17,11 +17,11 @@
 mod support;
 
 use cradle_client::{Blob, Call, CallError, Client, ErrorCode, HandlerError, MemoMode};
+use ipc_core::sync::{AtomicU64, Ordering};
 use ipc_rpc::example::work_byte;
 use ipc_rpc::memo::{MemoList, MemoMethodStats};
 use ipc_rpc::provide::{Offer, Register};
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use support::*;
 

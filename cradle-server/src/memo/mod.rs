@@ -267,11 +267,11 @@ pub(crate) struct Memo {
     /// Memoized methods offered by providers, by id (`provided.rs`).
     provided: Mutex<HashMap<u64, Arc<MemoMethod>>>,
     /// Whether `provided` ever held a method (workers skip its lock until).
-    any_provided: std::sync::atomic::AtomicBool,
+    any_provided: ipc_core::sync::AtomicBool,
     /// Runs of provided methods routed to a provider, by run id.
     runs: Mutex<HashMap<u64, provided::Run>>,
     /// The next run id.
-    next_run: std::sync::atomic::AtomicU64,
+    next_run: ipc_core::sync::AtomicU64,
     /// Set when the server runs: the providers' table (runs are routed
     /// through it) and the offload handler of provided memoized calls.
     routing: OnceLock<provided::Routing>,
@@ -302,9 +302,9 @@ impl Memo {
             raw_keys: Mutex::new(HashMap::new()),
             claims: Claims::default(),
             provided: Mutex::new(HashMap::new()),
-            any_provided: std::sync::atomic::AtomicBool::new(false),
+            any_provided: ipc_core::sync::AtomicBool::new(false),
             runs: Mutex::new(HashMap::new()),
-            next_run: std::sync::atomic::AtomicU64::new(1),
+            next_run: ipc_core::sync::AtomicU64::new(1),
             routing: OnceLock::new(),
         });
         let weak: Weak<Memo> = Arc::downgrade(&memo);
