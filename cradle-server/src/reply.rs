@@ -245,6 +245,34 @@ impl Replier<'_> {
         self.send_encoded(meta, copy);
     }
 
+    /// Sends the encoded frame `bytes`, copied into the ring, or queued
+    /// (copied then) if the ring has no room.
+    pub(crate) fn send_slice(&mut self, meta: FrameMeta, bytes: &[u8]) {
+        if self.backlog.is_empty() && self.broken.is_none() {
+            match self.outbox.try_send_encoded(meta, bytes) {
+                Ok(()) => {
+                    self.answered += 1;
+                    self.published = true;
+                    return;
+                }
+                Err(SendError::Full { .. }) => {}
+                Err(SendError::Ring(e)) => {
+                    self.answered += 1;
+                    self.broken = Some(e);
+                    return;
+                }
+                Err(e) => {
+                    self.answered += 1;
+                    tracing::warn!(request_id = meta.request_id, error = %e, "response dropped");
+                    return;
+                }
+            }
+        }
+        let mut copy = AlignedVec::<16>::with_capacity(bytes.len());
+        copy.extend_from_slice(bytes);
+        self.send_encoded(meta, copy);
+    }
+
     /// Sends an already-encoded frame (an offload completion), or queues it.
     pub(crate) fn send_encoded(&mut self, meta: FrameMeta, bytes: AlignedVec<16>) {
         self.answered += 1;

@@ -30,7 +30,8 @@ pub(crate) const HANDLE_BYTES: usize = 40;
 pub(crate) struct MemoKey {
     pub(crate) digest: Digest,
     /// `cradle.memo/<name>@<version>/<hex>`.
-    pub(crate) name: String,
+    /// (Shared: a remembered key is cloned on every hit.)
+    pub(crate) name: std::sync::Arc<str>,
 }
 
 impl MemoKey {
@@ -90,7 +91,10 @@ pub(crate) fn memo_key(
         name.push(HEX[usize::from(b >> 4)] as char);
         name.push(HEX[usize::from(b & 15)] as char);
     }
-    Ok(MemoKey { digest, name })
+    Ok(MemoKey {
+        digest,
+        name: name.into(),
+    })
 }
 
 /// Replaces each listed handle's bytes in `bytes` by its digest and

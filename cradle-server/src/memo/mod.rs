@@ -486,9 +486,39 @@ impl Memo {
         let Ok(Some(key)) = self.key_of(m, bytes, false) else {
             return false;
         };
-        match self.lookup(m, &key, session, false) {
+        self.answer_here(m, &key, session, response_meta(meta), out)
+    }
+
+    /// On the worker: answers a call whose key is `key` from a memory
+    /// entry with the frame header `meta`; whether it did. A decoded entry
+    /// without result blobs goes straight from the table into the ring (no
+    /// copy of the response unless the frame must be queued).
+    pub(super) fn answer_here(
+        &self,
+        m: &MemoMethod,
+        key: &MemoKey,
+        session: u64,
+        meta: FrameMeta,
+        out: &mut Replier<'_>,
+    ) -> bool {
+        let plain = self
+            .decoded()
+            .get(&key.digest)
+            .filter(|d| d.results.is_empty())
+            .cloned();
+        if let Some(d) = plain {
+            // Checks that memory still holds the entry under the key.
+            if let Ok(Some(_)) = self.store.lease_memo(session, &key.name, d.blob, &[]) {
+                out.send_slice(meta, &d.response);
+                let mut st = m.stats();
+                st.hits += 1;
+                st.saved_ns = st.saved_ns.saturating_add(d.run_ns);
+                return true;
+            }
+        }
+        match self.lookup(m, key, session, false) {
             Found::Answer(resp) => {
-                out.send_encoded(response_meta(meta), resp);
+                out.send_encoded(meta, resp);
                 true
             }
             Found::Miss | Found::NotHere | Found::Refused(..) => false,

@@ -25,7 +25,7 @@
 //!   may digest large result blobs), every waiter gets the answer; a
 //!   failure is not stored, every waiter gets the error.
 
-use super::{Found, KeyFn, MEMO_SESSION, Memo, MemoMethod, Step, Waiter, blob_failure};
+use super::{KeyFn, MEMO_SESSION, Memo, MemoMethod, Step, Waiter, blob_failure};
 use crate::blobs::BlobCtx;
 use crate::link::Job;
 use crate::methods::{Answer, OffloadFn};
@@ -332,9 +332,8 @@ impl Memo {
         if meta.flags & wire::MEMO_REFRESH == 0 {
             let canon = canonical_request(m.schema_hash, env, body);
             if let Ok(Some(key)) = self.key_of(&m, &canon, false)
-                && let Found::Answer(resp) = self.lookup(&m, &key, session, false)
+                && self.answer_here(&m, &key, session, answer_meta(meta), out)
             {
-                out.send_encoded(answer_meta(meta), resp);
                 return ProvidedCall::Answered;
             }
         }
