@@ -220,57 +220,44 @@ impl Replier<'_> {
     /// validated request archive is a valid response archive (rkyv archives
     /// are relocatable). No allocation unless the frame must be queued.
     pub(crate) fn echo(&mut self, req: FrameMeta, bytes: &[u8]) {
-        let meta = response_meta(req);
-        if self.backlog.is_empty() && self.broken.is_none() {
-            match self.outbox.try_send_encoded(meta, bytes) {
-                Ok(()) => {
-                    self.answered += 1;
-                    self.published = true;
-                    return;
-                }
-                Err(SendError::Full { .. }) => {}
-                Err(SendError::Ring(e)) => {
-                    self.answered += 1;
-                    self.broken = Some(e);
-                    return;
-                }
-                Err(e) => {
-                    self.error(req, ErrorCode::ResponseTooLarge, e.to_string());
-                    return;
-                }
-            }
+        if let Err(e) = self.send_borrowed(response_meta(req), bytes) {
+            self.error(req, ErrorCode::ResponseTooLarge, e.to_string());
         }
-        let mut copy = AlignedVec::<16>::with_capacity(bytes.len());
-        copy.extend_from_slice(bytes);
-        self.send_encoded(meta, copy);
     }
 
     /// Sends the encoded frame `bytes`, copied into the ring, or queued
     /// (copied then) if the ring has no room.
     pub(crate) fn send_slice(&mut self, meta: FrameMeta, bytes: &[u8]) {
+        if let Err(e) = self.send_borrowed(meta, bytes) {
+            self.answered += 1;
+            tracing::warn!(request_id = meta.request_id, error = %e, "response dropped");
+        }
+    }
+
+    /// `bytes` straight into the ring, or queued (copied then) behind
+    /// others or for want of room; counted as answered. A frame that can
+    /// never fit is the error (not counted: the caller answers for it).
+    fn send_borrowed(&mut self, meta: FrameMeta, bytes: &[u8]) -> Result<(), SendError> {
         if self.backlog.is_empty() && self.broken.is_none() {
             match self.outbox.try_send_encoded(meta, bytes) {
                 Ok(()) => {
                     self.answered += 1;
                     self.published = true;
-                    return;
+                    return Ok(());
                 }
                 Err(SendError::Full { .. }) => {}
                 Err(SendError::Ring(e)) => {
                     self.answered += 1;
                     self.broken = Some(e);
-                    return;
+                    return Ok(());
                 }
-                Err(e) => {
-                    self.answered += 1;
-                    tracing::warn!(request_id = meta.request_id, error = %e, "response dropped");
-                    return;
-                }
+                Err(e) => return Err(e),
             }
         }
         let mut copy = AlignedVec::<16>::with_capacity(bytes.len());
         copy.extend_from_slice(bytes);
         self.send_encoded(meta, copy);
+        Ok(())
     }
 
     /// Sends an already-encoded frame (an offload completion), or queues it.

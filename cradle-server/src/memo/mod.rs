@@ -178,6 +178,13 @@ impl MemoMethod {
     fn stats(&self) -> MutexGuard<'_, MemoMethodStats> {
         self.stats.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Counts a hit that saved a run of `run_ns`.
+    fn count_hit(&self, run_ns: u64) {
+        let mut st = self.stats();
+        st.hits += 1;
+        st.saved_ns = st.saved_ns.saturating_add(run_ns);
+    }
 }
 
 /// A call that waits in the server; answered through its worker.
@@ -510,9 +517,7 @@ impl Memo {
             // Checks that memory still holds the entry under the key.
             if let Ok(Some(_)) = self.store.lease_memo(session, &key.name, d.blob, &[]) {
                 out.send_slice(meta, &d.response);
-                let mut st = m.stats();
-                st.hits += 1;
-                st.saved_ns = st.saved_ns.saturating_add(d.run_ns);
+                m.count_hit(d.run_ns);
                 return true;
             }
         }
@@ -562,9 +567,7 @@ impl Memo {
             resp[slot.offset..slot.offset + key::HANDLE_BYTES]
                 .copy_from_slice(bytemuck::bytes_of(h));
         }
-        let mut st = m.stats();
-        st.hits += 1;
-        st.saved_ns = st.saved_ns.saturating_add(d.run_ns);
+        m.count_hit(d.run_ns);
         Some(resp)
     }
 
@@ -728,9 +731,7 @@ impl Memo {
         };
         drop(view);
         self.remember(key, decoded);
-        let mut st = m.stats();
-        st.hits += 1;
-        st.saved_ns = st.saved_ns.saturating_add(run_ns);
+        m.count_hit(run_ns);
         Ok(Found::Answer(resp))
     }
 
@@ -973,9 +974,7 @@ impl Memo {
                 }
             }
         }
-        let mut st = m.stats();
-        st.hits += 1;
-        st.saved_ns = st.saved_ns.saturating_add(run_ns);
+        m.count_hit(run_ns);
         let mut copy = AlignedVec::<16>::with_capacity(resp.len());
         copy.extend_from_slice(resp);
         Some((response_meta(w.meta), copy))

@@ -778,9 +778,7 @@ impl Memo {
             }
         }
         if hit {
-            let mut st = m.stats();
-            st.hits += 1;
-            st.saved_ns = st.saved_ns.saturating_add(run_ns);
+            m.count_hit(run_ns);
         }
         Some((answer_meta(w.meta), aligned(resp)))
     }
