@@ -228,10 +228,11 @@ impl Draft {
         self.check_range(at, bytes.len());
         // SAFETY: the range is inside the window (checked above), which the
         // live mapping in `self.window` backs; no Rust reference to it exists,
-        // and `&mut self` keeps other writes through this draft out.
-        unsafe {
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.base().add(at), bytes.len());
-        }
+        // and `&mut self` keeps other writes through this draft out. `bytes`
+        // is a Rust slice, so it cannot be this writable window (no slice of
+        // it is ever handed out). A large copy is shared with the helper
+        // thread (`copy`), which is done with both ranges when it returns.
+        unsafe { crate::copy::copy(bytes, self.base().add(at)) }
     }
 
     pub(crate) fn write_from_fd(

@@ -75,6 +75,7 @@ mod calls;
 mod client;
 mod client_blobs;
 mod client_calls;
+mod copy;
 mod error;
 mod fork;
 mod options;
