@@ -405,6 +405,11 @@ impl AsyncCache<'_> {
         let deadline = std::time::Instant::now() + timeout;
         let req = claim_request(key, claim, timeout);
         let mut compute = Some(compute);
+        // Held until this returns or is dropped: no other call of this
+        // client asks for the key meanwhile (`turns.rs`).
+        let Some(_turn) = c.shared.turns.take(key, deadline).await else {
+            return Err(CallError::Timeout(timeout).into());
+        };
         loop {
             let answer = c
                 .call_salvaged::<CacheClaim>(&req, timeout, claim_salvage(key))

@@ -136,6 +136,8 @@ pub(crate) struct Shared {
     /// Signalled when the listening call stops listening: the driver takes
     /// the descriptor back.
     listener_left: Notify,
+    /// One `get_or_compute` per key at a time (`turns.rs`).
+    pub(crate) turns: crate::turns::AsyncTurns,
 }
 
 struct Tx {
@@ -408,6 +410,7 @@ impl AsyncClient {
             wake,
             listener: AtomicBool::new(false),
             listener_left: Notify::new(),
+            turns: Default::default(),
         });
         let driver = tokio::spawn(drive(Arc::clone(&shared), sock));
         Ok(Self {

@@ -55,6 +55,8 @@ pub(crate) struct Inner {
     stop: Arc<EventFd>,
     /// `INVOKE`/`CANCEL` frames read from the response ring, for a provider.
     pub(crate) invocations: Invocations,
+    /// One `get_or_compute` per key at a time (`turns.rs`).
+    pub(crate) turns: crate::turns::Turns,
 }
 
 struct Tx {
@@ -259,6 +261,7 @@ impl Client {
                 watcher,
                 stop,
                 invocations: Invocations::default(),
+                turns: Default::default(),
             }),
         }
     }

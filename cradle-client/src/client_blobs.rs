@@ -372,6 +372,11 @@ impl Cache<'_> {
         let deadline = std::time::Instant::now() + timeout;
         let req = claim_request(key, claim, timeout);
         let mut compute = Some(compute);
+        // Held until this returns: no other call of this client asks for
+        // the key meanwhile (`turns.rs`).
+        let Some(_turn) = c.inner.turns.take(key, deadline) else {
+            return Err(CallError::Timeout(timeout).into());
+        };
         loop {
             let answer = c
                 .inner

@@ -84,6 +84,7 @@ mod provider;
 mod remote;
 mod serving;
 mod session;
+mod turns;
 
 #[cfg(feature = "tokio")]
 pub use async_blobs::{AsyncBlobWriter, AsyncCache};

@@ -608,3 +608,75 @@ fn a_claim_granted_to_a_dropped_get_or_compute_goes_to_the_next_waiter() {
         assert_eq!(&got[..], b"made by C");
     });
 }
+
+/// Threads (and tasks) of one process that share a client are one session
+/// to the server, which answers `Claimed` again to the session holding a
+/// key's claim: the client lets one `get_or_compute` per key ask at a time,
+/// so eight threads of one client and eight tasks of one async client
+/// compute a key once each, and all get its bytes.
+#[test]
+fn threads_and_tasks_sharing_one_client_compute_a_key_once() {
+    use ipc_core::sync::{AtomicU32, Ordering};
+    let (_dog, dir, _server) = with_server("memo one client", Duration::from_secs(120), &[]);
+    let c = Client::connect(dir.socket()).unwrap();
+    let ran = AtomicU32::new(0);
+    std::thread::scope(|s| {
+        let all: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    c.cache()
+                        .get_or_compute("one/client", Duration::from_secs(60), || {
+                            ran.fetch_add(1, Ordering::Relaxed);
+                            // Long enough for every other thread to ask.
+                            std::thread::sleep(Duration::from_millis(300));
+                            Ok::<_, std::io::Error>(blob(&c, b"once"))
+                        })
+                        .expect("get_or_compute")
+                })
+            })
+            .collect();
+        for t in all {
+            assert_eq!(&t.join().unwrap()[..], b"once");
+        }
+    });
+    assert_eq!(ran.load(Ordering::Relaxed), 1, "eight threads, one run");
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let ran = std::sync::Arc::new(AtomicU32::new(0));
+    rt.block_on(async {
+        let c = std::sync::Arc::new(
+            cradle_client::AsyncClient::connect(dir.socket())
+                .await
+                .unwrap(),
+        );
+        let all: Vec<_> = (0..8)
+            .map(|_| {
+                let (c, ran) = (c.clone(), ran.clone());
+                tokio::spawn(async move {
+                    let v = c
+                        .cache()
+                        .get_or_compute("one/async-client", Duration::from_secs(60), || {
+                            ran.fetch_add(1, Ordering::Relaxed);
+                            async {
+                                tokio::time::sleep(Duration::from_millis(300)).await;
+                                let mut w = c.create(4).await?;
+                                w.write_at(0, b"once");
+                                w.seal().await
+                            }
+                        })
+                        .await
+                        .expect("get_or_compute");
+                    v[..].to_vec()
+                })
+            })
+            .collect();
+        for t in all {
+            assert_eq!(t.await.unwrap(), b"once");
+        }
+    });
+    assert_eq!(ran.load(Ordering::Relaxed), 1, "eight tasks, one run");
+}

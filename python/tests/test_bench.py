@@ -17,5 +17,6 @@ def test_the_benchmark_runs_once(server):
         capture_output=True, text=True,
     )
     assert r.returncode == 0, r.stderr
-    for row in ("memcpy", "put_array", "get_array", "@cradle.memoize hit", "lru_cache"):
+    for row in ("memcpy", "put_array", "get_array", "@cradle.memoize hit", "lru_cache",
+                "targets (same run)", "put 100 MiB (spare ready)"):
         assert row in r.stdout, r.stdout

@@ -133,3 +133,34 @@ def test_results_bytes_pickles_and_errors(server, tmp_path):
 
         assert structured(("x", 1), items={"b", "a"}) == {"key": ("x", 1), "items": list({"b", "a"}), "none": None}
         assert structured(("x", 1), items={"a", "b"})["key"] == ("x", 1)
+
+
+def test_threads_sharing_one_client_run_the_body_once(server, tmp_path):
+    """Threads of one process share the client's server session; the
+    client lets one of them compute a key at a time, so the body runs once
+    and every thread gets its result."""
+    import threading
+    import time
+
+    counter = tmp_path / "runs"
+
+    def body(n):
+        with open(counter, "a") as f:
+            f.write("ran\n")
+        time.sleep(0.3)  # every other thread asks meanwhile
+        return np.arange(n, dtype=np.int64)
+
+    body.__qualname__ = "threads_body"
+    with server.client() as c:
+        f = cradle.memoize(version="t", client=c)(body)
+        got = [None] * 6
+        threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, f(1000)))
+                   for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not any(t.is_alive() for t in threads)
+        for g in got:
+            assert np.array_equal(g, np.arange(1000, dtype=np.int64))
+        assert runs(counter) == 1
