@@ -9,8 +9,9 @@
 //!
 //! The caller never *depends* on the helper. The helper is a process-wide
 //! thread that sleeps on a condition variable; when it is busy elsewhere,
-//! not scheduled (every core busy), or absent (a forked child, or a thread
-//! that could not be spawned), the caller copies every chunk itself, and a
+//! not scheduled (every core busy), or absent (a child forked after it
+//! started, or a thread that could not be spawned), the caller copies every
+//! chunk itself, and a
 //! copy costs what it cost before plus one wake-up. A helper that claimed a
 //! chunk holds the caller back only until that chunk is copied.
 //!
@@ -85,23 +86,30 @@ impl Job {
 struct Helper {
     slot: Mutex<Option<Arc<Job>>>,
     ready: Condvar,
+    /// The fork generation the thread runs in (`fork.rs`).
+    generation: u64,
 }
 
-/// The helper, started on the first large copy (`None` if the thread could
-/// not be spawned: every copy then stays on its caller).
+/// The helper, started on the first large copy; `None` if the thread could
+/// not be spawned, or in a process forked after it started: there the
+/// thread does not exist, and its mutex may have been copied locked (held
+/// by the helper at the fork), so a child never touches it. Every copy then
+/// stays on its caller.
 fn helper() -> Option<&'static Helper> {
     static HELPER: OnceLock<Option<&'static Helper>> = OnceLock::new();
-    *HELPER.get_or_init(|| {
+    let h = (*HELPER.get_or_init(|| {
         let h: &'static Helper = Box::leak(Box::new(Helper {
             slot: Mutex::new(None),
             ready: Condvar::new(),
+            generation: crate::fork::generation(),
         }));
         std::thread::Builder::new()
             .name("cradle-copy".into())
             .spawn(move || help(h))
             .ok()
             .map(|_| h)
-    })
+    }))?;
+    (h.generation == crate::fork::generation()).then_some(h)
 }
 
 /// The helper's loop: take a job, share it, sleep again.
@@ -209,6 +217,49 @@ mod tests {
         ] {
             check(len);
         }
+    }
+
+    /// A child forked while the helper runs copies alone (the helper's
+    /// mutex may have been copied locked): it finishes, with exact bytes.
+    #[test]
+    fn a_forked_child_copies_without_the_helper() {
+        check(PARALLEL_MIN); // the helper runs
+        let len = PARALLEL_MIN + 5;
+        let src: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let mut dst = vec![0u8; len];
+        // SAFETY: the child runs only `copy` (no allocation, no lock: it
+        // finds the helper of another generation) and `_exit`.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            assert!(helper().is_none());
+            // SAFETY: `dst` is this process's own copy, `len` bytes.
+            unsafe { copy(&src, dst.as_mut_ptr()) };
+            let ok = src == dst;
+            // SAFETY: ends the child without running the parent's exit
+            // handlers or test harness.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut status = 0;
+        loop {
+            // SAFETY: waits for our own child, no hang (WNOHANG).
+            let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            if r == pid {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                // SAFETY: our own child.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                panic!("the forked child's copy hung");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "child: {status}"
+        );
+        assert!(helper().is_some(), "the parent keeps its helper");
     }
 
     #[test]

@@ -389,6 +389,44 @@ impl Writer {
         self.len
     }
 
+    /// Copies ``data`` (any C-contiguous buffer: bytes, memoryview, a numpy
+    /// array) into the blob at byte ``offset``, with the GIL released; a
+    /// copy of 4 MiB or more is shared with a helper thread, like the copy
+    /// ``Client.put`` makes. ``ValueError`` if it does not fit, or if
+    /// ``data`` is a view of this writer.
+    fn write(&self, py: Python<'_>, offset: usize, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let (buf, ptr, len) = bytes_of(data)?;
+        if offset.checked_add(len).is_none_or(|end| end > self.len) {
+            return Err(PyValueError::new_err(format!(
+                "{len} bytes at offset {offset} do not fit a blob of {} bytes",
+                self.len
+            )));
+        }
+        if len > 0 && ptr < self.ptr + self.len && self.ptr < ptr + len {
+            return Err(PyValueError::new_err(
+                "the data is a view of this writer: copy it elsewhere first",
+            ));
+        }
+        let mut st = lock(&self.state);
+        let w = st
+            .writer
+            .as_mut()
+            .ok_or_else(|| PyValueError::new_err("the writer is already sealed or aborted"))?;
+        py.detach(|| {
+            // SAFETY: `ptr..ptr+len` is the C-contiguous memory of `buf`,
+            // exported (neither freed nor resized) until `buf` is dropped
+            // after this; it is not this writer's window (checked above).
+            let src = unsafe { std::slice::from_raw_parts(ptr as *const u8, len) };
+            w.write_at(offset, src);
+        });
+        // The lock goes before the GIL is asked for again (`detach` has
+        // returned): a thread that holds the GIL and waits for the lock in
+        // `__getbuffer__` gets it.
+        drop(st);
+        drop(buf);
+        Ok(())
+    }
+
     /// The blob's length in bytes.
     #[getter]
     fn nbytes(&self) -> usize {

@@ -108,6 +108,26 @@ def test_create_fill_in_place_then_put(server, nbytes):
         assert np.array_equal(np.frombuffer(c.get("k"), np.uint8), np.arange(nbytes) % 251)
 
 
+@pytest.mark.parametrize("nbytes", [100, 9 << 20])  # a plain copy; one shared with the helper thread
+def test_writer_write_copies_buffers_at_offsets(server, nbytes):
+    data = (np.arange(nbytes, dtype=np.uint64) * 2654435761 % 251).astype(np.uint8)
+    with server.client() as c:
+        w = c.create(nbytes + 7)
+        w.write(0, b"head---")
+        w.write(7, data)
+        with pytest.raises(ValueError, match="do not fit"):
+            w.write(8, data)
+        with pytest.raises(ValueError, match="view of this writer"):
+            w.write(0, memoryview(w)[:3])
+        with pytest.raises(BufferError):
+            w.write(0, data[::2])  # not contiguous
+        w.put("written")
+        with pytest.raises(ValueError, match="sealed"):
+            w.write(0, b"x")
+        got = np.frombuffer(c.get("written"), np.uint8)
+        assert bytes(got[:7]) == b"head---" and np.array_equal(got[7:], data)
+
+
 def test_seal_gives_a_sealed_blob(server):
     with server.client() as c:
         w = c.create(6)
