@@ -135,6 +135,7 @@ impl<'a> ShmSlice<'a> {
     /// # Panics
     ///
     /// If `dst.len() != self.len()` (a bug in the caller, not peer input).
+    #[inline]
     pub fn copy_to_slice(&self, dst: &mut [u8]) {
         assert_eq!(
             dst.len(),
