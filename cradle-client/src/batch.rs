@@ -18,6 +18,7 @@ use ipc_rpc::{CallError, Method, Wire, wire};
 use std::collections::VecDeque;
 use std::fmt;
 use std::marker::PhantomData;
+use std::time::{Duration, Instant};
 
 /// Marks a call of [`InFlight`] resolved out of order (request ids stay
 /// below 2^63: one client would need centuries to count that far).
@@ -26,6 +27,11 @@ const DONE: u64 = 1 << 63;
 /// The calls of a batch still waiting for their responses: request ids in
 /// send order (strictly increasing: one client numbers its requests from
 /// one counter), and the sequence number of the first.
+///
+/// Deadlines: as a single call's timeout counts from its first wait for
+/// the response, a batch's call's counts from the first wait of the batch
+/// after it was sent. Each such wait that finds calls sent since the last
+/// one starts their clock (one clock read for all of them).
 #[derive(Debug, Default)]
 pub(crate) struct InFlight {
     /// Request ids in send order; a call resolved out of order keeps its
@@ -35,6 +41,12 @@ pub(crate) struct InFlight {
     front: u64,
     /// Calls not resolved.
     open: usize,
+    /// When calls first waited: `(s, t)` says the calls from sequence
+    /// number `s` up to the next entry's (or to `stamped`) first waited at
+    /// `t`.
+    waits: VecDeque<(u64, Instant)>,
+    /// Calls below this sequence number have a wait start in `waits`.
+    stamped: u64,
 }
 
 impl InFlight {
@@ -48,6 +60,14 @@ impl InFlight {
     #[inline]
     fn push(&mut self, id: u64) -> u64 {
         debug_assert!(self.ids.back().is_none_or(|&b| b & !DONE < id));
+        if self.ids.len() == self.ids.capacity() {
+            self.ids.reserve(1);
+            // There are never more wait starts than calls in `ids` (each
+            // covers calls of its own, and goes once they are resolved): with
+            // room for as many, `deadline` never allocates.
+            let more = self.ids.capacity().saturating_sub(self.waits.len());
+            self.waits.reserve(more);
+        }
         self.ids.push_back(id);
         self.open += 1;
         self.front + self.ids.len() as u64 - 1
@@ -83,6 +103,55 @@ impl InFlight {
             self.ids.pop_front();
             self.front += 1;
         }
+    }
+
+    /// Sequence number of the next call sent.
+    #[inline]
+    fn next_seq(&self) -> u64 {
+        self.front + self.ids.len() as u64
+    }
+
+    /// For a reader about to wait: starts the clock of the calls sent since
+    /// the last wait (now), and answers when the oldest open call's
+    /// `timeout` runs out.
+    pub(crate) fn deadline(&mut self, timeout: Duration) -> Instant {
+        // Wait starts whose calls are all resolved go.
+        while let Some(&(_, _)) = self.waits.front() {
+            let end = self.waits.get(1).map_or(self.stamped, |w| w.0);
+            if end > self.front {
+                break;
+            }
+            self.waits.pop_front();
+        }
+        let next = self.next_seq();
+        if self.stamped < next {
+            self.waits.push_back((self.stamped, Instant::now()));
+            self.stamped = next;
+        }
+        match self.waits.front() {
+            Some(&(_, t)) => t + timeout,
+            // Every call sent has a wait start and is resolved.
+            None => Instant::now() + timeout,
+        }
+    }
+
+    /// Resolves with `f(seq, id, waited)` the open calls whose clock
+    /// started first (their deadline passed: see [`deadline`]).
+    ///
+    /// [`deadline`]: Self::deadline
+    pub(crate) fn expire_oldest(&mut self, mut f: impl FnMut(u64, u64, Duration)) -> usize {
+        let Some((_, t)) = self.waits.pop_front() else {
+            return 0;
+        };
+        let end = self.waits.front().map_or(self.stamped, |w| w.0);
+        let waited = t.elapsed();
+        self.resolve_where(|seq, id| {
+            if seq >= end {
+                return false;
+            }
+            f(seq, id, waited);
+            true
+        })
     }
 
     /// Resolves every open call for which `f(seq, id)` says so.
@@ -403,6 +472,34 @@ mod tests {
         assert_eq!(left, [(4, 10), (5, 11)]);
         assert!(c.is_empty());
         assert_eq!(c.take(10), None);
+    }
+
+    #[test]
+    fn deadlines_count_from_each_calls_first_wait() {
+        let t = Duration::from_secs(3600);
+        let mut c = InFlight::default();
+        c.push(1);
+        c.push(2);
+        let d1 = c.deadline(t);
+        // No new call: the same deadline.
+        assert_eq!(c.deadline(t), d1);
+        c.push(3);
+        let d2 = {
+            std::thread::sleep(Duration::from_millis(2));
+            c.deadline(t)
+        };
+        assert_eq!(d2, d1, "the oldest open call sets the deadline");
+        assert_eq!(c.waits.len(), 2);
+        let mut out = Vec::new();
+        assert_eq!(c.expire_oldest(|seq, id, _| out.push((seq, id))), 2);
+        assert_eq!(out, [(0, 1), (1, 2)]);
+        assert!(c.deadline(t) > d1, "call 3 started its clock later");
+        assert_eq!(c.take(3), Some(2));
+        assert!(c.is_empty());
+        // Resolved calls' wait starts go.
+        c.push(4);
+        c.deadline(t);
+        assert_eq!(c.waits.len(), 1);
     }
 
     #[test]

@@ -818,9 +818,9 @@ impl Inner {
     /// present (stashed, or in the ring, read in order) to `on` with the
     /// call's sequence number, filing the others as `receive` does; if none
     /// is present, waits (per `opts.wait`) until one is, or until the
-    /// deadline (`opts.timeout` from this first wait), when every call
-    /// still open is resolved with [`CallError::Timeout`] and its response
-    /// dropped on arrival. A dead server or a corrupt ring resolves every
+    /// oldest open calls' deadline (`opts.timeout` from their first wait:
+    /// [`InFlight::deadline`]), when those are resolved with
+    /// [`CallError::Timeout`] and their responses dropped on arrival. A dead server or a corrupt ring resolves every
     /// open call with that error. The ring is released once per batch (and
     /// before any wait). Returns how many calls were resolved.
     pub(crate) fn receive_many(
@@ -839,7 +839,6 @@ impl Inner {
         }
         let mut guard = self.lock_rx();
         let rx = &mut *guard;
-        let mut deadline = Deadline::new(opts.timeout);
         let mut got = 0;
         loop {
             if let Some(e) = &rx.broken {
@@ -906,14 +905,13 @@ impl Inner {
                 });
                 break;
             }
-            let (start, at) = (deadline.start(), deadline.at());
+            let at = calls.deadline(opts.timeout);
             if Instant::now() >= at {
                 // The responses may still come: drop them then.
-                let took = start.elapsed();
                 let abandoned = &mut rx.abandoned;
-                got += calls.resolve_all(|seq, id| {
+                got += calls.expire_oldest(|seq, id, waited| {
                     abandoned.insert(id);
-                    on(seq, Err(CallError::Timeout(took)));
+                    on(seq, Err(CallError::Timeout(waited)));
                 });
                 break;
             }
