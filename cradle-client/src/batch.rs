@@ -280,6 +280,23 @@ impl<M: Method> Batch<'_, M> {
         self.calls.open
     }
 
+    /// Makes room for `n` calls in flight at once: no allocation until
+    /// more than that are (the batch grows its queue as needed otherwise).
+    ///
+    /// ```no_run
+    /// use ipc_rpc::builtin::Ping;
+    /// # let client = cradle_client::Client::connect_default()?;
+    /// let mut batch = client.batch::<Ping>();
+    /// batch.reserve(256);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn reserve(&mut self, n: usize) {
+        let c = &mut self.calls;
+        c.ids.reserve(n.saturating_sub(c.ids.len()));
+        let more = c.ids.capacity().saturating_sub(c.waits.len());
+        c.waits.reserve(more);
+    }
+
     /// Calls sent through this batch so far: the next call's sequence
     /// number.
     ///

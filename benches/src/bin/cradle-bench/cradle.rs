@@ -308,8 +308,31 @@ pub(crate) fn pipelined(
     tag0: u64,
 ) -> Result<u64, String> {
     let mut batch = client.batch::<Ping>();
-    // The requests of one top-up, rewritten in place: no allocation per call.
-    let mut reqs = vec![vec![0u8; 8]; window];
+    batch.reserve(window);
+    // The requests of one top-up, rewritten in place: no allocation per
+    // call, and none per run after the first (the counters count them).
+    let mut reqs = REQS.with(|r| std::mem::take(&mut *r.borrow_mut()));
+    if reqs.len() < window {
+        reqs.resize(window, vec![0u8; 8]);
+    }
+    let r = pipelined_with(&mut batch, &mut reqs, calls, window, tag0);
+    REQS.with(|r| *r.borrow_mut() = reqs);
+    r
+}
+
+thread_local! {
+    /// The request buffers of [`pipelined`], kept from one run to the next.
+    static REQS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// [`pipelined`]'s loop, with its batch and request buffers.
+fn pipelined_with(
+    batch: &mut cradle_client::Batch<'_, Ping>,
+    reqs: &mut [Vec<u8>],
+    calls: u64,
+    window: usize,
+    tag0: u64,
+) -> Result<u64, String> {
     let mut bad: Option<String> = None;
     let start = Instant::now();
     let mut sent = 0u64;
