@@ -240,9 +240,10 @@ impl Client {
     }
 
     /// A batch of calls of `M` with explicit options: `opts.timeout` bounds
-    /// each wait for room in [`Batch::send`] and each wait for a response in
-    /// [`Batch::recv_with`] (counted from that wait's start, as a single
-    /// call counts it from its first wait).
+    /// each wait for room in [`Batch::send`], and each call's wait for its
+    /// response: as a single call's timeout counts from its first wait, a
+    /// batch call's counts from the first [`Batch::recv_with`] that had to
+    /// wait after the call was sent.
     ///
     /// ```no_run
     /// use cradle_client::{CallOptions, WaitMode};
@@ -395,9 +396,10 @@ impl<M: Method> Batch<'_, M> {
     /// Hands every response of this batch's calls that is present to `f`,
     /// with the call's sequence number and its result: the validated,
     /// archived response (read in place, no allocation) or the call's
-    /// error. If none is present, waits for one, up to the batch's timeout:
-    /// then every call still open is resolved with
-    /// [`CallError::Timeout`] (its response, if it comes, is dropped). A
+    /// error. If none is present, waits for one, at most until the oldest
+    /// open calls' deadline (see [`Client::batch_opts`]): then those are
+    /// resolved with [`CallError::Timeout`] (a response that comes later is
+    /// dropped), and the calls sent after them keep waiting. A
     /// dead server, a corrupt ring or a forked process resolve every open
     /// call with that error. Returns how many calls were resolved (0 only
     /// if none was open).
