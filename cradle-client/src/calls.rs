@@ -98,17 +98,32 @@ pub(crate) fn try_send_enveloped<T: Wire, R: RingMemory>(
     value: &T,
 ) -> Result<(), SendError> {
     with_envelope(deadline_ns, schema_hash, blobs, |head| {
-        send_behind(producer, meta, head, value)
+        send_behind(producer, meta, head, value, false)
     })
 }
 
-/// Publishes `value` serialized behind the envelope `head` (see
-/// [`try_send_enveloped`]).
+/// [`try_send_enveloped`] that only stages the frame (a batch publishes its
+/// frames together: `Producer::publish_staged`).
+pub(crate) fn try_stage_enveloped<T: Wire, R: RingMemory>(
+    producer: &mut Producer<R>,
+    meta: FrameMeta,
+    deadline_ns: u64,
+    schema_hash: u64,
+    value: &T,
+) -> Result<(), SendError> {
+    with_envelope(deadline_ns, schema_hash, &[], |head| {
+        send_behind(producer, meta, head, value, true)
+    })
+}
+
+/// Publishes (or, if `stage`, only stages) `value` serialized behind the
+/// envelope `head` (see [`try_send_enveloped`]).
 fn send_behind<T: Wire, R: RingMemory>(
     producer: &mut Producer<R>,
     meta: FrameMeta,
     head: &[u8],
     value: &T,
+    stage: bool,
 ) -> Result<(), SendError> {
     let at = head.len();
     let max = producer.max_payload();
@@ -132,6 +147,7 @@ fn send_behind<T: Wire, R: RingMemory>(
         let mut out = unsafe { RingWriter::new(w.as_mut_ptr().add(at), w.len() - at) };
         let r = ARENA.with(|a| value.encode(&mut out, &mut a.borrow_mut()));
         match r {
+            Ok(n) if stage => return w.stage(at + n, meta).map_err(SendError::Ring),
             Ok(n) => return w.commit(at + n, meta).map_err(SendError::Ring),
             // Dropping the window publishes nothing.
             Err(_) if out.overflowed() && window < max => {}

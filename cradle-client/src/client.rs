@@ -1,5 +1,6 @@
 //! The synchronous client.
 
+use crate::batch::InFlight;
 use crate::calls;
 use crate::error::ConnectError;
 use crate::options::{CallOptions, ClientOptions, MemoMode};
@@ -47,7 +48,7 @@ pub struct Client {
 
 pub(crate) struct Inner {
     pub(crate) session: Arc<Session>,
-    tx: Mutex<Tx>,
+    pub(crate) tx: Mutex<Tx>,
     rx: Mutex<Rx>,
     opts: ClientOptions,
     watcher: Option<std::thread::JoinHandle<()>>,
@@ -59,9 +60,9 @@ pub(crate) struct Inner {
     pub(crate) turns: crate::turns::Turns,
 }
 
-struct Tx {
-    outbox: Outbox<RingRegion>,
-    next_id: u64,
+pub(crate) struct Tx {
+    pub(crate) outbox: Outbox<RingRegion>,
+    pub(crate) next_id: u64,
 }
 
 struct Rx {
@@ -110,7 +111,7 @@ impl Deadline {
     }
 
     /// The deadline.
-    fn at(&mut self) -> Instant {
+    pub(crate) fn at(&mut self) -> Instant {
         self.start() + self.timeout
     }
 }
@@ -622,7 +623,7 @@ impl Inner {
         deadline: &mut Deadline,
         wait: WaitMode,
         block: bool,
-        mut send: impl FnMut(&mut Outbox<RingRegion>, FrameMeta) -> Result<(), SendError>,
+        send: impl FnMut(&mut Outbox<RingRegion>, FrameMeta) -> Result<(), SendError>,
     ) -> Result<u64, CallError> {
         let session = &*self.session;
         session.check()?;
@@ -633,12 +634,30 @@ impl Inner {
             id
         });
         meta.request_id = id;
+        self.put_frame(&mut tx, meta, deadline, wait, block, send)?;
+        session.wake_server();
+        Ok(id)
+    }
+
+    /// Writes one frame with `meta` under the request-ring lock: `send`
+    /// writes it (publishing it, or staging it for a batch). Waits for ring
+    /// room if `block`; before it waits, it publishes what is staged and
+    /// wakes the server (the server cannot free room it does not see).
+    /// Rings no doorbell once the frame is written: the caller does, once
+    /// per frame or per batch.
+    pub(crate) fn put_frame(
+        &self,
+        tx: &mut Tx,
+        meta: FrameMeta,
+        deadline: &mut Deadline,
+        wait: WaitMode,
+        block: bool,
+        mut send: impl FnMut(&mut Outbox<RingRegion>, FrameMeta) -> Result<(), SendError>,
+    ) -> Result<(), CallError> {
+        let session = &*self.session;
         loop {
             match send(&mut tx.outbox, meta) {
-                Ok(()) => {
-                    session.wake_server();
-                    return Ok(id);
-                }
+                Ok(()) => return Ok(()),
                 Err(SendError::Full { need }) => {
                     if !block {
                         return Err(CallError::RingFull);
@@ -653,6 +672,7 @@ impl Inner {
                     }
                     // The server may be throttling us because our response ring
                     // is full: read responses while we wait, or both wait forever.
+                    tx.outbox.producer().publish_staged();
                     self.drain_to_stash();
                     session.wake_server();
                     let slice = deadline.min(now + Duration::from_millis(1));
@@ -792,6 +812,154 @@ impl Inner {
                 }
             }
         }
+    }
+}
+
+impl Inner {
+    /// The batch's side of [`receive`](Self::receive): under one lock of
+    /// the response ring, hands every response to a call of `calls` that is
+    /// present (stashed, or in the ring, read in order) to `on` with the
+    /// call's sequence number, filing the others as `receive` does; if none
+    /// is present, waits (per `opts.wait`) until one is, or until the
+    /// oldest open calls' deadline (`opts.timeout` from their first wait:
+    /// [`InFlight::deadline`]), when those are resolved with
+    /// [`CallError::Timeout`] and their responses dropped on arrival. A dead server or a corrupt ring resolves every
+    /// open call with that error. The ring is released once per batch (and
+    /// before any wait). Returns how many calls were resolved.
+    pub(crate) fn receive_many(
+        &self,
+        calls: &mut InFlight,
+        opts: CallOptions,
+        mut on: impl FnMut(u64, Result<(FrameMeta, &[u8]), CallError>),
+    ) -> usize {
+        if calls.is_empty() {
+            return 0;
+        }
+        let session = &*self.session;
+        if session.forked() {
+            // The ring is the parent's: nothing here reads it.
+            return calls.resolve_all(|seq, _| on(seq, Err(CallError::Forked)));
+        }
+        let mut guard = self.lock_rx();
+        let rx = &mut *guard;
+        let mut got = 0;
+        loop {
+            if let Some(e) = &rx.broken {
+                got += calls.resolve_all(|seq, _| {
+                    on(
+                        seq,
+                        Err(CallError::Malformed(ProtocolError::Ring(e.clone()))),
+                    )
+                });
+                break;
+            }
+            // Responses read earlier by other readers (threads, a sender
+            // that waited for room): only when there are any.
+            if !rx.stash.is_empty() {
+                got += calls.resolve_where(|seq, id| match rx.stash.remove(&id) {
+                    Some((meta, bytes)) => {
+                        on(seq, Ok((meta, &bytes)));
+                        true
+                    }
+                    None => false,
+                });
+            }
+            // Every frame present, in place in the inbox's buffer.
+            loop {
+                match rx.inbox.try_recv() {
+                    Ok(Some(msg)) => {
+                        if !for_provider(&msg.meta)
+                            && let Some(seq) = calls.take(msg.meta.request_id)
+                        {
+                            on(seq, Ok((msg.meta, msg.bytes)));
+                            got += 1;
+                        } else {
+                            file(
+                                &self.invocations,
+                                session,
+                                &mut rx.stash,
+                                &mut rx.abandoned,
+                                &mut rx.orphans,
+                                &mut rx.salvaged,
+                                msg.meta,
+                                msg.bytes,
+                            );
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        rx.broken = Some(e);
+                        break;
+                    }
+                }
+            }
+            if rx.broken.is_some() {
+                continue;
+            }
+            if got > 0 || calls.is_empty() {
+                break;
+            }
+            if session.state_error().is_some() {
+                got += calls.resolve_all(|seq, _| {
+                    on(
+                        seq,
+                        Err(session.state_error().unwrap_or(CallError::PeerDead)),
+                    )
+                });
+                break;
+            }
+            let at = calls.deadline(opts.timeout);
+            if Instant::now() >= at {
+                // The responses may still come: drop them then.
+                let abandoned = &mut rx.abandoned;
+                got += calls.expire_oldest(|seq, id, waited| {
+                    abandoned.insert(id);
+                    on(seq, Err(CallError::Timeout(waited)));
+                });
+                break;
+            }
+            let consumer = rx.inbox.consumer();
+            consumer.release_and_notify(&session.bell);
+            let (seq, waiting) = consumer.data_bell_words();
+            let bell = Doorbell::<StdAtomics>::new(seq, waiting);
+            let poll = || (consumer.has_frame() || session.state_error().is_some()).then_some(());
+            // A timeout here is handled at the top of the loop.
+            let _ = match opts.wait {
+                WaitMode::SpinThenSleep(max) => {
+                    bell.wait_adaptive(poll, &Futex, max, &mut rx.spin, Some(at))
+                }
+                mode => bell.wait(poll, &Futex, mode, Some(at)),
+            };
+        }
+        // One release for the batch, and only once a quarter of the ring
+        // waits for it (each release may ring the server's doorbell).
+        let cap = session.welcome.ring_capacity as u64;
+        if rx.inbox.consumer().unreleased() > cap / 4 {
+            rx.inbox.consumer().release_and_notify(&session.bell);
+        }
+        if !rx.salvaged.is_empty() {
+            let salvaged = std::mem::take(&mut rx.salvaged);
+            drop(guard);
+            for (s, meta, bytes) in salvaged {
+                s(self, meta, &bytes);
+            }
+        }
+        got
+    }
+
+    /// Discards the responses of every call still open in `calls` when they
+    /// arrive (one lock for all).
+    pub(crate) fn abandon_all(&self, calls: &mut InFlight) {
+        if calls.is_empty() {
+            return;
+        }
+        let mut rx = lock(&self.rx);
+        let rx = &mut *rx;
+        calls.resolve_all(|_, id| {
+            if rx.stash.remove(&id).is_none() {
+                rx.abandoned.insert(id);
+            }
+        });
     }
 }
 

@@ -59,7 +59,7 @@
 // Files, bottom to top (each uses only those above it):
 // `fork`, `error`, `options` -> `session` (the core) -> `blob` (blob values)
 // -> `calls`, `serving` (provided methods: caller and provider cores) ->
-// `client` -> `client_blobs`, `client_calls`, `provider` (the sync client)
+// `client` -> `batch`, `client_blobs`, `client_calls`, `provider` (the sync client)
 // and `async_client` -> `async_blobs`, `async_calls`, `async_provider`
 // (the tokio client).
 #[cfg(feature = "tokio")]
@@ -70,6 +70,7 @@ mod async_calls;
 mod async_client;
 #[cfg(feature = "tokio")]
 mod async_provider;
+mod batch;
 mod blob;
 mod calls;
 mod client;
@@ -92,6 +93,7 @@ pub use async_blobs::{AsyncBlobWriter, AsyncCache};
 pub use async_client::AsyncClient;
 #[cfg(feature = "tokio")]
 pub use async_provider::{AsyncCall, AsyncProvider, AsyncStopper};
+pub use batch::Batch;
 pub use blob::{Blob, BlobRef, SMALL_BLOB_MAX};
 pub use client::{Client, Pending};
 pub use client_blobs::{BlobWriter, Cache};

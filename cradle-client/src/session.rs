@@ -443,10 +443,15 @@ impl Session {
         }
     }
 
+    /// Whether this process is a fork child of the one that connected.
+    pub(crate) fn forked(&self) -> bool {
+        fork::generation() != self.fork_gen
+    }
+
     /// Fails if this process is a fork child of the one that connected, or
     /// the server is gone.
     pub(crate) fn check(&self) -> Result<(), CallError> {
-        if fork::generation() != self.fork_gen {
+        if self.forked() {
             return Err(CallError::Forked);
         }
         match self.state_error() {

@@ -217,6 +217,7 @@ fn serve(s: &mut Session, ctx: &WorkerCtx, round: Instant, relay: &mut Relay) ->
     let session_cap = session_backlog_cap(ctx);
     let global_cap = ctx.shared.backlog_limit;
     let mut taken = 0;
+    let mut last = None;
     while taken < BATCH && out.broken.is_none() {
         // Throttle: take a request only while its answer has somewhere to
         // go within the caps (count and bytes, per session and server-wide),
@@ -278,7 +279,18 @@ fn serve(s: &mut Session, ctx: &WorkerCtx, round: Instant, relay: &mut Relay) ->
         } else {
             Ok((None, msg.bytes))
         };
-        let handler = split.map(|(env, body)| (env, body, ctx.registry.get(meta.tag)));
+        // The method of the previous request, looked up once: a stream of
+        // calls of one method (pipelined pings) skips the table's binary
+        // search (~45 instructions, a tenth of a ping's cost).
+        let entry = match last {
+            Some((tag, h)) if tag == meta.tag => h,
+            _ => {
+                let h = ctx.registry.get(meta.tag);
+                last = Some((meta.tag, h));
+                h
+            }
+        };
+        let handler = split.map(|(env, body)| (env, body, entry));
         match handler {
             Err(why) => out.error(meta, ErrorCode::Malformed, why),
             Ok((env, body, None)) => {

@@ -130,7 +130,7 @@ impl<M: RingMemory> Consumer<M> {
     pub fn has_frame(&self) -> bool {
         let mask = self.mem.capacity() - 1;
         // Acquire pairs with the Release store of the commit word in
-        // `Producer::publish`/`publish_padding`.
+        // `Producer::publish_staged`.
         self.poisoned.is_some()
             || self
                 .mem
@@ -185,8 +185,11 @@ impl<M: RingMemory> Consumer<M> {
         loop {
             let offset = (self.read as usize) & mask;
             // Acquire pairs with the Release store of the commit word in
-            // `Producer::publish`/`publish_padding`: the header, the payload and
-            // the zeroed next commit word written before it are visible now.
+            // `Producer::publish_staged`: the header, the payload and the
+            // zeroed next commit word written before it are visible now. A
+            // batch's later frames' words were stored (Relaxed) before the
+            // Release store of its first one, which this side acquired
+            // before it got here: they are visible too.
             let word = self.mem.commit_word(offset).load(Ordering::Acquire);
             if word == 0 {
                 return Ok(None);

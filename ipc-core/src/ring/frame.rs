@@ -135,6 +135,7 @@ impl<'a> ShmSlice<'a> {
     /// # Panics
     ///
     /// If `dst.len() != self.len()` (a bug in the caller, not peer input).
+    #[inline]
     pub fn copy_to_slice(&self, dst: &mut [u8]) {
         assert_eq!(
             dst.len(),
@@ -153,6 +154,7 @@ impl<'a> ShmSlice<'a> {
     }
 
     /// The portable copy: volatile loads, eight bytes at a time.
+    #[inline]
     fn copy_volatile(&self, dst: &mut [u8]) {
         let mut i = 0;
         // Leading bytes up to 8-byte alignment of the source.

@@ -44,6 +44,13 @@
 //! * Before it publishes a frame of length `L` at `pos`, the producer stores 0
 //!   into the commit word at `pos + L`, so the consumer at its head reads either
 //!   0 (nothing yet) or a commit word written for exactly that position.
+//! * A batch: the producer may *stage* frames ([`WriteWindow::stage`]): it
+//!   writes each frame and its commit word as usual but holds back the commit
+//!   word of the first one; [`Producer::publish_staged`] stores it (Release)
+//!   and so publishes the whole batch at once. The consumer, which reads
+//!   frames in order, reaches the later words only after acquiring that one.
+//!   The consumer's side of a batch is `peek`/`consume` many frames, then one
+//!   [`Consumer::release`].
 //!
 //! A small call (8-byte payload) is one 48-byte frame: the consumer's poll of
 //! the commit word pulls one line from the producer's cache (two when the frame

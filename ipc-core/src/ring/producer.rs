@@ -41,8 +41,16 @@ struct Cursor {
     /// Absolute position of the next frame. Private truth: never re-read from
     /// shared memory. Always a multiple of 16.
     tail: u64,
-    /// The consumer's head as last read; `tail - capacity <= head_cache <= tail`.
+    /// The consumer's head as last read; `tail - capacity <= head_cache <= published`.
     head_cache: u64,
+    /// Position up to which frames are visible to the consumer: `tail`
+    /// unless frames are staged (written, their publication held back).
+    published: u64,
+    /// The commit word of the first staged frame (its position and value):
+    /// storing it publishes every staged frame at once. The commit words of
+    /// the frames staged after it are stored as they are written; the
+    /// consumer reaches them only through this one.
+    held: Option<(u64, u64)>,
     /// Set once the consumer was caught writing an impossible head.
     poisoned: Option<Corruption>,
 }
@@ -53,6 +61,7 @@ impl<M: RingMemory> fmt::Debug for Producer<M> {
             .field("capacity", &self.mem.capacity())
             .field("tail", &self.st.tail)
             .field("head_cache", &self.st.head_cache)
+            .field("published", &self.st.published)
             .field("poisoned", &self.st.poisoned)
             .finish()
     }
@@ -77,6 +86,8 @@ impl<M: RingMemory> Producer<M> {
             st: Cursor {
                 tail: 0,
                 head_cache: 0,
+                published: 0,
+                held: None,
                 poisoned: None,
             },
             _not_sync: PhantomData,
@@ -98,9 +109,94 @@ impl<M: RingMemory> Producer<M> {
         super::max_payload_len(self.mem.capacity())
     }
 
-    /// Absolute position of the next frame (bytes published so far).
+    /// Absolute position of the next frame (bytes written so far, staged
+    /// frames included).
     pub fn position(&self) -> u64 {
         self.st.tail
+    }
+
+    /// Absolute position up to which frames are published (visible to the
+    /// consumer): [`position`](Self::position) minus the staged frames.
+    ///
+    /// ```
+    /// use ipc_core::ring::{self, FrameMeta};
+    ///
+    /// let (mut tx, rx) = ring::heap_channel(4096).unwrap();
+    /// let mut w = tx.reserve(8).unwrap();
+    /// w.write_at(0, &[1; 8]).unwrap();
+    /// w.stage(8, FrameMeta::default()).unwrap();
+    /// assert_eq!(tx.published(), 0);
+    /// assert!(!rx.has_frame(), "staged, not published");
+    /// assert!(tx.publish_staged());
+    /// assert_eq!(tx.published(), tx.position());
+    /// assert!(rx.has_frame());
+    /// ```
+    pub fn published(&self) -> u64 {
+        self.st.published
+    }
+
+    /// Whether frames are staged (written with [`WriteWindow::stage`], not
+    /// yet published).
+    ///
+    /// ```
+    /// use ipc_core::ring::{self, FrameMeta};
+    ///
+    /// let (mut tx, _rx) = ring::heap_channel(4096).unwrap();
+    /// tx.reserve(0).unwrap().stage(0, FrameMeta::default()).unwrap();
+    /// assert!(tx.has_staged());
+    /// tx.publish_staged();
+    /// assert!(!tx.has_staged());
+    /// ```
+    #[inline]
+    pub fn has_staged(&self) -> bool {
+        self.st.held.is_some()
+    }
+
+    /// Publishes every staged frame at once: one Release store of the first
+    /// staged frame's commit word (the consumer reads the later ones only
+    /// after it). Returns whether anything was staged. Does not ring the
+    /// doorbell: call [`notify`](Self::notify) after, once for the batch.
+    ///
+    /// A producer that waits for room must publish first: the consumer
+    /// cannot release frames it does not see.
+    ///
+    /// ```
+    /// use ipc_core::ring::{self, FrameMeta};
+    ///
+    /// let (mut tx, mut rx) = ring::heap_channel(4096).unwrap();
+    /// for id in 0..3 {
+    ///     let mut w = tx.reserve(1).unwrap();
+    ///     w.write_at(0, &[id as u8]).unwrap();
+    ///     w.stage(1, FrameMeta { request_id: id, ..Default::default() }).unwrap();
+    /// }
+    /// assert!(rx.peek().unwrap().is_none());
+    /// tx.publish_staged();
+    /// for id in 0..3 {
+    ///     let f = rx.peek().unwrap().expect("published");
+    ///     assert_eq!(f.meta().request_id, id);
+    ///     f.consume();
+    /// }
+    /// rx.release();
+    /// ```
+    #[inline]
+    pub fn publish_staged(&mut self) -> bool {
+        let Some((pos, word)) = self.st.held.take() else {
+            return false;
+        };
+        let mask = self.mem.capacity() - 1;
+        // Release pairs with the Acquire load of the commit word in
+        // `Consumer::check_at_read`: every staged frame's header, payload
+        // and commit word (all written before this store) and the zeroed
+        // commit word after the last one are visible to the consumer once
+        // it sees this word.
+        self.mem
+            .commit_word((pos as usize) & mask)
+            .store(word, Ordering::Release);
+        self.st.published = self.st.tail;
+        // Release: observers that read `tail` (stats) see the frames before
+        // it. The consumer never reads it.
+        self.mem.tail().store(self.st.tail, Ordering::Release);
+        true
     }
 
     /// Reserves a window for a payload of up to `max_payload` bytes.
@@ -162,14 +258,16 @@ impl<M: RingMemory> Producer<M> {
             .map_err(|_| RingError::Timeout)?
     }
 
-    /// Publishes a frame whose payload was written at `payload` (called by
-    /// `WriteWindow::commit`, which checked `payload_len` against the window).
+    /// Writes a frame whose payload was written at `payload` (called by
+    /// `WriteWindow::commit`/`stage`, which checked `payload_len` against the
+    /// window) and holds back its publication: see [`publish_staged`].
+    ///
+    /// [`publish_staged`]: Self::publish_staged
     #[inline]
-    fn publish(&mut self, payload: *mut u8, pad: usize, payload_len: usize, meta: FrameMeta) {
-        let cap = self.mem.capacity();
-        let mask = cap - 1;
+    fn stage(&mut self, payload: *mut u8, pad: usize, payload_len: usize, meta: FrameMeta) {
+        let mask = self.mem.capacity() - 1;
         if pad > 0 {
-            self.publish_padding(pad);
+            self.stage_padding(pad);
         }
         let pos = self.st.tail;
         let len = frame_len(payload_len);
@@ -179,7 +277,8 @@ impl<M: RingMemory> Producer<M> {
         // SAFETY: the header fields lie inside the reserved frame (offsets 8..32,
         // aligned for their types since the frame is 16-aligned); raw writes, no
         // reference. The commit word (offset 0) is not touched here. Plain writes: the
-        // consumer reads them only after acquiring the commit word stored below.
+        // consumer reads them only after acquiring the commit word stored by
+        // `publish_staged` (this frame's or an earlier staged one's).
         unsafe {
             ptr::write(frame.add(header::REQUEST_ID).cast::<u64>(), meta.request_id);
             ptr::write(frame.add(header::TAG).cast::<u64>(), meta.tag);
@@ -191,40 +290,50 @@ impl<M: RingMemory> Producer<M> {
             ptr::write(frame.add(header::FLAGS).cast::<u16>(), meta.flags);
         }
         let next = pos + len as u64;
-        // Relaxed: ordered before the Release store of this frame's commit word
-        // below, which is what the consumer acquires before it reads `next`.
+        // Relaxed: ordered before the Release store of the first staged
+        // commit word in `publish_staged`, which is what the consumer
+        // acquires before it reads `next`.
         self.mem
             .commit_word((next as usize) & mask)
             .store(0, Ordering::Relaxed);
         let word = ((stamp(pos) as u64) << 32) | len as u64;
-        // Release pairs with the Acquire load of the commit word in
-        // `Consumer::peek`: header, payload and the zeroed next commit word are
-        // visible to the consumer once it sees this word.
-        self.mem
-            .commit_word((pos as usize) & mask)
-            .store(word, Ordering::Release);
+        self.hold_or_store(pos, word);
         self.st.tail = next;
-        // Release: observers that read `tail` (stats) see the frames before it.
-        // The consumer never reads it.
-        self.mem.tail().store(next, Ordering::Release);
     }
 
-    /// Publishes a padding frame of `pad` bytes at the tail (up to the end of
-    /// the ring).
-    #[cold]
-    fn publish_padding(&mut self, pad: usize) {
+    /// The commit word `word` of a frame staged at `pos`: held back if it is
+    /// the first staged frame's, stored now otherwise.
+    #[inline]
+    fn hold_or_store(&mut self, pos: u64, word: u64) {
+        if self.st.held.is_none() {
+            self.st.held = Some((pos, word));
+            return;
+        }
         let mask = self.mem.capacity() - 1;
-        let pos = self.st.tail;
-        debug_assert_eq!(((pos as usize) & mask) + pad, self.mem.capacity());
-        // Relaxed: ordered before the Release store of the padding commit word,
-        // like the zeroing in `publish`. The next commit word is at offset 0.
-        self.mem.commit_word(0).store(0, Ordering::Relaxed);
-        let word = ((stamp(pos) as u64) << 32) | (pad as u64 | PAD_FLAG as u64);
-        // Release pairs with the Acquire load in `Consumer::peek` (the zeroed word
-        // at offset 0 is visible once the padding frame is).
+        // Relaxed: the consumer reads this word only after its Acquire load
+        // of the first staged commit word, whose Release store in
+        // `publish_staged` comes after this one in this thread; until then
+        // it waits at that earlier word (0).
         self.mem
             .commit_word((pos as usize) & mask)
-            .store(word, Ordering::Release);
+            .store(word, Ordering::Relaxed);
+    }
+
+    /// Stages a padding frame of `pad` bytes at the tail (up to the end of
+    /// the ring).
+    #[cold]
+    fn stage_padding(&mut self, pad: usize) {
+        let pos = self.st.tail;
+        debug_assert_eq!(
+            ((pos as usize) & (self.mem.capacity() - 1)) + pad,
+            self.mem.capacity()
+        );
+        // Relaxed: ordered before the Release store of the first staged
+        // commit word, like the zeroing in `stage`. The next commit word is
+        // at offset 0.
+        self.mem.commit_word(0).store(0, Ordering::Relaxed);
+        let word = ((stamp(pos) as u64) << 32) | (pad as u64 | PAD_FLAG as u64);
+        self.hold_or_store(pos, word);
         self.st.tail = pos + pad as u64;
     }
 
@@ -284,8 +393,10 @@ fn refresh_head<M: RingMemory>(mem: &M, st: &mut Cursor) -> Result<(), RingError
     // overwrite those bytes.
     let head = mem.head().load(Ordering::Acquire);
     let cap = mem.capacity() as u64;
+    // Staged frames are not the consumer's yet: its head stops at what is
+    // published.
     let valid = head >= st.head_cache
-        && head <= st.tail
+        && head <= st.published
         && st.tail - head <= cap
         && head.is_multiple_of(FRAME_ALIGN as u64);
     if !valid {
@@ -339,7 +450,7 @@ impl<M: RingMemory> fmt::Debug for WriteWindow<'_, M> {
     }
 }
 
-impl<M: RingMemory> WriteWindow<'_, M> {
+impl<'a, M: RingMemory> WriteWindow<'a, M> {
     /// Size of the window in bytes (at least what `reserve` asked for).
     #[inline]
     pub fn len(&self) -> usize {
@@ -361,6 +472,7 @@ impl<M: RingMemory> WriteWindow<'_, M> {
     }
 
     /// Copies `bytes` into the window at `offset`.
+    #[inline]
     pub fn write_at(&mut self, offset: usize, bytes: &[u8]) -> Result<(), RingError> {
         let end = offset.checked_add(bytes.len()).filter(|&e| e <= self.len);
         if end.is_none() {
@@ -376,8 +488,41 @@ impl<M: RingMemory> WriteWindow<'_, M> {
         Ok(())
     }
 
-    /// Publishes the first `payload_len` bytes of the window as one frame.
+    /// Publishes the first `payload_len` bytes of the window as one frame
+    /// (and every frame staged before it).
+    #[inline]
     pub fn commit(self, payload_len: usize, meta: FrameMeta) -> Result<(), RingError> {
+        let producer = self.stage_in(payload_len, meta)?;
+        producer.publish_staged();
+        Ok(())
+    }
+
+    /// Writes the first `payload_len` bytes of the window as one frame but
+    /// holds back its publication: [`Producer::publish_staged`] (or the next
+    /// [`commit`](Self::commit)) publishes every staged frame with one store.
+    /// For batches: many frames, one publication, one doorbell.
+    ///
+    /// ```
+    /// use ipc_core::ring::{self, FrameMeta};
+    ///
+    /// let (mut tx, rx) = ring::heap_channel(4096).unwrap();
+    /// let mut w = tx.reserve(3).unwrap();
+    /// w.write_at(0, b"abc").unwrap();
+    /// w.stage(3, FrameMeta::default()).unwrap();
+    /// assert!(!rx.has_frame());
+    /// tx.publish_staged();
+    /// assert!(rx.has_frame());
+    /// ```
+    pub fn stage(self, payload_len: usize, meta: FrameMeta) -> Result<(), RingError> {
+        self.stage_in(payload_len, meta).map(|_| ())
+    }
+
+    #[inline]
+    fn stage_in(
+        self,
+        payload_len: usize,
+        meta: FrameMeta,
+    ) -> Result<&'a mut Producer<M>, RingError> {
         if payload_len > self.len {
             return Err(RingError::CommitTooLong {
                 len: payload_len,
@@ -385,7 +530,7 @@ impl<M: RingMemory> WriteWindow<'_, M> {
             });
         }
         let (pad, ptr) = (self.pad, self.ptr);
-        self.producer.publish(ptr, pad, payload_len, meta);
-        Ok(())
+        self.producer.stage(ptr, pad, payload_len, meta);
+        Ok(self.producer)
     }
 }

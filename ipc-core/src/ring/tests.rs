@@ -530,3 +530,77 @@ fn ends_are_send_but_not_sync() {
     <Producer<RingRegion> as AmbiguousIfSync<_>>::check();
     <Consumer<RingRegion> as AmbiguousIfSync<_>>::check();
 }
+
+#[test]
+fn staged_frames_appear_together_and_commit_publishes_them() {
+    let (mut tx, mut rx) = heap_channel(1024).unwrap();
+    let stage = |tx: &mut Producer<RingRegion>, id: u64| {
+        let mut w = tx.reserve(4).unwrap();
+        w.write_at(0, &id.to_le_bytes()[..4]).unwrap();
+        w.stage(
+            4,
+            FrameMeta {
+                request_id: id,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    };
+    // Many laps: padding frames get staged too.
+    for lap in 0..200u64 {
+        let n = 1 + lap % 9;
+        for i in 0..n {
+            stage(&mut tx, lap * 100 + i);
+            assert!(!rx.has_frame(), "a staged frame is not visible");
+        }
+        assert_eq!(tx.published() + n * 48, tx.position());
+        if lap % 2 == 0 {
+            assert!(tx.publish_staged());
+        } else {
+            // A plain commit publishes the staged frames before it.
+            push(&mut tx, &[], lap * 100 + n).unwrap();
+        }
+        assert!(!tx.has_staged());
+        let expect = if lap % 2 == 0 { n } else { n + 1 };
+        for i in 0..expect {
+            let (meta, bytes) = pop(&mut rx).unwrap().expect("published");
+            assert_eq!(meta.request_id, lap * 100 + i);
+            if i < n {
+                assert_eq!(bytes, (lap * 100 + i).to_le_bytes()[..4]);
+            }
+        }
+        assert_eq!(pop(&mut rx).unwrap(), None);
+        rx.release();
+        assert!(!tx.publish_staged(), "nothing left to publish");
+    }
+}
+
+#[test]
+fn hostile_head_into_staged_frames_is_caught() {
+    let region = RingRegion::on_heap(1024).unwrap();
+    let mut tx = unsafe_producer(&region);
+    // Fill the ring with published frames, then stage one more.
+    while push(&mut tx, &[0; 16], 1).is_ok() {}
+    // The consumer claims to have read one frame beyond the published ones.
+    let published = tx.published();
+    region.head().store(published - 48, Ordering::Release);
+    tx.reserve(16)
+        .unwrap()
+        .stage(16, FrameMeta::default())
+        .unwrap();
+    region.head().store(tx.published() + 48, Ordering::Release);
+    while let Ok(w) = tx.reserve(16) {
+        w.stage(16, FrameMeta::default()).unwrap();
+    }
+    let e = tx.reserve(16).map(|_| ()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            RingError::Corrupt(Corruption {
+                kind: CorruptionKind::BadHead(_),
+                ..
+            })
+        ),
+        "{e:?}"
+    );
+}

@@ -113,6 +113,13 @@ fn payload(i: u64, len: usize) -> Vec<u8> {
 /// Sends frames of the given payload sizes and checks they arrive intact and
 /// in order, with the consumer releasing after every `release_every` frames.
 fn model(sizes: &'static [usize], release_every: u64) {
+    model_batched(sizes, release_every, 1);
+}
+
+/// [`model`] with the producer staging frames (`WriteWindow::stage`) and
+/// publishing them `batch` at a time with one `publish_staged` (and before
+/// it waits for room: the consumer cannot release frames it does not see).
+fn model_batched(sizes: &'static [usize], release_every: u64, batch: usize) {
     loom::model(move || {
         let mem = LoomMem::new();
         // SAFETY: one producer and one consumer over this memory.
@@ -128,17 +135,24 @@ fn model(sizes: &'static [usize], release_every: u64) {
                         Ok(mut w) => {
                             pmem.mark_write(w.as_mut_ptr().cast_const().wrapping_sub(32), 32 + len);
                             w.write_at(0, &bytes).unwrap();
-                            w.commit(
-                                len,
-                                FrameMeta {
-                                    request_id: i as u64,
-                                    ..Default::default()
-                                },
-                            )
-                            .unwrap();
+                            let meta = FrameMeta {
+                                request_id: i as u64,
+                                ..Default::default()
+                            };
+                            if batch == 1 {
+                                w.commit(len, meta).unwrap();
+                            } else {
+                                w.stage(len, meta).unwrap();
+                                if (i + 1) % batch == 0 || i + 1 == sizes.len() {
+                                    tx.publish_staged();
+                                }
+                            }
                             break;
                         }
-                        Err(RingError::Full) => loom::thread::yield_now(),
+                        Err(RingError::Full) => {
+                            tx.publish_staged();
+                            loom::thread::yield_now()
+                        }
                         Err(e) => panic!("producer: {e}"),
                     }
                 }
@@ -180,4 +194,19 @@ fn loom_ring_wrap_with_padding() {
 #[test]
 fn loom_ring_batched_release() {
     model(&[0, 16, 8, 0], 2);
+}
+
+/// A batch of three frames published with one store: the consumer sees
+/// none or all of the batch's bytes, each after it was written.
+#[test]
+fn loom_ring_staged_batch() {
+    model_batched(&[0, 8, 0], 3, 3);
+}
+
+/// Staged frames across the wrap: the padding frame's commit word is the
+/// one held back, and the producer publishes what it staged before it
+/// waits for room.
+#[test]
+fn loom_ring_staged_batch_with_padding() {
+    model_batched(&[16, 16, 16], 1, 2);
 }
