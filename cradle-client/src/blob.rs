@@ -282,7 +282,12 @@ impl Draft {
         match self.window {
             Window::Small(r) => Sealing::Small(r),
             Window::Large { blob, seg, map } => {
-                drop(map);
+                let (ptr, len) = map.into_raw();
+                // SAFETY: the mapping was given up just now; no reference to
+                // its bytes outlives the draft (writes go through `&mut self`
+                // or raw pointers valid until the seal, `as_mut_ptr`'s
+                // contract).
+                unsafe { crate::copy::unmap(ptr, len) };
                 drop(seg);
                 Sealing::Large(blob)
             }

@@ -1,8 +1,8 @@
 //! The synchronous client.
 
-use crate::batch::InFlight;
 use crate::calls;
 use crate::error::ConnectError;
+use crate::inflight::InFlight;
 use crate::options::{CallOptions, ClientOptions, MemoMode};
 use crate::serving::{Invocations, for_provider};
 use crate::session::{self, DEAD, Owner, Salvage, Session, SocketState, lock};

@@ -79,6 +79,7 @@ mod client_calls;
 mod copy;
 mod error;
 mod fork;
+mod inflight;
 mod options;
 mod provider;
 #[cfg(feature = "remote")]

@@ -40,6 +40,7 @@
 #![warn(clippy::undocumented_unsafe_blocks, clippy::unnecessary_safety_comment)]
 
 mod acceptor;
+mod background;
 mod blobs;
 mod disk;
 mod error;

@@ -339,11 +339,23 @@ impl Writer {
 
     /// Seals the blob (refused while views are alive).
     pub(crate) fn seal_blob(&self, py: Python<'_>) -> PyResult<cradle_client::Blob> {
-        let w = self.take()?;
-        let blob = py.detach(move || w.seal()).map_err(blob_err)?;
-        // The next blob of this length finds its pages ready.
-        self.spares.refill(&self.client, self.len);
+        let blob = self.seal_only(py)?;
+        self.refill();
         Ok(blob)
+    }
+
+    /// Seals the blob without preparing the next spare (`refill`).
+    fn seal_only(&self, py: Python<'_>) -> PyResult<cradle_client::Blob> {
+        let w = self.take()?;
+        py.detach(move || w.seal()).map_err(blob_err)
+    }
+
+    /// The next blob of this length finds its pages ready. Called once the
+    /// caller's own work is done: preparing a spare allocates and zeroes
+    /// its pages on a helper thread, which would compete with the cache put
+    /// for the CPU.
+    fn refill(&self) {
+        self.spares.refill(&self.client, self.len);
     }
 }
 
@@ -455,27 +467,29 @@ impl Writer {
     /// Seals the blob and stores it in the cache under ``key`` (replacing
     /// what was there). The author's lease ends here: the cache holds it.
     fn put(&self, py: Python<'_>, key: &str) -> PyResult<()> {
-        let blob = self.seal_blob(py)?;
+        let blob = self.seal_only(py)?;
         let c = Arc::clone(&self.client);
-        py.detach(move || {
+        let r = py.detach(move || {
             let r = c.cache().put(key, &blob);
             blob.release_now();
             r
-        })
-        .map_err(call_err)
+        });
+        self.refill();
+        r.map_err(call_err)
     }
 
     /// Seals the blob and stores it under ``key`` unless the key exists;
     /// whether it stored.
     fn put_if_absent(&self, py: Python<'_>, key: &str) -> PyResult<bool> {
-        let blob = self.seal_blob(py)?;
+        let blob = self.seal_only(py)?;
         let c = Arc::clone(&self.client);
-        py.detach(move || {
+        let r = py.detach(move || {
             let r = c.cache().put_if_absent(key, &blob);
             blob.release_now();
             r
-        })
-        .map_err(call_err)
+        });
+        self.refill();
+        r.map_err(call_err)
     }
 
     /// Abandons the blob unsealed (the server frees it). Refused while

@@ -95,7 +95,10 @@ impl DiskWriter {
         let queued = Arc::clone(&self.queued);
         let handle = std::thread::Builder::new()
             .name("cradle-disk".into())
-            .spawn(move || run(&tier, &rx, &queued))?;
+            .spawn(move || {
+                crate::background::lower_this_thread();
+                run(&tier, &rx, &queued)
+            })?;
         *self.jobs.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
         *self.writer.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
         Ok(())

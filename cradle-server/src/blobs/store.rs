@@ -92,7 +92,10 @@ impl BlobStore {
         // Closes what `bury` sends; ends when the store (the sender) goes.
         let reaper = std::thread::Builder::new()
             .name("cradle-reaper".into())
-            .spawn(move || rx.into_iter().for_each(drop))
+            .spawn(move || {
+                crate::background::lower_this_thread();
+                rx.into_iter().for_each(drop)
+            })
             .ok()
             .map(|_| tx);
         Self {

@@ -194,6 +194,28 @@ impl Mapping {
     }
 }
 
+impl Mapping {
+    /// Gives up the mapping without unmapping it: its first byte and its
+    /// length. The caller owns the range from now on and must `munmap` it
+    /// (in one call or in parts: a writer that unmaps a large window on two
+    /// threads, whose page-table teardowns run in parallel).
+    ///
+    /// ```
+    /// use ipc_core::shm::{Access, Segment};
+    ///
+    /// let seg = Segment::create("raw", 4096)?;
+    /// let (ptr, len) = seg.map(Access::ReadWrite)?.into_raw();
+    /// // SAFETY: the range was just given up by its mapping, nothing else
+    /// // refers to it.
+    /// unsafe { rustix::mm::munmap(ptr.cast(), len) }?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn into_raw(self) -> (*mut u8, usize) {
+        let me = std::mem::ManuallyDrop::new(self);
+        (me.ptr.as_ptr(), me.len)
+    }
+}
+
 impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: ptr/len describe a live mapping owned by this value alone;
