@@ -187,6 +187,9 @@ fn main() {
         return;
     }
     let quick = args.iter().any(|a| a == "--quick");
+    // `--small-only`: the small-call phase alone (for profiling the two
+    // servers' processes under the same loop, e.g. with `perf record`).
+    let small_only = args.iter().any(|a| a == "--small-only");
     let (rounds, calls, big) = if quick {
         (3, 500, 256usize << 20)
     } else {
@@ -320,6 +323,10 @@ fn main() {
         "  of which gRPC + token check alone (GatewayStats, no local call): {:.1} µs",
         median(st)
     );
+    if small_only {
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
 
     // Downloads: through the gateway (digest-checked) vs raw TLS.
     let data = pseudo_random(big, 7);

@@ -186,7 +186,7 @@ impl Drop for UploadReservation {
     }
 }
 
-type ChunkStream = ReceiverStream<Result<DownloadChunk, Status>>;
+pub(crate) type ChunkStream = ReceiverStream<Result<DownloadChunk, Status>>;
 
 /// A leased blob as the owner of `Bytes` chunks: the chunks of a download
 /// point into the shared memory itself, and the lease lives as long as any
@@ -453,7 +453,7 @@ impl Service {
         ReceiverStream::new(rx)
     }
 
-    async fn do_download(&self, req: DownloadRequest) -> Result<ChunkStream, Status> {
+    pub(crate) async fn do_download(&self, req: DownloadRequest) -> Result<ChunkStream, Status> {
         let d = Digest::from_proto(req.digest.as_ref())?;
         let conn = self.local.conn().await?;
         match conn.resolve(&d).await {
@@ -466,7 +466,7 @@ impl Service {
         }
     }
 
-    async fn do_cache_get(&self, req: CacheGetRequest) -> Result<ChunkStream, Status> {
+    pub(crate) async fn do_cache_get(&self, req: CacheGetRequest) -> Result<ChunkStream, Status> {
         let conn = self.local.conn().await?;
         let b = match conn.client.cache().get(&req.key).await {
             Ok(Some(b)) => b,
