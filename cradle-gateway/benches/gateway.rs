@@ -163,6 +163,41 @@ fn make_pki(dir: &Path) {
     std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
 }
 
+/// CPU seconds (user + system) used so far by each thread of `pid`, by
+/// thread name (threads of one name summed).
+fn thread_cpu(pid: u32) -> std::collections::BTreeMap<String, f64> {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_owned();
+        let f: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let ticks: f64 = f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0);
+        *out.entry(name).or_insert(0.0) += ticks / hz;
+    }
+    out
+}
+
+/// Per-thread-name CPU seconds between two [`thread_cpu`] readings.
+fn cpu_diff(
+    a: &std::collections::BTreeMap<String, f64>,
+    b: &std::collections::BTreeMap<String, f64>,
+) -> std::collections::BTreeMap<String, f64> {
+    b.iter()
+        .map(|(k, v)| (k.clone(), v - a.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| *v > 0.0)
+        .collect()
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -246,6 +281,7 @@ fn main() {
     BufReader::new(gw.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
+    let gw_pid = gw.id();
     let _gw = Kill(gw);
     let addr = line.trim().rsplit(' ').next().unwrap().to_owned();
     let opts = cradle_client::RemoteOptions::from_token_file(&dir.join("token"))
@@ -338,7 +374,11 @@ fn main() {
         big as f64 / (1 << 20) as f64,
         big as f64 / (1 << 20) as f64 / up
     );
-    let (_raw, raw_port) = spawn_child("raw", &dir, big);
+    let (raw, raw_port) = spawn_child("raw", &dir, big);
+    let _raw = &raw;
+    let raw_pid = raw.0.id();
+    let me = std::process::id();
+    let (mut gw_cpu, mut raw_cpu) = (Vec::new(), Vec::new());
     let connector = {
         let mut roots = tokio_rustls::rustls::RootCertStore::empty();
         use tokio_rustls::rustls::pki_types::CertificateDer;
@@ -357,11 +397,17 @@ fn main() {
     let (mut gw_s, mut raw_s) = (Vec::new(), Vec::new());
     let dl_rounds = if quick { 2 } else { 3 };
     for _ in 0..dl_rounds {
+        let (c0, g0) = (thread_cpu(me), thread_cpu(gw_pid));
         let t = Instant::now();
         let got = remote.cache().get("bench/big").unwrap().unwrap();
         gw_s.push(t.elapsed().as_secs_f64());
+        gw_cpu.push((
+            cpu_diff(&c0, &thread_cpu(me)),
+            cpu_diff(&g0, &thread_cpu(gw_pid)),
+        ));
         assert_eq!(got.len(), big);
         drop(got);
+        let (c0, r0) = (thread_cpu(me), thread_cpu(raw_pid));
         let t = Instant::now();
         let n = rt.block_on(async {
             use tokio::io::AsyncReadExt;
@@ -375,15 +421,40 @@ fn main() {
             out.len()
         });
         raw_s.push(t.elapsed().as_secs_f64());
+        raw_cpu.push((
+            cpu_diff(&c0, &thread_cpu(me)),
+            cpu_diff(&r0, &thread_cpu(raw_pid)),
+        ));
         assert_eq!(n, big);
     }
     let mib = big as f64 / (1 << 20) as f64;
-    let (g, r) = (median(gw_s), median(raw_s));
+    let (g, r) = (median(gw_s.clone()), median(raw_s.clone()));
     println!(
         "download {mib:.0} MiB: gateway {:.0} MiB/s ({g:.2} s), raw TLS {:.0} MiB/s ({r:.2} s), throughput ratio {:.2}x (target >= 0.7x)",
         mib / g,
         mib / r,
         r / g
+    );
+    // Where the CPU went (user + system seconds per download, by thread
+    // name; the run whose time was the median).
+    let at = |v: &Vec<f64>| {
+        let m = median(v.clone());
+        v.iter().position(|x| *x == m).unwrap_or(0)
+    };
+    let show = |m: &std::collections::BTreeMap<String, f64>| {
+        m.iter()
+            .map(|(k, v)| format!("{k} {v:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (gc, gg) = &gw_cpu[at(&gw_s)];
+    let (rc, rr) = &raw_cpu[at(&raw_s)];
+    println!(
+        "  CPU s: gateway path: client [{}], gateway [{}]; raw path: client [{}], server [{}]",
+        show(gc),
+        show(gg),
+        show(rc),
+        show(rr)
     );
 
     // Upload of content the gateway has: whole put, and its round trips.
