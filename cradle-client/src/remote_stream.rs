@@ -53,9 +53,12 @@ pub(crate) struct Sink {
 }
 
 impl Sink {
+    /// Appends `b`, then hashes what was appended, from the destination
+    /// (still in cache): the bytes hashed are the bytes handed over.
     fn data(&mut self, b: &[u8]) {
+        let start = self.out.len();
         self.out.extend_from_slice(b);
-        self.hasher.update(b);
+        self.hasher.update(&self.out[start..]);
     }
 }
 
@@ -294,10 +297,10 @@ pub(crate) async fn server_stream(
         .await
         .map_err(transport)?;
     let resp = channel.call(req).await.map_err(transport)?;
-    if let Some(s) = Status::from_header_map(resp.headers()) {
-        if s.code() != Code::Ok {
-            return Err(s.into());
-        }
+    if let Some(s) = Status::from_header_map(resp.headers())
+        && s.code() != Code::Ok
+    {
+        return Err(s.into());
     }
     if resp.status() != http::StatusCode::OK {
         return Err(protocol(&format!("HTTP status {}", resp.status())));
@@ -321,12 +324,10 @@ pub(crate) async fn server_stream(
                 }
             }
             Err(frame) => {
-                if let Some(t) = frame.trailers_ref() {
-                    if let Some(s) = Status::from_header_map(t) {
-                        if s.code() != Code::Ok {
-                            return Err(s.into());
-                        }
-                    }
+                if let Some(s) = frame.trailers_ref().and_then(Status::from_header_map)
+                    && s.code() != Code::Ok
+                {
+                    return Err(s.into());
                 }
                 return Err(protocol("the transfer ended without its digest"));
             }

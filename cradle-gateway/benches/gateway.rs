@@ -163,9 +163,9 @@ fn make_pki(dir: &Path) {
     std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
 }
 
-/// CPU seconds (user + system) used so far by each thread of `pid`, by
+/// CPU seconds (user, system) used so far by each thread of `pid`, by
 /// thread name (threads of one name summed).
-fn thread_cpu(pid: u32) -> std::collections::BTreeMap<String, f64> {
+fn thread_cpu(pid: u32) -> std::collections::BTreeMap<String, (f64, f64)> {
     // SAFETY: sysconf has no memory-safety preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let mut out = std::collections::BTreeMap::new();
@@ -181,20 +181,26 @@ fn thread_cpu(pid: u32) -> std::collections::BTreeMap<String, f64> {
         };
         let name = stat[open + 1..close].to_owned();
         let f: Vec<&str> = stat[close + 2..].split(' ').collect();
-        let ticks: f64 = f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0);
-        *out.entry(name).or_insert(0.0) += ticks / hz;
+        let user = f[11].parse::<f64>().unwrap_or(0.0) / hz;
+        let system = f[12].parse::<f64>().unwrap_or(0.0) / hz;
+        let e = out.entry(name).or_insert((0.0, 0.0));
+        e.0 += user;
+        e.1 += system;
     }
     out
 }
 
 /// Per-thread-name CPU seconds between two [`thread_cpu`] readings.
 fn cpu_diff(
-    a: &std::collections::BTreeMap<String, f64>,
-    b: &std::collections::BTreeMap<String, f64>,
-) -> std::collections::BTreeMap<String, f64> {
+    a: &std::collections::BTreeMap<String, (f64, f64)>,
+    b: &std::collections::BTreeMap<String, (f64, f64)>,
+) -> std::collections::BTreeMap<String, (f64, f64)> {
     b.iter()
-        .map(|(k, v)| (k.clone(), v - a.get(k).copied().unwrap_or(0.0)))
-        .filter(|(_, v)| *v > 0.0)
+        .map(|(k, v)| {
+            let w = a.get(k).copied().unwrap_or((0.0, 0.0));
+            (k.clone(), (v.0 - w.0, v.1 - w.1))
+        })
+        .filter(|(_, v)| v.0 + v.1 > 0.0)
         .collect()
 }
 
@@ -435,22 +441,22 @@ fn main() {
         mib / r,
         r / g
     );
-    // Where the CPU went (user + system seconds per download, by thread
+    // Where the CPU went (user+system seconds per download, by thread
     // name; the run whose time was the median).
     let at = |v: &Vec<f64>| {
         let m = median(v.clone());
         v.iter().position(|x| *x == m).unwrap_or(0)
     };
-    let show = |m: &std::collections::BTreeMap<String, f64>| {
+    let show = |m: &std::collections::BTreeMap<String, (f64, f64)>| {
         m.iter()
-            .map(|(k, v)| format!("{k} {v:.2}"))
+            .map(|(k, (u, s))| format!("{k} {u:.2}+{s:.2}"))
             .collect::<Vec<_>>()
             .join(", ")
     };
     let (gc, gg) = &gw_cpu[at(&gw_s)];
     let (rc, rr) = &raw_cpu[at(&raw_s)];
     println!(
-        "  CPU s: gateway path: client [{}], gateway [{}]; raw path: client [{}], server [{}]",
+        "  CPU s (user+system): gateway path: client [{}], gateway [{}]; raw path: client [{}], server [{}]",
         show(gc),
         show(gg),
         show(rc),

@@ -200,6 +200,29 @@ pub(crate) struct ChunkStream {
     span: tracing::Span,
 }
 
+/// Maps the pages of `data` (a slice of a blob's mapping) in one call
+/// (`MADV_POPULATE_READ`) instead of a page fault per 64 KiB as TLS reads
+/// them; advisory: an error (an older kernel) changes nothing.
+fn populate(data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    const PAGE: usize = 4096;
+    let start = data.as_ptr() as usize & !(PAGE - 1);
+    let end = (data.as_ptr() as usize + data.len()).next_multiple_of(PAGE);
+    // SAFETY: the range covers only pages that hold bytes of `data`, which
+    // lie in a live mapping (the lease behind the slice outlives this
+    // call); MADV_POPULATE_READ only maps pages for reading, it changes no
+    // byte and no protection.
+    unsafe {
+        libc::madvise(
+            start as *mut libc::c_void,
+            end - start,
+            libc::MADV_POPULATE_READ,
+        );
+    }
+}
+
 impl tokio_stream::Stream for ChunkStream {
     type Item = Result<DownloadChunk, Status>;
 
@@ -215,6 +238,7 @@ impl tokio_stream::Stream for ChunkStream {
         if s.at < s.len {
             let end = (s.at + CHUNK_BYTES).min(s.len);
             let data = s.whole.slice(s.at..end);
+            populate(&data);
             if s.known.is_none() {
                 s.hasher.update(&data);
             }
