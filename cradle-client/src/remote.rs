@@ -318,8 +318,7 @@ pub struct RemoteClient {
     token: tonic::codegen::http::HeaderValue,
     timeout: Duration,
     sent: AtomicU64,
-    /// Shared with a download's task (`receive`).
-    received: std::sync::Arc<AtomicU64>,
+    received: AtomicU64,
 }
 
 impl fmt::Debug for RemoteClient {
@@ -400,7 +399,7 @@ impl RemoteClient {
             token: raw_token,
             timeout: opts.timeout,
             sent: AtomicU64::new(0),
-            received: std::sync::Arc::new(AtomicU64::new(0)),
+            received: AtomicU64::new(0),
         })
     }
 
@@ -572,38 +571,27 @@ impl RemoteClient {
     ) -> Result<(Vec<u8>, ContentDigest), GatewayError> {
         let msg = req.encode_to_vec();
         let mut channel = self.channel.clone();
-        let token = self.token.clone();
-        let received = self.received.clone();
-        let timeout = self.timeout.max(Duration::from_secs(3600));
-        // The download runs as a task on the runtime's worker, beside the
-        // connection's task: each HTTP/2 frame goes from the connection to
-        // the parser on one thread (no wake-up of this thread per frame);
-        // this thread waits once, for the whole blob.
-        let task = self.rt.spawn(async move {
-            let mut sink = crate::remote_stream::Sink {
-                out: Vec::new(),
-                hasher: blake3::Hasher::new(),
-                size: None,
-            };
-            let announced = crate::remote_stream::server_stream(
-                &mut channel,
-                path,
-                &msg,
-                &token,
-                timeout,
-                &mut sink,
-                // Relaxed: a tally for reporting; no partner.
-                |n| {
-                    received.fetch_add(n as u64, Ordering::Relaxed);
-                },
-            )
-            .await?;
-            Ok::<_, GatewayError>((sink, announced))
-        });
-        let (sink, announced) = self
-            .rt
-            .block_on(task)
-            .map_err(|e| GatewayError::Protocol(format!("the download's task failed: {e}")))??;
+        let mut sink = crate::remote_stream::Sink {
+            out: Vec::new(),
+            hasher: blake3::Hasher::new(),
+            size: None,
+        };
+        // Parsed, copied and hashed on this thread while the runtime's
+        // worker runs the connection (TLS, HTTP/2): two threads in a
+        // pipeline. (Running the parser as a task beside the connection,
+        // on the worker alone, measured 0.79-0.98x against 0.95-1.03x.)
+        let announced = self.rt.block_on(crate::remote_stream::server_stream(
+            &mut channel,
+            path,
+            &msg,
+            &self.token,
+            self.timeout.max(Duration::from_secs(3600)),
+            &mut sink,
+            // Relaxed: a tally for reporting; no partner.
+            |n| {
+                self.received.fetch_add(n as u64, Ordering::Relaxed);
+            },
+        ))?;
         let got = sink.hasher.finalize();
         if got.as_bytes()[..] != announced[..] {
             let expected = announced
