@@ -12,8 +12,10 @@
 //!
 //! `cargo build --release -p cradle-server -p cradle-gateway && cargo bench
 //! -p cradle-gateway --bench gateway` (`-- --quick`: fewer rounds and
-//! 256 MiB instead of 1 GiB; `CRADLE_BENCH_GATEWAY_ARGS="--local-wait
-//! sleep"` passes flags to the gateway). Figures are printed, never
+//! 256 MiB instead of 1 GiB; `-- --small-only`: the small-call phase
+//! alone, for profiling; `CRADLE_BENCH_GATEWAY_ARGS="--local-wait sleep"`
+//! passes flags to the gateway). The downloads also print the user+system
+//! CPU seconds of every thread on both paths. Figures are printed, never
 //! asserted.
 
 use cradle_proto::v1::CallResponse;
