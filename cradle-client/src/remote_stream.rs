@@ -230,7 +230,14 @@ impl ChunkParser {
                     buf = rest;
                     self.msg_left -= n;
                     match field {
-                        2 => sink.data(now),
+                        2 => {
+                            // Never more than the first message announced.
+                            let announced = sink.size.unwrap_or(0);
+                            if (sink.out.len() + now.len()) as u64 > announced {
+                                return Err(protocol("more bytes than the announced size"));
+                            }
+                            sink.data(now)
+                        }
                         3 => self.blake3.extend_from_slice(now),
                         _ => {}
                     }
@@ -406,6 +413,26 @@ mod tests {
         };
         assert_eq!(d, hash);
         assert!(s.out.is_empty());
+    }
+
+    /// Data past the size the first message announced is refused.
+    #[test]
+    fn refuses_more_than_announced() {
+        let mut wire = framed(&DownloadChunk {
+            size: 3,
+            data: Bytes::from_static(b"abc"),
+            blake3: Vec::new(),
+        });
+        wire.extend(framed(&DownloadChunk {
+            size: 0,
+            data: Bytes::from_static(b"d"),
+            blake3: Vec::new(),
+        }));
+        let (mut p, mut s) = (ChunkParser::new(), sink());
+        assert!(matches!(
+            p.feed(&wire, &mut s),
+            Err(GatewayError::Protocol(_))
+        ));
     }
 
     /// A field longer than its message, a compressed message and an
