@@ -84,6 +84,8 @@ mod options;
 mod provider;
 #[cfg(feature = "remote")]
 mod remote;
+#[cfg(feature = "remote")]
+mod remote_stream;
 mod serving;
 mod session;
 mod turns;

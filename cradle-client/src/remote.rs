@@ -29,7 +29,7 @@ use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
-use tonic::{Code, Request, Status, Streaming};
+use tonic::{Code, Request, Status};
 
 pub use cradle_proto::v1::{GatewayStatsResponse as GatewayStats, ListedKey as RemoteKey};
 
@@ -39,6 +39,9 @@ pub use cradle_proto::v1::{GatewayStatsResponse as GatewayStats, ListedKey as Re
 /// assert_eq!(cradle_client::REMOTE_SCHEME, "cradle+");
 /// ```
 pub const REMOTE_SCHEME: &str = "cradle+";
+
+/// The longest `blake3` field a download's last message may carry.
+pub(crate) const MAX_DIGEST_FIELD: usize = 64;
 
 /// The largest request body `call` sends (the gateway's default message
 /// limit, less room for the envelope of the gRPC message).
@@ -216,6 +219,11 @@ impl Interceptor for AddToken {
 
 type Grpc = GatewayClient<InterceptedService<Channel, AddToken>>;
 
+/// The paths of the two downloads `receive` reads itself (the service's
+/// and methods' names in the `.proto`).
+const DOWNLOAD_BLOB: &str = "/cradle.gateway.v1.Gateway/DownloadBlob";
+const CACHE_GET: &str = "/cradle.gateway.v1.Gateway/CacheGet";
+
 /// A blob named by content: BLAKE3 of the bytes and their length.
 ///
 /// ```
@@ -304,6 +312,10 @@ pub struct Uploaded {
 pub struct RemoteClient {
     rt: tokio::runtime::Runtime,
     grpc: Grpc,
+    /// The same channel, for downloads read off the HTTP/2 body
+    /// (`remote_stream`), with the token they send.
+    channel: Channel,
+    token: tonic::codegen::http::HeaderValue,
     timeout: Duration,
     sent: AtomicU64,
     received: AtomicU64,
@@ -372,15 +384,19 @@ impl RemoteClient {
         let channel = rt
             .block_on(ep.connect())
             .map_err(|e| GatewayError::Connect(format!("{url}: {}", source_chain(&e))))?;
-        let token = format!("Bearer {}", opts.token)
+        let token: MetadataValue<tonic::metadata::Ascii> = format!("Bearer {}", opts.token)
             .parse()
             .map_err(|_| GatewayError::Connect("the token is not printable ASCII".into()))?;
-        let grpc = GatewayClient::with_interceptor(channel, AddToken(token))
+        let raw_token = tonic::codegen::http::HeaderValue::from_bytes(token.as_bytes())
+            .map_err(|_| GatewayError::Connect("the token is not printable ASCII".into()))?;
+        let grpc = GatewayClient::with_interceptor(channel.clone(), AddToken(token))
             .max_decoding_message_size(8 << 20)
             .max_encoding_message_size(8 << 20);
         Ok(Self {
             rt,
             grpc,
+            channel,
+            token: raw_token,
             timeout: opts.timeout,
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
@@ -531,14 +547,10 @@ impl RemoteClient {
         let req = DownloadRequest {
             digest: Some(digest.to_proto()),
         };
-        let bytes = self.rt.block_on(async {
-            let mut r = Request::new(req);
-            r.set_timeout(self.timeout.max(Duration::from_secs(3600)));
-            let s = self.grpc().download_blob(r).await?.into_inner();
-            self.receive(s).await
-        })?;
-        let got = ContentDigest::of(&bytes);
-        if got != *digest {
+        let (bytes, got) = self.receive(DOWNLOAD_BLOB, &req)?;
+        // The bytes hashed to what the gateway announced (`receive`); the
+        // blob asked for is the one with `digest`: compare the two.
+        if got.hash != digest.hash || got.size != digest.size {
             return Err(GatewayError::DigestMismatch {
                 expected: digest.hex(),
                 got: got.hex(),
@@ -547,18 +559,55 @@ impl RemoteClient {
         Ok(bytes)
     }
 
-    /// Reads a chunk stream to its end: the bytes, checked against the
-    /// digest of the last message.
-    async fn receive(&self, mut s: Streaming<DownloadChunk>) -> Result<Vec<u8>, GatewayError> {
-        let mut a = Assembly::default();
-        while let Some(c) = s.message().await? {
-            if let Some(done) = a.take(self, c)? {
-                return Ok(done);
-            }
+    /// Calls the server-streaming RPC `path` with `req` and reads its
+    /// `DownloadChunk`s straight off the HTTP/2 body (`remote_stream`):
+    /// each chunk's bytes go once into the result and the hasher; the
+    /// hash is checked against the digest of the last message. Answers
+    /// the bytes and their digest.
+    fn receive(
+        &self,
+        path: &'static str,
+        req: &impl prost::Message,
+    ) -> Result<(Vec<u8>, ContentDigest), GatewayError> {
+        let msg = req.encode_to_vec();
+        let mut channel = self.channel.clone();
+        let mut sink = crate::remote_stream::Sink {
+            out: Vec::new(),
+            hasher: blake3::Hasher::new(),
+            size: None,
+        };
+        // Parsed, copied and hashed on this thread while the runtime's
+        // worker runs the connection (TLS, HTTP/2): two threads in a
+        // pipeline. (Running the parser as a task beside the connection,
+        // on the worker alone, measured 0.79-0.98x against 0.95-1.03x.)
+        let announced = self.rt.block_on(crate::remote_stream::server_stream(
+            &mut channel,
+            path,
+            &msg,
+            &self.token,
+            self.timeout.max(Duration::from_secs(3600)),
+            &mut sink,
+            // Relaxed: a tally for reporting; no partner.
+            |n| {
+                self.received.fetch_add(n as u64, Ordering::Relaxed);
+            },
+        ))?;
+        let got = sink.hasher.finalize();
+        if got.as_bytes()[..] != announced[..] {
+            let expected = announced
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>();
+            return Err(GatewayError::DigestMismatch {
+                expected,
+                got: got.to_hex().to_string(),
+            });
         }
-        Err(GatewayError::Protocol(
-            "the transfer ended without its digest".into(),
-        ))
+        let digest = ContentDigest {
+            hash: *got.as_bytes(),
+            size: sink.out.len() as u64,
+        };
+        Ok((sink.out, digest))
     }
 
     /// Sends `bytes` as `UploadChunk`s (the first with `digest`) to `tx`,
@@ -729,18 +778,17 @@ impl RemoteCache<'_> {
     /// # Ok(()) }
     /// ```
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, GatewayError> {
-        let c = self.client;
-        c.rt.block_on(async {
-            let mut r = Request::new(CacheGetRequest {
-                key: key.to_owned(),
-            });
-            r.set_timeout(c.timeout.max(Duration::from_secs(3600)));
-            match c.grpc().cache_get(r).await {
-                Ok(s) => c.receive(s.into_inner()).await.map(Some),
-                Err(s) if s.code() == Code::NotFound => Ok(None),
-                Err(s) => Err(s.into()),
-            }
-        })
+        let req = CacheGetRequest {
+            key: key.to_owned(),
+        };
+        match self.client.receive(CACHE_GET, &req) {
+            Ok((bytes, _)) => Ok(Some(bytes)),
+            Err(GatewayError::Status {
+                code: Code::NotFound,
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     fn store(

@@ -12,8 +12,10 @@
 //!
 //! `cargo build --release -p cradle-server -p cradle-gateway && cargo bench
 //! -p cradle-gateway --bench gateway` (`-- --quick`: fewer rounds and
-//! 256 MiB instead of 1 GiB; `CRADLE_BENCH_GATEWAY_ARGS="--local-wait
-//! sleep"` passes flags to the gateway). Figures are printed, never
+//! 256 MiB instead of 1 GiB; `-- --small-only`: the small-call phase
+//! alone, for profiling; `CRADLE_BENCH_GATEWAY_ARGS="--local-wait sleep"`
+//! passes flags to the gateway). The downloads also print the user+system
+//! CPU seconds of every thread on both paths. Figures are printed, never
 //! asserted.
 
 use cradle_proto::v1::CallResponse;
@@ -163,6 +165,47 @@ fn make_pki(dir: &Path) {
     std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
 }
 
+/// CPU seconds (user, system) used so far by each thread of `pid`, by
+/// thread name (threads of one name summed).
+fn thread_cpu(pid: u32) -> std::collections::BTreeMap<String, (f64, f64)> {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_owned();
+        let f: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let user = f[11].parse::<f64>().unwrap_or(0.0) / hz;
+        let system = f[12].parse::<f64>().unwrap_or(0.0) / hz;
+        let e = out.entry(name).or_insert((0.0, 0.0));
+        e.0 += user;
+        e.1 += system;
+    }
+    out
+}
+
+/// Per-thread-name CPU seconds between two [`thread_cpu`] readings.
+fn cpu_diff(
+    a: &std::collections::BTreeMap<String, (f64, f64)>,
+    b: &std::collections::BTreeMap<String, (f64, f64)>,
+) -> std::collections::BTreeMap<String, (f64, f64)> {
+    b.iter()
+        .map(|(k, v)| {
+            let w = a.get(k).copied().unwrap_or((0.0, 0.0));
+            (k.clone(), (v.0 - w.0, v.1 - w.1))
+        })
+        .filter(|(_, v)| v.0 + v.1 > 0.0)
+        .collect()
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -187,6 +230,9 @@ fn main() {
         return;
     }
     let quick = args.iter().any(|a| a == "--quick");
+    // `--small-only`: the small-call phase alone (for profiling the two
+    // servers' processes under the same loop, e.g. with `perf record`).
+    let small_only = args.iter().any(|a| a == "--small-only");
     let (rounds, calls, big) = if quick {
         (3, 500, 256usize << 20)
     } else {
@@ -243,6 +289,7 @@ fn main() {
     BufReader::new(gw.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
+    let gw_pid = gw.id();
     let _gw = Kill(gw);
     let addr = line.trim().rsplit(' ').next().unwrap().to_owned();
     let opts = cradle_client::RemoteOptions::from_token_file(&dir.join("token"))
@@ -320,6 +367,10 @@ fn main() {
         "  of which gRPC + token check alone (GatewayStats, no local call): {:.1} µs",
         median(st)
     );
+    if small_only {
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
 
     // Downloads: through the gateway (digest-checked) vs raw TLS.
     let data = pseudo_random(big, 7);
@@ -331,7 +382,11 @@ fn main() {
         big as f64 / (1 << 20) as f64,
         big as f64 / (1 << 20) as f64 / up
     );
-    let (_raw, raw_port) = spawn_child("raw", &dir, big);
+    let (raw, raw_port) = spawn_child("raw", &dir, big);
+    let _raw = &raw;
+    let raw_pid = raw.0.id();
+    let me = std::process::id();
+    let (mut gw_cpu, mut raw_cpu) = (Vec::new(), Vec::new());
     let connector = {
         let mut roots = tokio_rustls::rustls::RootCertStore::empty();
         use tokio_rustls::rustls::pki_types::CertificateDer;
@@ -350,11 +405,17 @@ fn main() {
     let (mut gw_s, mut raw_s) = (Vec::new(), Vec::new());
     let dl_rounds = if quick { 2 } else { 3 };
     for _ in 0..dl_rounds {
+        let (c0, g0) = (thread_cpu(me), thread_cpu(gw_pid));
         let t = Instant::now();
         let got = remote.cache().get("bench/big").unwrap().unwrap();
         gw_s.push(t.elapsed().as_secs_f64());
+        gw_cpu.push((
+            cpu_diff(&c0, &thread_cpu(me)),
+            cpu_diff(&g0, &thread_cpu(gw_pid)),
+        ));
         assert_eq!(got.len(), big);
         drop(got);
+        let (c0, r0) = (thread_cpu(me), thread_cpu(raw_pid));
         let t = Instant::now();
         let n = rt.block_on(async {
             use tokio::io::AsyncReadExt;
@@ -368,15 +429,40 @@ fn main() {
             out.len()
         });
         raw_s.push(t.elapsed().as_secs_f64());
+        raw_cpu.push((
+            cpu_diff(&c0, &thread_cpu(me)),
+            cpu_diff(&r0, &thread_cpu(raw_pid)),
+        ));
         assert_eq!(n, big);
     }
     let mib = big as f64 / (1 << 20) as f64;
-    let (g, r) = (median(gw_s), median(raw_s));
+    let (g, r) = (median(gw_s.clone()), median(raw_s.clone()));
     println!(
         "download {mib:.0} MiB: gateway {:.0} MiB/s ({g:.2} s), raw TLS {:.0} MiB/s ({r:.2} s), throughput ratio {:.2}x (target >= 0.7x)",
         mib / g,
         mib / r,
         r / g
+    );
+    // Where the CPU went (user+system seconds per download, by thread
+    // name; the run whose time was the median).
+    let at = |v: &Vec<f64>| {
+        let m = median(v.clone());
+        v.iter().position(|x| *x == m).unwrap_or(0)
+    };
+    let show = |m: &std::collections::BTreeMap<String, (f64, f64)>| {
+        m.iter()
+            .map(|(k, (u, s))| format!("{k} {u:.2}+{s:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (gc, gg) = &gw_cpu[at(&gw_s)];
+    let (rc, rr) = &raw_cpu[at(&raw_s)];
+    println!(
+        "  CPU s (user+system): gateway path: client [{}], gateway [{}]; raw path: client [{}], server [{}]",
+        show(gc),
+        show(gg),
+        show(rc),
+        show(rr)
     );
 
     // Upload of content the gateway has: whole put, and its round trips.

@@ -35,6 +35,7 @@
 // Files, bottom to top: `stats`, `errors` -> `auth`, `local` -> `service`
 // -> `server`.
 mod auth;
+mod download;
 mod errors;
 mod local;
 mod server;

@@ -3,6 +3,7 @@
 //! reconnects to the local server.
 
 use crate::auth::{CheckToken, load_or_create_token};
+use crate::download::Downloads;
 use crate::local::{Local, StageLimits};
 use crate::service::{Limits, Service};
 use crate::stats::Counters;
@@ -183,9 +184,16 @@ impl Gateway {
             call_timeout: c.call_timeout,
         };
         let service = Arc::new(Service::new(local.clone(), counters.clone(), limits));
-        let grpc = GatewayServer::from_arc(service)
+        let grpc = GatewayServer::from_arc(service.clone())
             .max_decoding_message_size(c.max_message_bytes)
             .max_encoding_message_size(c.max_message_bytes);
+        // The downloads are answered without copying their chunks
+        // (download.rs); the other RPCs by the generated server.
+        let grpc = Downloads {
+            inner: grpc,
+            service,
+            max_message_bytes: c.max_message_bytes,
+        };
         let checked = InterceptedService::new(grpc, CheckToken::new(&self.token, counters));
 
         let (health, health_service) = tonic_health::server::health_reporter();

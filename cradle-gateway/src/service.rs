@@ -186,7 +186,92 @@ impl Drop for UploadReservation {
     }
 }
 
-type ChunkStream = ReceiverStream<Result<DownloadChunk, Status>>;
+/// The chunks of one blob, made one at a time as the reader asks: `Bytes`
+/// slices of the leased shared memory (see [`Service::stream`]).
+pub(crate) struct ChunkStream {
+    whole: prost::bytes::Bytes,
+    len: usize,
+    /// Bytes sent so far; past `len` once the last message went.
+    at: usize,
+    known: Option<Digest>,
+    hasher: blake3::Hasher,
+    counters: Arc<Counters>,
+    then: Option<Box<dyn FnOnce(Digest) + Send>>,
+    span: tracing::Span,
+}
+
+/// Maps the pages of `data` (a slice of a blob's mapping) in one call
+/// (`MADV_POPULATE_READ`) instead of a page fault per 64 KiB as TLS reads
+/// them; advisory: an error (an older kernel) changes nothing.
+fn populate(data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    const PAGE: usize = 4096;
+    let start = data.as_ptr() as usize & !(PAGE - 1);
+    let end = (data.as_ptr() as usize + data.len()).next_multiple_of(PAGE);
+    // SAFETY: the range covers only pages that hold bytes of `data`, which
+    // lie in a live mapping (the lease behind the slice outlives this
+    // call); MADV_POPULATE_READ only maps pages for reading, it changes no
+    // byte and no protection.
+    unsafe {
+        libc::madvise(
+            start as *mut libc::c_void,
+            end - start,
+            libc::MADV_POPULATE_READ,
+        );
+    }
+}
+
+impl tokio_stream::Stream for ChunkStream {
+    type Item = Result<DownloadChunk, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let s = &mut *self;
+        let _in = s.span.enter();
+        if s.at > s.len {
+            return std::task::Poll::Ready(None);
+        }
+        if s.at < s.len {
+            let end = (s.at + CHUNK_BYTES).min(s.len);
+            let data = s.whole.slice(s.at..end);
+            populate(&data);
+            if s.known.is_none() {
+                s.hasher.update(&data);
+            }
+            let msg = DownloadChunk {
+                size: if s.at == 0 { s.len as u64 } else { 0 },
+                data,
+                blake3: Vec::new(),
+            };
+            s.counters
+                .bump(&s.counters.download_bytes, (end - s.at) as u64);
+            s.at = end;
+            return std::task::Poll::Ready(Some(Ok(msg)));
+        }
+        // The last message: the digest (after the data, or alone for an
+        // empty blob).
+        s.at = s.len + 1;
+        let hash = match s.known {
+            Some(d) => d.hash,
+            None => *s.hasher.finalize().as_bytes(),
+        };
+        if let Some(then) = s.then.take() {
+            then(Digest {
+                hash,
+                size: s.len as u64,
+            });
+        }
+        std::task::Poll::Ready(Some(Ok(DownloadChunk {
+            size: 0,
+            data: prost::bytes::Bytes::new(),
+            blake3: hash.to_vec(),
+        })))
+    }
+}
 
 /// A leased blob as the owner of `Bytes` chunks: the chunks of a download
 /// point into the shared memory itself, and the lease lives as long as any
@@ -396,64 +481,28 @@ impl Service {
     /// Streams `blob` in chunks, the digest of what was sent last (hashed
     /// on the way, unless `known` already: a blob whose digest the gateway
     /// computed before, by id, is not hashed again); when done, `then`
-    /// learns the digest. At most two chunks wait in the channel: a slow
-    /// reader holds the sender, not memory.
+    /// learns the digest. Each chunk is made when the reader asks for it
+    /// (HTTP/2 flow control): a slow reader holds the lease, not memory.
     fn stream(
         &self,
         blob: Arc<BlobRef>,
         known: Option<Digest>,
         then: impl FnOnce(Digest) + Send + 'static,
     ) -> ChunkStream {
-        let (tx, rx) = tokio::sync::mpsc::channel(2);
-        let counters = self.counters.clone();
-        tokio::spawn(
-            async move {
-                let len = blob.len();
-                let whole = prost::bytes::Bytes::from_owner(Leased(blob));
-                let mut hasher = blake3::Hasher::new();
-                let mut at = 0;
-                loop {
-                    let end = (at + CHUNK_BYTES).min(len);
-                    let data = whole.slice(at..end);
-                    if known.is_none() {
-                        hasher.update(&data);
-                    }
-                    let msg = DownloadChunk {
-                        size: if at == 0 { len as u64 } else { 0 },
-                        data,
-                        blake3: Vec::new(),
-                    };
-                    if tx.send(Ok(msg)).await.is_err() {
-                        return; // the reader went away
-                    }
-                    counters.bump(&counters.download_bytes, (end - at) as u64);
-                    at = end;
-                    if at >= len {
-                        break;
-                    }
-                }
-                let hash = match known {
-                    Some(d) => d.hash,
-                    None => *hasher.finalize().as_bytes(),
-                };
-                let last = DownloadChunk {
-                    size: 0,
-                    data: prost::bytes::Bytes::new(),
-                    blake3: hash.to_vec(),
-                };
-                if tx.send(Ok(last)).await.is_ok() {
-                    then(Digest {
-                        hash,
-                        size: len as u64,
-                    });
-                }
-            }
-            .in_current_span(),
-        );
-        ReceiverStream::new(rx)
+        let len = blob.len();
+        ChunkStream {
+            whole: prost::bytes::Bytes::from_owner(Leased(blob)),
+            len,
+            at: 0,
+            known,
+            hasher: blake3::Hasher::new(),
+            counters: self.counters.clone(),
+            then: Some(Box::new(then)),
+            span: tracing::Span::current(),
+        }
     }
 
-    async fn do_download(&self, req: DownloadRequest) -> Result<ChunkStream, Status> {
+    pub(crate) async fn do_download(&self, req: DownloadRequest) -> Result<ChunkStream, Status> {
         let d = Digest::from_proto(req.digest.as_ref())?;
         let conn = self.local.conn().await?;
         match conn.resolve(&d).await {
@@ -466,7 +515,7 @@ impl Service {
         }
     }
 
-    async fn do_cache_get(&self, req: CacheGetRequest) -> Result<ChunkStream, Status> {
+    pub(crate) async fn do_cache_get(&self, req: CacheGetRequest) -> Result<ChunkStream, Status> {
         let conn = self.local.conn().await?;
         let b = match conn.client.cache().get(&req.key).await {
             Ok(Some(b)) => b,
