@@ -85,6 +85,8 @@ mod provider;
 #[cfg(feature = "remote")]
 mod remote;
 #[cfg(feature = "remote")]
+mod remote_error;
+#[cfg(feature = "remote")]
 mod remote_stream;
 mod serving;
 mod session;

@@ -7,7 +7,7 @@
 //! replaces; everything else (the channel, TLS, HTTP/2 flow control, the
 //! token, the deadline, gRPC statuses) is the same as a generated call's.
 
-use crate::remote::GatewayError;
+use crate::remote_error::{GatewayError, MAX_DIGEST_FIELD};
 use http_body::Body as HttpBody;
 use tonic::codegen::http::{self, HeaderValue};
 use tonic::codegen::{Bytes, Service};
@@ -219,7 +219,7 @@ impl ChunkParser {
                         .ok()
                         .filter(|l| *l <= self.msg_left)
                         .ok_or_else(|| protocol("a field runs past its message"))?;
-                    if field == 3 && left > crate::remote::MAX_DIGEST_FIELD {
+                    if field == 3 && left > MAX_DIGEST_FIELD {
                         return Err(protocol("a digest field longer than a digest"));
                     }
                     self.want = Want::Payload { field, left };
