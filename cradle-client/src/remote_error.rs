@@ -31,7 +31,7 @@ pub enum GatewayError {
     /// The call reached the server, which answered with this error, as a
     /// local caller would have seen it.
     Call(CallError),
-    /// A local blob operation failed (through [`Connection`]).
+    /// A local blob operation failed (through [`Connection`](crate::Connection)).
     Blob(BlobError),
     /// Downloaded bytes did not hash to the digest the gateway announced.
     DigestMismatch {
